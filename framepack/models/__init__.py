@@ -1,0 +1,1 @@
+"""Model recipes, loading, and the tiny self-test model."""

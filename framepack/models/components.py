@@ -1,0 +1,49 @@
+"""The loaded FramePack model: one explicit object holding every component."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+@dataclass
+class Components:
+    """Everything a FramePack generation needs, loaded and ready.
+
+    `variant` is "bidirectional" or "f1" (which transformer was loaded); `self_test` marks the random-weight
+    tiny model, whose output is noise.
+    """
+
+    transformer: Any  # HunyuanVideoFramepackTransformer3DModel
+    vae: Any  # AutoencoderKLHunyuanVideo
+    text_encoder: Any  # LlamaModel
+    tokenizer: Any  # PreTrainedTokenizerFast (byte-level BPE, honours tokenizer.json)
+    text_encoder_2: Any  # CLIPTextModel
+    tokenizer_2: Any  # CLIPTokenizer
+    image_encoder: Any  # SiglipVisionModel
+    feature_extractor: Any  # SiglipImageProcessor
+    variant: str = "bidirectional"
+    self_test: bool = False
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.transformer.parameters()).device
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.transformer.config.in_channels)
+
+    @property
+    def spatial_scale(self) -> int:
+        return int(self.vae.config.spatial_compression_ratio)
+
+    @property
+    def temporal_scale(self) -> int:
+        return int(self.vae.config.temporal_compression_ratio)
+
+    def to(self, device: torch.device | str) -> "Components":
+        for module in (self.transformer, self.vae, self.text_encoder, self.text_encoder_2, self.image_encoder):
+            module.to(device)
+        return self

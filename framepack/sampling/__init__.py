@@ -1,0 +1,1 @@
+"""Sigma schedules, flow-matching samplers and the FramePack section loop."""

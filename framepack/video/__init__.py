@@ -1,0 +1,1 @@
+"""Decoded frames to files: the streaming section decoder and encoder sinks."""
