@@ -1,0 +1,80 @@
+"""Typed events a running generation emits, and the cancel command faces send back.
+
+Faces (CLI, UI, API) subscribe to events and render them; none of them polls engine internals.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Union
+
+import numpy as np
+
+
+class Cancelled(Exception):
+    """Raised inside the engine when a cancel was requested; the job ends cleanly between two steps."""
+
+
+class CancelToken:
+    """Thread-safe cancel flag checked between denoising steps."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+    def check(self) -> None:
+        if self._event.is_set():
+            raise Cancelled("cancelled by request")
+
+
+@dataclass
+class StageStarted:
+    stage: str  # "encode prompts", "encode images", "start frame", "sample", "decode", "finish"
+    detail: str = ""
+
+
+@dataclass
+class StepProgress:
+    section: int  # section index in time order; -1 for the T2V start-frame pass
+    order: int  # how many sections were generated before this one
+    step: int  # 1-based step within the section
+    steps: int
+    done_steps: int  # over the whole job
+    total_steps: int
+    elapsed: float  # seconds since sampling began
+    eta: float  # estimated seconds left for sampling
+
+
+@dataclass
+class SectionFinished:
+    section: int
+    order: int
+    seconds: float
+    preview: np.ndarray | None = field(default=None, repr=False)  # uint8 [H, W, 3]
+
+
+@dataclass
+class FramesWritten:
+    frames: int  # total frames handed to the sinks so far
+    total: int
+
+
+@dataclass
+class FileWritten:
+    path: str
+    kind: str  # "video", ...
+
+
+Event = Union[StageStarted, StepProgress, SectionFinished, FramesWritten, FileWritten]
+EventCallback = Callable[[Event], Any]
+
+
+def ignore_events(_event: Event) -> None:
+    """Default subscriber."""

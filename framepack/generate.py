@@ -1,0 +1,362 @@
+"""One generation: conditioning, the section loop, streaming decode into the sinks.
+
+The loop samples sections in the plan's generation order (end first for bi-directional, start first for F1)
+and keeps only latents, which are small. A window decoder turns them into pixels in time order as soon as each
+overlap window's latents exist: during sampling for F1, after the last section for bi-directional. Pixels are
+never held beyond one window, so host RAM and VRAM stay flat as the video grows.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Protocol, Union
+
+import numpy as np
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+
+from framepack.encoders import PromptEmbeds, encode_prompt, encode_vision, vae_decode, vae_encode
+from framepack.events import (
+    CancelToken,
+    EventCallback,
+    FramesWritten,
+    SectionFinished,
+    StageStarted,
+    StepProgress,
+    ignore_events,
+)
+from framepack.images import fit_to_bucket, load_image, to_tensor, to_uint8
+from framepack.models.components import Components
+from framepack.plan import Plan, SectionPlan
+from framepack.request import GenerateRequest
+from framepack.sampling.context import SectionContext, bidirectional_context, forward_context
+from framepack.sampling.denoise import Conditioning, make_velocity_fn
+from framepack.sampling.samplers import get_sampler
+from framepack.sampling.schedule import flow_sigmas, sequence_length
+from framepack.video.decode import OverlapJoiner, overlap_frames
+
+logger = logging.getLogger(__name__)
+
+START = "start"  # key of the start-frame latent among the section latents
+LatentKey = Union[str, int]
+
+
+class FrameSink(Protocol):
+    """Consumes uint8 [T, H, W, 3] frames in time order; close() returns the written file (or None)."""
+
+    def write(self, frames: np.ndarray) -> None: ...
+
+    def close(self): ...
+
+    def abort(self) -> None: ...
+
+
+@dataclass
+class ImageConditioning:
+    """Latents and SigLIP embeddings of the request's images (start latent already strength-mixed)."""
+
+    start_latent: torch.Tensor | None  # None for T2V until the start-frame pass made it
+    end_latent: torch.Tensor | None
+    keyframe_latents: dict[int, torch.Tensor]
+    start_vision: torch.Tensor | None
+    end_vision: torch.Tensor | None
+    keyframe_vision: dict[int, torch.Tensor]
+
+
+@dataclass
+class GenerationResult:
+    plan: Plan
+    outputs: list[str]
+    frames: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def window_keys(variant: str, index: int, sections: int) -> list[LatentKey]:
+    """Latents decoded together for the time-ordered window `index` (the section plus its generated
+    neighbour), exactly as the original and diffusers decode them, so the overlap blend matches."""
+    if variant == "bidirectional":
+        keys: list[LatentKey] = [START] if index == 0 else []
+        keys.append(index)
+        if index + 1 < sections:
+            keys.append(index + 1)
+        return keys
+    return [START, 0] if index == 0 else [index - 1, index]
+
+
+class WindowDecoder:
+    """Decodes windows in time order as soon as their latents exist and feeds the overlap joiner."""
+
+    def __init__(self, components: Components, plan: Plan, joiner: OverlapJoiner):
+        self.components, self.plan, self.joiner = components, plan, joiner
+        self.next_window = 0
+
+    def pump(self, latents: dict[LatentKey, torch.Tensor]) -> None:
+        while self.next_window < self.plan.num_sections:
+            keys = window_keys(self.plan.variant, self.next_window, self.plan.num_sections)
+            if not all(key in latents for key in keys):
+                return
+            window = torch.cat([latents[key] for key in keys], dim=2)
+            self.joiner.add(vae_decode(self.components, window))
+            self.next_window += 1
+
+    @property
+    def finished(self) -> bool:
+        return self.next_window == self.plan.num_sections
+
+
+def encode_prompts(
+    components: Components, plan: Plan, request: GenerateRequest
+) -> tuple[dict[str, PromptEmbeds], PromptEmbeds | None]:
+    """Each unique section prompt is encoded once; the negative only when real CFG is on."""
+    device, dtype = components.device, components.transformer.dtype
+    unique = dict.fromkeys(section.prompt for section in plan.sections)
+    prompts = {text: encode_prompt(components, text, device, dtype) for text in unique}
+    negative = encode_prompt(components, request.negative_prompt, device, dtype) if request.cfg_scale > 1 else None
+    return prompts, negative
+
+
+def encode_images(
+    components: Components, plan: Plan, request: GenerateRequest, generator: torch.Generator
+) -> ImageConditioning:
+    """VAE latents (sampled with the job generator: start, end, keyframes in section order) and SigLIP."""
+    dtype = components.transformer.dtype
+
+    def prepare(source: str, field_name: str) -> torch.Tensor:
+        pixels = fit_to_bucket(load_image(source, field_name), plan.width, plan.height)
+        return to_tensor(pixels)
+
+    start = end = start_vision = end_vision = None
+    if request.init_image:
+        start_pixels = prepare(request.init_image, "init_image")
+        start = vae_encode(components, start_pixels, generator)
+        start_vision = encode_vision(components, start_pixels, dtype)
+    if request.end_image:
+        end_pixels = prepare(request.end_image, "end_image")
+        end = vae_encode(components, end_pixels, generator)
+        end_vision = encode_vision(components, end_pixels, dtype)
+    keyframe_latents, keyframe_vision = {}, {}
+    for index in sorted(request.keyframes):
+        pixels = prepare(request.keyframes[index], f"keyframes.{index}")
+        keyframe_latents[index] = vae_encode(components, pixels, generator)
+        keyframe_vision[index] = encode_vision(components, pixels, dtype)
+    if start is not None and request.init_strength < 1.0:
+        noise = randn_tensor(start.shape, generator=generator, device=start.device, dtype=start.dtype)
+        start = request.init_strength * start + (1.0 - request.init_strength) * noise
+    return ImageConditioning(start, end, keyframe_latents, start_vision, end_vision, keyframe_vision)
+
+
+def section_vision(images: ImageConditioning, section: SectionPlan, request: GenerateRequest) -> torch.Tensor:
+    """SigLIP conditioning of a section: its keyframe's, else the weighted mean of start and end."""
+    if section.keyframe is not None:
+        vision = images.keyframe_vision[section.keyframe]
+    elif images.end_vision is not None:
+        weight = request.end_vision_weight
+        vision = (1.0 - weight) * images.start_vision + weight * images.end_vision
+    else:
+        vision = images.start_vision
+    return vision * request.vision_strength
+
+
+def end_context(images: ImageConditioning, request: GenerateRequest) -> torch.Tensor:
+    """FLF2V: the clean frame after the first generated section, weighted against the start frame."""
+    weight = request.end_strength
+    return weight * images.end_latent + (1.0 - weight) * images.start_latent
+
+
+def zero_vision(components: Components) -> torch.Tensor:
+    """SigLIP-shaped zeros: the vision conditioning of the T2V start-frame pass, which has no image."""
+    config = components.image_encoder.config
+    tokens = (config.image_size // config.patch_size) ** 2
+    return torch.zeros(1, tokens, config.hidden_size, dtype=components.transformer.dtype, device=components.device)
+
+
+class SectionSampler:
+    """Samples section windows with the chosen sampler and reports step progress."""
+
+    def __init__(self, components: Components, plan: Plan, request: GenerateRequest, on_event: EventCallback, cancel: CancelToken):
+        self.components, self.plan, self.request = components, plan, request
+        self.on_event, self.cancel = on_event, cancel
+        self.sample = get_sampler(plan.sampler)
+        scale = components.spatial_scale
+        self.latent_height, self.latent_width = plan.height // scale, plan.width // scale
+        self.total_steps = plan.steps * (plan.num_sections + int(plan.start_frame_pass))
+        self.done_steps = 0
+        self.started = time.perf_counter()
+
+    def noise(self, frames: int, generator: torch.Generator) -> torch.Tensor:
+        shape = (1, self.components.latent_channels, frames, self.latent_height, self.latent_width)
+        return randn_tensor(shape, generator=generator, device=torch.device("cpu"), dtype=torch.float32)
+
+    def skip(self) -> None:
+        """Count a section restored from a checkpoint as done."""
+        self.done_steps += self.plan.steps
+
+    def run(
+        self,
+        noise: torch.Tensor,
+        context: SectionContext,
+        positive: Conditioning,
+        negative: Conditioning | None,
+        section: int,
+        order: int,
+    ) -> torch.Tensor:
+        request, device = self.request, self.components.device
+        velocity = make_velocity_fn(
+            self.components.transformer, context, positive, negative, request.guidance, request.cfg_scale, request.cfg_rescale
+        )
+        seq_len = sequence_length(noise.shape[2], self.latent_height, self.latent_width)
+        sigmas = flow_sigmas(self.plan.steps, request.shift if request.shift > 0 else None, seq_len).to(device)
+
+        def on_step(step: int, steps: int, _x: torch.Tensor, _x0: torch.Tensor) -> None:
+            self.done_steps += 1
+            elapsed = time.perf_counter() - self.started
+            rate = elapsed / max(1, self.done_steps)
+            self.on_event(
+                StepProgress(section, order, step + 1, steps, self.done_steps, self.total_steps, elapsed, rate * (self.total_steps - self.done_steps))
+            )
+            self.cancel.check()
+
+        self.cancel.check()
+        return self.sample(velocity, noise.to(device), sigmas, callback=on_step).float().cpu()
+
+
+def generate(
+    components: Components,
+    request: GenerateRequest,
+    plan: Plan,
+    sinks: list[FrameSink],
+    on_event: EventCallback = ignore_events,
+    cancel: CancelToken | None = None,
+    finished_sections: dict[LatentKey, torch.Tensor] | None = None,
+    on_section_latents=None,
+) -> GenerationResult:
+    """Run `plan` and stream its frames into `sinks`; on any error or cancel the sinks are aborted.
+
+    `finished_sections` (latents by section index, plus START for T2V) resumes a job: those sections are not
+    sampled again, and the random stream is consumed exactly as in an uninterrupted run, so the result is the
+    same. `on_section_latents(key, latents)` is called after each sampled section (for checkpoints).
+    """
+    cancel = cancel or CancelToken()
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    try:
+        with torch.no_grad():
+            result = _generate(components, request, plan, sinks, on_event, cancel, finished_sections or {}, on_section_latents, timings)
+    except BaseException:
+        for sink in sinks:
+            sink.abort()
+        raise
+    timings["total"] = time.perf_counter() - started
+    result.timings = timings
+    return result
+
+
+def _generate(components, request, plan, sinks, on_event, cancel, restored, on_section_latents, timings) -> GenerationResult:
+    generator = torch.Generator("cpu").manual_seed(plan.seed)
+    dtype, device = components.transformer.dtype, components.device
+    clock = time.perf_counter()
+
+    on_event(StageStarted("encode prompts", f"{len(set(s.prompt for s in plan.sections))} unique"))
+    prompts, negative_prompt = encode_prompts(components, plan, request)
+    timings["encode_prompts"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    on_event(StageStarted("encode images", plan.mode))
+    images = encode_images(components, plan, request, generator)
+    timings["encode_images"] = time.perf_counter() - clock
+
+    written = 0
+
+    def write(frames: np.ndarray) -> None:
+        nonlocal written
+        for sink in sinks:
+            sink.write(frames)
+        written += frames.shape[0]
+        on_event(FramesWritten(written, plan.generated_frames))
+
+    joiner = OverlapJoiner(overlap_frames(plan.latent_window_size, components.temporal_scale), write)
+    decoder = WindowDecoder(components, plan, joiner)
+    sampler = SectionSampler(components, plan, request, on_event, cancel)
+    latents: dict[LatentKey, torch.Tensor] = {}
+    bidirectional = plan.variant == "bidirectional"
+    decode_seconds = 0.0
+
+    def conditioning(prompt: str, vision: torch.Tensor) -> tuple[Conditioning, Conditioning | None]:
+        positive = Conditioning(prompts[prompt].to(device, dtype), vision.to(device, dtype))
+        negative = Conditioning(negative_prompt.to(device, dtype), vision.to(device, dtype)) if negative_prompt else None
+        return positive, negative
+
+    def preview(section_latents: torch.Tensor) -> np.ndarray | None:
+        if not request.preview:
+            return None
+        middle = section_latents.shape[2] // 2
+        return to_uint8(vae_decode(components, section_latents[:, :, middle : middle + 1])[0, :, 0])
+
+    if plan.start_frame_pass:
+        on_event(StageStarted("start frame", "T2V: generating the first frame from the prompt"))
+        clock = time.perf_counter()
+        noise = sampler.noise(1, generator)
+        if START in restored:
+            latents[START] = restored[START]
+            sampler.skip()
+        else:
+            empty = torch.zeros_like(noise)
+            no_history = empty[:, :, :0]
+            context = (
+                bidirectional_context(empty, no_history, 0, 1) if bidirectional else forward_context(empty, no_history, 1)
+            )
+            positive, negative = conditioning(plan.sections[0].prompt, zero_vision(components))
+            latents[START] = sampler.run(noise, context, positive, negative, -1, -1)
+            if on_section_latents:
+                on_section_latents(START, latents[START])
+        images.start_latent = latents[START]
+        start_pixels = vae_decode(components, latents[START])[:, :, 0]
+        images.start_vision = encode_vision(components, start_pixels.cpu().clamp(-1, 1), dtype)
+        timings["start_frame"] = time.perf_counter() - clock
+        on_event(SectionFinished(-1, -1, timings["start_frame"], preview(latents[START])))
+    else:
+        latents[START] = images.start_latent
+
+    on_event(StageStarted("sample", f"{plan.num_sections} sections, {plan.steps} steps each"))
+    window = plan.latent_window_size
+    for order, index in enumerate(plan.generation_order):
+        section = plan.sections[index]
+        clock = time.perf_counter()
+        noise = sampler.noise(window, generator)
+        if index in restored:
+            latents[index] = restored[index]
+            sampler.skip()
+        else:
+            prefix = images.keyframe_latents[section.keyframe] if section.keyframe is not None else images.start_latent
+            if bidirectional:
+                after = [latents[i] for i in range(index + 1, plan.num_sections)]
+                history = torch.cat(after, dim=2) if after else noise[:, :, :0]
+                end = end_context(images, request) if images.end_latent is not None and order == 0 else None
+                context = bidirectional_context(prefix, history, section.latent_padding, window, end)
+            else:
+                history = torch.cat([latents[START]] + [latents[i] for i in range(index)], dim=2)
+                context = forward_context(prefix, history, window)
+            positive, negative = conditioning(section.prompt, section_vision(images, section, request))
+            latents[index] = sampler.run(noise, context, positive, negative, index, order)
+            if on_section_latents:
+                on_section_latents(index, latents[index])
+        seconds = time.perf_counter() - clock
+        timings[f"section_{index}"] = seconds
+        on_event(SectionFinished(index, order, seconds, preview(latents[index])))
+        clock = time.perf_counter()
+        decoder.pump(latents)
+        decode_seconds += time.perf_counter() - clock
+
+    on_event(StageStarted("decode", "writing frames in time order"))
+    clock = time.perf_counter()
+    decoder.pump(latents)
+    joiner.finish()
+    timings["decode"] = decode_seconds + time.perf_counter() - clock
+    if written != plan.generated_frames:
+        raise RuntimeError(f"internal error: wrote {written} frames, the plan announced {plan.generated_frames}")
+
+    on_event(StageStarted("finish", "closing outputs"))
+    outputs = [str(path) for path in (sink.close() for sink in sinks) if path is not None]
+    return GenerationResult(plan=plan, outputs=outputs, frames=written)

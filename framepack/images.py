@@ -1,0 +1,82 @@
+"""Input images: decode a path or base64 string, normalise its mode, fit it to the bucket."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import os
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+MAX_IMAGE_PIXELS = 64_000_000
+
+
+class ImageInputError(ValueError):
+    """An image field that cannot be used; `field` names the request field."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+def _image_bytes(source: str, field: str) -> bytes:
+    if source.startswith("data:"):
+        _, _, source = source.partition(",")
+    elif len(source) < 4096 and os.path.isfile(source):
+        with open(source, "rb") as handle:
+            return handle.read()
+    try:
+        return base64.b64decode("".join(source.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise ImageInputError(field, "not an existing file path nor valid base64 image data") from None
+
+
+def load_image(source: str, field: str = "init_image") -> Image.Image:
+    """Decode to an 8-bit RGB image upright per its EXIF orientation.
+
+    Transparency is composited on white, 16-bit and float images are scaled to 8 bits, CMYK/palette/grayscale
+    are converted, so every face hands the engine the same kind of picture.
+    """
+    try:
+        image = Image.open(io.BytesIO(_image_bytes(source, field)))
+        if image.width * image.height > MAX_IMAGE_PIXELS:
+            raise ImageInputError(field, f"image of {image.width}x{image.height} exceeds {MAX_IMAGE_PIXELS} pixels")
+        image.load()
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
+        raise ImageInputError(field, f"cannot decode image ({error})") from None
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA"):
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image.convert("RGBA"))
+    return image.convert("RGB")
+
+
+def fit_to_bucket(image: Image.Image, width: int, height: int) -> np.ndarray:
+    """Scale to cover (width, height) with Lanczos and crop the centre, as the original FramePack does."""
+    if image.size == (width, height):
+        return np.asarray(image)
+    scale = max(width / image.width, height / image.height)
+    resized = image.resize((round(image.width * scale), round(image.height * scale)), Image.LANCZOS)
+    left = (resized.width - width) / 2
+    top = (resized.height - height) / 2
+    return np.asarray(resized.crop((left, top, left + width, top + height)))
+
+
+def to_tensor(pixels: np.ndarray) -> torch.Tensor:
+    """uint8 [H, W, 3] -> float32 [1, 3, H, W] in [-1, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(pixels)).float().div(127.5).sub(1.0).permute(2, 0, 1)[None]
+
+
+def to_uint8(pixels: torch.Tensor) -> np.ndarray:
+    """float [..., 3, H, W] in [-1, 1] -> uint8 [..., H, W, 3] (rounded, clipped)."""
+    array = ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return array.movedim(-3, -1).cpu().numpy()

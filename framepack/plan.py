@@ -1,0 +1,263 @@
+"""Plan before you compute: a pure function from a request to what will run.
+
+The plan fixes the bucket size, the sections, the exact frame counts, each section's prompt and keyframe and
+the generation order. It needs no model and no GPU, the UI shows it before anything runs, and the section loop
+executes exactly this plan, so the frame count it announces is the frame count the file has.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel
+
+from framepack.request import GenerateRequest
+
+# (height, width) buckets of the original FramePack at the trained 640 scale.
+BUCKETS_640: tuple[tuple[int, int], ...] = (
+    (416, 960), (448, 864), (480, 832), (512, 768), (544, 704), (576, 672), (608, 640),
+    (640, 608), (672, 576), (704, 544), (768, 512), (832, 480), (864, 448), (960, 416),
+)  # fmt: skip
+VAE_TEMPORAL = 4  # pixel frames per latent frame (the first latent frame of a clip decodes to one)
+
+TIMESTAMP = re.compile(r"^\[\s*(?:(\d+):)?(\d+(?:\.\d+)?)\s*s?\s*\]\s*(.*)$")
+
+
+class PlanError(ValueError):
+    """A request that cannot be planned; `field` names the request field at fault."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+def bucket_size(height: float, width: float, resolution: int) -> tuple[int, int]:
+    """Nearest 640 bucket for an aspect ratio, scaled to `resolution` and rounded to multiples of 16.
+
+    Nearest minimises |h*bw - w*bh| as the original does (the last of equal candidates wins, as there).
+    """
+    best, best_metric = BUCKETS_640[0], float("inf")
+    for bucket_h, bucket_w in BUCKETS_640:
+        metric = abs(height * bucket_w - width * bucket_h)
+        if metric <= best_metric:
+            best, best_metric = (bucket_h, bucket_w), metric
+    scale = resolution / 640.0
+    return max(16, round(best[0] * scale / 16) * 16), max(16, round(best[1] * scale / 16) * 16)
+
+
+def section_count(duration: float, fps: int, interpolate: int, window: int) -> int:
+    """Sections of `window` latent frames (4*window pixel frames) that cover `duration` at the generated fps."""
+    generated_fps = fps / (interpolate + 1)
+    return max(1, round(duration * generated_fps / (window * VAE_TEMPORAL)))
+
+
+def generated_frame_count(sections: int, window: int) -> int:
+    """Pixel frames the model produces: one start frame plus 4*window per section."""
+    return VAE_TEMPORAL * window * sections + 1
+
+
+def output_frame_count(generated: int, interpolate: int) -> int:
+    """Frames after inserting `interpolate` frames between each generated pair."""
+    return (generated - 1) * (interpolate + 1) + 1
+
+
+def bidirectional_paddings(sections: int) -> list[int]:
+    """Latent padding per generated section of the original inverted anti-drifting sampler (end first)."""
+    if sections > 4:
+        return [3] + [2] * (sections - 3) + [1, 0]
+    return list(reversed(range(sections)))
+
+
+@dataclass(frozen=True)
+class PromptLine:
+    text: str
+    time: float | None  # seconds, for the timestamped form
+
+
+def parse_section_prompts(text: str) -> list[PromptLine]:
+    """One entry per non-empty line (never split on commas); `[2.5s] text`, `[2.5] text`, `[1:02.5] text`
+    give the timestamped form, which cannot be mixed with plain lines."""
+    lines: list[PromptLine] = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line:
+            continue
+        match = TIMESTAMP.match(line)
+        if match:
+            minutes, seconds, rest = match.groups()
+            lines.append(PromptLine(rest.strip(), float(minutes or 0) * 60 + float(seconds)))
+        else:
+            lines.append(PromptLine(line, None))
+    timed = [line.time is not None for line in lines]
+    if any(timed) and not all(timed):
+        raise PlanError("section_prompts", "either every line has a [time] prefix or none does")
+    if any(timed):
+        times = [line.time for line in lines]
+        if len(set(times)) != len(times):
+            raise PlanError("section_prompts", "two lines have the same timestamp")
+        lines.sort(key=lambda line: line.time)
+    return lines
+
+
+def join_prompt(prompt: str, suffix: str) -> str:
+    prompt, suffix = prompt.strip(), suffix.strip()
+    if not prompt or not suffix:
+        return prompt or suffix
+    separator = " " if prompt[-1] in ".,;:!?" else ", "
+    return f"{prompt}{separator}{suffix}"
+
+
+def assign_lines(lines: list[PromptLine], midpoints: list[float]) -> list[int | None]:
+    """Line index per section: evenly stretched (section i of n takes line floor(i*L/n)) for plain lines,
+    the latest line at or before the section's middle for timestamped lines."""
+    if not lines:
+        return [None] * len(midpoints)
+    if lines[0].time is None:
+        count = len(midpoints)
+        return [index * len(lines) // count for index in range(count)]
+    chosen: list[int | None] = []
+    for middle in midpoints:
+        active = [index for index, line in enumerate(lines) if line.time <= middle]
+        chosen.append(active[-1] if active else 0)
+    return chosen
+
+
+class SectionPlan(BaseModel):
+    index: int  # position in time, 0 = start of the video
+    order: int  # position in generation, 0 = generated first
+    prompt: str
+    prompt_line: int | None  # section_prompts line used (0-based), None when there are none
+    keyframe: int | None  # request.keyframes key conditioning this section, None = the start image
+    latent_padding: int  # bidirectional padding (0 for F1)
+    first_frame: int  # generated-frame range [first_frame, end_frame)
+    end_frame: int
+    start_time: float
+    end_time: float
+
+
+class Plan(BaseModel):
+    mode: Literal["t2v", "i2v", "flf2v"]
+    variant: Literal["bidirectional", "f1"]
+    width: int
+    height: int
+    fps: int
+    generated_fps: float
+    interpolate: int
+    latent_window_size: int
+    num_sections: int
+    generated_frames: int
+    output_frames: int
+    duration: float  # of the output, output_frames / fps
+    steps: int
+    sampler: str
+    seed: int
+    start_frame_pass: bool  # T2V: the first frame is generated from the prompt before the sections
+    model_calls: int
+    generation_order: list[int]
+    sections: list[SectionPlan]
+    unused_prompt_lines: list[int]
+    warnings: list[str]
+
+    def summary(self) -> str:
+        order = " -> ".join(str(index) for index in self.generation_order)
+        return (
+            f"{self.output_frames} frames ({self.duration:.2f} s at {self.fps} fps) in {self.num_sections} "
+            f"section{'s' if self.num_sections != 1 else ''}, {self.width}x{self.height}, {self.mode.upper()} "
+            f"{self.variant}, generation order {order}"
+        )
+
+
+def make_plan(request: GenerateRequest, image_size: tuple[int, int] | None = None) -> Plan:
+    """Plan a request. `image_size` is the init image's (width, height); needed for I2V/FLF2V with an
+    'auto' aspect ratio, ignored otherwise."""
+    explicit = request.aspect()
+    if explicit is not None:
+        aspect_w, aspect_h = explicit
+    elif request.init_image:
+        if image_size is None:
+            raise PlanError("init_image", "the image size is needed to choose the bucket")
+        aspect_w, aspect_h = image_size
+    else:
+        aspect_w, aspect_h = 1.0, 1.0
+    height, width = bucket_size(aspect_h, aspect_w, request.resolution)
+
+    window = request.latent_window_size
+    sections = section_count(request.duration, request.fps, request.interpolate, window)
+    generated = generated_frame_count(sections, window)
+    output = output_frame_count(generated, request.interpolate)
+    generated_fps = request.fps / (request.interpolate + 1)
+
+    for index in request.keyframes:
+        if index >= sections:
+            raise PlanError("keyframes", f"section {index} does not exist; allowed 0..{sections - 1}")
+
+    bidirectional = request.variant == "bidirectional"
+    order = list(reversed(range(sections))) if bidirectional else list(range(sections))
+    paddings = bidirectional_paddings(sections) if bidirectional else [0] * sections
+
+    spans = [(0 if i == 0 else VAE_TEMPORAL * window * i + 1, VAE_TEMPORAL * window * (i + 1) + 1) for i in range(sections)]
+    midpoints = [(first + end) / 2 / generated_fps for first, end in spans]
+    lines = parse_section_prompts(request.section_prompts)
+    chosen = assign_lines(lines, midpoints)
+    unused = sorted(set(range(len(lines))) - {index for index in chosen if index is not None})
+
+    keyframe_sources = sorted(request.keyframes)
+    sections_plan = []
+    for index, (first, end) in enumerate(spans):
+        line = chosen[index]
+        suffix = lines[line].text if line is not None else ""
+        active = [key for key in keyframe_sources if key <= index]
+        sections_plan.append(
+            SectionPlan(
+                index=index,
+                order=order.index(index),
+                prompt=join_prompt(request.prompt, suffix),
+                prompt_line=line,
+                keyframe=active[-1] if active else None,
+                latent_padding=paddings[order.index(index)],
+                first_frame=first,
+                end_frame=end,
+                start_time=round(first / generated_fps, 4),
+                end_time=round(end / generated_fps, 4),
+            )
+        )
+
+    warnings = []
+    if unused:
+        listed = ", ".join(str(index + 1) for index in unused)
+        warnings.append(f"section_prompts: {len(lines)} lines for {sections} sections; unused lines {listed}")
+    if request.negative_prompt and request.cfg_scale <= 1.0:
+        warnings.append("negative_prompt is ignored while cfg_scale is 1")
+    if lines and not request.prompt.strip():
+        warnings.append("prompt is empty; sections use their section prompt alone")
+
+    seed = request.seed if request.seed >= 0 else random.randrange(2**32)
+    start_frame_pass = request.mode == "t2v"
+    calls_per_step = 2 if request.cfg_scale > 1.0 else 1
+    model_calls = request.steps * calls_per_step * (sections + (1 if start_frame_pass else 0))
+    return Plan(
+        mode=request.mode,
+        variant=request.variant,
+        width=width,
+        height=height,
+        fps=request.fps,
+        generated_fps=generated_fps,
+        interpolate=request.interpolate,
+        latent_window_size=window,
+        num_sections=sections,
+        generated_frames=generated,
+        output_frames=output,
+        duration=round(output / request.fps, 4),
+        steps=request.steps,
+        sampler=request.sampler,
+        seed=seed,
+        start_frame_pass=start_frame_pass,
+        model_calls=model_calls,
+        generation_order=order,
+        sections=sections_plan,
+        unused_prompt_lines=unused,
+        warnings=warnings,
+    )

@@ -1,0 +1,155 @@
+"""The one request model: every input of a generation, its default, bounds and help.
+
+The CLI builds its flags from these fields, the REST API uses the model as its schema and the UI builds its
+controls from it, so a default exists here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Variant = Literal["bidirectional", "f1"]
+Sampler = Literal["unipc", "euler"]
+
+ASPECT_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*[:x/]\s*(\d+(?:\.\d+)?)\s*$")
+
+MAX_DURATION_S = 600.0
+MAX_KEYFRAMES = 64
+
+
+class GenerateRequest(BaseModel):
+    """Inputs of one FramePack video generation. Mode follows from the images: none = T2V, init = I2V,
+    init + end = FLF2V."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # Prompts
+    prompt: str = Field("", max_length=20000, description="What the video shows.")
+    negative_prompt: str = Field(
+        "", max_length=20000, description="What to avoid; used only when cfg_scale > 1 (doubles model calls)."
+    )
+    section_prompts: str = Field(
+        "",
+        max_length=50000,
+        description=(
+            "One prompt suffix per line, added to the prompt for each section in time order. Fewer lines than "
+            "sections stretch evenly; more lines are sampled evenly (unused lines are reported). Lines may be "
+            "timestamped instead: '[0s] walking' / '[2.5s] jumping' (each section takes the line active at its "
+            "middle)."
+        ),
+    )
+
+    # Images
+    init_image: str | None = Field(
+        None, description="Start frame: file path or base64 (optionally a data: URL). None = text-to-video."
+    )
+    end_image: str | None = Field(
+        None, description="End frame (bidirectional only): file path or base64. Needs init_image (FLF2V)."
+    )
+    keyframes: dict[int, str] = Field(
+        default_factory=dict,
+        description=(
+            "Per-section keyframe images {section index in time order: path or base64}. A keyframe conditions "
+            "its section and the following ones until the next keyframe."
+        ),
+    )
+
+    # Strengths
+    init_strength: float = Field(
+        1.0, ge=0.0, le=1.0, description="Weight of the start image against noise (1 = exact image, like img2img)."
+    )
+    end_strength: float = Field(
+        1.0, ge=0.0, le=1.0, description="Weight of the end frame against the start frame in the last section's context."
+    )
+    vision_strength: float = Field(1.0, ge=0.0, le=2.0, description="Scale of the SigLIP image conditioning.")
+    end_vision_weight: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="Share of the end image in the SigLIP conditioning (weighted mean with the start image).",
+    )
+
+    # Video shape
+    variant: Variant = Field("bidirectional", description="bidirectional (inverted anti-drifting) or f1 (forward).")
+    resolution: int = Field(640, ge=128, le=1536, description="Bucket scale in pixels; 640 is the trained size.")
+    aspect_ratio: str = Field(
+        "auto", description="'auto' (the init image's, 1:1 without one) or W:H such as 16:9; the nearest bucket is used."
+    )
+    duration: float = Field(5.0, gt=0.0, le=MAX_DURATION_S, description="Video length in seconds.")
+    fps: int = Field(30, ge=1, le=120, description="Frames per second of the output video.")
+    interpolate: int = Field(
+        0, ge=0, le=10, description="Frames interpolated between generated pairs; fps and duration stay the same."
+    )
+    latent_window_size: int = Field(9, ge=1, le=33, description="Latent frames per section (the model is trained on 9).")
+
+    # Sampling
+    sampler: Sampler = Field("unipc", description="unipc (flow-matching UniPC bh1, the original) or euler.")
+    steps: int = Field(25, ge=1, le=100, description="Denoising steps per section.")
+    guidance: float = Field(10.0, ge=0.0, le=32.0, description="Distilled guidance scale (fed to the model x1000).")
+    cfg_scale: float = Field(1.0, ge=1.0, le=32.0, description="Real classifier-free guidance; > 1 doubles model calls.")
+    cfg_rescale: float = Field(0.0, ge=0.0, le=1.0, description="Rescale of the CFG result towards the positive std.")
+    shift: float = Field(0.0, ge=0.0, le=100.0, description="Sigma shift; 0 = automatic from the sequence length.")
+    seed: int = Field(31337, ge=-1, le=2**63 - 1, description="Random seed; -1 picks one (recorded in the plan).")
+
+    # Output
+    codec: str = Field("libx264", description="Video encoder (PyAV/FFmpeg name); 'none' writes no video.")
+    container: Literal["mp4", "webm", "mkv", "mov"] = Field("mp4", description="Video container.")
+    codec_options: str = Field("crf:16", description="Encoder options, e.g. 'crf:16' or 'crf=16,preset=slow'.")
+    output_dir: str | None = Field(None, description="Folder for outputs; default is the host's video folder.")
+    filename: str | None = Field(None, max_length=200, description="Output file stem; default is time + seed.")
+    preview: bool = Field(True, description="Decode a preview image of each finished section.")
+
+    # Model
+    model: str = Field(
+        "default",
+        description="'default' (the published FramePack weights), 'tiny' (random-weight SELF-TEST model: noise) "
+        "or a path to a recipe file.",
+    )
+
+    @field_validator("aspect_ratio")
+    @classmethod
+    def _check_aspect(cls, value: str) -> str:
+        if value != "auto":
+            match = ASPECT_PATTERN.match(value)
+            if not match or float(match.group(1)) <= 0 or float(match.group(2)) <= 0:
+                raise ValueError("aspect_ratio must be 'auto' or W:H with positive numbers, e.g. 16:9")
+        return value
+
+    @field_validator("keyframes")
+    @classmethod
+    def _check_keyframes(cls, value: dict[int, str]) -> dict[int, str]:
+        if len(value) > MAX_KEYFRAMES:
+            raise ValueError(f"keyframes: at most {MAX_KEYFRAMES} keyframes")
+        for index in value:
+            if index < 0:
+                raise ValueError(f"keyframes: section index {index} must be >= 0")
+        return value
+
+    @field_validator("filename")
+    @classmethod
+    def _check_filename(cls, value: str | None) -> str | None:
+        if value is not None and (not value.strip() or re.search(r"[\\/\x00]|^\.\.?$", value)):
+            raise ValueError("filename must be a plain file stem without folders")
+        return value
+
+    @model_validator(mode="after")
+    def _check_images(self) -> "GenerateRequest":
+        if self.end_image and not self.init_image:
+            raise ValueError("end_image needs init_image (FLF2V); for text-to-video leave both empty")
+        if self.end_image and self.variant != "bidirectional":
+            raise ValueError("end_image works only with variant 'bidirectional' (F1 generates forward)")
+        return self
+
+    @property
+    def mode(self) -> Literal["t2v", "i2v", "flf2v"]:
+        if not self.init_image:
+            return "t2v"
+        return "flf2v" if self.end_image else "i2v"
+
+    def aspect(self) -> tuple[float, float] | None:
+        """(width, height) of an explicit aspect ratio, None for 'auto'."""
+        match = ASPECT_PATTERN.match(self.aspect_ratio)
+        return (float(match.group(1)), float(match.group(2))) if match else None

@@ -1,0 +1,70 @@
+"""The FramePack transformer as a flow-matching velocity function for one section."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from framepack.encoders import PromptEmbeds
+from framepack.sampling.context import SectionContext
+
+VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+TIMESTEP_SCALE = 1000.0  # sigma -> model timestep, and distilled guidance -> guidance embedding
+
+
+@dataclass
+class Conditioning:
+    """What one model call is conditioned on besides the latents: text and SigLIP image tokens."""
+
+    prompt: PromptEmbeds
+    image_embeds: torch.Tensor
+
+
+def rescale_cfg(guided: torch.Tensor, positive: torch.Tensor, rescale: float) -> torch.Tensor:
+    """Pull the guided prediction's std back towards the positive one's (Lin et al. 2023, as in FramePack)."""
+    if rescale <= 0.0:
+        return guided
+    dims = list(range(1, guided.ndim))
+    rescaled = guided * (positive.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True))
+    return rescale * rescaled + (1.0 - rescale) * guided
+
+
+def make_velocity_fn(
+    transformer: torch.nn.Module,
+    context: SectionContext,
+    positive: Conditioning,
+    negative: Conditioning | None,
+    guidance: float,
+    cfg_scale: float = 1.0,
+    cfg_rescale: float = 0.0,
+) -> VelocityFn:
+    """Velocity of the section window; real CFG (two calls) only when cfg_scale > 1 and a negative is given."""
+    dtype = transformer.dtype
+    device = next(transformer.parameters()).device
+    context_kwargs = context.transformer_kwargs(device, dtype)
+    guidance_embed = torch.tensor([guidance], dtype=dtype, device=device) * TIMESTEP_SCALE
+
+    def call(x: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        return transformer(
+            hidden_states=x.to(device, dtype),
+            timestep=(sigma * TIMESTEP_SCALE).to(device).expand(x.shape[0]),
+            encoder_hidden_states=cond.prompt.llama,
+            encoder_attention_mask=cond.prompt.mask,
+            pooled_projections=cond.prompt.pooled,
+            image_embeds=cond.image_embeds,
+            guidance=guidance_embed,
+            return_dict=False,
+            **context_kwargs,
+        )[0].float()
+
+    def velocity(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        prediction = call(x, sigma, positive)
+        if negative is None or cfg_scale <= 1.0:
+            return prediction
+        unconditional = call(x, sigma, negative)
+        guided = unconditional + cfg_scale * (prediction - unconditional)
+        return rescale_cfg(guided, prediction, cfg_rescale)
+
+    return velocity

@@ -1,0 +1,101 @@
+"""Frames to a video file with PyAV (bundled FFmpeg); the file appears complete or not at all."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from pathlib import Path
+
+import av
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+CONTAINER_FORMATS = {"mp4": "mp4", "webm": "webm", "mkv": "matroska", "mov": "mov"}
+OPTION_ITEM = re.compile(r"^\s*([A-Za-z0-9_\-]+)\s*[:=]\s*([^,:=]+?)\s*$")
+
+
+class EncoderError(ValueError):
+    """Bad encoder settings; `field` names the request field."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+def parse_codec_options(text: str) -> dict[str, str]:
+    """'crf:16' or 'crf=16,preset=slow' -> {'crf': '16', 'preset': 'slow'}."""
+    options: dict[str, str] = {}
+    for item in filter(str.strip, text.split(",")):
+        match = OPTION_ITEM.match(item)
+        if not match:
+            raise EncoderError("codec_options", f"cannot read {item.strip()!r}; write key:value or key=value, comma separated")
+        options[match.group(1)] = match.group(2)
+    return options
+
+
+def partial_path(path: Path) -> Path:
+    """Hidden temporary name beside the final file, renamed into place on success."""
+    return path.with_name(f".{path.stem}.partial{path.suffix}")
+
+
+class VideoEncoderSink:
+    """Streams uint8 RGB frames into an H.264 (by default) yuv420p video.
+
+    Writes to a hidden partial file; `close()` renames it into place, `abort()` deletes it.
+    """
+
+    def __init__(
+        self,
+        path: Path | str,
+        fps: int,
+        width: int,
+        height: int,
+        codec: str = "libx264",
+        container: str = "mp4",
+        options: str = "crf:16",
+        metadata: dict | None = None,
+    ):
+        if width % 2 or height % 2:
+            raise EncoderError("resolution", f"{width}x{height}: width and height must be even for yuv420p")
+        if container not in CONTAINER_FORMATS:
+            raise EncoderError("container", f"{container!r}; allowed {', '.join(CONTAINER_FORMATS)}")
+        self.path = Path(path)
+        self.partial = partial_path(self.path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.frames = 0
+        self._container = av.open(str(self.partial), mode="w", format=CONTAINER_FORMATS[container])
+        try:
+            if metadata:
+                self._container.metadata["comment"] = json.dumps(metadata, separators=(",", ":"))
+            self._stream = self._container.add_stream(codec, rate=fps)
+            self._stream.width, self._stream.height = width, height
+            self._stream.pix_fmt = "yuv420p"
+            self._stream.options = parse_codec_options(options)
+        except Exception as error:
+            self.abort()
+            if isinstance(error, EncoderError):
+                raise
+            raise EncoderError("codec", f"cannot open encoder {codec!r}: {error}") from error
+
+    def write(self, frames: np.ndarray) -> None:
+        for pixels in frames:
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(pixels), format="rgb24")
+            self._container.mux(self._stream.encode(frame))
+            self.frames += 1
+
+    def close(self) -> Path:
+        self._container.mux(self._stream.encode(None))
+        self._container.close()
+        os.replace(self.partial, self.path)
+        logger.info("wrote %s (%d frames)", self.path, self.frames)
+        return self.path
+
+    def abort(self) -> None:
+        try:
+            self._container.close()
+        except Exception:  # the file is deleted either way
+            pass
+        self.partial.unlink(missing_ok=True)
