@@ -73,7 +73,7 @@ def fit_to_bucket(image: Image.Image, width: int, height: int) -> np.ndarray:
 
 def to_tensor(pixels: np.ndarray) -> torch.Tensor:
     """uint8 [H, W, 3] -> float32 [1, 3, H, W] in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(pixels)).float().div(127.5).sub(1.0).permute(2, 0, 1)[None]
+    return torch.from_numpy(np.array(pixels, dtype=np.uint8)).float().div(127.5).sub(1.0).permute(2, 0, 1)[None]
 
 
 def to_uint8(pixels: torch.Tensor) -> np.ndarray:

@@ -1,0 +1,5 @@
+import sys
+
+from framepack.cli import main
+
+sys.exit(main())

@@ -1,0 +1,167 @@
+"""`python -m framepack`: generate, plan, make-tiny, recipe.
+
+`generate` takes every request field as a flag, built from the request model so help and defaults are the
+model's own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import types
+import typing
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from framepack.request import GenerateRequest
+
+FIELD_FLAGS_SKIP = {"keyframes"}  # given as repeated --keyframe INDEX=IMAGE
+
+
+def _flag_type(annotation) -> tuple[type | None, list | None]:
+    """(argparse type, choices) for a request field annotation."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        choices = list(typing.get_args(annotation))
+        return type(choices[0]), choices
+    if origin in (typing.Union, types.UnionType):
+        inner = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+        return _flag_type(inner[0])
+    return annotation, None
+
+
+def add_request_flags(parser: argparse.ArgumentParser) -> None:
+    for name, info in GenerateRequest.model_fields.items():
+        if name in FIELD_FLAGS_SKIP:
+            continue
+        flag = "--" + name.replace("_", "-")
+        help_text = f"{info.description} (default: {info.default})"
+        kind, choices = _flag_type(info.annotation)
+        if kind is bool:
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            parser.add_argument(flag, dest=name, type=kind, choices=choices, default=None, help=help_text)
+    parser.add_argument(
+        "--keyframe",
+        dest="keyframes",
+        action="append",
+        default=[],
+        metavar="SECTION=IMAGE",
+        help="keyframe image for a section (time order, 0-based); repeat for several",
+    )
+
+
+def request_from_args(args: argparse.Namespace) -> GenerateRequest:
+    values = {name: getattr(args, name) for name in GenerateRequest.model_fields if getattr(args, name, None) is not None}
+    keyframes = {}
+    for item in args.keyframes:
+        index, sep, source = item.partition("=")
+        if not sep or not index.strip().isdigit():
+            raise ValueError(f"keyframes: {item!r} must be SECTION=IMAGE, e.g. 2=frame.png")
+        keyframes[int(index)] = source
+    values["keyframes"] = keyframes
+    return GenerateRequest(**values)
+
+
+def _error(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def command_plan(args: argparse.Namespace) -> int:
+    from framepack.runner import plan_request
+
+    plan = plan_request(request_from_args(args))
+    print(plan.summary())
+    print(json.dumps(plan.model_dump(), indent=2))
+    return 0
+
+
+def command_generate(args: argparse.Namespace) -> int:
+    from framepack.progress import ConsoleProgress
+    from framepack.runner import Runner, plan_request
+
+    request = request_from_args(args)
+    plan = plan_request(request)
+    print(f"plan: {plan.summary()}")
+    for warning in plan.warnings:
+        print(f"warning: {warning}")
+    if request.model == "tiny":
+        print("model: tiny SELF-TEST model with random weights -- the video is noise, not a real generation")
+    runner = Runner(device=args.device, output_dir=args.output_dir_default)
+    with ConsoleProgress(plan) as progress:
+        result = runner.run(request, on_event=progress, plan=plan)
+    print(f"done in {result.timings['total']:.1f} s: {result.frames} frames at {plan.fps} fps")
+    for key in sorted(k for k in result.timings if k.startswith("section_")):
+        print(f"  {key.replace('_', ' ')}: {result.timings[key]:.2f} s")
+    for name in ("encode_prompts", "encode_images", "start_frame", "decode"):
+        if name in result.timings:
+            print(f"  {name.replace('_', ' ')}: {result.timings[name]:.2f} s")
+    for path in result.outputs:
+        print(f"output: {path}")
+    return 0
+
+
+def command_make_tiny(args: argparse.Namespace) -> int:
+    from framepack.models.tiny import write_tiny_model
+
+    folder = write_tiny_model(args.folder)
+    print(f"wrote the tiny SELF-TEST model (random weights, output is noise) to {folder}")
+    return 0
+
+
+def command_recipe(args: argparse.Namespace) -> int:
+    from framepack.models.recipe import recipe_to_json, recipe_to_text
+    from framepack.runner import resolve_recipe
+
+    recipe = resolve_recipe(args.model, args.variant)
+    print(recipe_to_json(recipe) if args.json else recipe_to_text(recipe))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m framepack", description="FramePack video generation")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    generate = commands.add_parser("generate", help="generate a video", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_request_flags(generate)
+    generate.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    generate.add_argument("--default-output-dir", dest="output_dir_default", default="outputs", help="folder used when --output-dir is not given")
+    generate.set_defaults(handler=command_generate)
+
+    plan = commands.add_parser("plan", help="print the plan of a request without running it")
+    add_request_flags(plan)
+    plan.set_defaults(handler=command_plan)
+
+    tiny = commands.add_parser("make-tiny", help="write the random-weight SELF-TEST model to a folder")
+    tiny.add_argument("folder", type=Path)
+    tiny.set_defaults(handler=command_make_tiny)
+
+    recipe = commands.add_parser("recipe", help="print the model recipe")
+    recipe.add_argument("--model", default="default", help="'default', 'tiny' or a recipe file")
+    recipe.add_argument("--variant", default="bidirectional", choices=["bidirectional", "f1"])
+    recipe.add_argument("--json", action="store_true", help="JSON instead of text lines")
+    recipe.set_defaults(handler=command_recipe)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from framepack.errors import user_error_message
+
+    try:
+        return args.handler(args)
+    except ValidationError as error:
+        return _error("; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'request'}: {e['msg']}" for e in error.errors()))
+    except KeyboardInterrupt:
+        return _error("interrupted; no partial output was kept")
+    except Exception as error:  # known user-facing errors print one line; anything else is a bug with a trace
+        message = user_error_message(error)
+        if message is None:
+            raise
+        return _error(message)

@@ -1,0 +1,312 @@
+"""Load every FramePack component named by a recipe, with clear errors when one is not available.
+
+Each component is loaded with its library's own `from_pretrained` (diffusers for the transformer and VAE,
+transformers for the encoders, tokenizers and image processor), so hub repos, the Hugging Face cache and local
+folders in diffusers layout all work the same way. A component that cannot be found raises
+`ModelUnavailableError`, which says where we looked and how to fix it; `check_available` answers the same
+question without loading weights or touching the network, so faces can say so before a job starts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import huggingface_hub
+import torch
+from diffusers import AutoencoderKLHunyuanVideo, HunyuanVideoFramepackTransformer3DModel
+from huggingface_hub import constants as hub_constants
+from huggingface_hub.errors import EntryNotFoundError
+from safetensors import SafetensorError
+from transformers import (
+    CLIPTextModel,
+    CLIPTokenizer,
+    LlamaModel,
+    PreTrainedTokenizerFast,
+    SiglipImageProcessor,
+    SiglipVisionModel,
+)
+
+from framepack.models.components import Components
+from framepack.models.recipe import DEFAULT_DTYPES, VARIANTS, ComponentSource, Recipe
+from framepack.models.tiny import is_self_test_folder
+
+logger = logging.getLogger(__name__)
+
+TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+# Files that must be present for each component, as groups of alternatives: every group needs one alternative
+# whose files are all there. Checked before loading because some loaders do not fail on a missing folder
+# (CLIPTokenizer.from_pretrained quietly returns an empty 3-token tokenizer).
+CONFIG = (("config.json",),)
+WEIGHTS = tuple(
+    (name,)
+    for name in (
+        "diffusion_pytorch_model.safetensors",
+        "diffusion_pytorch_model.safetensors.index.json",
+        "model.safetensors",
+        "model.safetensors.index.json",
+        "diffusion_pytorch_model.bin",
+        "diffusion_pytorch_model.bin.index.json",
+        "pytorch_model.bin",
+        "pytorch_model.bin.index.json",
+    )
+)
+REQUIRED_FILES: dict[str, tuple[tuple[tuple[str, ...], ...], ...]] = {
+    "transformer": (CONFIG, WEIGHTS),
+    "vae": (CONFIG, WEIGHTS),
+    "text_encoder": (CONFIG, WEIGHTS),
+    # tokenizer.json is what makes the Llama tokenizer byte-level; without it the text is tokenized wrongly.
+    "tokenizer": ((("tokenizer.json",),),),
+    "text_encoder_2": (CONFIG, WEIGHTS),
+    "tokenizer_2": ((("vocab.json", "merges.txt"), ("tokenizer.json",)),),
+    "image_encoder": (CONFIG, WEIGHTS),
+    "feature_extractor": ((("preprocessor_config.json",),),),
+}
+
+# Exceptions from_pretrained raises for a missing or incomplete model, found by experiment (diffusers 0.42,
+# transformers 5, huggingface_hub 1.x): OSError for missing folders/files, unreachable hub and hub HTTP errors
+# (RepositoryNotFoundError, LocalEntryNotFoundError are OSErrors); ValueError from PreTrainedTokenizerFast without
+# tokenizer.json and from repo id validation; EntryNotFoundError, which is not an OSError; SafetensorError from
+# transformers for a truncated or corrupt .safetensors file (diffusers wraps that one in an OSError).
+LOAD_ERRORS = (OSError, ValueError, EntryNotFoundError, SafetensorError)
+
+
+class ModelUnavailableError(RuntimeError):
+    """A component could not be found or loaded; the message says where we looked and how to fix it."""
+
+    def __init__(self, component: str, source: ComponentSource, message: str) -> None:
+        super().__init__(message)
+        self.component = component
+        self.source = source
+
+
+@dataclass(frozen=True)
+class _Loader:
+    """How one component is loaded: its class and whether it is a torch module that takes a dtype."""
+
+    cls: Any
+    is_module: bool
+    dtype_keyword: str | None  # diffusers says torch_dtype, transformers 5 says dtype (torch_dtype is deprecated)
+
+
+LOADERS = {
+    "transformer": _Loader(HunyuanVideoFramepackTransformer3DModel, True, "torch_dtype"),
+    "vae": _Loader(AutoencoderKLHunyuanVideo, True, "torch_dtype"),
+    "text_encoder": _Loader(LlamaModel, True, "dtype"),
+    # The transformers 5 trap (FACTS.md): the hub's tokenizer_config.json names `LlamaTokenizerFast`, which in
+    # transformers 5 is an alias of `LlamaTokenizer`; loading by that name (or with LlamaTokenizerFast directly)
+    # builds a SentencePiece/Metaspace pre-tokenizer over the byte-level BPE in tokenizer.json. Spaces then vanish,
+    # the template prefix no longer measures 95 tokens, the prompt is cropped away and every prompt gives the
+    # same embedding. `PreTrainedTokenizerFast` loads tokenizer.json as written (byte-level), so we use it.
+    "tokenizer": _Loader(PreTrainedTokenizerFast, False, None),
+    "text_encoder_2": _Loader(CLIPTextModel, True, "dtype"),
+    "tokenizer_2": _Loader(CLIPTokenizer, False, None),
+    "image_encoder": _Loader(SiglipVisionModel, True, "dtype"),
+    "feature_extractor": _Loader(SiglipImageProcessor, False, None),
+}
+
+
+def load_components(
+    recipe: Recipe,
+    device: str | torch.device = "cpu",
+    variant: str = "bidirectional",
+    on_progress: Callable[[str], None] | None = None,
+) -> Components:
+    """Load every component of `recipe` onto `device`, in eval mode without gradients."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; allowed: {', '.join(VARIANTS)}")
+    start = time.perf_counter()
+    loaded = {}
+    for name, source in recipe.items():
+        message = f"loading {name} from {source.describe()}"
+        logger.info(message)
+        if on_progress is not None:
+            on_progress(message)
+        loaded[name] = load_component(name, source, device)
+    self_test = recipe.self_test or _is_self_test_source(recipe.transformer)
+    if self_test:
+        logger.warning("loaded the SELF-TEST model (random weights): its output is noise")
+    logger.info("loaded all components in %.2f s", time.perf_counter() - start)
+    return Components(**loaded, variant=variant, self_test=self_test)
+
+
+def load_component(name: str, source: ComponentSource, device: str | torch.device = "cpu") -> Any:
+    """Load one component with its library's from_pretrained; ModelUnavailableError if it is not there."""
+    loader = LOADERS[name]
+    _check_before_loading(name, source)
+    kwargs: dict[str, Any] = {}
+    if source.subfolder:
+        kwargs["subfolder"] = source.subfolder
+    if loader.dtype_keyword is not None:
+        kwargs[loader.dtype_keyword] = TORCH_DTYPES[source.dtype or DEFAULT_DTYPES[name]]
+    start = time.perf_counter()
+    try:
+        component = loader.cls.from_pretrained(_source_path(source), **kwargs)
+    except LOAD_ERRORS as error:
+        raise _unavailable(name, source, f"{type(error).__name__}: {error}") from error
+    if loader.is_module:
+        component = _prepare_module(component, device)
+    elif name == "tokenizer":
+        component = _prepare_llama_tokenizer(component)
+    _check_after_loading(name, source, component)
+    logger.info(
+        "loaded %s (%s) from %s in %.2f s",
+        name,
+        type(component).__name__,
+        source.describe(),
+        time.perf_counter() - start,
+    )
+    return component
+
+
+def _prepare_module(module: torch.nn.Module, device: str | torch.device) -> torch.nn.Module:
+    module.eval()
+    module.requires_grad_(False)
+    return module.to(device)
+
+
+def _prepare_llama_tokenizer(tokenizer: Any) -> Any:
+    """Right padding with a pad token, as the HunyuanVideo text encoder expects (mask marks the prompt)."""
+    tokenizer.padding_side = "right"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or "<|end_of_text|>"
+    return tokenizer
+
+
+def _check_before_loading(name: str, source: ComponentSource) -> None:
+    """Fail fast and clearly for local folders and, in offline mode, for hub repos missing from the cache."""
+    if source.is_local or huggingface_hub.is_offline_mode():
+        error = check_component(name, source)
+        if error is not None:
+            raise error
+
+
+def _check_after_loading(name: str, source: ComponentSource, component: Any) -> None:
+    """Catch loads that "succeed" with nothing in them, and a tokenizer that lost its spaces (the trap)."""
+    if name in ("tokenizer", "tokenizer_2") and len(component) <= 3:
+        raise _unavailable(name, source, f"the tokenizer loaded empty ({len(component)} tokens): no vocabulary found")
+    if name == "tokenizer":
+        sample = "a cat walks"
+        decoded = component.decode(component(sample, add_special_tokens=False).input_ids)
+        if decoded.strip() != sample:
+            logger.warning(
+                "tokenizer from %s does not round-trip spaces (%r -> %r): prompts will be encoded wrongly",
+                source.describe(),
+                sample,
+                decoded,
+            )
+
+
+def _is_self_test_source(source: ComponentSource) -> bool:
+    return source.is_local and is_self_test_folder(_local_folder(source))
+
+
+# ---------------------------------------------------------------------------------------------- availability
+
+
+def check_available(recipe: Recipe) -> list[ModelUnavailableError]:
+    """One error per component whose files are not on this machine; no weights loaded, no network used."""
+    errors = [check_component(name, source) for name, source in recipe.items()]
+    return [error for error in errors if error is not None]
+
+
+def check_component(name: str, source: ComponentSource) -> ModelUnavailableError | None:
+    """None when the component's files are present locally or in the Hugging Face cache, else the error."""
+    if source.is_local:
+        folder = _local_folder(source)
+        if not folder.is_dir():
+            return _unavailable(name, source, "the folder does not exist")
+    missing = _missing_files(name, source)
+    if missing:
+        return _unavailable(name, source, f"{missing} not found")
+    return None
+
+
+def _missing_files(name: str, source: ComponentSource) -> str | None:
+    """A description of the first required file group with no alternative present, or None if all are there."""
+    for alternatives in REQUIRED_FILES[name]:
+        found = None
+        for files in alternatives:
+            paths = [_find_file(source, filename) for filename in files]
+            if all(path is not None for path in paths):
+                found = paths
+                break
+        if found is None:
+            return " or ".join(" + ".join(files) for files in alternatives)
+        shards = _missing_shards(source, found[0])
+        if shards:
+            return f"weight shards {', '.join(shards)}"
+    return None
+
+
+def _missing_shards(source: ComponentSource, path: Path) -> list[str]:
+    """Shards listed in a sharded checkpoint's index that are not present (an interrupted download)."""
+    if not path.name.endswith(".index.json"):
+        return []
+    try:
+        weight_map = json.loads(path.read_text(encoding="utf-8")).get("weight_map", {})
+    except (OSError, ValueError):
+        return [path.name + " (unreadable)"]
+    return sorted(shard for shard in set(weight_map.values()) if _find_file(source, shard) is None)
+
+
+def _find_file(source: ComponentSource, filename: str) -> Path | None:
+    """The file's path in the local folder or the Hugging Face cache, without any network access."""
+    if source.is_local:
+        path = _local_folder(source) / filename
+        return path if path.is_file() else None
+    repo_filename = f"{source.subfolder}/{filename}" if source.subfolder else filename
+    try:
+        cached = huggingface_hub.try_to_load_from_cache(source.source, repo_filename)
+    except ValueError:  # not a valid repo id
+        return None
+    return Path(cached) if isinstance(cached, str) else None
+
+
+def _local_folder(source: ComponentSource) -> Path:
+    folder = Path(source.source).expanduser()
+    return folder / source.subfolder if source.subfolder else folder
+
+
+def _source_path(source: ComponentSource) -> str:
+    return str(Path(source.source).expanduser()) if source.is_local else source.source
+
+
+# ---------------------------------------------------------------------------------------------- messages
+
+
+def _unavailable(name: str, source: ComponentSource, reason: str) -> ModelUnavailableError:
+    reason = " ".join(reason.split()).rstrip(". ")
+    if source.is_local:
+        message = (
+            f"{name} is not available: {reason}. Looked in local folder {_local_folder(source)}. "
+            f"Fix: point the recipe line '{name}: <folder>' at a folder that holds the {name} files "
+            f"(diffusers layout: {_expected_files(name)}), or remove the line to use the default."
+        )
+    else:
+        subfolder = f", subfolder {source.subfolder}" if source.subfolder else ""
+        include = f" --include '{source.subfolder}/*'" if source.subfolder else ""
+        message = (
+            f"{name} is not available: {reason}. Looked for hub repo {source.source}{subfolder} "
+            f"in the Hugging Face cache {hub_constants.HF_HUB_CACHE}. "
+            f"Fix: on a connected machine run `hf download {source.source}{include}` and copy its cache folder "
+            f"into {hub_constants.HF_HUB_CACHE} (or set HF_HUB_CACHE to it), or point the recipe line "
+            f"'{name}: <folder>' at a local folder with the files."
+        )
+        if huggingface_hub.is_offline_mode():
+            message += f" HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '1')} is set, so nothing is downloaded."
+    return ModelUnavailableError(name, source, message)
+
+
+def _expected_files(name: str) -> str:
+    groups = REQUIRED_FILES[name]
+    return "; ".join(" or ".join(" + ".join(files) for files in alternatives[:2]) for alternatives in groups)
+
+
+__all__ = ["ModelUnavailableError", "check_available", "check_component", "load_component", "load_components"]

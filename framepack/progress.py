@@ -1,0 +1,37 @@
+"""Console rendering of generation events: a step progress bar with stage and section lines."""
+
+from __future__ import annotations
+
+from tqdm import tqdm
+
+from framepack.events import Event, SectionFinished, StageStarted, StepProgress
+from framepack.plan import Plan
+
+
+class ConsoleProgress:
+    """Event subscriber that draws one tqdm bar over all denoising steps of the job."""
+
+    def __init__(self, plan: Plan):
+        self.plan = plan
+        self.bar: tqdm | None = None
+
+    def __enter__(self) -> "ConsoleProgress":
+        total = self.plan.steps * (self.plan.num_sections + int(self.plan.start_frame_pass))
+        self.bar = tqdm(total=total, unit="step", dynamic_ncols=True, desc="starting")
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def __call__(self, event: Event) -> None:
+        if self.bar is None:
+            return
+        if isinstance(event, StageStarted):
+            self.bar.set_description(event.stage)
+        elif isinstance(event, StepProgress):
+            where = "start frame" if event.section < 0 else f"section {event.section} ({event.order + 1}/{self.plan.num_sections})"
+            self.bar.set_description(where)
+            self.bar.update(event.done_steps - self.bar.n)
+        elif isinstance(event, SectionFinished) and event.section >= 0:
+            self.bar.write(f"section {event.section} done in {event.seconds:.2f} s")

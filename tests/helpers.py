@@ -1,0 +1,73 @@
+"""Shared test utilities: in-memory sink, synthetic images, transformer call capture, video decoding."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+from PIL import Image
+
+
+class MemorySink:
+    """Collects frames (tests only: it holds the whole video)."""
+
+    def __init__(self) -> None:
+        self.chunks: list[np.ndarray] = []
+        self.closed = self.aborted = False
+
+    def write(self, frames: np.ndarray) -> None:
+        assert frames.dtype == np.uint8 and frames.ndim == 4 and frames.shape[-1] == 3
+        self.chunks.append(frames.copy())
+
+    def close(self):
+        self.closed = True
+        return None
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    @property
+    def frames(self) -> np.ndarray:
+        return np.concatenate(self.chunks) if self.chunks else np.zeros((0, 0, 0, 3), np.uint8)
+
+
+def pattern_image(path: Path, width: int, height: int, seed: int = 0) -> Path:
+    """A smooth colourful test picture (gradients plus a few discs), saved as PNG."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    pixels = np.stack([x / width, y / height, 0.5 + 0.5 * np.sin((x + y) / 9.0 + seed)], axis=-1)
+    for _ in range(4):
+        cx, cy, r = rng.uniform(0, width), rng.uniform(0, height), rng.uniform(6, width / 3)
+        pixels[(x - cx) ** 2 + (y - cy) ** 2 < r * r] = rng.uniform(0, 1, 3)
+    Image.fromarray((pixels * 255).astype(np.uint8)).save(path)
+    return path
+
+
+class TransformerCalls:
+    """Records the keyword inputs of every transformer forward call."""
+
+    def __init__(self, transformer: torch.nn.Module):
+        self.calls: list[dict] = []
+        self._handle = transformer.register_forward_pre_hook(self._record, with_kwargs=True)
+
+    def _record(self, _module, _args, kwargs):
+        self.calls.append({key: value.detach().clone() if torch.is_tensor(value) else value for key, value in kwargs.items()})
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+    def __enter__(self) -> "TransformerCalls":
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.remove()
+
+
+def decode_video(path: Path) -> tuple[int, int, int, str, str]:
+    """(frames counted by decoding, width, height, codec name, pixel format) of a video file."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        frames = sum(1 for _ in container.decode(stream))
+        return frames, stream.codec_context.width, stream.codec_context.height, stream.codec_context.name, stream.codec_context.pix_fmt
