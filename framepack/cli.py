@@ -80,9 +80,22 @@ def command_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def quiet_library_progress() -> None:
+    """Our own bar shows progress; the libraries' per-file loading bars would only interleave with it."""
+    import diffusers
+    import huggingface_hub
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+    huggingface_hub.utils.disable_progress_bars()
+
+
 def command_generate(args: argparse.Namespace) -> int:
     from framepack.progress import ConsoleProgress
     from framepack.runner import Runner, plan_request
+
+    quiet_library_progress()
 
     request = request_from_args(args)
     plan = plan_request(request)
