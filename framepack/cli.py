@@ -16,6 +16,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from framepack.errors import FieldError, user_error_message
 from framepack.request import GenerateRequest
 
 FIELD_FLAGS_SKIP = {"keyframes"}  # given as repeated --keyframe INDEX=IMAGE
@@ -60,7 +61,7 @@ def request_from_args(args: argparse.Namespace) -> GenerateRequest:
     for item in args.keyframes:
         index, sep, source = item.partition("=")
         if not sep or not index.strip().isdigit():
-            raise ValueError(f"keyframes: {item!r} must be SECTION=IMAGE, e.g. 2=frame.png")
+            raise FieldError("keyframes", f"{item!r} must be SECTION=IMAGE, e.g. 2=frame.png")
         keyframes[int(index)] = source
     values["keyframes"] = keyframes
     return GenerateRequest(**values)
@@ -165,8 +166,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from framepack.errors import user_error_message
-
     try:
         return args.handler(args)
     except ValidationError as error:

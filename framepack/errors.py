@@ -1,22 +1,24 @@
-"""Which engine errors speak to the user (one clear line), as opposed to bugs that deserve a traceback."""
+"""Errors that speak to the user, as opposed to bugs that deserve a traceback."""
 
 from __future__ import annotations
 
-from framepack.events import Cancelled
-from framepack.images import ImageInputError
-from framepack.plan import PlanError
-from framepack.video.encoder import EncoderError
+
+class FieldError(ValueError):
+    """Bad input, refused before any model work; `field` names the request field at fault."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
 
 
 def user_error_message(error: BaseException) -> str | None:
-    """The message to show for a user-facing error, None for anything else."""
+    """The one line to show for a user-facing error, None for anything else (a bug)."""
+    from framepack.events import Cancelled
     from framepack.models.loader import ModelUnavailableError
     from framepack.models.recipe import RecipeError
 
     if isinstance(error, Cancelled):
         return "cancelled; no partial output was kept"
-    if isinstance(error, (PlanError, ImageInputError, EncoderError, RecipeError, ModelUnavailableError)):
+    if isinstance(error, (FieldError, RecipeError, ModelUnavailableError)):
         return str(error)
-    if isinstance(error, ValueError) and str(error).split(":")[0].replace("_", "").replace(".", "").isalnum():
-        return str(error)  # "field: reason" raised while reading flags or files
     return None

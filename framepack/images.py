@@ -11,15 +11,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from framepack.errors import FieldError
+
 MAX_IMAGE_PIXELS = 64_000_000
 
 
-class ImageInputError(ValueError):
-    """An image field that cannot be used; `field` names the request field."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field = field
+class ImageInputError(FieldError):
+    """An image field that cannot be used."""
 
 
 def _image_bytes(source: str, field: str) -> bytes:
@@ -50,14 +48,23 @@ def load_image(source: str, field: str = "init_image") -> Image.Image:
     image = ImageOps.exif_transpose(image)
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         array = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
-        image = Image.fromarray(np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+        image = Image.fromarray(np.clip(array / _white_level(image.mode, array) * 255.0 + 0.5, 0, 255).astype(np.uint8))
     if image.mode == "P":
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA"):
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, image.convert("RGBA"))
     return image.convert("RGB")
+
+
+def _white_level(mode: str, array: np.ndarray) -> float:
+    """The value that means white: 16-bit modes 65535; 32-bit int and float guessed from their range."""
+    peak = float(array.max(initial=0))
+    if mode.startswith("I;16") or peak > 255:
+        return 65535.0
+    if mode == "F" and peak <= 1.0:
+        return 1.0
+    return 255.0
 
 
 def fit_to_bucket(image: Image.Image, width: int, height: int) -> np.ndarray:

@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
+from framepack.errors import FieldError
 from framepack.request import GenerateRequest
 
 # (height, width) buckets of the original FramePack at the trained 640 scale.
@@ -26,12 +27,8 @@ VAE_TEMPORAL = 4  # pixel frames per latent frame (the first latent frame of a c
 TIMESTAMP = re.compile(r"^\[\s*(?:(\d+):)?(\d+(?:\.\d+)?)\s*s?\s*\]\s*(.*)$")
 
 
-class PlanError(ValueError):
-    """A request that cannot be planned; `field` names the request field at fault."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field = field
+class PlanError(FieldError):
+    """A request that cannot be planned."""
 
 
 def bucket_size(height: float, width: float, resolution: int) -> tuple[int, int]:

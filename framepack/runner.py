@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from framepack.errors import FieldError
 from framepack.events import CancelToken, EventCallback, StageStarted, ignore_events
 from framepack.generate import FrameSink, GenerationResult, generate
 from framepack.images import load_image
@@ -47,7 +48,7 @@ def resolve_recipe(model: str, variant: str, home: Path | None = None) -> Recipe
         return tiny_recipe(folder)
     path = Path(model)
     if not path.is_file():
-        raise ValueError(f"model: {model!r} is not 'default', 'tiny' or an existing recipe file")
+        raise FieldError("model", f"{model!r} is not 'default', 'tiny' or an existing recipe file")
     return load_recipe(path.read_text(), base=default_recipe(variant))
 
 
@@ -106,8 +107,7 @@ class Runner:
         self._recipe: Recipe | None = None
         self._components: Components | None = None
 
-    def components_for(self, request: GenerateRequest, on_event: EventCallback = ignore_events) -> Components:
-        recipe = resolve_recipe(request.model, request.variant, self.home)
+    def components_for(self, request: GenerateRequest, recipe: Recipe, on_event: EventCallback = ignore_events) -> Components:
         if self._components is None or recipe != self._recipe:
             self.unload()
             on_event(StageStarted("load model", "self-test model" if recipe.self_test else request.model))
@@ -128,8 +128,14 @@ class Runner:
         plan: Plan | None = None,
     ) -> GenerationResult:
         plan = plan or plan_request(request)
-        components = self.components_for(request, on_event)
+        recipe = resolve_recipe(request.model, request.variant, self.home)
+        sinks = build_sinks(request, plan, output_path(request, plan, self.output_dir))  # bad codec: before loading
+        try:
+            components = self.components_for(request, recipe, on_event)
+        except BaseException:
+            for sink in sinks:
+                sink.abort()
+            raise
         if components.self_test:
             logger.warning("running the SELF-TEST model: random weights, the video is noise")
-        sinks = build_sinks(request, plan, output_path(request, plan, self.output_dir))
         return generate(components, request, plan, sinks, on_event, cancel)

@@ -42,8 +42,3 @@ class Components:
     @property
     def temporal_scale(self) -> int:
         return int(self.vae.config.temporal_compression_ratio)
-
-    def to(self, device: torch.device | str) -> "Components":
-        for module in (self.transformer, self.vae, self.text_encoder, self.text_encoder_2, self.image_encoder):
-            module.to(device)
-        return self

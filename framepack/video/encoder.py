@@ -11,18 +11,16 @@ from pathlib import Path
 import av
 import numpy as np
 
+from framepack.errors import FieldError
+
 logger = logging.getLogger(__name__)
 
 CONTAINER_FORMATS = {"mp4": "mp4", "webm": "webm", "mkv": "matroska", "mov": "mov"}
 OPTION_ITEM = re.compile(r"^\s*([A-Za-z0-9_\-]+)\s*[:=]\s*([^,:=]+?)\s*$")
 
 
-class EncoderError(ValueError):
-    """Bad encoder settings; `field` names the request field."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field = field
+class EncoderError(FieldError):
+    """Bad encoder settings."""
 
 
 def parse_codec_options(text: str) -> dict[str, str]:
