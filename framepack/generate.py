@@ -31,7 +31,7 @@ from framepack.images import fit_to_bucket, load_image, to_tensor, to_uint8
 from framepack.models.components import Components
 from framepack.plan import Plan, SectionPlan
 from framepack.request import GenerateRequest
-from framepack.sampling.context import SectionContext, bidirectional_context, forward_context
+from framepack.sampling.context import HISTORY_FRAMES, SectionContext, bidirectional_context, forward_context
 from framepack.sampling.denoise import Conditioning, make_velocity_fn
 from framepack.sampling.samplers import get_sampler
 from framepack.sampling.schedule import flow_sigmas, sequence_length
@@ -315,12 +315,14 @@ def _generate(components, request, plan, sinks, on_event, cancel, restored, on_s
         start_pixels = vae_decode(components, latents[START])[:, :, 0]
         images.start_vision = encode_vision(components, start_pixels.cpu().clamp(-1, 1), dtype)
         timings["start_frame"] = time.perf_counter() - clock
-        on_event(SectionFinished(-1, -1, timings["start_frame"], preview(latents[START])))
+        start_preview = to_uint8(start_pixels[0]) if request.preview else None
+        on_event(SectionFinished(-1, -1, timings["start_frame"], start_preview))
     else:
         latents[START] = images.start_latent
 
     on_event(StageStarted("sample", f"{plan.num_sections} sections, {plan.steps} steps each"))
     window = plan.latent_window_size
+    span = -(-HISTORY_FRAMES // window)  # neighbouring sections that fill the history slots
     for order, index in enumerate(plan.generation_order):
         section = plan.sections[index]
         clock = time.perf_counter()
@@ -331,12 +333,12 @@ def _generate(components, request, plan, sinks, on_event, cancel, restored, on_s
         else:
             prefix = images.keyframe_latents[section.keyframe] if section.keyframe is not None else images.start_latent
             if bidirectional:
-                after = [latents[i] for i in range(index + 1, plan.num_sections)]
+                after = [latents[i] for i in range(index + 1, min(plan.num_sections, index + 1 + span))]
                 history = torch.cat(after, dim=2) if after else noise[:, :, :0]
                 end = end_context(images, request) if images.end_latent is not None and order == 0 else None
                 context = bidirectional_context(prefix, history, section.latent_padding, window, end)
             else:
-                history = torch.cat([latents[START]] + [latents[i] for i in range(index)], dim=2)
+                history = torch.cat([latents[START]] + [latents[i] for i in range(max(0, index - span), index)], dim=2)
                 context = forward_context(prefix, history, window)
             positive, negative = conditioning(section.prompt, section_vision(images, section, request))
             latents[index] = sampler.run(noise, context, positive, negative, index, order)

@@ -43,11 +43,18 @@ def pipeline(tiny_components):
 
 
 @pytest.mark.parametrize(
-    "variant,sampling_type,with_end",
-    [("bidirectional", "inverted_anti_drifting", False), ("f1", "vanilla", False), ("bidirectional", "inverted_anti_drifting", True)],
-    ids=["i2v-bidirectional", "i2v-f1", "flf2v-bidirectional"],
+    "variant,sampling_type,with_end,sections",
+    [
+        ("bidirectional", "inverted_anti_drifting", False, SECTIONS),
+        ("f1", "vanilla", False, SECTIONS),
+        ("bidirectional", "inverted_anti_drifting", True, SECTIONS),
+        # 8 sections: paddings [3, 2, 2, 2, 2, 2, 1, 0] and histories longer than the 19 history slots
+        ("bidirectional", "inverted_anti_drifting", True, 8),
+        ("f1", "vanilla", False, 8),
+    ],
+    ids=["i2v-bidirectional", "i2v-f1", "flf2v-bidirectional", "flf2v-bidirectional-8", "i2v-f1-8"],
 )
-def test_frames_match_the_diffusers_pipeline(tiny_components, pipeline, tmp_path, variant, sampling_type, with_end):
+def test_frames_match_the_diffusers_pipeline(tiny_components, pipeline, tmp_path, variant, sampling_type, with_end, sections):
     request = GenerateRequest(
         prompt=PROMPT,
         init_image=str(pattern_image(tmp_path / "start.png", 128, 128, seed=1)),
@@ -55,7 +62,7 @@ def test_frames_match_the_diffusers_pipeline(tiny_components, pipeline, tmp_path
         resolution=128,
         latent_window_size=WINDOW,
         steps=STEPS,
-        duration=SECTIONS * 4 * WINDOW / 30,
+        duration=sections * 4 * WINDOW / 30,
         fps=30,
         sampler="euler",
         seed=SEED,
@@ -63,7 +70,7 @@ def test_frames_match_the_diffusers_pipeline(tiny_components, pipeline, tmp_path
         end_vision_weight=0.0,
     )
     plan = plan_request(request)
-    assert (plan.width, plan.height, plan.num_sections) == (128, 128, SECTIONS)
+    assert (plan.width, plan.height, plan.num_sections) == (128, 128, sections)
     ours = MemorySink()
     generate(tiny_components, request, plan, [ours])
 
@@ -76,7 +83,7 @@ def test_frames_match_the_diffusers_pipeline(tiny_components, pipeline, tmp_path
         prompt=PROMPT,
         height=plan.height,
         width=plan.width,
-        num_frames=SECTIONS * ((WINDOW - 1) * 4 + 1),
+        num_frames=sections * ((WINDOW - 1) * 4 + 1),
         latent_window_size=WINDOW,
         num_inference_steps=STEPS,
         guidance_scale=request.guidance,
@@ -88,7 +95,7 @@ def test_frames_match_the_diffusers_pipeline(tiny_components, pipeline, tmp_path
     expected = np.round(np.clip(reference * 255.0, 0, 255))  # the same rounding our uint8 frames had
     assert ours.frames.shape == expected.shape == (plan.generated_frames, 128, 128, 3)
     difference = np.abs(ours.frames.astype(np.float64) - expected)
-    print(f"parity {variant} end={with_end}: max {difference.max():.0f} mean {difference.mean():.5f} levels")
+    print(f"parity {variant} end={with_end} sections={sections}: max {difference.max():.0f} mean {difference.mean():.5f} levels")
     assert difference.max() <= 1.0, f"max difference {difference.max():.3f} levels of 255 (tolerance 1)"
     assert difference.mean() < 0.05, f"mean difference {difference.mean():.4f} levels (tolerance 0.05)"
     assert expected.std() > 1.0  # a real comparison: the frames are not flat

@@ -49,6 +49,20 @@ def _fit(history: torch.Tensor, keep_start: bool) -> torch.Tensor:
     return torch.cat([history, pad] if keep_start else [pad, history], dim=2)
 
 
+def _context(prefix, i_prefix, i_latents, slot_1x, slot_2x, slot_4x) -> SectionContext:
+    """The anchor frame travels with the 1x history slot (the model's `latents_clean`)."""
+    (latents_1x, i_1x), (latents_2x, i_2x), (latents_4x, i_4x) = slot_1x, slot_2x, slot_4x
+    return SectionContext(
+        indices_latents=i_latents,
+        latents_clean=torch.cat([prefix, latents_1x], dim=2),
+        indices_clean=torch.cat([i_prefix, i_1x]),
+        latents_2x=latents_2x,
+        indices_2x=i_2x,
+        latents_4x=latents_4x,
+        indices_4x=i_4x,
+    )
+
+
 def bidirectional_context(
     prefix: torch.Tensor, after: torch.Tensor, padding: int, window: int, end_context: torch.Tensor | None = None
 ) -> SectionContext:
@@ -65,15 +79,7 @@ def bidirectional_context(
     i_prefix, _, i_latents, i_1x, i_2x, i_4x = indices.split(
         [1, padding * window, window, HISTORY_1X, HISTORY_2X, HISTORY_4X]
     )
-    return SectionContext(
-        indices_latents=i_latents,
-        latents_clean=torch.cat([prefix, latents_1x], dim=2),
-        indices_clean=torch.cat([i_prefix, i_1x]),
-        latents_2x=latents_2x,
-        indices_2x=i_2x,
-        latents_4x=latents_4x,
-        indices_4x=i_4x,
-    )
+    return _context(prefix, i_prefix, i_latents, (latents_1x, i_1x), (latents_2x, i_2x), (latents_4x, i_4x))
 
 
 def forward_context(prefix: torch.Tensor, before: torch.Tensor, window: int) -> SectionContext:
@@ -82,12 +88,4 @@ def forward_context(prefix: torch.Tensor, before: torch.Tensor, window: int) -> 
     latents_4x, latents_2x, latents_1x = history.split([HISTORY_4X, HISTORY_2X, HISTORY_1X], dim=2)
     indices = torch.arange(1 + HISTORY_FRAMES + window)
     i_prefix, i_4x, i_2x, i_1x, i_latents = indices.split([1, HISTORY_4X, HISTORY_2X, HISTORY_1X, window])
-    return SectionContext(
-        indices_latents=i_latents,
-        latents_clean=torch.cat([prefix, latents_1x], dim=2),
-        indices_clean=torch.cat([i_prefix, i_1x]),
-        latents_2x=latents_2x,
-        indices_2x=i_2x,
-        latents_4x=latents_4x,
-        indices_4x=i_4x,
-    )
+    return _context(prefix, i_prefix, i_latents, (latents_1x, i_1x), (latents_2x, i_2x), (latents_4x, i_4x))
