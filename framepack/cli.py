@@ -46,6 +46,12 @@ def add_request_flags(parser: argparse.ArgumentParser) -> None:
         else:
             parser.add_argument(flag, dest=name, type=kind, choices=choices, default=None, help=help_text)
     parser.add_argument(
+        "--request-file",
+        default=None,
+        metavar="JSON",
+        help="start from a request saved by `info --request` (or any request JSON); flags override its fields",
+    )
+    parser.add_argument(
         "--keyframe",
         dest="keyframes",
         action="append",
@@ -56,8 +62,16 @@ def add_request_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def request_from_args(args: argparse.Namespace) -> GenerateRequest:
-    values = {name: getattr(args, name) for name in GenerateRequest.model_fields if getattr(args, name, None) is not None}
-    keyframes = {}
+    values = {}
+    if args.request_file:
+        try:
+            values = json.loads(Path(args.request_file).read_text())
+        except (OSError, ValueError) as error:
+            raise FieldError("request_file", f"cannot read {args.request_file}: {error}") from None
+        values = values.get("request", values)  # a whole metadata record or just its request
+    flags = {name: getattr(args, name) for name in GenerateRequest.model_fields if name not in FIELD_FLAGS_SKIP}
+    values.update({name: value for name, value in flags.items() if value is not None})
+    keyframes = {int(index): source for index, source in values.get("keyframes", {}).items()}
     for item in args.keyframes:
         index, sep, source = item.partition("=")
         if not sep or not index.strip().isdigit():
@@ -65,6 +79,47 @@ def request_from_args(args: argparse.Namespace) -> GenerateRequest:
         keyframes[int(index)] = source
     values["keyframes"] = keyframes
     return GenerateRequest(**values)
+
+
+def read_record(path: Path) -> dict:
+    """The generation record of an output: the video's metadata, else its sidecar JSON, else a raw file's."""
+    from framepack.video.raw import RawFrames
+
+    if not path.is_file():
+        raise FieldError("video", f"{path} does not exist")
+    if path.suffix == ".safetensors":
+        with RawFrames(path) as raw:
+            if raw.request:
+                return raw.request
+        raise FieldError("video", f"{path} carries no FramePack request metadata")
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            comment = container.metadata.get("comment") or container.metadata.get("COMMENT")
+        if comment:
+            return json.loads(comment)
+    except (av.error.FFmpegError, ValueError):
+        pass
+    sidecar = path.with_suffix(".json")
+    if sidecar.is_file():
+        return json.loads(sidecar.read_text())
+    raise FieldError("video", f"{path} carries no FramePack metadata and has no sidecar {sidecar.name}")
+
+
+def command_info(args: argparse.Namespace) -> int:
+    record = read_record(Path(args.video))
+    print(json.dumps(record.get("request", record) if args.request else record, indent=2))
+    return 0
+
+
+def command_codecs(args: argparse.Namespace) -> int:
+    from framepack.video.codecs import list_video_encoders
+
+    for info in list_video_encoders():
+        kind = "hardware" if info.hardware else "software"
+        print(f"{info.name:<14} {kind:<9} {info.pixel_format:<12} {','.join(info.containers):<18} {info.description}")
+    return 0
 
 
 def _error(message: str) -> int:
@@ -154,6 +209,14 @@ def build_parser() -> argparse.ArgumentParser:
     tiny = commands.add_parser("make-tiny", help="write the random-weight SELF-TEST model to a folder")
     tiny.add_argument("folder", type=Path)
     tiny.set_defaults(handler=command_make_tiny)
+
+    info = commands.add_parser("info", help="print the generation settings stored in a video (or raw file)")
+    info.add_argument("video")
+    info.add_argument("--request", action="store_true", help="print only the request, to re-create with --request-file")
+    info.set_defaults(handler=command_info)
+
+    codecs = commands.add_parser("codecs", help="list the video encoders that really open on this machine")
+    codecs.set_defaults(handler=command_codecs)
 
     recipe = commands.add_parser("recipe", help="print the model recipe")
     recipe.add_argument("--model", default="default", help="'default', 'tiny' or a recipe file")

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 
-class FieldError(ValueError):
+class UserError(Exception):
+    """Base of every error whose message is meant for the user (one line, says what to do)."""
+
+
+class FieldError(UserError, ValueError):
     """Bad input, refused before any model work; `field` names the request field at fault."""
 
     def __init__(self, field: str, message: str):
@@ -14,11 +18,7 @@ class FieldError(ValueError):
 def user_error_message(error: BaseException) -> str | None:
     """The one line to show for a user-facing error, None for anything else (a bug)."""
     from framepack.events import Cancelled
-    from framepack.models.loader import ModelUnavailableError
-    from framepack.models.recipe import RecipeError
 
     if isinstance(error, Cancelled):
         return "cancelled; no partial output was kept"
-    if isinstance(error, (FieldError, RecipeError, ModelUnavailableError)):
-        return str(error)
-    return None
+    return str(error) if isinstance(error, UserError) else None

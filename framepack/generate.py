@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Protocol, Union
+from typing import Union
 
 import numpy as np
 import torch
@@ -36,21 +36,12 @@ from framepack.sampling.denoise import Conditioning, make_velocity_fn
 from framepack.sampling.samplers import get_sampler
 from framepack.sampling.schedule import flow_sigmas, sequence_length
 from framepack.video.decode import OverlapJoiner, overlap_frames
+from framepack.video.sink import FrameSink, abort_sinks, close_sinks
 
 logger = logging.getLogger(__name__)
 
 START = "start"  # key of the start-frame latent among the section latents
 LatentKey = Union[str, int]
-
-
-class FrameSink(Protocol):
-    """Consumes uint8 [T, H, W, 3] frames in time order; close() returns the written file (or None)."""
-
-    def write(self, frames: np.ndarray) -> None: ...
-
-    def close(self): ...
-
-    def abort(self) -> None: ...
 
 
 @dataclass
@@ -245,8 +236,7 @@ def generate(
         with torch.no_grad():
             result = _generate(components, request, plan, sinks, on_event, cancel, finished_sections or {}, on_section_latents, timings)
     except BaseException:
-        for sink in sinks:
-            sink.abort()
+        abort_sinks(sinks)
         raise
     timings["total"] = time.perf_counter() - started
     result.timings = timings
@@ -360,5 +350,5 @@ def _generate(components, request, plan, sinks, on_event, cancel, restored, on_s
         raise RuntimeError(f"internal error: wrote {written} frames, the plan announced {plan.generated_frames}")
 
     on_event(StageStarted("finish", "closing outputs"))
-    outputs = [str(path) for path in (sink.close() for sink in sinks) if path is not None]
+    outputs = [str(path) for path in close_sinks(sinks)]
     return GenerationResult(plan=plan, outputs=outputs, frames=written)

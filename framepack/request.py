@@ -98,6 +98,14 @@ class GenerateRequest(BaseModel):
     codec: str = Field("libx264", description="Video encoder (PyAV/FFmpeg name); 'none' writes no video.")
     container: Literal["mp4", "webm", "mkv", "mov"] = Field("mp4", description="Video container.")
     codec_options: str = Field("crf:16", description="Encoder options, e.g. 'crf:16' or 'crf=16,preset=slow'.")
+    save_raw: bool = Field(
+        False, description="Also save the frames as raw safetensors (uint8 [T, H, W, 3]) for encode-video.py."
+    )
+    save_frames: Literal["none", "png", "jpeg"] = Field("none", description="Also save every frame as an image.")
+    jpeg_quality: int = Field(90, ge=1, le=100, description="JPEG quality of saved frames.")
+    interpolation: Literal["auto", "rife", "flow"] = Field(
+        "auto", description="Interpolation method: rife (needs its weights), flow (optical flow), auto (rife if present)."
+    )
     output_dir: str | None = Field(None, description="Folder for outputs; default is the host's video folder.")
     filename: str | None = Field(None, max_length=200, description="Output file stem; default is time + seed.")
     preview: bool = Field(True, description="Decode a preview image of each finished section.")
@@ -139,6 +147,8 @@ class GenerateRequest(BaseModel):
     def _check_images(self) -> "GenerateRequest":
         if self.end_image and not self.init_image:
             raise ValueError("end_image needs init_image (FLF2V); for text-to-video leave both empty")
+        if self.codec == "none" and not self.save_raw and self.save_frames == "none":
+            raise ValueError("codec is 'none' and save_raw/save_frames are off: nothing would be saved")
         if self.end_image and self.variant != "bidirectional":
             raise ValueError("end_image works only with variant 'bidirectional' (F1 generates forward)")
         return self

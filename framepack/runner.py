@@ -6,6 +6,7 @@ same recipe do not reload it.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -13,9 +14,11 @@ from pathlib import Path
 
 import torch
 
+from framepack import __version__
 from framepack.errors import FieldError
+from framepack.home import data_home
 from framepack.events import CancelToken, EventCallback, StageStarted, ignore_events
-from framepack.generate import FrameSink, GenerationResult, generate
+from framepack.generate import GenerationResult, generate
 from framepack.images import load_image
 from framepack.models.components import Components
 from framepack.models.loader import load_components
@@ -23,16 +26,16 @@ from framepack.models.recipe import Recipe, default_recipe, load_recipe, tiny_re
 from framepack.models.tiny import write_tiny_model
 from framepack.plan import Plan, make_plan
 from framepack.request import GenerateRequest
-from framepack.video.encoder import VideoEncoderSink
+from framepack.video.codecs import check_output_settings
+from framepack.video.encoder import VideoEncoderSink, partial_path
+from framepack.video.frames import FrameExportSink
+from framepack.video.interpolate import InterpolatingSink, load_interpolator
+from framepack.video.raw import RawFramesSink
+from framepack.video.sink import FrameSink, abort_sinks
 
 logger = logging.getLogger(__name__)
 
 TINY_FOLDER = "tiny-self-test"
-
-
-def data_home() -> Path:
-    """Where the self-test model and other generated data live (FRAMEPACK_HOME, else ~/.cache/framepack)."""
-    return Path(os.environ.get("FRAMEPACK_HOME") or Path.home() / ".cache" / "framepack")
 
 
 def resolve_recipe(model: str, variant: str, home: Path | None = None) -> Recipe:
@@ -65,32 +68,74 @@ def plan_request(request: GenerateRequest) -> Plan:
 
 
 def output_path(request: GenerateRequest, plan: Plan, default_dir: Path) -> Path:
+    """The video's path; the other outputs take its stem (raw .safetensors, sidecar .json, frames folder)."""
     folder = Path(request.output_dir) if request.output_dir else default_dir
     stem = request.filename or f"framepack-{time.strftime('%Y%m%d-%H%M%S')}-{plan.seed}"
     return folder / f"{stem}.{request.container}"
 
 
-def request_metadata(request: GenerateRequest, plan: Plan) -> dict:
-    """What the file records about itself: the full request (images by reference) and the plan summary."""
-    fields = request.model_dump(mode="json", exclude={"init_image", "end_image", "keyframes"})
-    return {"framepack": fields, "seed": plan.seed, "mode": plan.mode, "plan": plan.summary()}
+def request_record(request: GenerateRequest, plan: Plan) -> dict:
+    """What outputs record about the generation: a request that re-creates it (the seed as resolved) and the
+    plan. Images are kept when given as file paths; embedded base64 images are left out and listed."""
+    fields = request.model_dump(mode="json")
+    fields["seed"] = plan.seed
+    left_out = []
+    for name in ("init_image", "end_image"):
+        if fields[name] and not Path(fields[name][:4096]).is_file():
+            fields[name] = None
+            left_out.append(name)
+    for index, source in list(fields["keyframes"].items()):
+        if not Path(source[:4096]).is_file():
+            del fields["keyframes"][index]
+            left_out.append(f"keyframes.{index}")
+    return {
+        "generator": f"framepack {__version__}",
+        "request": fields,
+        "images_not_stored": left_out,
+        "plan": plan.summary(),
+        "self_test_model": request.model == "tiny",
+    }
 
 
-def build_sinks(request: GenerateRequest, plan: Plan, path: Path) -> list[FrameSink]:
-    if request.codec == "none":
-        return []
-    return [
-        VideoEncoderSink(
-            path,
-            fps=plan.fps,
-            width=plan.width,
-            height=plan.height,
-            codec=request.codec,
-            container=request.container,
-            options=request.codec_options,
-            metadata=request_metadata(request, plan),
-        )
-    ]
+def check_outputs(request: GenerateRequest, plan: Plan) -> None:
+    """Encoder, container and options are tried in memory before any model work."""
+    check_output_settings(request.codec, request.container, request.codec_options, plan.width, plan.height)
+
+
+def build_sinks(request: GenerateRequest, plan: Plan, path: Path, model_dir: Path | None = None) -> list[FrameSink]:
+    """Video, raw frames and image export, behind the interpolator when frames are interpolated."""
+    record = request_record(request, plan)
+    sinks: list[FrameSink] = []
+    try:
+        if request.codec != "none":
+            sinks.append(
+                VideoEncoderSink(
+                    path, plan.fps, plan.width, plan.height, request.codec, request.container, request.codec_options, record
+                )
+            )
+        if request.save_raw:
+            settings = {"codec": request.codec, "container": request.container, "codec_options": request.codec_options}
+            raw_path = path.with_suffix(".safetensors")
+            sinks.append(RawFramesSink(raw_path, plan.fps, plan.width, plan.height, plan.output_frames, settings, request=record))
+        if request.save_frames != "none":
+            sinks.append(FrameExportSink(path.parent, path.stem, request.save_frames, request.jpeg_quality))
+    except BaseException:
+        abort_sinks(sinks)
+        raise
+    if request.interpolate > 0:
+        interpolator = load_interpolator(request.interpolation, model_dir)
+        return [InterpolatingSink(sinks, interpolator, request.interpolate)]
+    return sinks
+
+
+def write_sidecar(path: Path, record: dict, result: GenerationResult) -> Path:
+    """`<video stem>.json` beside the outputs: the request record, the plan, timings and output paths."""
+    sidecar = path.with_suffix(".json")
+    payload = {**record, "plan_detail": result.plan.model_dump(), "timings": result.timings, "outputs": result.outputs}
+    temporary = partial_path(sidecar)
+    temporary.write_text(json.dumps(payload, indent=2))
+    os.replace(temporary, sidecar)
+    return sidecar
 
 
 def default_device() -> torch.device:
@@ -127,15 +172,19 @@ class Runner:
         cancel: CancelToken | None = None,
         plan: Plan | None = None,
     ) -> GenerationResult:
+        """Validate everything, load the model, generate; outputs plus a sidecar JSON appear only on success."""
         plan = plan or plan_request(request)
+        check_outputs(request, plan)
         recipe = resolve_recipe(request.model, request.variant, self.home)
-        sinks = build_sinks(request, plan, output_path(request, plan, self.output_dir))  # bad codec: before loading
+        path = output_path(request, plan, self.output_dir)
+        sinks = build_sinks(request, plan, path, self.home or data_home())
         try:
             components = self.components_for(request, recipe, on_event)
         except BaseException:
-            for sink in sinks:
-                sink.abort()
+            abort_sinks(sinks)
             raise
         if components.self_test:
             logger.warning("running the SELF-TEST model: random weights, the video is noise")
-        return generate(components, request, plan, sinks, on_event, cancel)
+        result = generate(components, request, plan, sinks, on_event, cancel)
+        result.outputs.append(str(write_sidecar(path, request_record(request, plan), result)))
+        return result

@@ -32,6 +32,7 @@ from transformers import (
     SiglipVisionModel,
 )
 
+from framepack.errors import UserError
 from framepack.models.components import Components
 from framepack.models.recipe import DEFAULT_DTYPES, VARIANTS, ComponentSource, Recipe
 from framepack.models.tiny import is_self_test_folder
@@ -77,7 +78,7 @@ REQUIRED_FILES: dict[str, tuple[tuple[tuple[str, ...], ...], ...]] = {
 LOAD_ERRORS = (OSError, ValueError, EntryNotFoundError, SafetensorError)
 
 
-class ModelUnavailableError(RuntimeError):
+class ModelUnavailableError(UserError, RuntimeError):
     """A component could not be found or loaded; the message says where we looked and how to fix it."""
 
     def __init__(self, component: str, source: ComponentSource, message: str) -> None:

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from framepack.errors import UserError
+
 COMPONENT_NAMES = (
     "transformer",
     "vae",
@@ -57,7 +59,7 @@ _OPTION_RE = re.compile(r"(?P<source>.*?)(?P<options>(?:\s+[A-Za-z_][\w-]*=\S*)*
 _WINDOWS_DRIVE_RE = re.compile(r"^[A-Za-z]:[\\/]")
 
 
-class RecipeError(ValueError):
+class RecipeError(UserError, ValueError):
     """A recipe that cannot be parsed or is invalid; the message says where and what is allowed."""
 
 

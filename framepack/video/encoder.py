@@ -5,33 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 from pathlib import Path
 
 import av
 import numpy as np
 
-from framepack.errors import FieldError
+from framepack.video.codecs import CONTAINER_FORMATS, EncoderError, parse_codec_options, pixel_format
 
 logger = logging.getLogger(__name__)
-
-CONTAINER_FORMATS = {"mp4": "mp4", "webm": "webm", "mkv": "matroska", "mov": "mov"}
-OPTION_ITEM = re.compile(r"^\s*([A-Za-z0-9_\-]+)\s*[:=]\s*([^,:=]+?)\s*$")
-
-
-class EncoderError(FieldError):
-    """Bad encoder settings."""
-
-
-def parse_codec_options(text: str) -> dict[str, str]:
-    """'crf:16' or 'crf=16,preset=slow' -> {'crf': '16', 'preset': 'slow'}."""
-    options: dict[str, str] = {}
-    for item in filter(str.strip, text.split(",")):
-        match = OPTION_ITEM.match(item)
-        if not match:
-            raise EncoderError("codec_options", f"cannot read {item.strip()!r}; write key:value or key=value, comma separated")
-        options[match.group(1)] = match.group(2)
-    return options
 
 
 def partial_path(path: Path) -> Path:
@@ -40,7 +21,7 @@ def partial_path(path: Path) -> Path:
 
 
 class VideoEncoderSink:
-    """Streams uint8 RGB frames into an H.264 (by default) yuv420p video.
+    """Streams uint8 RGB frames into a video: H.264 yuv420p by default, each encoder's best pixel format.
 
     Writes to a hidden partial file; `close()` renames it into place, `abort()` deletes it.
     """
@@ -70,7 +51,7 @@ class VideoEncoderSink:
                 self._container.metadata["comment"] = json.dumps(metadata, separators=(",", ":"))
             self._stream = self._container.add_stream(codec, rate=fps)
             self._stream.width, self._stream.height = width, height
-            self._stream.pix_fmt = "yuv420p"
+            self._stream.pix_fmt = pixel_format(codec)
             self._stream.options = parse_codec_options(options)
         except Exception as error:
             self.abort()
