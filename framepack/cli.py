@@ -113,6 +113,14 @@ def command_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_download_rife(args: argparse.Namespace) -> int:
+    from framepack.home import data_home
+    from framepack.video.interpolate import download_rife_weights
+
+    print(f"RIFE weights: {download_rife_weights(args.model_dir or data_home())}")
+    return 0
+
+
 def command_codecs(args: argparse.Namespace) -> int:
     from framepack.video.codecs import list_video_encoders
 
@@ -217,6 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     codecs = commands.add_parser("codecs", help="list the video encoders that really open on this machine")
     codecs.set_defaults(handler=command_codecs)
+
+    rife = commands.add_parser("download-rife", help="fetch the Practical-RIFE 4.6 interpolation weights once")
+    rife.add_argument("--model-dir", type=Path, default=None, help="default: FRAMEPACK_HOME (weights go to its rife/)")
+    rife.set_defaults(handler=command_download_rife)
 
     recipe = commands.add_parser("recipe", help="print the model recipe")
     recipe.add_argument("--model", default="default", help="'default', 'tiny' or a recipe file")

@@ -449,7 +449,7 @@ def load_interpolator(method: str, model_dir: Path | None, device: str | torch.d
         where = f"in {Path(model_dir) / RIFE_FOLDER}" if model_dir is not None else "(no model folder given)"
         raise InterpolationError(
             f"RIFE weights not found {where}; looked for {', '.join(RIFE_WEIGHT_NAMES)}. Put a Practical-RIFE "
-            f"{RIFE_VERSION} flownet.pkl there (download_rife_weights fetches one from {RIFE_HUB_REPO}), "
+            f"{RIFE_VERSION} flownet.pkl there (`python -m framepack download-rife` fetches one from {RIFE_HUB_REPO}), "
             "or use the 'flow' or 'auto' method"
         )
     logger.info("interpolation: RIFE %s from %s", RIFE_VERSION, weights)
