@@ -171,8 +171,14 @@ class Runner:
         on_event: EventCallback = ignore_events,
         cancel: CancelToken | None = None,
         plan: Plan | None = None,
+        finished_sections: dict | None = None,
+        on_section_latents=None,
     ) -> GenerationResult:
-        """Validate everything, load the model, generate; outputs plus a sidecar JSON appear only on success."""
+        """Validate everything, load the model, generate; outputs plus a sidecar JSON appear only on success.
+
+        `finished_sections` / `on_section_latents` pass through to `generate` for checkpoints and resume (the plan
+        must then be the same plan, seed included).
+        """
         plan = plan or plan_request(request)
         check_outputs(request, plan)
         recipe = resolve_recipe(request.model, request.variant, self.home)
@@ -185,6 +191,6 @@ class Runner:
             raise
         if components.self_test:
             logger.warning("running the SELF-TEST model: random weights, the video is noise")
-        result = generate(components, request, plan, sinks, on_event, cancel)
+        result = generate(components, request, plan, sinks, on_event, cancel, finished_sections, on_section_latents)
         result.outputs.append(str(write_sidecar(path, request_record(request, plan), result)))
         return result
