@@ -199,6 +199,41 @@ def command_recipe(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_serve(args: argparse.Namespace) -> int:
+    from api.server import serve
+
+    quiet_library_progress()
+    if not args.verbose:  # a server should say what it runs; the libraries stay at WARNING
+        for name in ("framepack", "api"):
+            logging.getLogger(name).setLevel(logging.INFO)
+    try:
+        return serve(args)
+    except ValueError as error:  # bad --auth / --token
+        return _error(str(error))
+
+
+def add_serve_flags(parser: argparse.ArgumentParser) -> None:
+    import os
+
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind; anything but loopback deserves --auth or --token")
+    parser.add_argument("--port", type=int, default=7860, help="default: 7860")
+    parser.add_argument("--data-dir", default=None, help="job database and checkpoints (default: FRAMEPACK_HOME/server)")
+    parser.add_argument("--output-dir", default=None, help="where videos are written (default: <data-dir>/outputs)")
+    parser.add_argument(
+        "--auth",
+        default=os.environ.get("FRAMEPACK_API_AUTH"),
+        metavar="USER:PASSWORD",
+        help="require HTTP Basic credentials on every route (default: $FRAMEPACK_API_AUTH)",
+    )
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("FRAMEPACK_API_TOKEN"),
+        help="require 'Authorization: Bearer TOKEN' on every route (default: $FRAMEPACK_API_TOKEN)",
+    )
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--max-queued", type=int, default=100, help="jobs allowed to wait; more get HTTP 429 (default: 100)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m framepack", description="FramePack video generation")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -229,6 +264,10 @@ def build_parser() -> argparse.ArgumentParser:
     rife = commands.add_parser("download-rife", help="fetch the Practical-RIFE 4.6 interpolation weights once")
     rife.add_argument("--model-dir", type=Path, default=None, help="default: FRAMEPACK_HOME (weights go to its rife/)")
     rife.set_defaults(handler=command_download_rife)
+
+    serve = commands.add_parser("serve", help="run the REST API server (FastAPI + uvicorn)")
+    add_serve_flags(serve)
+    serve.set_defaults(handler=command_serve)
 
     recipe = commands.add_parser("recipe", help="print the model recipe")
     recipe.add_argument("--model", default="default", help="'default', 'tiny' or a recipe file")

@@ -20,10 +20,15 @@ class ImageInputError(FieldError):
     """An image field that cannot be used."""
 
 
+def is_file_path(source: str) -> bool:
+    """True for an existing file path; base64 data (long, or not a path at all) is never mistaken for one."""
+    return len(source) < 4096 and os.path.isfile(source)
+
+
 def _image_bytes(source: str, field: str) -> bytes:
     if source.startswith("data:"):
         _, _, source = source.partition(",")
-    elif len(source) < 4096 and os.path.isfile(source):
+    elif is_file_path(source):
         with open(source, "rb") as handle:
             return handle.read()
     try:

@@ -19,7 +19,7 @@ from framepack.errors import FieldError
 from framepack.home import data_home
 from framepack.events import CancelToken, EventCallback, StageStarted, ignore_events
 from framepack.generate import GenerationResult, generate
-from framepack.images import load_image
+from framepack.images import is_file_path, load_image
 from framepack.models.components import Components
 from framepack.models.loader import load_components
 from framepack.models.recipe import Recipe, default_recipe, load_recipe, tiny_recipe
@@ -81,11 +81,11 @@ def request_record(request: GenerateRequest, plan: Plan) -> dict:
     fields["seed"] = plan.seed
     left_out = []
     for name in ("init_image", "end_image"):
-        if fields[name] and not Path(fields[name][:4096]).is_file():
+        if fields[name] and not is_file_path(fields[name]):
             fields[name] = None
             left_out.append(name)
     for index, source in list(fields["keyframes"].items()):
-        if not Path(source[:4096]).is_file():
+        if not is_file_path(source):
             del fields["keyframes"][index]
             left_out.append(f"keyframes.{index}")
     return {

@@ -1,0 +1,204 @@
+"""The one error shape of the API and the mapping from engine errors to HTTP statuses.
+
+Every failure answers JSON ``{"error": {"kind": ..., "field": ..., "message": ...}}`` with a 4xx/5xx status,
+never 200 and never HTML. ``kind`` is one of ``ERROR_KINDS``; ``field`` names the request field at fault when
+there is one (dotted for nested fields, e.g. ``keyframes.2``).
+
+Routes are wrapped with `json_errors` so they answer in this shape even when mounted on a host app whose own
+exception handlers differ (SD.Next); `install_error_handlers` covers what happens outside a route (unknown
+paths, query-parameter validation, unexpected bugs) in the standalone app.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from framepack.errors import FieldError, UserError
+from framepack.jobs.models import JobConflict, JobNotFound, QueueFull
+
+logger = logging.getLogger(__name__)
+
+RETRY_AFTER_SECONDS = 10  # what a 429 suggests; a queued job takes at least this long to make room
+
+ERROR_KINDS = (
+    "invalid",  # 422: bad input; `field` names it
+    "unauthorized",  # 401
+    "not_found",  # 404: unknown job, file or route
+    "method_not_allowed",  # 405
+    "conflict",  # 409: e.g. cancelling a finished job
+    "too_large",  # 413: request body over the limit
+    "queue_full",  # 429: try again after Retry-After seconds
+    "model_unavailable",  # 503: model files missing; the message says where we looked and how to get them
+    "out_of_memory",  # 503: the job ran out of (GPU) memory
+    "cancelled",  # 409: the job was cancelled before it finished
+    "internal",  # 500: a bug; details are in the server log
+)
+STATUS_KINDS = {
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "too_large",
+    422: "invalid",
+    429: "queue_full",
+    503: "model_unavailable",
+}
+JOB_ERROR_STATUS = {"invalid": 422, "model_unavailable": 503, "out_of_memory": 503, "cancelled": 409, "internal": 500}
+
+
+class ErrorDetail(BaseModel):
+    kind: str = Field(description=" | ".join(ERROR_KINDS))
+    field: str | None = Field(None, description="the request field at fault, dotted for nested ones")
+    message: str = Field(description="one line meant for the user")
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error response (`id` only when a job was made and failed)."""
+
+    error: ErrorDetail
+    id: str | None = Field(None, description="the failed job's id (blocking route only)")
+
+
+class ApiError(Exception):
+    """An error raised by the API layer itself with its status, kind and optional field and headers."""
+
+    def __init__(
+        self, status: int, kind: str, message: str, field: str | None = None, headers: dict[str, str] | None = None
+    ):
+        super().__init__(message)
+        self.status, self.kind, self.message, self.field, self.headers = status, kind, message, field, headers
+
+
+def error_response(
+    status: int,
+    kind: str,
+    message: str,
+    field: str | None = None,
+    headers: dict[str, str] | None = None,
+    job_id: str | None = None,
+) -> JSONResponse:
+    body: dict[str, Any] = {"error": ErrorDetail(kind=kind, field=field, message=message).model_dump()}
+    if job_id is not None:
+        body["id"] = job_id
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _loc_field(loc: tuple | list) -> str | None:
+    """('body', 'steps') -> 'steps'; ('query', 'keep_partial') -> 'keep_partial'; () -> None."""
+    parts = [str(part) for part in loc]
+    if parts and parts[0] in ("body", "query", "path", "header", "cookie"):
+        parts = parts[1:]
+    return ".".join(parts) or None
+
+
+def validation_response(errors: list[dict[str, Any]]) -> JSONResponse:
+    """A pydantic/FastAPI error list -> 422 naming the first field; the message lists every problem."""
+    problems = []
+    for item in errors:
+        field = _loc_field(item.get("loc", ()))
+        message = str(item.get("msg", "invalid value"))
+        problems.append(f"{field}: {message}" if field else message)
+    first = _loc_field(errors[0].get("loc", ())) if errors else None
+    return error_response(422, "invalid", "; ".join(problems) or "invalid request", first)
+
+
+def response_for(error: BaseException) -> JSONResponse | None:
+    """The JSON error response for a known exception, None for a bug."""
+    from framepack.models.loader import ModelUnavailableError  # heavy import (diffusers), only when needed
+
+    if isinstance(error, ApiError):
+        return error_response(error.status, error.kind, error.message, error.field, error.headers)
+    if isinstance(error, QueueFull):
+        return error_response(
+            429, "queue_full", str(error) or "the queue is full", None, {"Retry-After": str(RETRY_AFTER_SECONDS)}
+        )
+    if isinstance(error, JobNotFound):
+        return error_response(404, "not_found", str(error) or "no such job", "id")
+    if isinstance(error, JobConflict):
+        return error_response(409, "conflict", str(error))
+    if isinstance(error, ModelUnavailableError):
+        return error_response(503, "model_unavailable", str(error), "model")
+    if isinstance(error, FieldError):
+        return error_response(422, "invalid", str(error), error.field)
+    if isinstance(error, ValidationError):
+        return validation_response(error.errors(include_url=False))
+    if isinstance(error, RequestValidationError):
+        return validation_response(list(error.errors()))
+    if isinstance(error, UserError):
+        return error_response(422, "invalid", str(error))
+    if isinstance(error, StarletteHTTPException):
+        kind = STATUS_KINDS.get(error.status_code, "internal" if error.status_code >= 500 else "invalid")
+        return error_response(error.status_code, kind, str(error.detail), None, getattr(error, "headers", None))
+    return None
+
+
+Endpoint = TypeVar("Endpoint", bound=Callable[..., Awaitable[Any]])
+
+
+def json_errors(endpoint: Endpoint) -> Endpoint:
+    """Wrap an async endpoint so that every exception becomes the JSON error shape (500 for bugs, logged).
+
+    `functools.wraps` keeps the signature, so FastAPI still sees the endpoint's parameters and dependencies.
+    """
+
+    @functools.wraps(endpoint)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await endpoint(*args, **kwargs)
+        except Exception as error:
+            response = response_for(error)
+            if response is None:
+                logger.exception("API error in %s", endpoint.__name__)
+                return error_response(500, "internal", f"internal error ({type(error).__name__}); see the server log")
+            return response
+
+    return wrapper  # type: ignore[return-value]
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """App-level handlers for what no route wrapper sees: unknown routes, 405, parameter validation, bugs."""
+
+    async def known(_request: Request, error: Exception) -> JSONResponse:
+        response = response_for(error)
+        if response is None:
+            logger.exception("API error", exc_info=error)
+            return error_response(500, "internal", f"internal error ({type(error).__name__}); see the server log")
+        return response
+
+    app.add_exception_handler(RequestValidationError, known)
+    app.add_exception_handler(StarletteHTTPException, known)
+    app.add_exception_handler(UserError, known)
+    app.add_exception_handler(ApiError, known)
+    app.add_exception_handler(ValidationError, known)
+    app.add_exception_handler(Exception, known)
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "Credentials missing or wrong (when the server requires them)."},
+    422: {"model": ErrorResponse, "description": "Bad input; `error.field` names the field."},
+    500: {"model": ErrorResponse, "description": "A bug; details are in the server log."},
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for a route: the common ones plus the listed statuses."""
+    descriptions = {
+        404: "Unknown job or file.",
+        409: "The job's state does not allow this, or the job was cancelled.",
+        413: "Request body over the size limit.",
+        429: "Queue full; retry after the Retry-After header's seconds.",
+        503: "Model not available (or out of memory); the message says what is missing and how to get it.",
+    }
+    responses = dict(ERROR_RESPONSES)
+    for status in statuses:
+        responses[status] = {"model": ErrorResponse, "description": descriptions[status]}
+    return responses

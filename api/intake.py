@@ -1,0 +1,84 @@
+"""From an HTTP body to the one request model, with the restrictions a network face needs.
+
+The engine's `GenerateRequest` also serves the CLI, where file paths and output folders are the user's own. Over
+the network they are not: a client must not make the server read or write arbitrary files. So here
+
+- images (`init_image`, `end_image`, `keyframes`) must be base64, with or without a `data:` prefix; a value that
+  names an existing path is refused, and accepted values are passed on as `data:` URLs so the engine never tries
+  them as paths;
+- `output_dir` is refused (the server chooses the folder; `filename` may name the stem);
+- `model` is 'default' or 'tiny' (recipe files are a local, CLI/UI matter).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from fastapi import Request
+
+from api.aliases import translate
+from api.errors import ApiError
+from api.limits import DEFAULT_MAX_BODY_BYTES, read_json_body
+from framepack.errors import FieldError
+from framepack.request import GenerateRequest
+
+API_MODELS = ("default", "tiny")
+PATH_CHECK_LENGTH = 4096  # longer strings cannot be paths (PATH_MAX); the engine uses the same bound
+
+
+def api_image(value: Any, field: str) -> Any:
+    """A base64 image as a `data:` URL; None for an empty value; file paths refused."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        return value  # the request model refuses it with the right message
+    if value.startswith("data:"):
+        return value
+    if len(value) < PATH_CHECK_LENGTH and "\x00" not in value and os.path.lexists(value):
+        raise FieldError(field, "images must be sent as base64 (optionally a data: URL), not as a path on the server")
+    return "data:;base64," + value
+
+
+def api_request(payload: Any) -> GenerateRequest:
+    """Validate a JSON payload (our field names or SD.Next's) into a GenerateRequest for the API."""
+    if not isinstance(payload, dict):
+        raise ApiError(422, "invalid", "the body must be a JSON object of request fields", "body")
+    fields = translate(payload)
+    if fields.get("output_dir") is not None:
+        raise FieldError("output_dir", "is chosen by the server; use filename to name the output")
+    fields.pop("output_dir", None)
+    model = fields.get("model")
+    if model is not None and model not in API_MODELS:
+        raise FieldError(
+            "model",
+            f"over the API only {' or '.join(repr(m) for m in API_MODELS)}; recipe files are for the CLI and UI",
+        )
+    for name in ("init_image", "end_image"):
+        if name in fields:
+            fields[name] = api_image(fields[name], name)
+    keyframes = fields.get("keyframes")
+    if isinstance(keyframes, dict):
+        fields["keyframes"] = {key: api_image(source, f"keyframes.{key}") for key, source in keyframes.items()}
+    return GenerateRequest.model_validate(fields)
+
+
+async def read_generate_request(request: Request, max_bytes: int = DEFAULT_MAX_BODY_BYTES) -> GenerateRequest:
+    return api_request(await read_json_body(request, max_bytes))
+
+
+def redact_images(fields: dict[str, Any]) -> dict[str, Any]:
+    """A request dict for responses: embedded images replaced by a short note (they can be megabytes)."""
+    shown = dict(fields)
+    for name in ("init_image", "end_image"):
+        if isinstance(shown.get(name), str):
+            shown[name] = _image_note(shown[name])
+    if isinstance(shown.get("keyframes"), dict):
+        shown["keyframes"] = {
+            key: _image_note(value) if isinstance(value, str) else value for key, value in shown["keyframes"].items()
+        }
+    return shown
+
+
+def _image_note(value: str) -> str:
+    return f"<image: {len(value)} characters of base64>" if value.startswith("data:") or len(value) > 256 else value

@@ -1,0 +1,49 @@
+"""Response models of the API (the request model is the engine's `GenerateRequest`; jobs are `Job`)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from framepack.jobs.models import Job, JobErrorInfo, JobState
+from framepack.plan import Plan
+
+
+class GenerateResponse(BaseModel):
+    """What the blocking route answers once the video exists. `id`, `filename` and `message` are the fields
+    SD.Next's FramePack API answers; the rest is the job's own record."""
+
+    id: str = Field(description="job id; GET /sdapi/v1/framepack/jobs/{id} shows the job")
+    filename: str | None = Field(
+        description="main output (the video, else the first file), relative to the output folder"
+    )
+    url: str | None = Field(description="download path of `filename` on this server")
+    message: str = Field(description="one line: what was made")
+    state: JobState
+    summary: str | None = Field(None, description="the plan in one line")
+    plan: dict | None = None
+    outputs: list[str] = Field(default_factory=list, description="every output, relative to the output folder")
+    urls: list[str] = Field(default_factory=list, description="download paths of the outputs that are files")
+    timings: dict[str, float] = Field(default_factory=dict)
+    resumed_sections: int = 0
+    error: JobErrorInfo | None = None
+
+
+class JobList(BaseModel):
+    jobs: list[Job] = Field(description="every job the server knows, oldest first; queued ones carry queue_position")
+
+
+class PlanResponse(BaseModel):
+    summary: str
+    plan: Plan
+
+
+class CodecInfo(BaseModel):
+    name: str
+    description: str
+    hardware: bool
+    pixel_format: str
+    containers: list[str]
+
+
+class CodecList(BaseModel):
+    codecs: list[CodecInfo] = Field(description="encoders that really open on this machine, hardware first")

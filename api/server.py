@@ -1,0 +1,127 @@
+"""The standalone FramePack API server: the routes plus error handlers, the body limit, optional auth, and a
+lifespan that starts and stops the job manager. `serve` is what `python -m framepack serve` runs.
+
+SD.Next does not use this module: it registers `api.routes.route_table` on its own app.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import Depends, FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from api.auth import Credentials, auth_dependency
+from api.errors import install_error_handlers
+from api.limits import DEFAULT_MAX_BODY_BYTES, BodySizeLimit
+from api.routes import PREFIX, create_router
+
+logger = logging.getLogger(__name__)
+
+STOP_TIMEOUT_SECONDS = 10.0
+GRACEFUL_SHUTDOWN_SECONDS = 5  # open event streams and blocking requests are cut after this on Ctrl-C
+
+API_DESCRIPTION = """FramePack video generation (HunyuanVideo, next-frame-section prediction).
+
+`POST /sdapi/v1/framepack` blocks until the video exists (SD.Next's route); `POST /sdapi/v1/framepack/jobs`
+queues and answers 202 at once. Every error is JSON `{"error": {"kind", "field", "message"}}` with a 4xx/5xx
+status: 401 credentials, 404 unknown job/file, 409 conflict or cancelled, 413 body over the limit, 422 bad
+input (field named), 429 queue full (Retry-After), 503 model not available, 500 bug.
+"""
+
+
+def create_app(
+    manager: Any,
+    output_dir: Path | str,
+    auth: Credentials | None = None,
+    *,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    manage_lifecycle: bool = True,
+) -> FastAPI:
+    """The standalone app over `manager` (a JobManager) whose runner writes to `output_dir`.
+
+    With `auth`, every route (the OpenAPI schema and docs included) needs the credentials. With
+    `manage_lifecycle` (the default) the app's lifespan starts the manager and stops it on shutdown.
+    """
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if manage_lifecycle:
+            manager.start()
+        try:
+            yield
+        finally:
+            if manage_lifecycle:
+                await run_in_threadpool(lambda: manager.stop(timeout=STOP_TIMEOUT_SECONDS))
+
+    dependencies = [Depends(auth_dependency(auth))] if auth else []
+    app = FastAPI(
+        title="FramePack API",
+        description=API_DESCRIPTION,
+        lifespan=lifespan,
+        dependencies=dependencies,
+        openapi_url=None,  # served below as a route, so the auth dependency covers it too
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.include_router(create_router(manager, output_dir, prefix=PREFIX, max_body_bytes=max_body_bytes))
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi_schema() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="FramePack API")
+
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
+    return app
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Run the server until interrupted (the `serve` CLI command)."""
+    credentials = Credentials.from_options(args.auth, args.token)  # bad values fail before the heavy imports
+
+    import uvicorn
+
+    from framepack.home import data_home
+    from framepack.jobs.manager import JobManager
+    from framepack.runner import Runner
+
+    data_dir = Path(args.data_dir) if args.data_dir else data_home() / "server"
+    output_dir = Path(args.output_dir) if args.output_dir else data_dir / "outputs"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if credentials is None and not _is_loopback(args.host):
+        logger.warning("serving on %s without --auth or --token: anyone who can reach it can use it", args.host)
+
+    runner = Runner(device=args.device, output_dir=output_dir)
+    manager = JobManager(data_dir, runner, max_queued=args.max_queued)
+    app = create_app(manager, output_dir, credentials)
+    logger.info("FramePack API on http://%s:%d (data %s, outputs %s)", args.host, args.port, data_dir, output_dir)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="debug" if getattr(args, "verbose", False) else "info",
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+    )
+    return 0
