@@ -23,6 +23,7 @@ BUCKETS_640: tuple[tuple[int, int], ...] = (
     (640, 608), (672, 576), (704, 544), (768, 512), (832, 480), (864, 448), (960, 416),
 )  # fmt: skip
 VAE_TEMPORAL = 4  # pixel frames per latent frame (the first latent frame of a clip decodes to one)
+MAX_SECTIONS = 1000  # 600 s at 30 fps with the default window is 500; more is a mistake, not a video
 
 TIMESTAMP = re.compile(r"^\[\s*(?:(\d+):)?(\d+(?:\.\d+)?)\s*s?\s*\]\s*(.*)$")
 
@@ -183,6 +184,11 @@ def make_plan(request: GenerateRequest, image_size: tuple[int, int] | None = Non
 
     window = request.latent_window_size
     sections = section_count(request.duration, request.fps, request.interpolate, window)
+    if sections > MAX_SECTIONS:
+        raise PlanError(
+            "duration", f"{sections} sections exceed the limit of {MAX_SECTIONS}; shorten the video, lower fps, "
+            "raise interpolate or latent_window_size"
+        )
     generated = generated_frame_count(sections, window)
     output = output_frame_count(generated, request.interpolate)
     generated_fps = request.fps / (request.interpolate + 1)

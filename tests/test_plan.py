@@ -160,6 +160,12 @@ def test_keyframes_cascade_forward_and_are_bounded():
         plan_for(keyframes={9: "k.png"}, duration=6)
 
 
+def test_section_count_has_an_upper_bound():
+    assert plan_for(duration=600, fps=30).num_sections == 500
+    with pytest.raises(PlanError, match="sections exceed the limit of 1000"):
+        plan_for(duration=600, fps=120, latent_window_size=1)
+
+
 def test_random_seed_is_resolved_and_recorded():
     plan = plan_for(seed=-1)
     assert 0 <= plan.seed < 2**32
