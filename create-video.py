@@ -24,8 +24,6 @@ import json
 import os
 import sys
 import time
-import types
-import typing
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -38,9 +36,9 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the framepack package next to this script
 
+from framepack import cli as framepack_cli  # noqa: E402
 from framepack.cli import request_from_args
 from framepack.errors import FieldError
-from framepack.request import GenerateRequest
 
 API = "/sdapi/v1/framepack"
 DEFAULT_SERVER = "http://127.0.0.1:7860"
@@ -95,46 +93,10 @@ class ServerUnreachable(ClientError):
 # --- request ---------------------------------------------------------------------------------------------------
 
 
-def _flag_type(annotation: Any) -> tuple[Any, list | None]:
-    """(argparse type, choices) for a request field annotation."""
-    origin = typing.get_origin(annotation)
-    if origin is typing.Literal:
-        choices = list(typing.get_args(annotation))
-        return type(choices[0]), choices
-    if origin in (typing.Union, types.UnionType):
-        inner = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
-        return _flag_type(inner[0])
-    return annotation, None
-
-
 def add_request_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per request field (help and default from the model), --request-file and --keyframe; the same
-    destinations as `framepack.cli.add_request_flags`, so `framepack.cli.request_from_args` reads them."""
+    """The main CLI's request flags, less the fields the server chooses itself."""
     group = parser.add_argument_group("request (defaults are the server's request model defaults)")
-    for name, info in GenerateRequest.model_fields.items():
-        if name == "keyframes" or name in SERVER_CHOSEN:
-            continue
-        flag = "--" + name.replace("_", "-")
-        help_text = f"{info.description} (default: {info.default})"
-        kind, choices = _flag_type(info.annotation)
-        if kind is bool:
-            group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        else:
-            group.add_argument(flag, dest=name, type=kind, choices=choices, default=None, help=help_text)
-    group.add_argument(
-        "--request-file",
-        default=None,
-        metavar="JSON",
-        help="start from a saved request (e.g. `python -m framepack info --request`); flags override its fields",
-    )
-    group.add_argument(
-        "--keyframe",
-        dest="keyframes",
-        action="append",
-        default=[],
-        metavar="SECTION=IMAGE",
-        help="keyframe image for a section (time order, 0-based); repeat for several",
-    )
+    framepack_cli.add_request_flags(group, skip=frozenset(SERVER_CHOSEN))
     parser.set_defaults(**dict.fromkeys(SERVER_CHOSEN))
 
 

@@ -34,9 +34,11 @@ def _flag_type(annotation) -> tuple[type | None, list | None]:
     return annotation, None
 
 
-def add_request_flags(parser: argparse.ArgumentParser) -> None:
+def add_request_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, skip: frozenset[str] = frozenset()) -> None:
+    """One flag per request field (help and default from the model) plus --request-file and --keyframe;
+    `skip` leaves out fields the caller does not offer (create-video.py: the server's own choices)."""
     for name, info in GenerateRequest.model_fields.items():
-        if name in FIELD_FLAGS_SKIP:
+        if name in FIELD_FLAGS_SKIP or name in skip:
             continue
         flag = "--" + name.replace("_", "-")
         help_text = f"{info.description} (default: {info.default})"
