@@ -96,6 +96,22 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def mount_tab(app: FastAPI, manager: Any, output_dir: Path, data_dir: Path, auth: Credentials | None = None) -> FastAPI:
+    """The Gradio tab at "/" of the same app (the REST routes stay where they are); skipped without gradio.
+    The tab has its own login (Gradio's) with --auth; with a bearer token only, the tab is not served."""
+    if auth is not None and auth.basic is None:
+        logger.warning("--token protects the REST API only; the Gradio tab is not served (use --auth to get it)")
+        return app
+    try:
+        from framepack.ui import compat
+        from framepack.ui.tab import create_tab
+    except ImportError as error:
+        logger.warning("gradio is not installed (%s): serving the REST API only", error)
+        return app
+    blocks = compat.enable_queue(create_tab(manager, output_dir, data_dir / "presets.json"))
+    return compat.mount(app, blocks, "/", allowed_paths=[str(output_dir)], auth=auth.basic if auth else None)
+
+
 def serve(args: argparse.Namespace) -> int:
     """Run the server until interrupted (the `serve` CLI command)."""
     credentials = Credentials.from_options(args.auth, args.token)  # bad values fail before the heavy imports
@@ -116,6 +132,7 @@ def serve(args: argparse.Namespace) -> int:
     runner = Runner(device=args.device, output_dir=output_dir)
     manager = JobManager(data_dir, runner, max_queued=args.max_queued)
     app = create_app(manager, output_dir, credentials)
+    app = mount_tab(app, manager, output_dir, data_dir, credentials)
     logger.info("FramePack API on http://%s:%d (data %s, outputs %s)", args.host, args.port, data_dir, output_dir)
     uvicorn.run(
         app,

@@ -1,0 +1,13 @@
+"""The Gradio face of FramePack. The only package of the engine that imports gradio (import it lazily)."""
+
+from __future__ import annotations
+
+
+def create_tab(*args, **kwargs):
+    """See framepack.ui.tab.create_tab."""
+    from framepack.ui.tab import create_tab as _create_tab
+
+    return _create_tab(*args, **kwargs)
+
+
+__all__ = ["create_tab"]

@@ -1,0 +1,106 @@
+"""Small shims over the differences between Gradio 3.43 (SD.Next's host) and current Gradio (standalone).
+
+Everything in the tab that differs between the two goes through here:
+
+- component keyword arguments: `sources=[...]` (current) vs `source="..."` (3.x); arguments one version does not
+  know (`buttons`, `allow_custom_value`, `minimum` on Number, `columns`...) are dropped, not passed;
+- event listeners: `js=` (current) vs `_js=` (3.x); `queue=False` for instant handlers;
+- `Blocks.queue`: `default_concurrency_limit` (4+) vs `concurrency_count` (3.x);
+- file inputs: a path string (4+) vs a tempfile wrapper with `.name` (3.x);
+- mounting into a FastAPI app (`allowed_paths` only where supported).
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+GRADIO_VERSION = tuple(int(part) for part in gr.__version__.split(".")[:2] if part.isdigit())
+GRADIO_MAJOR = GRADIO_VERSION[0] if GRADIO_VERSION else 0
+LEGACY = GRADIO_MAJOR < 4  # Gradio 3.x (SD.Next ships 3.43.2)
+
+
+def _accepted(callable_: Any) -> set[str] | None:
+    """Keyword names a constructor/function accepts, None when it takes **kwargs of any name we should trust."""
+    try:
+        parameters = inspect.signature(callable_).parameters
+    except (TypeError, ValueError):
+        return None
+    return {name for name, parameter in parameters.items() if parameter.kind is not parameter.VAR_KEYWORD}
+
+
+def component(cls: type, **kwargs: Any) -> Any:
+    """Create a Gradio component, translating or dropping keyword arguments the installed version lacks."""
+    if "sources" in kwargs and LEGACY:
+        sources = kwargs.pop("sources")
+        if sources:
+            kwargs["source"] = sources[0]
+    accepted = _accepted(cls.__init__)
+    if accepted is not None:
+        kwargs = {name: value for name, value in kwargs.items() if name in accepted}
+    return cls(**kwargs)
+
+
+def on(event: Any, fn: Any, inputs: Any = None, outputs: Any = None, *, js: str | None = None, queue: bool | None = None, **kwargs: Any) -> Any:
+    """Attach `fn` to an event listener (e.g. `button.click`) on either Gradio; returns what the listener returns
+    (a dependency that supports `.then` on both)."""
+    arguments: dict[str, Any] = {"fn": fn, "inputs": inputs, "outputs": outputs, **kwargs}
+    if js is not None:
+        arguments["_js" if LEGACY else "js"] = js
+    if queue is not None:
+        arguments["queue"] = queue
+    accepted = _accepted(event)
+    if accepted is not None:
+        arguments = {name: value for name, value in arguments.items() if name in accepted}
+    return event(**arguments)
+
+
+def update(**kwargs: Any) -> Any:
+    """`gr.update` (present on both): a partial change of a component's properties or value."""
+    return gr.update(**kwargs)
+
+
+def enable_queue(blocks: gr.Blocks, concurrency: int = 2) -> gr.Blocks:
+    """Turn the queue on (generator handlers stream through it on both versions)."""
+    if LEGACY:
+        blocks.queue(concurrency_count=concurrency, api_open=False)
+    else:
+        blocks.queue(default_concurrency_limit=concurrency)
+    return blocks
+
+
+def file_path(value: Any) -> Path | None:
+    """The local path of a gr.File value: a str/Path (4+), a tempfile wrapper with `.name` (3.x) or a dict."""
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        return file_path(value[0]) if value else None
+    if isinstance(value, dict):
+        value = value.get("path") or value.get("name")
+    elif not isinstance(value, (str, Path)):
+        value = getattr(value, "name", None) or getattr(value, "path", None)
+    return Path(value) if value else None
+
+
+def gallery_items(value: Any) -> list:
+    """A gr.Gallery value as a list of (image, caption) on both versions (3.x hands dicts/paths back)."""
+    return list(value or [])
+
+
+def mount(app: Any, blocks: gr.Blocks, path: str = "/", allowed_paths: list[str] | None = None, auth: tuple[str, str] | None = None) -> Any:
+    """Mount the tab into a FastAPI app (`gr.mount_gradio_app`); `allowed_paths` and `auth` where the version
+    has them (a version without `auth` gets the tab unmounted rather than open: RuntimeError)."""
+    arguments: dict[str, Any] = {"app": app, "blocks": blocks, "path": path}
+    if auth:
+        if "auth" not in (_accepted(gr.mount_gradio_app) or set()):
+            raise RuntimeError("this Gradio cannot protect a mounted app with a login")
+        arguments["auth"] = auth
+    if allowed_paths:
+        arguments["allowed_paths"] = allowed_paths
+    accepted = _accepted(gr.mount_gradio_app)
+    if accepted is not None:
+        arguments = {name: value for name, value in arguments.items() if name in accepted}
+    return gr.mount_gradio_app(**arguments)

@@ -1,0 +1,407 @@
+"""The FramePack Gradio tab: controls from the request model, a live plan and timeline, a streaming run over the
+shared job queue, presets, load-from-video and the model recipe. Works on Gradio 3.43 (SD.Next) and current
+Gradio (standalone) through `compat`; it never imports SD.Next modules.
+
+`FramePackTab` holds the python handlers (plain functions and generators, testable without a browser);
+`create_tab` builds the Blocks around them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import gradio as gr
+
+from framepack.cli import read_record
+from framepack.jobs.models import Job, JobState
+from framepack.models.recipe import default_recipe, recipe_from_text, recipe_to_text
+from framepack.plan import make_plan
+from framepack.runner import plan_request, resolve_recipe
+from framepack.ui import compat
+from framepack.ui.controls import (
+    CONTROL_FIELDS,
+    IMAGE_FIELDS,
+    KEYFRAMES,
+    MODEL_CHOICES,
+    default_values,
+    describe_error,
+    make_control,
+    request_from_values,
+    source_to_image,
+    stored_fields,
+    values_from_request,
+)
+from framepack.ui.presets import PresetError, PresetStore
+from framepack.ui.timeline import render_timeline
+
+logger = logging.getLogger(__name__)
+
+VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".mov")
+PROGRESS_INTERVAL_S = 0.25  # progress lines are yielded at most this often (sections and the end always)
+HEARTBEAT_S = 1.0
+
+
+def _format_eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = max(0, int(round(seconds)))
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+class FramePackTab:
+    """Handlers of the tab over a JobManager; `values` arguments come in CONTROL_FIELDS order."""
+
+    def __init__(self, manager: Any, output_dir: Path | str, presets_path: Path | str, host_name: str = "standalone"):
+        self.manager = manager
+        self.output_dir = Path(output_dir)
+        self.presets = PresetStore(presets_path)
+        self.recipes_dir = Path(presets_path).parent / "recipes"
+        self.host_name = host_name
+
+    # ---------------------------------------------------------------------------------------------- values
+
+    @staticmethod
+    def named(values: tuple | list) -> dict[str, Any]:
+        return dict(zip(CONTROL_FIELDS, values))
+
+    @staticmethod
+    def ordered(values: dict[str, Any]) -> list[Any]:
+        return [values[name] for name in CONTROL_FIELDS]
+
+    # ---------------------------------------------------------------------------------------------- plan
+
+    def plan(self, *values: Any) -> tuple[str, Any]:
+        """(plan line in Markdown, timeline picture) for the current control values."""
+        try:
+            request = request_from_values(self.named(values))
+            plan = plan_request(request)
+        except Exception as error:  # noqa: BLE001 - every refusal is shown, not raised
+            return f"**Cannot plan:** {describe_error(error)}", None
+        lines = [f"**Plan:** {plan.summary()}", f"{plan.model_calls} model calls, {plan.steps} steps per section, seed {plan.seed}"]
+        if request.model == "tiny":
+            lines.append("SELF-TEST model: random weights, the video is noise.")
+        lines += [f"Warning: {warning}" for warning in plan.warnings]
+        return "\n\n".join(lines), render_timeline(plan)
+
+    # ---------------------------------------------------------------------------------------------- run
+
+    def generate(self, *values: Any) -> Iterator[tuple[str, str, Any, Any, str]]:
+        """Submit to the shared queue and stream (job id, progress, preview, video, output paths)."""
+        try:
+            request = request_from_values(self.named(values))
+            job = self.manager.submit(request)
+        except Exception as error:  # noqa: BLE001
+            yield "", f"**Not started:** {describe_error(error)}", None, None, ""
+            return
+        try:
+            self.presets.save_last_used(stored_fields(request))
+        except (OSError, PresetError) as error:
+            logger.warning("could not save the last-used settings: %s", error)
+        preview = None
+        status = f"Queued ({job.summary})"
+        yield job.id, status, None, None, ""
+        last_yield = 0.0
+        for event in self.manager.subscribe(job.id, heartbeat=HEARTBEAT_S):
+            kind, data = event["event"], event["data"]
+            force = False
+            if kind == "state":
+                status = f"{data['state']}: {data.get('summary') or ''}"
+            elif kind == "stage":
+                status = f"Stage: {data['stage']} {data.get('detail') or ''}".strip()
+                force = True
+            elif kind == "progress":
+                section = "start frame" if data["section"] < 0 else f"section {data['order'] + 1}/{job.progress.sections} (#{data['section']})"
+                status = (
+                    f"{section}, step {data['step']}/{data['steps']} — total {data['done_steps']}/{data['total_steps']}, "
+                    f"ETA {_format_eta(data['eta'])}"
+                )
+            elif kind == "section":
+                status = f"finished {data['sections_done']}/{data['sections']} sections"
+                if data.get("preview"):
+                    try:
+                        preview = self.manager.preview(job.id)
+                    except Exception:  # noqa: BLE001 - the job may have ended in between
+                        pass
+                force = True
+            elif kind == "frames":
+                status = f"encoding: {data['frames']}/{data['total']} frames"
+            elif kind == "end":
+                yield self._finish(Job.model_validate(data), preview)
+                return
+            else:
+                continue
+            now = time.monotonic()
+            if force or now - last_yield >= PROGRESS_INTERVAL_S:
+                last_yield = now
+                yield job.id, status, preview, None, ""
+        # the stream ended without "end" (the manager stopped)
+        yield job.id, "The job manager stopped; the job resumes when it starts again.", preview, None, ""
+
+    def _finish(self, job: Job, preview: Any) -> tuple[str, str, Any, Any, str]:
+        paths = [self._absolute(path) for path in job.outputs]
+        video = next((str(path) for path in paths if path.suffix in VIDEO_SUFFIXES), None)
+        if job.state == JobState.FINISHED:
+            took = (job.finished_at or 0) - (job.started_at or job.created_at)
+            status = f"**Finished** in {took:.1f} s: {job.summary}"
+        else:
+            message = job.error.message if job.error else ""
+            status = f"**{job.state.value.capitalize()}:** {message}"
+        return job.id, status, preview, video, "\n".join(str(path) for path in paths)
+
+    def _absolute(self, path: str) -> Path:
+        candidate = Path(path)
+        return candidate if candidate.is_absolute() else self.output_dir / candidate
+
+    def cancel(self, job_id: str, keep_partial: bool) -> str:
+        if not job_id:
+            return "Nothing to cancel."
+        try:
+            job = self.manager.cancel(job_id, keep_partial=bool(keep_partial))
+        except Exception as error:  # noqa: BLE001
+            return f"Cannot cancel: {describe_error(error)}"
+        return f"Cancel requested for {job.id} ({'keeping' if keep_partial else 'discarding'} finished sections)."
+
+    # ---------------------------------------------------------------------------------------------- keyframes
+
+    def add_keyframe(self, image: Any, section: Any, keyframes: list, *values: Any) -> tuple:
+        keyframes = [list(item) for item in (keyframes or [])]
+        if image is not None and section is not None:
+            from framepack.ui.controls import image_to_source
+
+            index = int(section)
+            keyframes = [item for item in keyframes if int(item[0]) != index]
+            keyframes.append([index, image_to_source(image)])
+            keyframes.sort(key=lambda item: int(item[0]))
+        return (keyframes, self.keyframe_gallery(keyframes), *self._plan_with(values, keyframes))
+
+    def clear_keyframes(self, *values: Any) -> tuple:
+        return ([], [], *self._plan_with(values, []))
+
+    def _plan_with(self, values: tuple, keyframes: list) -> tuple[str, Any]:
+        named = self.named(values)
+        named[KEYFRAMES] = keyframes
+        return self.plan(*self.ordered(named))
+
+    @staticmethod
+    def keyframe_gallery(keyframes: list) -> list:
+        return [(source_to_image(source), f"section {index}") for index, source in keyframes or []]
+
+    # ---------------------------------------------------------------------------------------------- presets
+
+    def preset_choices(self) -> list[str]:
+        try:
+            return self.presets.names()
+        except PresetError:
+            return []
+
+    def save_preset(self, name: str, *values: Any) -> tuple[Any, str]:
+        try:
+            request = request_from_values(self.named(values))
+            saved = self.presets.save(name, stored_fields(request))
+        except Exception as error:  # noqa: BLE001
+            return compat.update(), f"Not saved: {describe_error(error)}"
+        return compat.update(choices=self.preset_choices(), value=saved), f"Saved preset {saved!r}."
+
+    def load_preset(self, name: str) -> list:
+        """Control updates (images untouched) followed by a status line."""
+        try:
+            fields = self.presets.load(name)
+        except PresetError as error:
+            return [compat.update() for _ in CONTROL_FIELDS] + [str(error)]
+        return self._fill(values_from_request(fields, include_images=False)) + [f"Loaded preset {name!r}."]
+
+    def delete_preset(self, name: str) -> tuple[Any, str]:
+        try:
+            self.presets.delete(name)
+        except PresetError as error:
+            return compat.update(), str(error)
+        return compat.update(choices=self.preset_choices(), value=None), f"Deleted preset {name!r}."
+
+    def restore_last_used(self) -> list:
+        """For the tab's load event: last-used settings (defaults where none), then the preset choices."""
+        values = default_values()
+        try:
+            last = self.presets.last_used()
+        except PresetError:
+            last = None
+        if last:
+            values.update(values_from_request(last, include_images=False))
+        return self.ordered(values) + [compat.update(choices=self.preset_choices())]
+
+    def _fill(self, values: dict[str, Any]) -> list:
+        return [values[name] if name in values else compat.update() for name in CONTROL_FIELDS]
+
+    # ---------------------------------------------------------------------------------------------- load from video
+
+    def load_from_video(self, file: Any) -> list:
+        """Every control from an output's metadata (video, raw .safetensors or sidecar .json), then a status line
+        and the keyframe gallery."""
+        path = compat.file_path(file)
+        unchanged = [compat.update() for _ in CONTROL_FIELDS]
+        if path is None:
+            return unchanged + ["", compat.update()]
+        try:
+            record = read_record_any(path)
+            fields = record["request"]
+        except Exception as error:  # noqa: BLE001
+            return unchanged + [f"Cannot read {path.name}: {describe_error(error)}", compat.update()]
+        values = default_values()
+        values.update(values_from_request(fields))
+        notes = [f"Loaded the settings of {path.name} ({record.get('plan', '')})."]
+        missing = [name for name in IMAGE_FIELDS if fields.get(name) and values.get(name) is None]
+        if missing:
+            notes.append(f"Images no longer found: {', '.join(missing)}.")
+        if record.get("images_not_stored"):
+            notes.append(f"Not stored in the file (embedded images): {', '.join(record['images_not_stored'])}.")
+        if record.get("self_test_model"):
+            notes.append("Made with the SELF-TEST model.")
+        return self.ordered(values) + [" ".join(notes), self.keyframe_gallery(values[KEYFRAMES])]
+
+    # ---------------------------------------------------------------------------------------------- model
+
+    def show_recipe(self, model: str, variant: str) -> str:
+        try:
+            return recipe_to_text(resolve_recipe(model or "default", variant, self.manager.runner.home))
+        except Exception as error:  # noqa: BLE001
+            return f"# cannot resolve model {model!r}: {describe_error(error)}"
+
+    def use_recipe(self, text: str, variant: str) -> tuple[Any, str]:
+        """Validate an edited recipe, save it as a file and select it as the model (applies to the next job)."""
+        try:
+            recipe_from_text(text, base=default_recipe(variant))
+        except Exception as error:  # noqa: BLE001
+            return compat.update(), f"Recipe not valid: {describe_error(error)}"
+        self.recipes_dir.mkdir(parents=True, exist_ok=True)
+        path = self.recipes_dir / f"recipe-{hashlib.sha256(text.encode()).hexdigest()[:10]}.txt"
+        path.write_text(text)
+        return (
+            compat.update(choices=[*MODEL_CHOICES, str(path)], value=str(path)),
+            f"Recipe saved to {path}; it applies from the next job.",
+        )
+
+    def unload(self) -> str:
+        self.manager.runner.unload()
+        return "Model unloaded (a running job keeps its model until it ends; the next job loads it again)."
+
+
+def read_record_any(path: Path) -> dict:
+    """read_record, plus a bare sidecar .json."""
+    if path.suffix == ".json":
+        import json
+
+        record = json.loads(path.read_text())
+        if not isinstance(record, dict) or "request" not in record:
+            raise ValueError(f"{path.name} is not a FramePack sidecar")
+        return record
+    return read_record(path)
+
+
+def create_tab(manager: Any, output_dir: Path | str, presets_path: Path | str, host_name: str = "standalone") -> gr.Blocks:
+    """The tab's Blocks over `manager` (the shared JobManager); the handler object is `blocks.framepack`."""
+    return build_tab(FramePackTab(manager, output_dir, presets_path, host_name))
+
+
+def build_tab(tab: FramePackTab) -> gr.Blocks:
+    c = compat.component
+    controls: dict[str, Any] = {}
+
+    def make(*names: str) -> None:
+        for name in names:
+            controls[name] = make_control(name, gr, c)
+
+    with gr.Blocks(analytics_enabled=False, title="FramePack") as blocks:
+        with gr.Row():
+            with gr.Column(scale=3):
+                make("prompt", "negative_prompt", "section_prompts")
+                with gr.Row():
+                    make("init_image", "end_image")
+                with gr.Accordion("Section keyframes", open=False):
+                    make(KEYFRAMES)
+                    with gr.Row():
+                        keyframe_image = c(gr.Image, label="Keyframe image", type="pil", sources=["upload", "clipboard"], elem_id="framepack_keyframe_image", height=160)
+                        with gr.Column():
+                            keyframe_section = c(gr.Number, label="Section (time order, 0 = first)", value=0, precision=0, minimum=0, elem_id="framepack_keyframe_section")
+                            keyframe_add = c(gr.Button, value="Add / replace keyframe", elem_id="framepack_keyframe_add")
+                            keyframe_clear = c(gr.Button, value="Clear keyframes", elem_id="framepack_keyframe_clear")
+                    keyframe_gallery = c(gr.Gallery, label="Keyframes", columns=6, height=140, elem_id="framepack_keyframe_gallery")
+                with gr.Accordion("Strengths", open=False):
+                    make("init_strength", "end_strength", "vision_strength", "end_vision_weight")
+                with gr.Accordion("Video", open=True):
+                    make("variant", "resolution", "aspect_ratio", "duration", "fps", "interpolate", "interpolation", "latent_window_size")
+                with gr.Accordion("Sampling", open=False):
+                    make("seed", "steps", "sampler", "guidance", "cfg_scale", "cfg_rescale", "shift")
+                with gr.Accordion("Output", open=False):
+                    make("codec", "container", "codec_options", "save_raw", "save_frames", "jpeg_quality", "filename", "preview")
+                with gr.Accordion("Model", open=False):
+                    make("model")
+                    recipe_text = c(gr.Textbox, label="Model recipe", lines=8, max_lines=30, elem_id="framepack_recipe",
+                                    info="One component per line: 'name: source [subfolder=..] [dtype=..]'. Use it to save it as a recipe file and select it; it applies from the next job.")
+                    with gr.Row():
+                        recipe_show = c(gr.Button, value="Show recipe of the model", elem_id="framepack_recipe_show")
+                        recipe_use = c(gr.Button, value="Use edited recipe", elem_id="framepack_recipe_use")
+                        unload_button = c(gr.Button, value="Unload model", elem_id="framepack_unload")
+                    model_status = c(gr.Markdown, value="", elem_id="framepack_model_status")
+                with gr.Accordion("Presets", open=False):
+                    with gr.Row():
+                        preset_choice = c(gr.Dropdown, label="Preset", choices=tab.preset_choices(), elem_id="framepack_preset")
+                        preset_name = c(gr.Textbox, label="Save as", elem_id="framepack_preset_name")
+                    with gr.Row():
+                        preset_load = c(gr.Button, value="Load", elem_id="framepack_preset_load")
+                        preset_save = c(gr.Button, value="Save", elem_id="framepack_preset_save")
+                        preset_delete = c(gr.Button, value="Delete", elem_id="framepack_preset_delete")
+                    preset_status = c(gr.Markdown, value="", elem_id="framepack_preset_status")
+                with gr.Accordion("Load settings from a video", open=False):
+                    video_file = c(gr.File, label="A video, raw .safetensors or sidecar .json made by FramePack", file_types=[".mp4", ".webm", ".mkv", ".mov", ".safetensors", ".json"], elem_id="framepack_load_file")
+                    load_status = c(gr.Markdown, value="", elem_id="framepack_load_status")
+            with gr.Column(scale=2):
+                plan_line = c(gr.Markdown, value="", elem_id="framepack_plan")
+                timeline = c(gr.Image, label="Sections (time order; gen = generation order, L = prompt line, K = keyframe)", type="pil", interactive=False, elem_id="framepack_timeline")
+                with gr.Row():
+                    generate_button = c(gr.Button, value="Generate", variant="primary", elem_id="framepack_generate")
+                    cancel_button = c(gr.Button, value="Cancel", variant="stop", elem_id="framepack_cancel")
+                    keep_partial = c(gr.Checkbox, label="keep finished sections", value=False, elem_id="framepack_keep_partial")
+                job_id = c(gr.Textbox, label="Job id", interactive=False, elem_id="framepack_job_id")
+                progress = c(gr.Markdown, value="", elem_id="framepack_progress")
+                preview = c(gr.Image, label="Latest section preview", type="numpy", interactive=False, elem_id="framepack_preview")
+                video = c(gr.Video, label="Video", interactive=False, elem_id="framepack_video")
+                outputs = c(gr.Textbox, label="Output files", lines=3, interactive=False, elem_id="framepack_outputs")
+
+        missing = set(CONTROL_FIELDS) - set(controls)
+        if missing:
+            raise RuntimeError(f"the tab has no control for {', '.join(sorted(missing))}")
+        inputs = [controls[name] for name in CONTROL_FIELDS]
+        plan_outputs = [plan_line, timeline]
+
+        for name in CONTROL_FIELDS:
+            control = controls[name]
+            if name != KEYFRAMES and hasattr(control, "change"):
+                compat.on(control.change, tab.plan, inputs, plan_outputs, queue=False)
+        compat.on(keyframe_add.click, tab.add_keyframe, [keyframe_image, keyframe_section, controls[KEYFRAMES], *inputs],
+                  [controls[KEYFRAMES], keyframe_gallery, *plan_outputs], queue=False)
+        compat.on(keyframe_clear.click, tab.clear_keyframes, inputs, [controls[KEYFRAMES], keyframe_gallery, *plan_outputs], queue=False)
+
+        compat.on(generate_button.click, tab.generate, inputs, [job_id, progress, preview, video, outputs])
+        compat.on(cancel_button.click, tab.cancel, [job_id, keep_partial], [progress], queue=False)
+
+        compat.on(preset_save.click, tab.save_preset, [preset_name, *inputs], [preset_choice, preset_status], queue=False)
+        compat.on(preset_load.click, tab.load_preset, [preset_choice], [*inputs, preset_status], queue=False)
+        compat.on(preset_delete.click, tab.delete_preset, [preset_choice], [preset_choice, preset_status], queue=False)
+        compat.on(video_file.change, tab.load_from_video, [video_file], [*inputs, load_status, keyframe_gallery], queue=False)
+
+        compat.on(recipe_show.click, tab.show_recipe, [controls["model"], controls["variant"]], [recipe_text], queue=False)
+        compat.on(recipe_use.click, tab.use_recipe, [recipe_text, controls["variant"]], [controls["model"], model_status], queue=False)
+        compat.on(unload_button.click, tab.unload, None, [model_status], queue=False)
+
+        load = compat.on(blocks.load, tab.restore_last_used, None, [*inputs, preset_choice], queue=False)
+        compat.on(load.then, tab.plan, inputs, plan_outputs, queue=False)
+
+    blocks.framepack = tab  # the handlers, for hosts and tests
+    blocks.framepack_controls = controls
+    return blocks
+
+
+__all__ = ["FramePackTab", "build_tab", "create_tab", "make_plan"]

@@ -1,0 +1,351 @@
+"""The Gradio tab without a browser: controls built from the request model, the value->request mapping of every
+field, the live plan and timeline, presets, load-from-video and a tiny generation through the generate handler.
+A last test builds the tab under Gradio 3.43.2 (SD.Next's version) when /work/venv343 exists."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+gr = pytest.importorskip("gradio")
+
+from framepack.jobs.manager import JobManager  # noqa: E402
+from framepack.plan import make_plan  # noqa: E402
+from framepack.request import GenerateRequest  # noqa: E402
+from framepack.runner import Runner  # noqa: E402
+from framepack.ui import compat  # noqa: E402
+from framepack.ui.controls import (  # noqa: E402
+    CONTROL_FIELDS,
+    HOST_CHOSEN,
+    IMAGE_FIELDS,
+    KEYFRAMES,
+    default_values,
+    field_bounds,
+    field_choices,
+    field_default,
+    field_type,
+    request_from_values,
+)
+from framepack.ui.presets import LAST_USED, PresetError, PresetStore  # noqa: E402
+from framepack.ui.tab import FramePackTab, create_tab  # noqa: E402
+from framepack.ui.timeline import render_timeline  # noqa: E402
+from tests.helpers import decode_video  # noqa: E402
+
+FAST = {"model": "tiny", "resolution": 128, "latent_window_size": 3, "steps": 2, "duration": 0.4, "prompt": "a kite"}
+VENV343 = Path("/work/venv343/bin/python")
+REPO = Path(__file__).resolve().parents[1]
+
+# Text fields whose free value must satisfy a validator.
+TEXT_VALUES = {"aspect_ratio": "16:9", "codec": "libx265", "codec_options": "crf:20", "filename": "clip", "model": "tiny"}
+
+
+@pytest.fixture
+def runner(tiny_model_dir, tmp_path) -> Runner:
+    home = tmp_path / "home"
+    home.mkdir()
+    os.symlink(tiny_model_dir, home / "tiny-self-test")
+    return Runner(device="cpu", output_dir=tmp_path / "out", home=home)
+
+
+@pytest.fixture
+def manager(tmp_path, runner):
+    managers = []
+
+    def make(start: bool = False) -> JobManager:
+        job_manager = JobManager(tmp_path / "data", runner)
+        managers.append(job_manager)
+        if start:
+            job_manager.start()
+        return job_manager
+
+    yield make
+    for job_manager in managers:
+        job_manager.close(timeout=30)
+
+
+@pytest.fixture
+def tab(manager, tmp_path) -> tuple[gr.Blocks, FramePackTab]:
+    blocks = create_tab(manager(), tmp_path / "out", tmp_path / "presets.json")
+    return blocks, blocks.framepack
+
+
+def picture(width: int = 64, height: int = 48, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
+
+
+def changed_value(name: str):
+    """A UI value for `name` away from the field default, derived from the field (bounds, choices, type)."""
+    default = field_default(name)
+    if name in IMAGE_FIELDS:
+        return picture()
+    if name == KEYFRAMES:
+        return [[0, picture(seed=1)]]
+    choices = field_choices(name)
+    if choices:
+        return next(choice for choice in choices if choice != default)
+    kind = field_type(name)
+    if kind is bool:
+        return not default
+    if kind in (int, float):
+        low, high = field_bounds(name)
+        candidate = (default or 0) + 1
+        if high is not None and candidate > high:
+            candidate = low
+        return float(candidate)  # sliders and numbers may hand floats back for int fields
+    return TEXT_VALUES.get(name, f"changed {name}")
+
+
+# ---------------------------------------------------------------------------------------------- controls
+
+
+def test_every_request_field_has_a_control_or_is_documented_host_chosen(tab):
+    blocks, _ = tab
+    controls = blocks.framepack_controls
+    for name in GenerateRequest.model_fields:
+        assert name in controls or name in HOST_CHOSEN, f"request field {name!r} has no control in the tab"
+    assert set(CONTROL_FIELDS) == set(controls)
+    for name, control in controls.items():
+        if name == KEYFRAMES:
+            continue
+        assert control.elem_id == f"framepack_{name}"
+        info = GenerateRequest.model_fields[name]
+        if field_choices(name) and name != "model":
+            choices = [choice[1] if isinstance(choice, tuple) else choice for choice in control.choices]
+            assert choices == field_choices(name)
+        low, high = field_bounds(name)
+        if isinstance(control, gr.Slider):
+            assert (control.minimum, control.maximum) == (low, high), name
+        if name not in IMAGE_FIELDS:
+            assert control.info == info.description
+
+
+@pytest.mark.parametrize("name", list(GenerateRequest.model_fields))
+def test_each_control_value_reaches_its_request_field(name):
+    if name in HOST_CHOSEN:
+        pytest.skip(f"host-chosen: {HOST_CHOSEN[name]}")
+    values = default_values()
+    base = request_from_values(values)
+    values[name] = changed_value(name)
+    if name == "end_image":
+        values["init_image"] = picture(seed=2)  # FLF2V needs the start frame
+    request = request_from_values(values)
+    assert getattr(request, name) != getattr(base, name)
+    value = getattr(request, name)
+    if name in IMAGE_FIELDS:
+        assert value.startswith("data:image/png;base64,")
+    elif name == KEYFRAMES:
+        assert list(value) == [0] and value[0].startswith("data:image/png;base64,")
+    elif field_type(name) in (int, float):
+        assert value == field_type(name)(values[name])
+    else:
+        assert value == values[name]
+
+
+def test_a_bad_value_names_its_field(tab):
+    _, handlers = tab
+    values = default_values()
+    values["end_image"] = picture()
+    text, timeline = handlers.plan(*handlers.ordered(values))
+    assert "Cannot plan" in text and "init_image" in text and timeline is None
+
+
+# ---------------------------------------------------------------------------------------------- plan and timeline
+
+
+def test_plan_line_is_the_plan_the_job_runs(tab):
+    _, handlers = tab
+    values = {**default_values(), "duration": 3.0, "section_prompts": "walk\njump", "variant": "f1", "aspect_ratio": "16:9"}
+    text, timeline = handlers.plan(*handlers.ordered(values))
+    expected = make_plan(request_from_values(values))
+    assert f"**Plan:** {expected.summary()}" in text
+    assert timeline.size == render_timeline(expected).size
+
+    values["init_image"] = picture(200, 100)
+    values["aspect_ratio"] = "auto"
+    text, _ = handlers.plan(*handlers.ordered(values))
+    assert make_plan(request_from_values(values), (200, 100)).summary() in text
+
+
+def bar_colours(image: Image.Image) -> set[tuple[int, int, int]]:
+    from framepack.ui.timeline import BAR_HEIGHT, BAR_TOP
+
+    row = np.asarray(image)[BAR_TOP + BAR_HEIGHT - 2]
+    return {tuple(int(channel) for channel in pixel) for pixel in row}
+
+
+def test_timeline_shows_one_colour_per_section():
+    one = make_plan(GenerateRequest(duration=1.0))
+    four = make_plan(GenerateRequest(duration=5.0, keyframes={}))
+    assert one.num_sections == 1 and four.num_sections == 4
+    image_one, image_four = render_timeline(one), render_timeline(four)
+    assert image_one.size == image_four.size
+    from framepack.ui.timeline import BACKGROUND, section_colour
+
+    assert {section_colour(i, 4) for i in range(4)} <= bar_colours(image_four)
+    assert section_colour(0, 1) in bar_colours(image_one)
+    assert len(bar_colours(image_four) - {BACKGROUND}) > len(bar_colours(image_one) - {BACKGROUND})
+
+
+# ---------------------------------------------------------------------------------------------- keyframes, presets, recipe
+
+
+def test_keyframes_add_replace_and_clear(tab):
+    _, handlers = tab
+    values = handlers.ordered({**default_values(), "duration": 3.0})
+    keyframes, gallery, text, _ = handlers.add_keyframe(picture(seed=3), 1, [], *values)
+    assert [index for index, _ in keyframes] == [1] and len(gallery) == 1 and "Plan" in text
+    keyframes, gallery, _, timeline = handlers.add_keyframe(picture(seed=4), 1, keyframes, *values)
+    assert len(keyframes) == 1 and timeline is not None
+    keyframes, gallery, text, _ = handlers.add_keyframe(picture(seed=4), 9, keyframes, *values)
+    assert "Cannot plan" in text and "keyframes" in text  # section 9 does not exist in a 2-section plan
+    assert handlers.clear_keyframes(*values)[:2] == ([], [])
+
+
+def test_presets_save_load_delete_and_last_used(tab, tmp_path):
+    _, handlers = tab
+    values = {**default_values(), "prompt": "a red kite", "steps": 7.0, "variant": "f1", "init_image": picture()}
+    choices, status = handlers.save_preset("windy", *handlers.ordered(values))
+    assert "Saved" in status and handlers.presets.names() == ["windy"]
+    loaded = handlers.load_preset("windy")
+    named = dict(zip(CONTROL_FIELDS, loaded[:-1]))
+    assert named["prompt"] == "a red kite" and named["steps"] == 7 and named["variant"] == "f1"
+    assert not isinstance(named["init_image"], Image.Image)  # images are not part of presets (left unchanged)
+    assert handlers.delete_preset("windy")[1].startswith("Deleted") and handlers.presets.names() == []
+    assert "no preset" in handlers.load_preset("windy")[-1]
+
+    store = PresetStore(tmp_path / "presets.json")
+    with pytest.raises(PresetError):
+        store.save(LAST_USED, {})
+    store.save_last_used({"prompt": "last one", "not_a_field": 1})
+    restored = handlers.restore_last_used()
+    named = dict(zip(CONTROL_FIELDS, restored[:-1]))
+    assert named["prompt"] == "last one" and named["steps"] == field_default("steps")
+
+
+def test_recipe_view_and_edit_selects_a_recipe_file(tab):
+    _, handlers = tab
+    text = handlers.show_recipe("default", "bidirectional")
+    assert "transformer:" in text and "lllyasviel" in text
+    assert "not valid" in handlers.use_recipe("transformer nonsense ::", "bidirectional")[1]
+    update, status = handlers.use_recipe(text, "f1")
+    path = Path(update["value"])
+    assert path.is_file() and "next job" in status
+    assert request_from_values({"model": str(path)}).model == str(path)
+    assert "unloaded" in handlers.unload()
+
+
+# ---------------------------------------------------------------------------------------------- generation
+
+
+def test_generate_streams_progress_and_ends_with_a_playable_video_that_loads_back(manager, tmp_path):
+    job_manager = manager(start=True)
+    handlers = FramePackTab(job_manager, tmp_path / "out", tmp_path / "presets.json")
+    values = {**default_values(), **FAST, "seed": 5.0, "section_prompts": "rising\nfalling", "duration": 1.2}
+    updates = list(handlers.generate(*handlers.ordered(values)))
+    job_id, status, _, video, outputs = updates[-1]
+    assert "Finished" in status, status
+    assert any("step" in update[1] for update in updates[:-1])
+    assert any(update[2] is not None for update in updates)  # a section preview was shown
+    plan = make_plan(request_from_values(values))
+    frames, width, height, codec, pixel_format = decode_video(Path(video))
+    assert (frames, width, height, codec, pixel_format) == (plan.output_frames, plan.width, plan.height, "h264", "yuv420p")
+    assert video in outputs.splitlines() and video.endswith(".mp4")
+
+    # last-used settings were saved on Generate
+    named = dict(zip(CONTROL_FIELDS, handlers.restore_last_used()[:-1]))
+    assert named["section_prompts"] == "rising\nfalling" and named["model"] == "tiny"
+
+    # load from video fills every control from the file's metadata
+    loaded = handlers.load_from_video(video)
+    named, status = dict(zip(CONTROL_FIELDS, loaded[: len(CONTROL_FIELDS)])), loaded[len(CONTROL_FIELDS)]
+    assert "Loaded" in status and "SELF-TEST" in status
+    request = request_from_values(named)
+    expected = request_from_values(values)
+    for name in CONTROL_FIELDS:
+        if name == "filename":
+            continue  # the job fixed it to its id
+        assert getattr(request, name) == getattr(expected, name), name
+    assert "Cannot read" in handlers.load_from_video(str(tmp_path / "missing.mp4"))[len(CONTROL_FIELDS)]
+
+
+def test_generate_refuses_bad_input_and_cancel_without_a_job(tab):
+    _, handlers = tab
+    values = {**default_values(), **FAST, "end_image": picture()}
+    updates = list(handlers.generate(*handlers.ordered(values)))
+    assert len(updates) == 1 and "Not started" in updates[0][1] and "init_image" in updates[0][1]
+    assert handlers.cancel("", True) == "Nothing to cancel."
+    assert "Cannot cancel" in handlers.cancel("nope", False)
+
+
+def test_cancel_of_a_queued_job_through_the_tab(tab):
+    _, handlers = tab  # the manager is not started: the job stays queued
+    stream = handlers.generate(*handlers.ordered({**default_values(), **FAST}))
+    job_id = next(stream)[0]
+    assert "Cancel requested" in handlers.cancel(job_id, True)
+    final = list(stream)[-1]
+    assert "Cancelled" in final[1]
+
+
+def test_compat_shims():
+    assert compat.file_path(None) is None
+    assert compat.file_path("/x/y.mp4") == Path("/x/y.mp4")
+    assert compat.file_path(type("Temp", (), {"name": "/tmp/a.mp4"})()) == Path("/tmp/a.mp4")
+    assert compat.file_path({"path": "/tmp/b.mp4"}) == Path("/tmp/b.mp4")
+    image = compat.component(gr.Image, sources=["upload"], label="x", not_an_argument=1)
+    assert image.label == "x"
+
+
+# ---------------------------------------------------------------------------------------------- Gradio 3.43
+
+
+BUILD_SCRIPT = textwrap.dedent(
+    """
+    import os, sys, tempfile
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    sys.path.insert(0, sys.argv[1])
+    from pathlib import Path
+    import gradio
+    from framepack.jobs.manager import JobManager
+    from framepack.runner import Runner
+    from framepack.ui.controls import CONTROL_FIELDS, default_values
+    from framepack.ui.tab import create_tab
+    from framepack.ui import compat
+    folder = Path(tempfile.mkdtemp())
+    manager = JobManager(folder / "data", Runner(device="cpu", output_dir=folder / "out"))
+    blocks = create_tab(manager, folder / "out", folder / "presets.json")
+    compat.enable_queue(blocks)
+    config = blocks.get_config_file()
+    ids = [c.get("props", {}).get("elem_id") for c in config["components"]]
+    assert all(f"framepack_{name}" in ids for name in CONTROL_FIELDS if name != "keyframes"), ids
+    text, image = blocks.framepack.plan(*blocks.framepack.ordered(default_values()))
+    assert "Plan" in text and image is not None
+    print("BUILT", gradio.__version__, len(config["dependencies"]))
+    """
+)
+
+
+@pytest.mark.skipif(not VENV343.exists(), reason="no /work/venv343 (Gradio 3.43.2 environment)")
+def test_tab_builds_on_gradio_3_43():
+    check = subprocess.run([str(VENV343), "-c", "import gradio; print(gradio.__version__)"], capture_output=True, text=True, timeout=120)
+    if check.returncode != 0:
+        pytest.skip(f"gradio does not import in /work/venv343: {check.stderr.strip().splitlines()[-1:]}")
+    assert check.stdout.strip() == "3.43.2"
+    result = subprocess.run(
+        [str(VENV343), "-c", BUILD_SCRIPT, str(REPO)], capture_output=True, text=True, timeout=300, cwd=REPO
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "BUILT 3.43.2" in result.stdout
+
+
+def test_tab_builds_on_the_current_gradio():
+    result = subprocess.run([sys.executable, "-c", BUILD_SCRIPT, str(REPO)], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "BUILT" in result.stdout
