@@ -174,6 +174,18 @@ def test_plan_line_is_the_plan_the_job_runs(tab):
     assert make_plan(request_from_values(values), (200, 100)).summary() in text
 
 
+def test_plan_line_offers_the_self_test_model_when_weights_are_missing(tab, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    _, handlers = tab
+    text, _ = handlers.plan(*handlers.ordered({**default_values(), "model": "default"}))
+    assert "Model not on this machine" in text and "transformer" in text and "hf download" in text
+    assert "Choose model **tiny**" in text and "SELF-TEST" in text
+    text, _ = handlers.plan(*handlers.ordered({**default_values(), "model": "tiny"}))
+    assert "Model not on this machine" not in text and "SELF-TEST model" in text
+
+
 def bar_colours(image: Image.Image) -> set[tuple[int, int, int]]:
     from framepack.ui.timeline import BAR_HEIGHT, BAR_TOP
 

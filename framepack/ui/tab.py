@@ -18,6 +18,7 @@ import gradio as gr
 
 from framepack.cli import read_record
 from framepack.jobs.models import Job, JobState
+from framepack.models.loader import check_available
 from framepack.models.recipe import default_recipe, recipe_from_text, recipe_to_text
 from framepack.plan import make_plan
 from framepack.runner import plan_request, resolve_recipe
@@ -84,6 +85,8 @@ class FramePackTab:
         lines = [f"**Plan:** {plan.summary()}", f"{plan.model_calls} model calls, {plan.steps} steps per section, seed {plan.seed}"]
         if request.model == "tiny":
             lines.append("SELF-TEST model: random weights, the video is noise.")
+        else:
+            lines += model_availability(request)
         lines += [f"Warning: {warning}" for warning in plan.warnings]
         return "\n\n".join(lines), render_timeline(plan)
 
@@ -288,6 +291,22 @@ class FramePackTab:
         return "Model unloaded (a running job keeps its model until it ends; the next job loads it again)."
 
 
+def model_availability(request: Any) -> list[str]:
+    """A note when the chosen model's files are not on this machine (a file check, no loading), offering the
+    self-test model so the app can still be tried."""
+    try:
+        missing = check_available(resolve_recipe(request.model, request.variant))
+    except Exception as error:  # noqa: BLE001 - a bad recipe file is reported the same way
+        return [f"**Model:** {describe_error(error)}"]
+    if not missing:
+        return []
+    names = ", ".join(error.component for error in missing)
+    return [
+        f"**Model not on this machine** ({names} missing): {missing[0]}",
+        "Choose model **tiny** to try everything with the SELF-TEST model (random weights: the video is noise).",
+    ]
+
+
 def read_record_any(path: Path) -> dict:
     """read_record, plus a bare sidecar .json."""
     if path.suffix == ".json":
@@ -359,7 +378,7 @@ def build_tab(tab: FramePackTab) -> gr.Blocks:
                     load_status = c(gr.Markdown, value="", elem_id="framepack_load_status")
             with gr.Column(scale=2):
                 plan_line = c(gr.Markdown, value="", elem_id="framepack_plan")
-                timeline = c(gr.Image, label="Sections (time order; gen = generation order, L = prompt line, K = keyframe)", type="pil", interactive=False, elem_id="framepack_timeline")
+                timeline = c(gr.Image, label="Sections (time order; gen = generation order, L = prompt line, K = keyframe)", type="pil", interactive=False, height=190, elem_id="framepack_timeline")
                 with gr.Row():
                     generate_button = c(gr.Button, value="Generate", variant="primary", elem_id="framepack_generate")
                     cancel_button = c(gr.Button, value="Cancel", variant="stop", elem_id="framepack_cancel")

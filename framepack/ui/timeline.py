@@ -8,11 +8,12 @@ from PIL import Image, ImageDraw, ImageFont
 
 from framepack.plan import Plan
 
-WIDTH = 960
-HEIGHT = 132
+WIDTH = 640  # about the width of the tab's right column, so the picture is shown near 1:1
+HEIGHT = 156
 MARGIN = 12
-BAR_TOP = 26
-BAR_HEIGHT = 56
+BAR_TOP = 30
+BAR_HEIGHT = 60
+FONT_SIZE = 15
 BACKGROUND = (24, 24, 28)
 TEXT = (235, 235, 235)
 MUTED = (150, 150, 160)
@@ -32,7 +33,7 @@ def render_timeline(plan: Plan, width: int = WIDTH) -> Image.Image:
     yellow `K` mark when a keyframe conditions it. The bottom line gives the generation order."""
     image = Image.new("RGB", (width, HEIGHT), BACKGROUND)
     draw = ImageDraw.Draw(image)
-    font = ImageFont.load_default()
+    font = ImageFont.load_default(size=FONT_SIZE)
     total = max(plan.sections[-1].end_time if plan.sections else plan.duration, 1e-6)
     usable = width - 2 * MARGIN
     draw.text((MARGIN, 6), "0 s", fill=MUTED, font=font)
@@ -50,7 +51,7 @@ def render_timeline(plan: Plan, width: int = WIDTH) -> Image.Image:
         lines = [f"#{section.index}", f"gen {section.order + 1}"]
         for row, text in enumerate(lines):
             if draw.textlength(text, font=font) <= room:
-                draw.text((left + 4, BAR_TOP + 6 + row * 16), text, fill=(0, 0, 0), font=font)
+                draw.text((left + 4, BAR_TOP + 6 + row * (FONT_SIZE + 4)), text, fill=(0, 0, 0), font=font)
         below = []
         if section.prompt_line is not None:
             below.append(f"L{section.prompt_line + 1}")
@@ -65,5 +66,5 @@ def render_timeline(plan: Plan, width: int = WIDTH) -> Image.Image:
     order = " -> ".join(f"#{index}" for index in plan.generation_order)
     if draw.textlength(order, font=font) > usable:
         order = f"{plan.generation_order[0]} ... {plan.generation_order[-1]} ({count} sections)"
-    draw.text((MARGIN, HEIGHT - 18), f"generation order: {order}", fill=MUTED, font=font)
+    draw.text((MARGIN, HEIGHT - FONT_SIZE - 6), f"generation order: {order}", fill=MUTED, font=font)
     return image
