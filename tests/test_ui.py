@@ -251,7 +251,15 @@ def test_recipe_view_and_edit_selects_a_recipe_file(tab):
     path = Path(update["value"])
     assert path.is_file() and "next job" in status
     assert request_from_values({"model": str(path)}).model == str(path)
-    assert "unloaded" in handlers.unload()
+
+
+def test_load_and_unload_the_model(tab):
+    _, handlers = tab
+    runner = handlers.manager.runner
+    status = handlers.load(*handlers.ordered({**default_values(), "model": "tiny"}))
+    assert "Loaded the SELF-TEST model" in status and runner._components is not None and runner._components.self_test
+    assert "unloaded" in handlers.unload() and runner._components is None
+    assert "Cannot load" in handlers.load(*handlers.ordered({**default_values(), "model": "missing.json"}))
 
 
 # ---------------------------------------------------------------------------------------------- generation

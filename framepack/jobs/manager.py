@@ -128,6 +128,7 @@ class JobManager:
         self.runner = runner
         self.max_queued = max_queued
         self._gpu_lock = gpu_lock
+        self._model_lock = threading.Lock()  # held around a job's run and around load/unload from a face
         self._subscriber_queue_size = subscriber_queue_size
         self._store = JobStore(self.data_dir / "jobs.db")
         self._lock = threading.RLock()
@@ -303,6 +304,18 @@ class JobManager:
 
     # ------------------------------------------------------------------------------------------- queries
 
+    def load_model(self, request: GenerateRequest) -> bool:
+        """Load the request's model now instead of with its first job (waits while a job runs); True when it is
+        the self-test model."""
+        recipe = resolve_recipe(request.model, request.variant, self.runner.home)
+        with self._model_lock, self._gpu_lock if self._gpu_lock is not None else contextlib.nullcontext():
+            return self.runner.components_for(request, recipe).self_test
+
+    def unload_model(self) -> None:
+        """Free the loaded model (waits while a job runs, which keeps using it until it ends)."""
+        with self._model_lock:
+            self.runner.unload()
+
     def get(self, job_id: str) -> Job:
         with self._lock:
             return self._public(self._lookup(job_id))
@@ -399,7 +412,7 @@ class JobManager:
                 self._store.update(job)
             if restored:
                 logger.info("job %s: resuming with %d sections restored from checkpoints", job.id, job.resumed_sections)
-            with self._gpu_lock if self._gpu_lock is not None else contextlib.nullcontext():
+            with self._model_lock, self._gpu_lock if self._gpu_lock is not None else contextlib.nullcontext():
                 token.check()
                 result = self.runner.run(
                     request,

@@ -286,9 +286,19 @@ class FramePackTab:
             f"Recipe saved to {path}; it applies from the next job.",
         )
 
+    def load(self, *values: Any) -> str:
+        """Load the chosen model now (after any running job), so the first Generate starts sampling at once."""
+        try:
+            request = request_from_values(self.named(values))
+            self_test = self.manager.load_model(request)
+        except Exception as error:  # noqa: BLE001 - shown to the user, the tab keeps working
+            return f"**Cannot load:** {describe_error(error)}"
+        label = "the SELF-TEST model (random weights: the video is noise)" if self_test else f"model '{request.model}'"
+        return f"Loaded {label} ({request.variant})."
+
     def unload(self) -> str:
-        self.manager.runner.unload()
-        return "Model unloaded (a running job keeps its model until it ends; the next job loads it again)."
+        self.manager.unload_model()
+        return "Model unloaded; the next job loads it again."
 
 
 def model_availability(request: Any) -> list[str]:
@@ -362,6 +372,7 @@ def build_tab(tab: FramePackTab) -> gr.Blocks:
                     with gr.Row():
                         recipe_show = c(gr.Button, value="Show recipe of the model", elem_id="framepack_recipe_show")
                         recipe_use = c(gr.Button, value="Use edited recipe", elem_id="framepack_recipe_use")
+                        load_button = c(gr.Button, value="Load model", elem_id="framepack_load")
                         unload_button = c(gr.Button, value="Unload model", elem_id="framepack_unload")
                     model_status = c(gr.Markdown, value="", elem_id="framepack_model_status")
                 with gr.Accordion("Presets", open=False):
@@ -413,7 +424,8 @@ def build_tab(tab: FramePackTab) -> gr.Blocks:
 
         compat.on(recipe_show.click, tab.show_recipe, [controls["model"], controls["variant"]], [recipe_text], queue=False)
         compat.on(recipe_use.click, tab.use_recipe, [recipe_text, controls["variant"]], [controls["model"], model_status], queue=False)
-        compat.on(unload_button.click, tab.unload, None, [model_status], queue=False)
+        compat.on(load_button.click, tab.load, inputs, [model_status])
+        compat.on(unload_button.click, tab.unload, None, [model_status])
 
         load = compat.on(blocks.load, tab.restore_last_used, None, [*inputs, preset_choice], queue=False)
         compat.on(load.then, tab.plan, inputs, plan_outputs, queue=False)
