@@ -270,11 +270,15 @@ def test_generate_streams_progress_and_ends_with_a_playable_video_that_loads_bac
     handlers = FramePackTab(job_manager, tmp_path / "out", tmp_path / "presets.json")
     values = {**default_values(), **FAST, "seed": 5.0, "section_prompts": "rising\nfalling", "duration": 1.2}
     updates = list(handlers.generate(*handlers.ordered(values)))
-    job_id, status, _, video, outputs = updates[-1]
+    job_id, status, _, board, video, outputs = updates[-1]
     assert "Finished" in status, status
     assert any("step" in update[1] for update in updates[:-1])
     assert any(update[2] is not None for update in updates)  # a section preview was shown
     plan = make_plan(request_from_values(values))
+    # the storyboard holds every finished section in time order (and the T2V start frame)
+    expected = (["start"] if plan.start_frame_pass else []) + [f"#{index}" for index in range(plan.num_sections)]
+    assert [caption for _, caption in board] == expected
+    assert all(max(image.size) <= 160 for image, _ in board)
     frames, width, height, codec, pixel_format = decode_video(Path(video))
     assert (frames, width, height, codec, pixel_format) == (plan.output_frames, plan.width, plan.height, "h264", "yuv420p")
     assert video in outputs.splitlines() and video.endswith(".mp4")

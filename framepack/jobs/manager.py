@@ -71,6 +71,8 @@ DROPPABLE = ("progress", "frames")  # events a full subscriber queue drops first
 _CLOSED = object()  # tells a subscriber stream to end: the manager stopped
 
 
+PREVIEWS_KEPT = 16  # section previews a face can still fetch after their event (one frame each)
+
 class PlanChanged(UserError):
     """The stored request no longer plans to the plan made at submit time (an image file changed)."""
 
@@ -144,7 +146,7 @@ class JobManager:
         self._thread: threading.Thread | None = None
         self._data_dir_lock: Any = None  # open lock file while the worker owns data_dir (POSIX)
         self._last_persist = 0.0
-        self._previews: dict[str, np.ndarray] = {}
+        self._previews: dict[str, dict[int, np.ndarray]] = {}  # job -> the last PREVIEWS_KEPT section previews
         self._subscribers: dict[str, list[_Subscriber]] = {}
         for job in self._store.queued():
             self._jobs[job.id] = job
@@ -325,11 +327,15 @@ class JobManager:
         with self._lock:
             return [self._public(self._jobs.get(job.id, job)) for job in self._store.list()]
 
-    def preview(self, job_id: str) -> np.ndarray | None:
-        """The latest section preview (uint8 [H, W, 3]) of a running job, None if there is none (yet)."""
+    def preview(self, job_id: str, section: int | None = None) -> np.ndarray | None:
+        """A running job's preview (uint8 [H, W, 3]) of `section` (one of the last few finished), or of the latest
+        finished section; None if there is none (yet)."""
         with self._lock:
             self._lookup(job_id)
-            return self._previews.get(job_id)
+            previews = self._previews.get(job_id, {})
+            if section is None:
+                return next(reversed(previews.values()), None)
+            return previews.get(section)
 
     def wait(self, job_id: str, timeout: float | None = None) -> Job:
         """Block until the job ended and return it; after `timeout` seconds return it as it is."""
@@ -481,7 +487,10 @@ class JobManager:
                 if event.section >= 0:
                     progress.sections_done += 1
                 if event.preview is not None:
-                    self._previews[job.id] = event.preview
+                    previews = self._previews.setdefault(job.id, {})
+                    previews[event.section] = event.preview
+                    while len(previews) > PREVIEWS_KEPT:
+                        del previews[next(iter(previews))]
                 persist = True
                 self._publish(
                     job.id,

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import gradio as gr
+from PIL import Image
 
 from framepack.cli import read_record
 from framepack.jobs.models import Job, JobState
@@ -92,21 +93,25 @@ class FramePackTab:
 
     # ---------------------------------------------------------------------------------------------- run
 
-    def generate(self, *values: Any) -> Iterator[tuple[str, str, Any, Any, str]]:
-        """Submit to the shared queue and stream (job id, progress, preview, video, output paths)."""
+    def generate(self, *values: Any) -> Iterator[tuple[str, str, Any, list, Any, str]]:
+        """Submit to the shared queue and stream (job id, progress, preview, storyboard, video, output paths).
+
+        The storyboard holds a thumbnail of every finished section in time order, so the video is seen growing
+        (from its end backwards for bi-directional, forwards for F1)."""
         try:
             request = request_from_values(self.named(values))
             job = self.manager.submit(request)
         except Exception as error:  # noqa: BLE001
-            yield "", f"**Not started:** {describe_error(error)}", None, None, ""
+            yield "", f"**Not started:** {describe_error(error)}", None, [], None, ""
             return
         try:
             self.presets.save_last_used(stored_fields(request))
         except (OSError, PresetError) as error:
             logger.warning("could not save the last-used settings: %s", error)
         preview = None
+        board: dict[int, Any] = {}
         status = f"Queued ({job.summary})"
-        yield job.id, status, None, None, ""
+        yield job.id, status, None, [], None, ""
         last_yield = 0.0
         for event in self.manager.subscribe(job.id, heartbeat=HEARTBEAT_S):
             kind, data = event["event"], event["data"]
@@ -126,25 +131,27 @@ class FramePackTab:
                 status = f"finished {data['sections_done']}/{data['sections']} sections"
                 if data.get("preview"):
                     try:
-                        preview = self.manager.preview(job.id)
+                        preview = self.manager.preview(job.id, data["section"])
                     except Exception:  # noqa: BLE001 - the job may have ended in between
-                        pass
+                        preview = None
+                    if preview is not None:
+                        board[data["section"]] = thumbnail(preview)
                 force = True
             elif kind == "frames":
                 status = f"encoding: {data['frames']}/{data['total']} frames"
             elif kind == "end":
-                yield self._finish(Job.model_validate(data), preview)
+                yield self._finish(Job.model_validate(data), preview, storyboard(board))
                 return
             else:
                 continue
             now = time.monotonic()
             if force or now - last_yield >= PROGRESS_INTERVAL_S:
                 last_yield = now
-                yield job.id, status, preview, None, ""
+                yield job.id, status, preview, storyboard(board), None, ""
         # the stream ended without "end" (the manager stopped)
-        yield job.id, "The job manager stopped; the job resumes when it starts again.", preview, None, ""
+        yield job.id, "The job manager stopped; the job resumes when it starts again.", preview, storyboard(board), None, ""
 
-    def _finish(self, job: Job, preview: Any) -> tuple[str, str, Any, Any, str]:
+    def _finish(self, job: Job, preview: Any, board: list) -> tuple[str, str, Any, list, Any, str]:
         paths = [self._absolute(path) for path in job.outputs]
         video = next((str(path) for path in paths if path.suffix in VIDEO_SUFFIXES), None)
         if job.state == JobState.FINISHED:
@@ -153,7 +160,7 @@ class FramePackTab:
         else:
             message = job.error.message if job.error else ""
             status = f"**{job.state.value.capitalize()}:** {message}"
-        return job.id, status, preview, video, "\n".join(str(path) for path in paths)
+        return job.id, status, preview, board, video, "\n".join(str(path) for path in paths)
 
     def _absolute(self, path: str) -> Path:
         candidate = Path(path)
@@ -301,6 +308,18 @@ class FramePackTab:
         return "Model unloaded; the next job loads it again."
 
 
+def thumbnail(image: Any, size: int = 160) -> Image.Image:
+    """A small copy of a section preview for the storyboard (a long video has hundreds of sections)."""
+    picture = Image.fromarray(image)
+    picture.thumbnail((size, size))
+    return picture
+
+
+def storyboard(board: dict[int, Any]) -> list[tuple[Any, str]]:
+    """Gallery value: finished sections in time order, captioned with their index ('start' for the T2V frame)."""
+    return [(image, "start" if index < 0 else f"#{index}") for index, image in sorted(board.items())]
+
+
 def model_availability(request: Any) -> list[str]:
     """A note when the chosen model's files are not on this machine (a file check, no loading), offering the
     self-test model so the app can still be tried."""
@@ -397,6 +416,8 @@ def build_tab(tab: FramePackTab) -> gr.Blocks:
                 job_id = c(gr.Textbox, label="Job id", interactive=False, elem_id="framepack_job_id")
                 progress = c(gr.Markdown, value="", elem_id="framepack_progress")
                 preview = c(gr.Image, label="Latest section preview", type="numpy", interactive=False, elem_id="framepack_preview")
+                board = c(gr.Gallery, label="Finished sections in time order", columns=8, height=140, object_fit="contain",
+                          allow_preview=True, elem_id="framepack_storyboard")
                 video = c(gr.Video, label="Video", interactive=False, elem_id="framepack_video")
                 outputs = c(gr.Textbox, label="Output files", lines=3, interactive=False, elem_id="framepack_outputs")
 
@@ -414,7 +435,7 @@ def build_tab(tab: FramePackTab) -> gr.Blocks:
                   [controls[KEYFRAMES], keyframe_gallery, *plan_outputs], queue=False)
         compat.on(keyframe_clear.click, tab.clear_keyframes, inputs, [controls[KEYFRAMES], keyframe_gallery, *plan_outputs], queue=False)
 
-        compat.on(generate_button.click, tab.generate, inputs, [job_id, progress, preview, video, outputs])
+        compat.on(generate_button.click, tab.generate, inputs, [job_id, progress, preview, board, video, outputs])
         compat.on(cancel_button.click, tab.cancel, [job_id, keep_partial], [progress], queue=False)
 
         compat.on(preset_save.click, tab.save_preset, [preset_name, *inputs], [preset_choice, preset_status], queue=False)
