@@ -30,3 +30,33 @@ def tiny_components(tiny_model_dir: Path):
     from framepack.models.recipe import tiny_recipe
 
     return load_components(tiny_recipe(tiny_model_dir).with_dtype("float32"), device="cpu")
+
+
+@pytest.fixture
+def runner(tiny_model_dir: Path, tmp_path: Path):
+    """A CPU Runner writing to tmp/out whose model 'tiny' is the session's self-test model (no writing, no download)."""
+    from framepack.runner import Runner
+
+    home = tmp_path / "home"
+    home.mkdir()
+    os.symlink(tiny_model_dir, home / "tiny-self-test")
+    return Runner(device="cpu", output_dir=tmp_path / "out", home=home)
+
+
+@pytest.fixture
+def make_manager(tmp_path: Path, runner):
+    """Job managers over one data folder (a second one models a restarted process); all closed at the end."""
+    from framepack.jobs.manager import JobManager
+
+    managers = []
+
+    def make(start: bool = True, **kwargs):
+        manager = JobManager(tmp_path / "data", kwargs.pop("runner", runner), **kwargs)
+        managers.append(manager)
+        if start:
+            manager.start()
+        return manager
+
+    yield make
+    for manager in managers:
+        manager.close(timeout=30)

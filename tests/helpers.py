@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import av
@@ -71,3 +73,21 @@ def decode_video(path: Path) -> tuple[int, int, int, str, str]:
         stream = container.streams.video[0]
         frames = sum(1 for _ in container.decode(stream))
         return frames, stream.codec_context.width, stream.codec_context.height, stream.codec_context.name, stream.codec_context.pix_fmt
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def host_like_python() -> str | None:
+    """A Python with SD.Next's Gradio 3.43.2 and the project's requirements (`.ci/host-env.sh` makes `.venv-host`;
+    FRAMEPACK_HOST_PYTHON names another), or None."""
+    for candidate in filter(None, [os.environ.get("FRAMEPACK_HOST_PYTHON"), str(REPO / ".venv-host" / "bin" / "python")]):
+        if not Path(candidate).is_file():
+            continue
+        probe = subprocess.run(
+            [candidate, "-c", "import gradio, fastapi, torch, diffusers, av; print(gradio.__version__, fastapi.__version__)"],
+            capture_output=True, text=True, check=False, timeout=300,
+        )  # fmt: skip
+        if probe.returncode == 0 and probe.stdout.split()[:1] == ["3.43.2"]:
+            return candidate
+    return None

@@ -5,8 +5,7 @@ script_callbacks, call_queue, devices), `installer.py` and `launch.py`, and a co
 `extensions/framepack-studio-next/`. As SD.Next does, `install.py` runs as a subprocess with the host root on
 PYTHONPATH, and the extension's script is imported from its file with the extension root first on sys.path.
 The extension runs in a subprocess (clean sys.path and sys.modules) under a host-like Python: Gradio 3.43.2 with
-FastAPI 0.124 (see `.ci/host-env.sh`; found through FRAMEPACK_HOST_PYTHON, `.venv-host/`, /work/venv343 or
-/work/venv343b). Without such an environment the tab test is skipped and the route test runs on this Python.
+FastAPI 0.124 (see `.ci/host-env.sh`; found through FRAMEPACK_HOST_PYTHON or `.venv-host/`). Without such an environment the tab test is skipped and the route test runs on this Python.
 """
 
 from __future__ import annotations
@@ -22,13 +21,10 @@ from pathlib import Path
 
 import pytest
 
+from helpers import host_like_python
+
 ROOT = Path(__file__).resolve().parent.parent
 EXTENSION_NAME = "framepack-studio-next"  # any name but the obsolete `sd-extension-framepack` the host disables
-HOST_PYTHON_CANDIDATES = [
-    ROOT / ".venv-host" / "bin" / "python",
-    Path("/work/venv343/bin/python"),
-    Path("/work/venv343b/bin/python"),
-]
 
 FAKE_MODULES = {
     "modules/__init__.py": "",
@@ -205,21 +201,6 @@ report["outdir_files"] = sorted(p.name for p in (host_root / "outputs" / "video"
 module.extension.manager().stop(10)
 print("REPORT " + json.dumps(report))
 """
-
-
-def host_like_python() -> str | None:
-    """A Python with Gradio 3.43.2 (SD.Next's) and the project's requirements, or None."""
-    candidates = [os.environ.get("FRAMEPACK_HOST_PYTHON")] + [str(path) for path in HOST_PYTHON_CANDIDATES]
-    for candidate in filter(None, candidates):
-        if not Path(candidate).is_file():
-            continue
-        probe = subprocess.run(
-            [candidate, "-c", "import gradio, fastapi, torch, diffusers, av; print(gradio.__version__, fastapi.__version__)"],
-            capture_output=True, text=True, check=False, timeout=300,
-        )  # fmt: skip
-        if probe.returncode == 0 and probe.stdout.split()[:1] == ["3.43.2"]:
-            return candidate
-    return None
 
 
 @pytest.fixture(scope="module")

@@ -20,12 +20,10 @@ from framepack.errors import FieldError
 from framepack.events import SectionFinished, StepProgress
 from framepack.generate import START
 from framepack.images import ImageInputError
-from framepack.jobs.manager import JobManager
 from framepack.jobs.models import Job, JobConflict, JobNotFound, JobProgress, JobState, QueueFull
 from framepack.jobs.store import JobStore
 from framepack.models.loader import ModelUnavailableError
 from framepack.request import GenerateRequest
-from framepack.runner import Runner
 from framepack.video.raw import RawFrames
 
 FAST = {"model": "tiny", "resolution": 128, "latent_window_size": 3, "steps": 2, "duration": 0.4, "prompt": "a kite"}
@@ -35,31 +33,6 @@ WAIT_S = 120
 
 def request(**changes) -> GenerateRequest:
     return GenerateRequest(**{**FAST, **changes})
-
-
-@pytest.fixture
-def runner(tiny_model_dir, tmp_path) -> Runner:
-    home = tmp_path / "home"
-    home.mkdir()
-    os.symlink(tiny_model_dir, home / "tiny-self-test")
-    return Runner(device="cpu", output_dir=tmp_path / "out", home=home)
-
-
-@pytest.fixture
-def make_manager(tmp_path, runner):
-    """Managers over one data folder (a second one models a restarted process); all closed at the end."""
-    managers: list[JobManager] = []
-
-    def make(start: bool = True, **kwargs) -> JobManager:
-        manager = JobManager(tmp_path / "data", kwargs.pop("runner", runner), **kwargs)
-        managers.append(manager)
-        if start:
-            manager.start()
-        return manager
-
-    yield make
-    for manager in managers:
-        manager.close(timeout=30)
 
 
 def checkpoints(tmp_path: Path, job_id: str) -> list[str]:

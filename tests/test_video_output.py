@@ -15,7 +15,7 @@ from safetensors.numpy import save_file
 from framepack.errors import FieldError
 from framepack.generate import generate
 from framepack.request import GenerateRequest
-from framepack.runner import Runner, plan_request
+from framepack.runner import plan_request
 from framepack.video.codecs import EncoderError, check_output_settings, list_video_encoders, parse_codec_options
 from framepack.video.encoder import VideoEncoderSink
 from framepack.video.raw import RawFrames
@@ -37,14 +37,6 @@ def tiny_clip(tiny_components):
     memory = MemorySink()
     generate(tiny_components, request, plan_request(request), [memory])
     return memory.frames
-
-
-@pytest.fixture
-def runner(tiny_model_dir, tmp_path):
-    home = tmp_path / "home"
-    (home / "tiny-self-test").parent.mkdir(parents=True)
-    os.symlink(tiny_model_dir, home / "tiny-self-test")
-    return Runner(device="cpu", output_dir=tmp_path / "out", home=home)
 
 
 def test_encoder_list_is_live_and_hardware_first(encoders):
