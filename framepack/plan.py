@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from framepack.errors import FieldError
+from framepack.models.lora import merge_refs, parse_lora_tags
 from framepack.request import GenerateRequest
 
 # (height, width) buckets of the original FramePack at the trained 640 scale.
@@ -158,6 +159,7 @@ class Plan(BaseModel):
     sections: list[SectionPlan]
     unused_prompt_lines: list[int]
     warnings: list[str]
+    loras: list[tuple[str, float]] = []  # `<lora:name:weight>` tags of the prompt and section prompts
 
     def summary(self) -> str:
         order = " -> ".join(str(index) for index in self.generation_order)
@@ -203,7 +205,11 @@ def make_plan(request: GenerateRequest, image_size: tuple[int, int] | None = Non
 
     spans = [(0 if i == 0 else VAE_TEMPORAL * window * i + 1, VAE_TEMPORAL * window * (i + 1) + 1) for i in range(sections)]
     midpoints = [(first + end) / 2 / generated_fps for first, end in spans]
-    lines = parse_section_prompts(request.section_prompts)
+    lora_warnings: list[str] = []
+    prompt, prompt_loras = parse_lora_tags(request.prompt, lora_warnings)
+    section_text, section_loras = parse_lora_tags(request.section_prompts, lora_warnings)
+    loras = merge_refs([prompt_loras, section_loras], lora_warnings)
+    lines = parse_section_prompts(section_text)
     chosen = assign_lines(lines, midpoints)
     unused = sorted(set(range(len(lines))) - {index for index in chosen if index is not None})
 
@@ -217,7 +223,7 @@ def make_plan(request: GenerateRequest, image_size: tuple[int, int] | None = Non
             SectionPlan(
                 index=index,
                 order=order.index(index),
-                prompt=join_prompt(request.prompt, suffix),
+                prompt=join_prompt(prompt, suffix),
                 prompt_line=line,
                 keyframe=active[-1] if active else None,
                 latent_padding=paddings[order.index(index)],
@@ -228,13 +234,13 @@ def make_plan(request: GenerateRequest, image_size: tuple[int, int] | None = Non
             )
         )
 
-    warnings = []
+    warnings = list(dict.fromkeys(lora_warnings))
     if unused:
         listed = ", ".join(str(index + 1) for index in unused)
         warnings.append(f"section_prompts: {len(lines)} lines for {sections} sections; unused lines {listed}")
     if request.negative_prompt and request.cfg_scale <= 1.0:
         warnings.append("negative_prompt is ignored while cfg_scale is 1")
-    if lines and not request.prompt.strip():
+    if lines and not prompt.strip():
         warnings.append("prompt is empty; sections use their section prompt alone")
 
     seed = request.seed if request.seed >= 0 else random.randrange(2**32)
@@ -263,4 +269,5 @@ def make_plan(request: GenerateRequest, image_size: tuple[int, int] | None = Non
         sections=sections_plan,
         unused_prompt_lines=unused,
         warnings=warnings,
+        loras=[(ref.name, ref.weight) for ref in loras],
     )

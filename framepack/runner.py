@@ -22,6 +22,7 @@ from framepack.generate import GenerationResult, generate
 from framepack.images import is_file_path, load_image
 from framepack.models.components import Components
 from framepack.models.loader import load_components
+from framepack.models.lora import LoraRef, ensure_loras
 from framepack.models.recipe import Recipe, default_recipe, load_recipe, tiny_recipe
 from framepack.models.tiny import write_tiny_model
 from framepack.plan import Plan, make_plan
@@ -145,10 +146,17 @@ def default_device() -> torch.device:
 class Runner:
     """Runs requests one at a time on one device, keeping the last loaded model."""
 
-    def __init__(self, device: torch.device | str | None = None, output_dir: Path | str = "outputs", home: Path | None = None):
+    def __init__(
+        self,
+        device: torch.device | str | None = None,
+        output_dir: Path | str = "outputs",
+        home: Path | None = None,
+        lora_dir: Path | None = None,
+    ):
         self.device = torch.device(device) if device else default_device()
         self.output_dir = Path(output_dir)
         self.home = home
+        self.lora_dir = Path(lora_dir) if lora_dir else (home or data_home()) / "loras"
         self._recipe: Recipe | None = None
         self._components: Components | None = None
 
@@ -186,6 +194,10 @@ class Runner:
         sinks = build_sinks(request, plan, path, self.home or data_home())
         try:
             components = self.components_for(request, recipe, on_event)
+            if plan.loras:
+                on_event(StageStarted("apply LoRAs", ", ".join(f"{name}:{weight:g}" for name, weight in plan.loras)))
+            # the request's LoRAs exactly (none -> any earlier ones are unloaded); an identical set stays applied
+            ensure_loras(components.transformer, [LoraRef(name, weight) for name, weight in plan.loras], self.lora_dir)
         except BaseException:
             abort_sinks(sinks)
             raise
