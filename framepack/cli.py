@@ -84,11 +84,20 @@ def request_from_args(args: argparse.Namespace) -> GenerateRequest:
 
 
 def read_record(path: Path) -> dict:
-    """The generation record of an output: the video's metadata, else its sidecar JSON, else a raw file's."""
+    """The generation record of an output: a sidecar JSON itself, a raw file's metadata, or a video's metadata
+    (else its sidecar)."""
     from framepack.video.raw import RawFrames
 
     if not path.is_file():
         raise FieldError("video", f"{path} does not exist")
+    if path.suffix == ".json":
+        try:
+            record = json.loads(path.read_text())
+        except ValueError:
+            record = None
+        if not isinstance(record, dict) or "request" not in record:
+            raise FieldError("video", f"{path.name} is not a FramePack sidecar")
+        return record
     if path.suffix == ".safetensors":
         with RawFrames(path) as raw:
             if raw.request:

@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import decode_video, pattern_image
 
 from framepack.cli import build_parser, request_from_args
 from framepack.request import GenerateRequest
-from helpers import decode_video, pattern_image
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,7 +8,6 @@ import importlib.util
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from api_live_server import LiveServer, free_port, tiny_home
 from helpers import decode_video, pattern_image
 
 from framepack.plan import make_plan
@@ -227,60 +227,13 @@ def test_server_error_lines_come_from_the_json_error():
 # --- live server -----------------------------------------------------------------------------------------------
 
 
-def server_available() -> bool:
-    cli = (ROOT / "framepack" / "cli.py").read_text()
-    return (ROOT / "api" / "server.py").is_file() and '"serve"' in cli
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def start_server(tmp: Path, tiny_model_dir: Path, *extra: str) -> Iterator[str]:
-    if not server_available():
-        pytest.skip("the standalone server (api/server.py, `python -m framepack serve`) is not there yet")
-    home = tmp / "home"
-    home.mkdir(parents=True)
-    (home / "tiny-self-test").symlink_to(tiny_model_dir, target_is_directory=True)
-    port = free_port()
-    env = {**os.environ, "FRAMEPACK_HOME": str(home), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    log = (tmp / "server.log").open("w")
-    command = [
-        sys.executable,
-        "-m",
-        "framepack",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--data-dir",
-        str(tmp / "data"),
-        *extra,
-    ]
-    server = subprocess.Popen(command, env=env, cwd=tmp, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    """A live `python -m framepack serve` whose tiny model is the session's; yields its URL."""
+    server = LiveServer(tiny_home(tiny_model_dir, tmp / "home"), tmp / "data", tmp / "server.log", *extra).start()
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                httpx.get(f"{url}{API}/jobs/none", timeout=2)  # any HTTP answer means it is up
-                break
-            except httpx.TransportError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"server did not start:\n{(tmp / 'server.log').read_text()[-3000:]}")
-                time.sleep(0.2)
-        yield url
+        yield server.url
     finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        log.close()
+        server.stop()
 
 
 @pytest.fixture(scope="module")

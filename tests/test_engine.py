@@ -7,16 +7,16 @@ import pytest
 import torch
 from diffusers import HunyuanVideoFramepackPipeline
 from diffusers.utils.torch_utils import randn_tensor
+from helpers import MemorySink, TransformerCalls, decode_video, pattern_image
 
 from framepack.encoders import encode_vision, vae_encode
-from framepack.events import CancelToken, Cancelled, StepProgress
+from framepack.events import Cancelled, CancelToken, StepProgress
 from framepack.generate import START, generate, window_keys
 from framepack.images import fit_to_bucket, load_image, to_tensor, to_uint8
 from framepack.request import GenerateRequest
 from framepack.runner import build_sinks, output_path, plan_request
 from framepack.video.decode import OverlapJoiner
 from framepack.video.encoder import partial_path
-from helpers import MemorySink, TransformerCalls, decode_video, pattern_image
 
 # window 3 = 12 frames per section: 0.8 s at 30 fps is 2 sections, 1.6 s is 4, 2.0 s is 5
 FAST = dict(resolution=128, latent_window_size=3, steps=2, fps=30, duration=0.8, prompt="a red ball rolls")

@@ -20,7 +20,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from helpers import host_like_python
 
 ROOT = Path(__file__).resolve().parent.parent

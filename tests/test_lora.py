@@ -12,8 +12,8 @@ from safetensors.torch import save_file
 from framepack.errors import FieldError
 from framepack.models.lora import (
     LoraRef,
-    apply_loras,
     applied_loras,
+    apply_loras,
     convert_lora,
     detect_format,
     find_lora,
@@ -234,6 +234,7 @@ def test_find_lora(tmp_path):
 
 def test_runner_applies_and_unloads_between_jobs(runner, tmp_path):
     from diffusers import HunyuanVideoFramepackTransformer3DModel
+
     from framepack.request import GenerateRequest
 
     runner.lora_dir = tmp_path / "loras"

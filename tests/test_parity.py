@@ -11,13 +11,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoFramepackPipeline
+from helpers import MemorySink, pattern_image
 from PIL import Image
 
 from framepack.encoders import PROMPT_TEMPLATE, template_crop_start
 from framepack.generate import generate
 from framepack.request import GenerateRequest
 from framepack.runner import plan_request
-from helpers import MemorySink, pattern_image
 
 WINDOW, STEPS, SECTIONS, SEED = 3, 3, 3, 1234
 PROMPT = "a paper boat drifts across a pond"

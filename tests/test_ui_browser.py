@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
+from api_live_server import LiveServer, tiny_home
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = os.environ.get("FRAMEPACK_CHROMIUM", "/usr/bin/chromium")
@@ -35,12 +32,6 @@ pytestmark = [
         reason=f"{CHROMIUM} is missing (apt-get install -y chromium; see .ci/browser-env.sh)",
     ),
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -65,43 +56,23 @@ def server(playwright_api, tiny_model_dir, tmp_path_factory):
             "outputs": Path(os.environ.get("FRAMEPACK_UI_OUTPUTS", base)),
         }
         return
-    home = base / "home"
-    home.mkdir()
-    os.symlink(tiny_model_dir, home / "tiny-self-test")
-    port = free_port()
-    env = {**os.environ, "FRAMEPACK_HOME": str(home), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONPATH": str(ROOT)}  # fmt: skip
-    log = (base / "server.log").open("w")
-    command = [sys.executable, "-m", "framepack", "serve", "--port", str(port), "--device", "cpu",
-               "--data-dir", str(base / "data"), "--output-dir", str(base / "outputs")]  # fmt: skip
-    process = subprocess.Popen(command, cwd=base, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
+    server = LiveServer(
+        tiny_home(tiny_model_dir, base / "home"), base / "data", base / "server.log",
+        "--device", "cpu", "--output-dir", str(base / "outputs"),
+    )  # fmt: skip
+    server.start(timeout=SERVER_START_S)
     try:
-        deadline = time.monotonic() + SERVER_START_S
-        status, body = None, ""
-        while time.monotonic() < deadline and process.poll() is None:
-            try:
-                with urllib.request.urlopen(url, timeout=5) as response:
-                    status, body = response.status, response.read(200_000).decode("utf-8", "replace")
-                break
-            except urllib.error.HTTPError as error:
-                status = error.code
-                break
-            except OSError:
-                time.sleep(0.5)
-        if process.poll() is not None:
-            pytest.fail(f"the server exited ({process.returncode}):\n{(base / 'server.log').read_text()[-4000:]}")
+        url = f"{server.url}/"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                status, body = response.status, response.read(200_000).decode("utf-8", "replace")
+        except urllib.error.HTTPError as error:
+            status, body = error.code, ""
         if status != 200 or "gradio" not in body.lower():
-            pytest.skip(f"the standalone server does not serve the tab at / yet (GET / answered {status})")
+            pytest.skip(f"the standalone server does not serve the tab at / (GET / answered {status})")
         yield {"url": url, "base": base, "outputs": base / "outputs"}
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+        server.stop()
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import MemorySink, decode_video, pattern_image
 from safetensors.numpy import save_file
 
 from framepack.errors import FieldError
@@ -19,7 +20,6 @@ from framepack.runner import plan_request
 from framepack.video.codecs import EncoderError, check_output_settings, list_video_encoders, parse_codec_options
 from framepack.video.encoder import VideoEncoderSink
 from framepack.video.raw import RawFrames
-from helpers import MemorySink, decode_video, pattern_image
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = dict(resolution=128, latent_window_size=3, steps=2, duration=0.8, prompt="a kite", model="tiny")

@@ -255,7 +255,7 @@ class FramePackTab:
         if path is None:
             return unchanged + ["", compat.update()]
         try:
-            record = read_record_any(path)
+            record = read_record(path)
             fields = record["request"]
         except Exception as error:  # noqa: BLE001
             return unchanged + [f"Cannot read {path.name}: {describe_error(error)}", compat.update()]
@@ -334,18 +334,6 @@ def model_availability(request: Any) -> list[str]:
         f"**Model not on this machine** ({names} missing): {missing[0]}",
         "Choose model **tiny** to try everything with the SELF-TEST model (random weights: the video is noise).",
     ]
-
-
-def read_record_any(path: Path) -> dict:
-    """read_record, plus a bare sidecar .json."""
-    if path.suffix == ".json":
-        import json
-
-        record = json.loads(path.read_text())
-        if not isinstance(record, dict) or "request" not in record:
-            raise ValueError(f"{path.name} is not a FramePack sidecar")
-        return record
-    return read_record(path)
 
 
 def create_tab(manager: Any, output_dir: Path | str, presets_path: Path | str, host_name: str = "standalone") -> gr.Blocks:
