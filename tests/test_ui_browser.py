@@ -194,5 +194,10 @@ def test_cancel_mid_run_shows_the_cancelled_state(page, server, init_image):
     page.wait_for_function(
         "() => /cancelled/i.test(document.querySelector('#framepack_progress').innerText)", timeout=120_000
     )
+    page.wait_for_function(
+        "() => /cancel requested/i.test(document.querySelector('#framepack_cancel_status').innerText)", timeout=30_000
+    )
+    page.wait_for_timeout(1_000)  # the cancel answer must not overwrite the final state
+    assert "cancelled" in progress_text(page).lower(), progress_text(page)
     assert set(server["outputs"].glob("*.mp4")) == before  # nothing half-written is left
     assert not page.framepack_errors, page.framepack_errors

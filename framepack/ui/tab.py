@@ -401,6 +401,7 @@ def build_tab(tab: FramePackTab) -> gr.Blocks:
                     generate_button = c(gr.Button, value="Generate", variant="primary", elem_id="framepack_generate")
                     cancel_button = c(gr.Button, value="Cancel", variant="stop", elem_id="framepack_cancel")
                     keep_partial = c(gr.Checkbox, label="keep finished sections", value=False, elem_id="framepack_keep_partial")
+                cancel_status = c(gr.Markdown, value="", elem_id="framepack_cancel_status")
                 job_id = c(gr.Textbox, label="Job id", interactive=False, elem_id="framepack_job_id")
                 progress = c(gr.Markdown, value="", elem_id="framepack_progress")
                 preview = c(gr.Image, label="Latest section preview", type="numpy", interactive=False, elem_id="framepack_preview")
@@ -424,7 +425,10 @@ def build_tab(tab: FramePackTab) -> gr.Blocks:
         compat.on(keyframe_clear.click, tab.clear_keyframes, inputs, [controls[KEYFRAMES], keyframe_gallery, *plan_outputs], queue=False)
 
         compat.on(generate_button.click, tab.generate, inputs, [job_id, progress, preview, board, video, outputs])
-        compat.on(cancel_button.click, tab.cancel, [job_id, keep_partial], [progress], queue=False)
+        compat.on(generate_button.click, lambda: "", None, [cancel_status], queue=False)
+        # the cancel answer has its own line: the run's stream owns the progress line, and a late cancel answer
+        # must not overwrite the "Cancelled" state the stream already showed
+        compat.on(cancel_button.click, tab.cancel, [job_id, keep_partial], [cancel_status], queue=False)
 
         compat.on(preset_save.click, tab.save_preset, [preset_name, *inputs], [preset_choice, preset_status], queue=False)
         compat.on(preset_load.click, tab.load_preset, [preset_choice], [*inputs, preset_status], queue=False)
