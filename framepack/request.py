@@ -13,6 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 Variant = Literal["bidirectional", "f1"]
 Sampler = Literal["unipc", "euler"]
+Offload = Literal["none", "model", "balanced", "blocks"]
+Attention = Literal["sdpa", "flash", "flash3", "sage", "xformers"]
+Cache = Literal["none", "teacache", "magcache", "fbc"]
 
 ASPECT_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*[:x/]\s*(\d+(?:\.\d+)?)\s*$")
 
@@ -109,6 +112,36 @@ class GenerateRequest(BaseModel):
     output_dir: str | None = Field(None, description="Folder for outputs; default is the host's video folder.")
     filename: str | None = Field(None, max_length=200, description="Output file stem; default is time + seed.")
     preview: bool = Field(True, description="Decode a preview image of each finished section.")
+
+    # Performance
+    offload: Offload = Field(
+        "balanced",
+        description=(
+            "Where the models live between uses: none (all on the GPU), model (one component on the GPU at a time), "
+            "balanced (as many as fit on the GPU, keeping preserved_memory_gb free; the host's in SD.Next), "
+            "blocks (the transformer streamed block by block, about 6 GB of VRAM). Ignored on a CPU."
+        ),
+    )
+    preserved_memory_gb: float = Field(
+        6.0, ge=0.0, le=256.0, description="GPU memory in GB kept free for activations by balanced offload."
+    )
+    attention: Attention = Field(
+        "sdpa",
+        description="Attention kernel: sdpa (PyTorch, always there), flash, flash3, sage or xformers (when installed).",
+    )
+    cache: Cache = Field(
+        "teacache",
+        description=(
+            "Skip transformer calls whose result barely changes: teacache (the original's), magcache, fbc "
+            "(diffusers' first-block cache) or none (exact; best for final renders)."
+        ),
+    )
+    cache_threshold: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Cache threshold; higher skips more. 0 = the method's default (teacache 0.15, magcache 0.06, fbc 0.05).",
+    )
 
     # Model
     model: str = Field(

@@ -26,10 +26,24 @@ class Components:
     feature_extractor: Any  # SiglipImageProcessor
     variant: str = "bidirectional"
     self_test: bool = False
+    execution_device: torch.device | None = None  # set by offloading: where the models run, wherever they rest
 
     @property
     def device(self) -> torch.device:
+        """Where inputs go and the models compute (the GPU even while offloaded components rest on the CPU)."""
+        if self.execution_device is not None:
+            return self.execution_device
         return next(self.transformer.parameters()).device
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        """The components with weights, by name."""
+        return {
+            "transformer": self.transformer,
+            "vae": self.vae,
+            "text_encoder": self.text_encoder,
+            "text_encoder_2": self.text_encoder_2,
+            "image_encoder": self.image_encoder,
+        }
 
     @property
     def latent_channels(self) -> int:
