@@ -2,9 +2,9 @@
 
 Clients written for `POST /sdapi/v1/framepack` of SD.Next (`modules/framepack/framepack_api.py`, whose
 `ReqFramepack` also serves the extension's `create-video.py`) keep working: each of their fields that means
-something here is renamed or converted to the one request model's field. Peer fields whose features do not exist
-here (TeaCache, CFGZero, VLM prompt enhancing, styles, attention and VAE choices, system prompts) are accepted
-only with their "off" value; any other value is refused with 422 naming the field, as is any unknown field --
+something here is renamed or converted to the one request model's field (`use_teacache` -> `cache`, the peer's
+attention names -> ours). Peer fields whose features do not exist here (CFGZero, VLM prompt enhancing, styles, VAE
+choices, system prompts) are accepted only with their "off" value; any other value is refused with 422 naming the field, as is any unknown field --
 nothing is ignored silently.
 
 Null values: the peer declares every field optional, so a null peer field means "the default" (a null `seed`
@@ -50,17 +50,36 @@ def _frames(value: Any) -> tuple[str, Any]:
     return "save_frames", "jpeg" if value else "none"
 
 
+def _teacache(value: Any) -> tuple[str, Any]:
+    """use_teacache: the peer's TeaCache switch; ours is one of several caches."""
+    if not isinstance(value, bool):
+        raise FieldError("use_teacache", "must be true or false")
+    return "cache", "teacache" if value else "none"
+
+
+# the peer's attention names (SD.Next's choices, any case) -> ours; ours pass through unchanged
+ATTENTION_VALUES = {"default": "sdpa", "scaled-dot-product": "sdpa", "sdp": "sdpa", "flash attention": "flash", "sage attention": "sage"}
+
+
+def _attention(value: Any) -> tuple[str, Any]:
+    if isinstance(value, str):
+        return "attention", ATTENTION_VALUES.get(value.strip().lower(), value.strip().lower())
+    return "attention", value  # the request model refuses it by name
+
+
 # peer name -> converter returning (our name, value)
-CONVERTED: dict[str, Callable[[Any], tuple[str, Any]]] = {"mp4_frames": _frames}
+CONVERTED: dict[str, Callable[[Any], tuple[str, Any]]] = {
+    "mp4_frames": _frames,
+    "use_teacache": _teacache,
+    "attention": _attention,
+}
 
 # peer features without an equivalent here -> the values that mean "off" (accepted, as they change nothing)
 INERT: dict[str, tuple[Any, ...]] = {
     "system_prompt": ("",),
     "optimized_prompt": (False,),  # SD.Next's alternative system prompt; off (False) = the original template, used here
     "styles": ([],),
-    "use_teacache": (False,),
     "use_cfgzero": (False,),
-    "attention": ("Default",),
     "vae_type": ("Local", "Full"),
     "vlm_enhance": (False,),
     "vlm_model": ("",),
@@ -86,6 +105,7 @@ PEER_NULLABLE = {
 ALIAS_TABLE: list[tuple[str, str]] = (
     [(peer, ours) for peer, ours in RENAMES.items()]
     + [("mp4_frames", "save_frames (true -> 'jpeg', false -> 'none')"), ("mp4_video", "codec ('none' when false)")]
+    + [("use_teacache", "cache (true -> 'teacache', false -> 'none')"), ("attention 'Default'", "attention 'sdpa'")]
     + [
         ("variant 'bi-directional' / 'forward-only'", "variant 'bidirectional' / 'f1'"),
         ("seed null or -1", "seed -1 (random)"),

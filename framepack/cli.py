@@ -1,4 +1,4 @@
-"""`python -m framepack`: generate, plan, make-tiny, recipe.
+"""`python -m framepack`: generate, calibrate-magcache, plan, make-tiny, recipe, info, codecs, download-rife, serve.
 
 `generate` takes every request field as a flag, built from the request model so help and defaults are the
 model's own.
@@ -193,6 +193,22 @@ def command_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_calibrate_magcache(args: argparse.Namespace) -> int:
+    from framepack.progress import ConsoleProgress
+    from framepack.runner import Runner, plan_request
+
+    quiet_library_progress()
+    request = request_from_args(args)
+    plan = plan_request(request)
+    print(f"calibrating MagCache on: {plan.summary()} (no call is skipped)")
+    runner = Runner(device=args.device, output_dir=args.output_dir_default)
+    with ConsoleProgress(plan) as progress:
+        result = runner.run(request, on_event=progress, plan=plan, calibrate_magcache=True)
+    print(f"MagCache ratios for {request.variant} at {plan.steps} steps (used by later --cache magcache jobs):")
+    print(json.dumps(result.mag_ratios))
+    return 0
+
+
 def command_make_tiny(args: argparse.Namespace) -> int:
     from framepack.models.tiny import write_tiny_model
 
@@ -255,6 +271,16 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     generate.add_argument("--default-output-dir", dest="output_dir_default", default="outputs", help="folder used when --output-dir is not given")
     generate.set_defaults(handler=command_generate)
+
+    calibrate = commands.add_parser(
+        "calibrate-magcache",
+        help="measure MagCache's magnitude ratios on this model with one generation (saved per variant in FRAMEPACK_HOME)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_request_flags(calibrate)
+    calibrate.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    calibrate.add_argument("--default-output-dir", dest="output_dir_default", default="outputs", help="folder used when --output-dir is not given")
+    calibrate.set_defaults(handler=command_calibrate_magcache)
 
     plan = commands.add_parser("plan", help="print the plan of a request without running it")
     add_request_flags(plan)

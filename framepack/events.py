@@ -58,6 +58,8 @@ class SectionFinished:
     order: int
     seconds: float
     preview: np.ndarray | None = field(default=None, repr=False)  # uint8 [H, W, 3]
+    model_calls: int = 0  # transformer calls of this section
+    skipped_calls: int = 0  # of those, answered by the cache without running the blocks
 
 
 @dataclass

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
 import torch
@@ -38,6 +38,9 @@ from framepack.sampling.schedule import flow_sigmas, sequence_length
 from framepack.video.decode import OverlapJoiner, overlap_frames
 from framepack.video.sink import FrameSink, abort_sinks, close_sinks
 
+if TYPE_CHECKING:
+    from framepack.models.caches import TransformerCache
+
 logger = logging.getLogger(__name__)
 
 START = "start"  # key of the start-frame latent among the section latents
@@ -62,6 +65,7 @@ class GenerationResult:
     outputs: list[str]
     frames: int
     timings: dict[str, float] = field(default_factory=dict)
+    mag_ratios: list[float] | None = None  # set by a MagCache calibration run
 
 
 def window_keys(variant: str, index: int, sections: int) -> list[LatentKey]:
@@ -166,9 +170,18 @@ def zero_vision(components: Components) -> torch.Tensor:
 class SectionSampler:
     """Samples section windows with the chosen sampler and reports step progress."""
 
-    def __init__(self, components: Components, plan: Plan, request: GenerateRequest, on_event: EventCallback, cancel: CancelToken):
+    def __init__(
+        self,
+        components: Components,
+        plan: Plan,
+        request: GenerateRequest,
+        on_event: EventCallback,
+        cancel: CancelToken,
+        cache: TransformerCache | None = None,
+    ):
         self.components, self.plan, self.request = components, plan, request
         self.on_event, self.cancel = on_event, cancel
+        self.cache = cache
         self.sample = get_sampler(plan.sampler)
         scale = components.spatial_scale
         self.latent_height, self.latent_width = plan.height // scale, plan.width // scale
@@ -195,8 +208,9 @@ class SectionSampler:
     ) -> torch.Tensor:
         request, device = self.request, self.components.device
         velocity = make_velocity_fn(
-            self.components.transformer, context, positive, negative, request.guidance, request.cfg_scale, request.cfg_rescale
-        )
+            self.components.transformer, context, positive, negative, request.guidance, request.cfg_scale,
+            request.cfg_rescale, device, self.cache,
+        )  # fmt: skip
         seq_len = sequence_length(noise.shape[2], self.latent_height, self.latent_width)
         sigmas = flow_sigmas(self.plan.steps, request.shift if request.shift > 0 else None, seq_len).to(device)
 
@@ -210,7 +224,15 @@ class SectionSampler:
             self.cancel.check()
 
         self.cancel.check()
+        if self.cache is not None:
+            self.cache.start_section()  # a section never reuses another section's cached residuals
         return self.sample(velocity, noise.to(device), sigmas, callback=on_step).float().cpu()
+
+    def section_calls(self) -> tuple[int, int]:
+        """(transformer calls, calls the cache skipped) of the last sampled section."""
+        if self.cache is None:
+            return 0, 0
+        return self.cache.section_stats.calls, self.cache.section_stats.skipped
 
 
 def generate(
@@ -222,8 +244,12 @@ def generate(
     cancel: CancelToken | None = None,
     finished_sections: dict[LatentKey, torch.Tensor] | None = None,
     on_section_latents=None,
+    cache: TransformerCache | None = None,
 ) -> GenerationResult:
     """Run `plan` and stream its frames into `sinks`; on any error or cancel the sinks are aborted.
+
+    `cache` (built for this job's transformer and step count) skips transformer calls; its counts are reported
+    per section and in the timings.
 
     `finished_sections` (latents by section index, plus START for T2V) resumes a job: those sections are not
     sampled again, and the random stream is consumed exactly as in an uninterrupted run, so the result is the
@@ -234,7 +260,9 @@ def generate(
     started = time.perf_counter()
     try:
         with torch.no_grad():
-            result = _generate(components, request, plan, sinks, on_event, cancel, finished_sections or {}, on_section_latents, timings)
+            result = _generate(
+                components, request, plan, sinks, on_event, cancel, finished_sections or {}, on_section_latents, timings, cache
+            )
     except BaseException:
         abort_sinks(sinks)
         raise
@@ -243,7 +271,7 @@ def generate(
     return result
 
 
-def _generate(components, request, plan, sinks, on_event, cancel, restored, on_section_latents, timings) -> GenerationResult:
+def _generate(components, request, plan, sinks, on_event, cancel, restored, on_section_latents, timings, cache) -> GenerationResult:
     generator = torch.Generator("cpu").manual_seed(plan.seed)
     dtype, device = components.transformer.dtype, components.device
     clock = time.perf_counter()
@@ -268,7 +296,7 @@ def _generate(components, request, plan, sinks, on_event, cancel, restored, on_s
 
     joiner = OverlapJoiner(overlap_frames(plan.latent_window_size, components.temporal_scale), write)
     decoder = WindowDecoder(components, plan, joiner)
-    sampler = SectionSampler(components, plan, request, on_event, cancel)
+    sampler = SectionSampler(components, plan, request, on_event, cancel, cache)
     latents: dict[LatentKey, torch.Tensor] = {}
     bidirectional = plan.variant == "bidirectional"
     decode_seconds = 0.0
@@ -306,7 +334,7 @@ def _generate(components, request, plan, sinks, on_event, cancel, restored, on_s
         images.start_vision = encode_vision(components, start_pixels.cpu().clamp(-1, 1), dtype)
         timings["start_frame"] = time.perf_counter() - clock
         start_preview = to_uint8(start_pixels[0]) if request.preview else None
-        on_event(SectionFinished(-1, -1, timings["start_frame"], start_preview))
+        on_event(SectionFinished(-1, -1, timings["start_frame"], start_preview, *sampler.section_calls()))
     else:
         latents[START] = images.start_latent
 
@@ -317,6 +345,7 @@ def _generate(components, request, plan, sinks, on_event, cancel, restored, on_s
         section = plan.sections[index]
         clock = time.perf_counter()
         noise = sampler.noise(window, generator)
+        calls = (0, 0)
         if index in restored:
             latents[index] = restored[index]
             sampler.skip()
@@ -332,11 +361,12 @@ def _generate(components, request, plan, sinks, on_event, cancel, restored, on_s
                 context = forward_context(prefix, history, window)
             positive, negative = conditioning(section.prompt, section_vision(images, section, request))
             latents[index] = sampler.run(noise, context, positive, negative, index, order)
+            calls = sampler.section_calls()
             if on_section_latents:
                 on_section_latents(index, latents[index])
         seconds = time.perf_counter() - clock
         timings[f"section_{index}"] = seconds
-        on_event(SectionFinished(index, order, seconds, preview(latents[index])))
+        on_event(SectionFinished(index, order, seconds, preview(latents[index]), *calls))
         clock = time.perf_counter()
         decoder.pump(latents)
         decode_seconds += time.perf_counter() - clock
@@ -349,6 +379,8 @@ def _generate(components, request, plan, sinks, on_event, cancel, restored, on_s
     if written != plan.generated_frames:
         raise RuntimeError(f"internal error: wrote {written} frames, the plan announced {plan.generated_frames}")
 
+    if cache is not None:
+        timings["transformer_calls"], timings["cache_skipped_calls"] = cache.stats.calls, cache.stats.skipped
     on_event(StageStarted("finish", "closing outputs"))
     outputs = [str(path) for path in close_sinks(sinks)]
     return GenerationResult(plan=plan, outputs=outputs, frames=written)

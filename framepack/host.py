@@ -15,6 +15,8 @@ What a host provides:
 - `begin(title)`, `end()`, `interrupted()`: the host's progress state (SD.Next: `shared.state`; its Interrupt
   and Skip buttons mean "cancel the FramePack job")
 - `torch_gc()`: free cached device memory
+- `balanced_offload()`: the host's own balanced offload as a function of the model's modules, or None to use
+  FramePack's (SD.Next: `apply_balanced_offload` when its offload mode setting is "balanced")
 - `job_scope(on_interrupt)`: all of the above around one job, as the reusable context manager that
   `JobManager(gpu_lock=...)` takes.
 """
@@ -82,6 +84,10 @@ class Host(ABC):
 
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
+
+    def balanced_offload(self) -> Callable[[dict[str, Any]], None] | None:
+        """The host's balanced offload over {component name: module}; None means FramePack's own."""
+        return None
 
     def job_scope(self, on_interrupt: Callable[[], None] | None = None) -> JobScope:
         """GPU lock + begin/end + interrupt watch around a job: pass it as `JobManager(gpu_lock=...)`."""
@@ -251,6 +257,41 @@ class SDNextHost(Host):
     def interrupted(self) -> bool:
         state = getattr(self._shared(), "state", None)
         return bool(state is not None and (getattr(state, "interrupted", False) or getattr(state, "skipped", False)))
+
+    def balanced_offload(self) -> Callable[[dict[str, Any]], None] | None:
+        """SD.Next's balanced offload when its setting says "balanced" (`modules.sd_offload` in current
+        releases, `modules.sd_models` in older ones); it works on pipelines, so the modules are registered on
+        an empty diffusers pipeline object for it."""
+        opts = getattr(self._shared(), "opts", None)
+        if getattr(opts, "diffusers_offload_mode", None) != "balanced":
+            return None
+        apply = None
+        for name in ("sd_offload", "sd_models"):
+            try:
+                module = __import__(f"modules.{name}", fromlist=["apply_balanced_offload"])
+            except ImportError:
+                continue
+            apply = getattr(module, "apply_balanced_offload", None)
+            if apply is not None:
+                break
+        if apply is None:
+            return None
+
+        def offload(modules: dict[str, Any]) -> None:
+            from diffusers import DiffusionPipeline
+
+            class FramePackModules(DiffusionPipeline):
+                """The loaded modules as a pipeline object: what the host's offload walks (config, components)."""
+
+                @property
+                def components(self) -> dict[str, Any]:
+                    return {name: getattr(self, name) for name in self.config.keys() if not name.startswith("_")}
+
+            pipeline = FramePackModules()
+            pipeline.register_modules(**modules)
+            apply(pipeline)
+
+        return offload
 
     def torch_gc(self) -> None:
         try:

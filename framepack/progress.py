@@ -34,4 +34,5 @@ class ConsoleProgress:
             self.bar.set_description(where)
             self.bar.update(event.done_steps - self.bar.n)
         elif isinstance(event, SectionFinished) and event.section >= 0:
-            self.bar.write(f"section {event.section} done in {event.seconds:.2f} s")
+            skipped = f", cache skipped {event.skipped_calls}/{event.model_calls} model calls" if event.skipped_calls else ""
+            self.bar.write(f"section {event.section} done in {event.seconds:.2f} s{skipped}")

@@ -20,9 +20,12 @@ from framepack.home import data_home
 from framepack.events import CancelToken, EventCallback, StageStarted, ignore_events
 from framepack.generate import GenerationResult, generate
 from framepack.images import is_file_path, load_image
+from framepack.models.attention import check_attention, set_attention
+from framepack.models.caches import TransformerCache, load_mag_ratios, save_mag_ratios
 from framepack.models.components import Components
 from framepack.models.loader import load_components
 from framepack.models.lora import LoraRef, ensure_loras
+from framepack.models.offload import HostOffload, Offloader
 from framepack.models.recipe import Recipe, default_recipe, load_recipe, tiny_recipe
 from framepack.models.tiny import write_tiny_model
 from framepack.plan import Plan, make_plan
@@ -139,6 +142,14 @@ def write_sidecar(path: Path, record: dict, result: GenerationResult) -> Path:
     return sidecar
 
 
+def mean_ratios(calibration: list[list[float]], steps: int) -> list[float]:
+    """Per-step mean of the sections' measured MagCache ratios (every section that ran all its steps)."""
+    complete = [ratios for ratios in calibration if len(ratios) == steps]
+    if not complete:
+        raise RuntimeError("MagCache calibration measured no complete section")
+    return [round(sum(values) / len(values), 5) for values in zip(*complete)]
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -152,24 +163,59 @@ class Runner:
         output_dir: Path | str = "outputs",
         home: Path | None = None,
         lora_dir: Path | None = None,
+        host_offload: HostOffload | None = None,
     ):
+        """`host_offload`: the host's balanced offload (SD.Next's), used instead of ours for offload 'balanced'."""
         self.device = torch.device(device) if device else default_device()
         self.output_dir = Path(output_dir)
         self.home = home
         self.lora_dir = Path(lora_dir) if lora_dir else (home or data_home()) / "loras"
+        self.host_offload = host_offload
         self._recipe: Recipe | None = None
         self._components: Components | None = None
+        self._offloader: Offloader | None = None
+        self._placement: tuple[str, float] | None = None
+
+    def preflight(self, request: GenerateRequest, plan: Plan) -> None:
+        """Everything about the request that can fail on this machine, checked before any model work:
+        encoder, container and options, and the attention kernel on this device."""
+        check_outputs(request, plan)
+        check_attention(request.attention, self.device)
 
     def components_for(self, request: GenerateRequest, recipe: Recipe, on_event: EventCallback = ignore_events) -> Components:
+        """The loaded model for `recipe`, placed per the request's offload settings (reloaded only when the
+        recipe changed, re-placed only when the offload settings changed)."""
         if self._components is None or recipe != self._recipe:
             self.unload()
             on_event(StageStarted("load model", "self-test model" if recipe.self_test else request.model))
-            self._components = load_components(recipe, self.device, variant=request.variant)
+            # offloaded models rest on the CPU: loading them onto a small GPU first would not fit
+            device = self.device if request.offload == "none" else torch.device("cpu")
+            self._components = load_components(recipe, device, variant=request.variant)
             self._recipe = recipe
+        placement = (request.offload, request.preserved_memory_gb)
+        if self._offloader is None or placement != self._placement:
+            if self._offloader is not None:
+                self._offloader.remove(self._components, device="cpu")
+                self._offloader = None
+            offloader = Offloader(
+                self.device, request.offload, request.preserved_memory_gb, apply_host_offload=self.host_offload
+            )
+            offloader.apply(self._components)
+            self._offloader, self._placement = offloader, placement
         return self._components
 
+    def cache_for(
+        self, request: GenerateRequest, plan: Plan, components: Components, calibrate_magcache: bool = False
+    ) -> TransformerCache:
+        """The request's cache on the transformer for this job; MagCache takes the ratios calibrated on this
+        machine (`python -m framepack calibrate-magcache`) when there are some, else the published ones."""
+        if calibrate_magcache:
+            return TransformerCache(components.transformer, "magcache", plan.steps, calibrate=True)
+        ratios = load_mag_ratios(components.variant, self.home or data_home()) if request.cache == "magcache" else None
+        return TransformerCache(components.transformer, request.cache, plan.steps, request.cache_threshold, ratios)
+
     def unload(self) -> None:
-        self._components, self._recipe = None, None
+        self._components, self._recipe, self._offloader = None, None, None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -181,14 +227,17 @@ class Runner:
         plan: Plan | None = None,
         finished_sections: dict | None = None,
         on_section_latents=None,
+        calibrate_magcache: bool = False,
     ) -> GenerationResult:
         """Validate everything, load the model, generate; outputs plus a sidecar JSON appear only on success.
 
         `finished_sections` / `on_section_latents` pass through to `generate` for checkpoints and resume (the plan
-        must then be the same plan, seed included).
+        must then be the same plan, seed included). `calibrate_magcache` runs without skipping while measuring
+        MagCache's magnitude ratios, saves their mean over the sections for the variant in the data folder (later
+        magcache jobs use them) and returns them as `result.mag_ratios`.
         """
         plan = plan or plan_request(request)
-        check_outputs(request, plan)
+        self.preflight(request, plan)
         recipe = resolve_recipe(request.model, request.variant, self.home)
         path = output_path(request, plan, self.output_dir)
         sinks = build_sinks(request, plan, path, self.home or data_home())
@@ -197,12 +246,26 @@ class Runner:
             if plan.loras:
                 on_event(StageStarted("apply LoRAs", ", ".join(f"{name}:{weight:g}" for name, weight in plan.loras)))
             # the request's LoRAs exactly (none -> any earlier ones are unloaded); an identical set stays applied
-            ensure_loras(components.transformer, [LoraRef(name, weight) for name, weight in plan.loras], self.lora_dir)
+            if ensure_loras(components.transformer, [LoraRef(name, weight) for name, weight in plan.loras], self.lora_dir):
+                self._offloader.refresh()  # a streamed transformer regroups its blocks with the LoRA layers
         except BaseException:
             abort_sinks(sinks)
             raise
         if components.self_test:
             logger.warning("running the SELF-TEST model: random weights, the video is noise")
-        result = generate(components, request, plan, sinks, on_event, cancel, finished_sections, on_section_latents)
+        try:
+            set_attention(components.transformer, request.attention)
+            cache = self.cache_for(request, plan, components, calibrate_magcache)
+        except BaseException:
+            abort_sinks(sinks)
+            raise
+        with cache:  # the hooks come off the shared transformer whatever happens
+            result = generate(
+                components, request, plan, sinks, on_event, cancel, finished_sections, on_section_latents, cache
+            )
+        if calibrate_magcache:
+            result.mag_ratios = mean_ratios(cache.calibration, plan.steps)
+            saved = save_mag_ratios(components.variant, result.mag_ratios, self.home or data_home())
+            logger.info("MagCache ratios for %s saved to %s", components.variant, saved)
         result.outputs.append(str(write_sidecar(path, request_record(request, plan), result)))
         return result

@@ -54,7 +54,7 @@ class _Extension:
                 data_dir = host.data_dir()
                 output_dir.mkdir(parents=True, exist_ok=True)
                 data_dir.mkdir(parents=True, exist_ok=True)
-                runner = Runner(device=host.device(), output_dir=output_dir, home=data_dir)
+                runner = Runner(device=host.device(), output_dir=output_dir, home=data_dir, host_offload=host.balanced_offload())
                 holder: dict[str, Any] = {}
                 manager = JobManager(
                     data_dir / "jobs",

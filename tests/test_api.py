@@ -240,7 +240,8 @@ def test_blocking_route_reports_a_failed_job_with_its_status_never_200(tiny_mode
         ({"duration": "long"}, "duration"),
         ({"foo": 1}, "foo"),
         ({"mp4_fps": 30, "fps": 24}, "fps"),
-        ({"use_teacache": True}, "use_teacache"),
+        ({"use_teacache": "yes"}, "use_teacache"),
+        ({"attention": "warp-speed"}, "attention"),
         ({"output_dir": "/tmp"}, "output_dir"),
         ({"model": "/etc/passwd"}, "model"),
         ({"init_image": "not an image"}, "init_image"),
@@ -536,7 +537,9 @@ def test_alias_translation():
         "codec": "none",
         "seed": -1,
     }
-    assert translate({"mp4_video": True, "styles": [], "attention": "Default", "prompt": None}) == {}
+    assert translate({"mp4_video": True, "styles": [], "attention": "Default", "prompt": None}) == {"attention": "sdpa"}
+    assert translate({"use_teacache": False, "attention": "Sage Attention"}) == {"cache": "none", "attention": "sage"}
+    assert translate({"use_teacache": True}) == {"cache": "teacache"}
     assert translate({"mp4_codec": "libx265", "mp4_video": False, "mp4_sf": True}) == {
         "codec": "none",
         "save_raw": True,

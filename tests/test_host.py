@@ -382,3 +382,32 @@ def test_extension_tab_builds_under_the_hosts_gradio(fake_sdnext, host_python):
     report = run_driver(host_python, fake_sdnext, "tabs")
     assert report["gradio"] == "3.43.2"
     assert [tab[1:] for tab in report["tabs"]] == [[True, "FramePack", "framepack_studio_tab"]]
+
+
+def test_sdnext_balanced_offload_is_the_hosts_when_its_setting_says_balanced(monkeypatch):
+    """The host's `apply_balanced_offload` gets a diffusers pipeline object carrying our modules, and only when
+    SD.Next's offload mode is "balanced" (else FramePack's own offload runs)."""
+    import types
+
+    import torch
+
+    from framepack.host import SDNextHost
+
+    received = []
+    shared = types.SimpleNamespace(opts=types.SimpleNamespace(diffusers_offload_mode="balanced"))
+    offload_module = types.SimpleNamespace(apply_balanced_offload=lambda pipeline: received.append(pipeline))
+    package = types.ModuleType("modules")
+    package.shared, package.sd_offload = shared, offload_module
+    monkeypatch.setitem(sys.modules, "modules", package)
+    monkeypatch.setitem(sys.modules, "modules.shared", shared)
+    monkeypatch.setitem(sys.modules, "modules.sd_offload", offload_module)
+
+    modules = {"transformer": torch.nn.Linear(2, 2), "vae": torch.nn.Linear(2, 3)}
+    offload = SDNextHost().balanced_offload()
+    offload(modules)
+    assert len(received) == 1
+    assert received[0].transformer is modules["transformer"] and received[0].vae is modules["vae"]
+    assert set(received[0].components) == {"transformer", "vae"}
+
+    shared.opts.diffusers_offload_mode = "model"
+    assert SDNextHost().balanced_offload() is None

@@ -391,3 +391,88 @@ def test_the_naive_transformers_load_falls_into_the_trap(tiny_components, tiny_m
         )
     assert loses_spaces, f"naive load decoded {decoded!r}"
     assert crop_differs
+
+
+# ---------------------------------------------------------------------------------------------- recipes: quantize
+
+
+def test_quantize_option_parses_in_text_and_json_and_round_trips() -> None:
+    recipe = recipe_from_text(
+        "transformer: lllyasviel/FramePackI2V_HY dtype=bfloat16 quantize=float8\n"
+        "text_encoder: hunyuanvideo-community/HunyuanVideo/text_encoder quantize=int8\n"
+    )
+    assert recipe.transformer == ComponentSource("lllyasviel/FramePackI2V_HY", None, "bfloat16", "float8")
+    assert recipe.text_encoder == ComponentSource(HUNYUAN, "text_encoder", None, "int8")
+    assert recipe.vae == default_recipe("bidirectional").vae and recipe.vae.quantize is None
+    text = recipe_to_text(recipe)
+    assert "transformer: lllyasviel/FramePackI2V_HY dtype=bfloat16 quantize=float8\n" in text
+    assert recipe_from_text(text) == recipe and recipe_to_text(recipe_from_text(text)) == text
+    as_json = recipe_to_json(recipe)
+    assert json.loads(as_json)["transformer"]["quantize"] == "float8" and json.loads(as_json)["vae"]["quantize"] is None
+    assert recipe_from_json(as_json) == recipe and recipe_to_json(recipe_from_json(as_json)) == as_json
+    assert load_recipe(as_json) == load_recipe(text) == recipe
+    assert recipe_from_json('{"vae": {"source": "/m/vae", "quantize": "int4"}}').vae == ComponentSource("/m/vae", None, None, "int4")
+    assert recipe_from_json('{"vae": "/m/vae dtype=float16 quantize=int8"}').vae == ComponentSource("/m/vae", None, "float16", "int8")
+    # with_dtype changes the dtype only; a tiny recipe with a quantized transformer round-trips too
+    assert recipe.with_dtype("float32").transformer.quantize == "float8"
+    tiny = tiny_recipe("/models/tiny").replace(transformer=ComponentSource("/models/tiny", "transformer", "float32", "int8"))
+    assert recipe_from_text(recipe_to_text(tiny)) == tiny and recipe_from_json(recipe_to_json(tiny)) == tiny
+
+
+def test_default_recipes_have_no_quantization(tmp_path: Path) -> None:
+    for recipe in (default_recipe("bidirectional"), default_recipe("f1"), tiny_recipe(tmp_path)):
+        assert all(source.quantize is None for _name, source in recipe.items())
+        assert "quantize" not in recipe_to_text(recipe)
+
+
+@pytest.mark.parametrize(
+    ("text", "fragments"),
+    [
+        ("transformer: a/b quantize=nf4", ["line 1", "'nf4'", "allowed: int8, float8, int4"]),
+        ("transformer: a/b quantize=INT8", ["'INT8'", "int8, float8, int4"]),
+        ("tokenizer: a/b quantize=int8", ["tokenizer", "no quantize", "transformer, vae, text_encoder, text_encoder_2, image_encoder"]),
+        ("feature_extractor: a/b quantize=float8", ["feature_extractor", "allowed on transformer"]),
+        ("vae: a/b quantize=", ["'quantize' has no value"]),
+        ("vae: a/b dtype=float8", ["float32, float16, bfloat16", "quantize=float8"]),
+        ("vae: a/b quantise=int8", ["'quantise'", "subfolder, dtype, quantize"]),
+    ],
+)
+def test_bad_quantize_values_raise_recipe_error_naming_the_allowed_ones(text: str, fragments: list[str]) -> None:
+    with pytest.raises(RecipeError) as caught:
+        recipe_from_text(text)
+    for fragment in fragments:
+        assert fragment in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ('{"transformer": {"source": "a/b", "quantize": "fp8"}}', "allowed: int8, float8, int4"),
+        ('{"transformer": {"source": "a/b", "quantize": 8}}', "quantize must be a string or null"),
+        ('{"tokenizer_2": {"source": "a/b", "quantize": "int8"}}', "quantize is allowed on transformer, vae"),
+        ('{"vae": {"source": "a/b", "quant": "int8"}}', "source, subfolder, dtype, quantize"),
+    ],
+)
+def test_bad_quantize_in_json_raises_recipe_error(text: str, fragment: str) -> None:
+    with pytest.raises(RecipeError) as caught:
+        recipe_from_json(text)
+    assert fragment in str(caught.value)
+
+
+def test_quantize_is_checked_on_direct_construction_too() -> None:
+    with pytest.raises(RecipeError, match="allowed: int8, float8, int4"):
+        ComponentSource("a/b", quantize="int2")
+    with pytest.raises(RecipeError, match="tokenizer has no weights, so no quantize"):
+        default_recipe("bidirectional").replace(tokenizer=ComponentSource("a/b", "tokenizer", None, "int8"))
+
+
+def test_recipe_module_imports_no_torch() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, framepack.models.recipe; print('torch' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], check=False, capture_output=True, text=True, cwd=Path(__file__).parents[1]
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"

@@ -57,7 +57,7 @@ from framepack.jobs.store import JobStore
 from framepack.models.loader import ModelUnavailableError, check_available
 from framepack.plan import Plan
 from framepack.request import GenerateRequest
-from framepack.runner import Runner, check_outputs, plan_request, resolve_recipe
+from framepack.runner import Runner, plan_request, resolve_recipe
 
 logger = logging.getLogger(__name__)
 
@@ -252,7 +252,7 @@ class JobManager:
         """
         self._check_room()
         plan = plan_request(request)
-        check_outputs(request, plan)
+        self.runner.preflight(request, plan)
         recipe = resolve_recipe(request.model, request.variant, self.runner.home)
         missing = check_available(recipe)
         if missing:
@@ -502,6 +502,8 @@ class JobManager:
                         "sections_done": progress.sections_done,
                         "sections": progress.sections,
                         "preview": event.preview is not None,
+                        "model_calls": event.model_calls,
+                        "skipped_calls": event.skipped_calls,
                     },
                 )
             elif isinstance(event, FramesWritten):

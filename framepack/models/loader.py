@@ -5,6 +5,11 @@ transformers for the encoders, tokenizers and image processor), so hub repos, th
 folders in diffusers layout all work the same way. A component that cannot be found raises
 `ModelUnavailableError`, which says where we looked and how to fix it; `check_available` answers the same
 question without loading weights or touching the network, so faces can say so before a job starts.
+
+A component whose recipe line says `quantize=int8|float8|int4` is loaded in its dtype on the CPU, quantized there
+with optimum-quanto (framepack/models/quantize.py), and only then moved to the device, so a big model is never on
+the GPU unquantized. Without optimum-quanto such a recipe fails before any weights are loaded (and
+`check_available` reports it).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from transformers import (
 
 from framepack.errors import UserError
 from framepack.models.components import Components
+from framepack.models.quantize import quantization_missing, quantization_of, quantize_module
 from framepack.models.recipe import DEFAULT_DTYPES, VARIANTS, ComponentSource, Recipe
 from framepack.models.tiny import is_self_test_folder
 
@@ -123,6 +129,10 @@ def load_components(
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; allowed: {', '.join(VARIANTS)}")
     start = time.perf_counter()
+    for name, source in recipe.items():  # a missing optimum-quanto fails here, before any weights are loaded
+        error = check_quantization(name, source)
+        if error is not None:
+            raise error
     loaded = {}
     for name, source in recipe.items():
         message = f"loading {name} from {source.describe()}"
@@ -141,6 +151,9 @@ def load_component(name: str, source: ComponentSource, device: str | torch.devic
     """Load one component with its library's from_pretrained; ModelUnavailableError if it is not there."""
     loader = LOADERS[name]
     _check_before_loading(name, source)
+    quantization_error = check_quantization(name, source)
+    if quantization_error is not None:
+        raise quantization_error
     kwargs: dict[str, Any] = {}
     if source.subfolder:
         kwargs["subfolder"] = source.subfolder
@@ -152,23 +165,30 @@ def load_component(name: str, source: ComponentSource, device: str | torch.devic
     except LOAD_ERRORS as error:
         raise _unavailable(name, source, f"{type(error).__name__}: {error}") from error
     if loader.is_module:
-        component = _prepare_module(component, device)
+        component = _prepare_module(component, device, name, source.quantize)
     elif name == "tokenizer":
         component = _prepare_llama_tokenizer(component)
     _check_after_loading(name, source, component)
+    summary = quantization_of(component) if loader.is_module else None
     logger.info(
-        "loaded %s (%s) from %s in %.2f s",
+        "loaded %s (%s) from %s in %.2f s%s",
         name,
         type(component).__name__,
         source.describe(),
         time.perf_counter() - start,
+        f", quantized to {summary.describe()}" if summary is not None else "",
     )
     return component
 
 
-def _prepare_module(module: torch.nn.Module, device: str | torch.device) -> torch.nn.Module:
+def _prepare_module(
+    module: torch.nn.Module, device: str | torch.device, name: str | None = None, quantize: str | None = None
+) -> torch.nn.Module:
+    """Eval mode, no gradients, quantized (where it was loaded: the CPU) when asked, then moved to `device`."""
     module.eval()
     module.requires_grad_(False)
+    if quantize is not None:
+        quantize_module(module, quantize, name)
     return module.to(device)
 
 
@@ -212,9 +232,21 @@ def _is_self_test_source(source: ComponentSource) -> bool:
 
 
 def check_available(recipe: Recipe) -> list[ModelUnavailableError]:
-    """One error per component whose files are not on this machine; no weights loaded, no network used."""
-    errors = [check_component(name, source) for name, source in recipe.items()]
+    """One error per component whose files are not on this machine, or whose quantization cannot be done here
+    (optimum-quanto missing); no weights loaded, no network used."""
+    errors = [check_component(name, source) or check_quantization(name, source) for name, source in recipe.items()]
     return [error for error in errors if error is not None]
+
+
+def check_quantization(name: str, source: ComponentSource) -> ModelUnavailableError | None:
+    """None unless the recipe line asks for `quantize=...` and optimum-quanto does not import here."""
+    if source.quantize is None:
+        return None
+    missing = quantization_missing()
+    if missing is None:
+        return None
+    message = missing.replace("quantize=...", f"quantize={source.quantize}")
+    return ModelUnavailableError(name, source, f"{name} cannot be loaded as the recipe asks: {message}")
 
 
 def check_component(name: str, source: ComponentSource) -> ModelUnavailableError | None:
@@ -310,4 +342,11 @@ def _expected_files(name: str) -> str:
     return "; ".join(" or ".join(" + ".join(files) for files in alternatives[:2]) for alternatives in groups)
 
 
-__all__ = ["ModelUnavailableError", "check_available", "check_component", "load_component", "load_components"]
+__all__ = [
+    "ModelUnavailableError",
+    "check_available",
+    "check_component",
+    "check_quantization",
+    "load_component",
+    "load_components",
+]

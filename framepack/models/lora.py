@@ -304,11 +304,14 @@ def lora_set_key(refs: list[LoraRef], lora_dir: Path | str) -> tuple:
     return tuple(key)
 
 
-def ensure_loras(transformer, refs: list[LoraRef], lora_dir: Path | str) -> None:
-    """Apply exactly `refs` (none -> unload all); nothing happens when that set is already applied."""
+def ensure_loras(transformer, refs: list[LoraRef], lora_dir: Path | str) -> bool:
+    """Apply exactly `refs` (none -> unload all); nothing happens when that set is already applied.
+    Returns whether the transformer's layers changed."""
     if not refs:
+        changed = bool(applied_loras(transformer) or getattr(transformer, "peft_config", None))
         remove_loras(transformer)
-        return
+        return changed
     if applied_loras(transformer) == lora_set_key(refs, lora_dir):
-        return
+        return False
     apply_loras(transformer, refs, lora_dir)
+    return True

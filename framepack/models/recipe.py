@@ -1,9 +1,11 @@
 """Model recipes: where each FramePack component comes from, in a form users can print and edit.
 
 A recipe names, for every component, a source (a Hugging Face hub repo "owner/name" or a local folder), an
-optional subfolder and an optional dtype. The text form is one line per component:
+optional subfolder, an optional dtype and, for components with weights, an optional on-the-fly weight
+quantization (optimum-quanto, applied after loading; see framepack/models/quantize.py). The text form is one
+line per component:
 
-    transformer: lllyasviel/FramePackI2V_HY dtype=bfloat16
+    transformer: lllyasviel/FramePackI2V_HY dtype=bfloat16 quantize=float8
     vae: hunyuanvideo-community/HunyuanVideo subfolder=vae dtype=float16
 
 and also accepts the short form SD.Next users know (`vae: hunyuanvideo-community/HunyuanVideo/vae`). Lines only
@@ -35,8 +37,10 @@ COMPONENT_NAMES = (
 # Components with weights; tokenizers and the image processor have no dtype.
 WEIGHTED_COMPONENTS = ("transformer", "vae", "text_encoder", "text_encoder_2", "image_encoder")
 DTYPES = ("float32", "float16", "bfloat16")
+# Weight quantizations (optimum-quanto qint8 / qfloat8 / qint4), allowed on WEIGHTED_COMPONENTS only.
+QUANTIZATIONS = ("int8", "float8", "int4")
 VARIANTS = ("bidirectional", "f1")
-OPTIONS = ("subfolder", "dtype")
+OPTIONS = ("subfolder", "dtype", "quantize")
 
 HUNYUAN_REPO = "hunyuanvideo-community/HunyuanVideo"
 REDUX_REPO = "lllyasviel/flux_redux_bfl"
@@ -65,11 +69,16 @@ class RecipeError(UserError, ValueError):
 
 @dataclass(frozen=True)
 class ComponentSource:
-    """Where one component comes from: a hub repo id or a local folder, plus subfolder and dtype."""
+    """Where one component comes from: a hub repo id or a local folder, plus subfolder, dtype and quantization.
+
+    `dtype` is the float dtype the weights load in (and the compute dtype); `quantize` (one of QUANTIZATIONS)
+    then stores the weights of most layers in that format after loading; None (the default) keeps them as loaded.
+    """
 
     source: str
     subfolder: str | None = None
     dtype: str | None = None
+    quantize: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.source, str) or not self.source.strip():
@@ -77,7 +86,9 @@ class ComponentSource:
         if self.subfolder is not None and (not isinstance(self.subfolder, str) or not self.subfolder.strip()):
             raise RecipeError(f"subfolder must be a non-empty string or absent, got {self.subfolder!r}")
         if self.dtype is not None and self.dtype not in DTYPES:
-            raise RecipeError(f"unknown dtype {self.dtype!r}; allowed: {', '.join(DTYPES)}")
+            raise RecipeError(_unknown_dtype_message(self.dtype))
+        if self.quantize is not None and self.quantize not in QUANTIZATIONS:
+            raise RecipeError(f"unknown quantize {self.quantize!r}; allowed: {', '.join(QUANTIZATIONS)}")
 
     @property
     def is_local(self) -> bool:
@@ -113,6 +124,8 @@ class Recipe:
                 raise RecipeError(
                     f"{name}: has no weights, so no dtype; dtype is allowed on {', '.join(WEIGHTED_COMPONENTS)}"
                 )
+            if component.quantize is not None and name not in WEIGHTED_COMPONENTS:
+                raise RecipeError(_no_quantize_message(name))
         if not isinstance(self.self_test, bool):
             raise RecipeError(f"self_test must be true or false, got {self.self_test!r}")
 
@@ -135,6 +148,17 @@ class Recipe:
         """A copy with every weighted component in `dtype` (e.g. float32 to run on a CPU)."""
         changes = {name: dataclasses.replace(getattr(self, name), dtype=dtype) for name in WEIGHTED_COMPONENTS}
         return self.replace(**changes)
+
+
+def _unknown_dtype_message(dtype: Any) -> str:
+    message = f"unknown dtype {dtype!r}; allowed: {', '.join(DTYPES)}"
+    if dtype in QUANTIZATIONS:
+        message += f" (to store the weights in {dtype}, write quantize={dtype})"
+    return message
+
+
+def _no_quantize_message(name: str) -> str:
+    return f"{name} has no weights, so no quantize; quantize is allowed on {', '.join(WEIGHTED_COMPONENTS)}"
 
 
 def check_component_name(name: str) -> None:
@@ -177,7 +201,8 @@ def tiny_recipe(folder: Path | str) -> Recipe:
 
 
 def recipe_to_text(recipe: Recipe) -> str:
-    """One line per component (`name: source [subfolder=...] [dtype=...]`), then `self_test: true` if set."""
+    """One line per component (`name: source [subfolder=...] [dtype=...] [quantize=...]`), then `self_test: true`
+    if set."""
     lines = [component_to_text(name, source) for name, source in recipe.items()]
     if recipe.self_test:
         lines.append("self_test: true")
@@ -190,6 +215,8 @@ def component_to_text(name: str, source: ComponentSource) -> str:
         line += f" subfolder={source.subfolder}"
     if source.dtype is not None:
         line += f" dtype={source.dtype}"
+    if source.quantize is not None:
+        line += f" quantize={source.quantize}"
     return line
 
 
@@ -197,7 +224,8 @@ def recipe_from_text(text: str, base: Recipe | None = None) -> Recipe:
     """Parse the text form; each line overrides one component of `base` (default: the bidirectional model).
 
     Blank lines and `#` comments are ignored. A line fully describes its component: options it leaves out
-    (subfolder, dtype) are absent, and the loader then uses the component's default dtype.
+    (subfolder, dtype, quantize) are absent: the loader then uses the component's default dtype and does not
+    quantize.
     """
     recipe = base if base is not None else default_recipe("bidirectional")
     changes: dict[str, Any] = {}
@@ -228,7 +256,8 @@ def _split_line(line: str, number: int) -> tuple[str, str]:
     name = name.strip()
     if not colon or not name:
         raise RecipeError(
-            f"recipe line {number}: expected 'component: source [subfolder=...] [dtype=...]', got {line!r}"
+            f"recipe line {number}: expected 'component: source [subfolder=...] [dtype=...] [quantize=...]', "
+            f"got {line!r}"
         )
     if name != "self_test" and name not in COMPONENT_NAMES:
         raise RecipeError(
@@ -244,7 +273,7 @@ def _parse_self_test(value: str, where: str) -> bool:
 
 
 def _parse_value(name: str, value: str, where: str) -> ComponentSource:
-    """`source [subfolder=x] [dtype=y]`; the source may contain spaces, options come last."""
+    """`source [subfolder=x] [dtype=y] [quantize=z]`; the source may contain spaces, options come last."""
     match = _OPTION_RE.fullmatch(" " + value)
     source = match.group("source").strip() if match else ""
     options: dict[str, str] = {}
@@ -256,22 +285,28 @@ def _parse_value(name: str, value: str, where: str) -> ComponentSource:
             raise RecipeError(f"{where} ({name}): option {key!r} has no value")
         options[key] = option_value
     try:
-        return make_component(name, source, options.get("subfolder"), options.get("dtype"))
+        return make_component(name, source, options.get("subfolder"), options.get("dtype"), options.get("quantize"))
     except RecipeError as error:
         raise RecipeError(f"{where} ({name}): {error}") from None
 
 
-def make_component(name: str, source: str, subfolder: str | None, dtype: str | None) -> ComponentSource:
+def make_component(
+    name: str, source: str, subfolder: str | None, dtype: str | None, quantize: str | None = None
+) -> ComponentSource:
     """Validate one component's fields and expand SD.Next short forms of hub ids."""
     if not source:
         raise RecipeError("missing source: give a hub repo id 'owner/name' or a local folder path")
     if dtype is not None and dtype not in DTYPES:
-        raise RecipeError(f"unknown dtype {dtype!r}; allowed: {', '.join(DTYPES)}")
+        raise RecipeError(_unknown_dtype_message(dtype))
     if dtype is not None and name not in WEIGHTED_COMPONENTS:
         raise RecipeError(f"{name} has no weights, so no dtype; dtype is allowed on {', '.join(WEIGHTED_COMPONENTS)}")
+    if quantize is not None and quantize not in QUANTIZATIONS:
+        raise RecipeError(f"unknown quantize {quantize!r}; allowed: {', '.join(QUANTIZATIONS)}")
+    if quantize is not None and name not in WEIGHTED_COMPONENTS:
+        raise RecipeError(_no_quantize_message(name))
     if subfolder is None:
         source, subfolder = split_hub_shorthand(source)
-    return ComponentSource(source, subfolder, dtype)
+    return ComponentSource(source, subfolder, dtype, quantize)
 
 
 def split_hub_shorthand(source: str) -> tuple[str, str | None]:
@@ -293,7 +328,7 @@ def split_hub_shorthand(source: str) -> tuple[str, str | None]:
 
 
 def recipe_to_json(recipe: Recipe) -> str:
-    """Every component as {"source", "subfolder", "dtype"}, plus "self_test"."""
+    """Every component as {"source", "subfolder", "dtype", "quantize"} (null when absent), plus "self_test"."""
     data: dict[str, Any] = {name: dataclasses.asdict(source) for name, source in recipe.items()}
     data["self_test"] = recipe.self_test
     return json.dumps(data, indent=2) + "\n"
@@ -302,7 +337,8 @@ def recipe_to_json(recipe: Recipe) -> str:
 def recipe_from_json(text: str, base: Recipe | None = None) -> Recipe:
     """Parse the JSON form; keys override components of `base` (default: the bidirectional model).
 
-    A component is an object {"source", "subfolder"?, "dtype"?} or a string in the text form's value syntax.
+    A component is an object {"source", "subfolder"?, "dtype"?, "quantize"?} or a string in the text form's value
+    syntax.
     """
     recipe = base if base is not None else default_recipe("bidirectional")
     try:
@@ -331,7 +367,7 @@ def _json_component(name: str, value: Any) -> ComponentSource:
     if isinstance(value, str):
         return _parse_value(name, value, "recipe JSON")
     if not isinstance(value, dict):
-        raise RecipeError(f'{where}: expected an object {{"source", "subfolder", "dtype"}} or a string')
+        raise RecipeError(f'{where}: expected an object {{"source", "subfolder", "dtype", "quantize"}} or a string')
     unknown = sorted(set(value) - {"source", *OPTIONS})
     if unknown:
         raise RecipeError(f"{where}: unknown key {unknown[0]!r}; allowed: source, {', '.join(OPTIONS)}")
@@ -340,7 +376,9 @@ def _json_component(name: str, value: Any) -> ComponentSource:
         if field is not None and not isinstance(field, str):
             raise RecipeError(f"{where}: {key} must be a string or null, got {field!r}")
     try:
-        return make_component(name, (fields["source"] or "").strip(), fields["subfolder"], fields["dtype"])
+        return make_component(
+            name, (fields["source"] or "").strip(), fields["subfolder"], fields["dtype"], fields["quantize"]
+        )
     except RecipeError as error:
         raise RecipeError(f"{where}: {error}") from None
 

@@ -129,6 +129,8 @@ class FramePackTab:
                 )
             elif kind == "section":
                 status = f"finished {data['sections_done']}/{data['sections']} sections"
+                if data.get("skipped_calls"):
+                    status += f" (cache skipped {data['skipped_calls']}/{data['model_calls']} model calls of the last)"
                 if data.get("preview"):
                     try:
                         preview = self.manager.preview(job.id, data["section"])
@@ -370,6 +372,8 @@ def build_tab(tab: FramePackTab) -> gr.Blocks:
                     make("variant", "resolution", "aspect_ratio", "duration", "fps", "interpolate", "interpolation", "latent_window_size")
                 with gr.Accordion("Sampling", open=False):
                     make("seed", "steps", "sampler", "guidance", "cfg_scale", "cfg_rescale", "shift")
+                with gr.Accordion("Speed and memory", open=False):
+                    make("cache", "cache_threshold", "attention", "offload", "preserved_memory_gb")
                 with gr.Accordion("Output", open=False):
                     make("codec", "container", "codec_options", "save_raw", "save_frames", "jpeg_quality", "filename", "preview")
                 with gr.Accordion("Model", open=False):
