@@ -209,6 +209,11 @@ def make_plan(request: GenerateRequest, image_size: tuple[int, int] | None = Non
     prompt, prompt_loras = parse_lora_tags(request.prompt, lora_warnings)
     section_text, section_loras = parse_lora_tags(request.section_prompts, lora_warnings)
     loras = merge_refs([prompt_loras, section_loras], lora_warnings)
+    if parse_lora_tags(request.negative_prompt, [])[1]:
+        raise PlanError(
+            "negative_prompt",
+            "has a <lora:name:weight> tag; a LoRA changes the model for both CFG branches, so put it in the prompt",
+        )
     lines = parse_section_prompts(section_text)
     chosen = assign_lines(lines, midpoints)
     unused = sorted(set(range(len(lines))) - {index for index in chosen if index is not None})

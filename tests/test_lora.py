@@ -216,6 +216,16 @@ def test_plan_strips_tags_and_lists_loras():
     assert any("'a'" in warning for warning in plan.warnings)
 
 
+def test_a_lora_tag_in_the_negative_prompt_is_refused_by_name():
+    from framepack.plan import PlanError, make_plan
+    from framepack.request import GenerateRequest
+
+    with pytest.raises(PlanError) as error:
+        make_plan(GenerateRequest(prompt="a cat", negative_prompt="blurry <lora:b:0.5>", cfg_scale=3.0))
+    assert error.value.field == "negative_prompt" and "put it in the prompt" in str(error.value)
+    assert make_plan(GenerateRequest(prompt="a cat", negative_prompt="blurry, <lorax>", cfg_scale=3.0)).loras == []
+
+
 def test_find_lora(tmp_path):
     (tmp_path / "sub").mkdir()
     for name in ("a.safetensors", "b.safetensors", "sub/c.safetensors"):
