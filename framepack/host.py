@@ -15,6 +15,7 @@ What a host provides:
 - `begin(title)`, `end()`, `interrupted()`: the host's progress state (SD.Next: `shared.state`; its Interrupt
   and Skip buttons mean "cancel the FramePack job")
 - `torch_gc()`: free cached device memory
+- `progress(done, total)`: the job's denoising steps for the host's progress bar (SD.Next: `shared.state`)
 - `balanced_offload()`: the host's own balanced offload as a function of the model's modules, or None to use
   FramePack's (SD.Next: `apply_balanced_offload` when its offload mode setting is "balanced")
 - `job_scope(on_interrupt)`: all of the above around one job, as the reusable context manager that
@@ -88,6 +89,9 @@ class Host(ABC):
     def balanced_offload(self) -> Callable[[dict[str, Any]], None] | None:
         """The host's balanced offload over {component name: module}; None means FramePack's own."""
         return None
+
+    def progress(self, done: int, total: int) -> None:
+        """Denoising steps done of the running job's total, for the host's own progress display."""
 
     def job_scope(self, on_interrupt: Callable[[], None] | None = None) -> JobScope:
         """GPU lock + begin/end + interrupt watch around a job: pass it as `JobManager(gpu_lock=...)`."""
@@ -253,6 +257,12 @@ class SDNextHost(Host):
         state = getattr(self._shared(), "state", None)
         if state is not None and hasattr(state, "end"):
             state.end()
+
+    def progress(self, done: int, total: int) -> None:
+        """SD.Next's progress bar reads `state.sampling_step` / `state.sampling_steps`."""
+        state = getattr(self._shared(), "state", None)
+        if state is not None:
+            state.sampling_steps, state.sampling_step = total, done
 
     def interrupted(self) -> bool:
         state = getattr(self._shared(), "state", None)

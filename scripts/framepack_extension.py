@@ -60,6 +60,7 @@ class _Extension:
                     data_dir / "jobs",
                     runner,
                     gpu_lock=host.job_scope(on_interrupt=lambda: _cancel_running(holder["manager"])),
+                    on_progress=host.progress,
                 )
                 holder["manager"] = manager
                 manager.start()

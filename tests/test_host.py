@@ -176,6 +176,7 @@ report["status"] = response.status_code
 report["body"] = response.json()
 report["lock_acquired_after_first"] = call_queue.queue_lock.acquired
 report["state_calls"] = list(shared.state.calls)
+report["sampling"] = [getattr(shared.state, "sampling_step", None), getattr(shared.state, "sampling_steps", None)]
 if response.status_code == 200:
     download = client.get(response.json()["url"])
     report["download"] = [download.status_code, len(download.content)]
@@ -367,6 +368,7 @@ def test_extension_registers_routes_that_generate_into_the_host_folder_under_its
     assert report["download"][0] == 200 and report["download"][1] > 0
     assert report["lock_acquired_after_first"] >= 1  # the host's queue_lock was held for the job
     assert report["state_calls"][:2] == [["begin", "FramePack"], ["end", "FramePack"]]
+    assert report["sampling"] == [4, 4]  # the host's progress bar saw every step: 2 sections x 2 steps
     assert report["interrupted_state"] == "cancelled"  # SD.Next's Interrupt cancels the FramePack job
     assert report["lock_held_after"] is False
     assert "from-host.mp4" in report["outdir_files"] and "interrupted.mp4" not in report["outdir_files"]

@@ -30,7 +30,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -125,11 +125,13 @@ class JobManager:
         max_queued: int = 100,
         gpu_lock: contextlib.AbstractContextManager | None = None,
         subscriber_queue_size: int = 1000,
+        on_progress: Callable[[int, int], None] | None = None,
     ):
         self.data_dir = Path(data_dir)
         self.runner = runner
         self.max_queued = max_queued
         self._gpu_lock = gpu_lock
+        self._on_progress = on_progress  # (done steps, total steps) of the running job, for a host's progress bar
         self._model_lock = threading.Lock()  # held around a job's run and around load/unload from a face
         self._subscriber_queue_size = subscriber_queue_size
         self._store = JobStore(self.data_dir / "jobs.db")
@@ -483,6 +485,11 @@ class JobManager:
                 progress.done_steps, progress.total_steps = event.done_steps, event.total_steps
                 progress.section, progress.eta_seconds = event.section, round(event.eta, 3)
                 self._publish(job.id, "progress", asdict(event))
+                if self._on_progress is not None:
+                    try:
+                        self._on_progress(event.done_steps, event.total_steps)
+                    except Exception:  # noqa: BLE001 - a host display must never fail the job
+                        logger.exception("the host's progress hook failed")
             elif isinstance(event, SectionFinished):
                 if event.section >= 0:
                     progress.sections_done += 1
