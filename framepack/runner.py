@@ -248,17 +248,13 @@ class Runner:
             # the request's LoRAs exactly (none -> any earlier ones are unloaded); an identical set stays applied
             if ensure_loras(components.transformer, [LoraRef(name, weight) for name, weight in plan.loras], self.lora_dir):
                 self._offloader.refresh()  # a streamed transformer regroups its blocks with the LoRA layers
-        except BaseException:
-            abort_sinks(sinks)
-            raise
-        if components.self_test:
-            logger.warning("running the SELF-TEST model: random weights, the video is noise")
-        try:
             set_attention(components.transformer, request.attention)
             cache = self.cache_for(request, plan, components, calibrate_magcache)
         except BaseException:
             abort_sinks(sinks)
             raise
+        if components.self_test:
+            logger.warning("running the SELF-TEST model: random weights, the video is noise")
         with cache:  # the hooks come off the shared transformer whatever happens
             result = generate(
                 components, request, plan, sinks, on_event, cancel, finished_sections, on_section_latents, cache
