@@ -182,7 +182,7 @@ if response.status_code == 200:
     report["download"] = [download.status_code, len(download.content)]
 
 # SD.Next's Interrupt button cancels the running FramePack job
-long = dict(fast, steps=25, duration=4.0, filename="interrupted")
+long = dict(fast, steps=50, duration=8.0, cache="none", filename="interrupted")  # seconds of work, whatever the cache
 job = client.post("/sdapi/v1/framepack/jobs", json=long).json()
 deadline = time.time() + 120
 while time.time() < deadline and client.get(f"/sdapi/v1/framepack/jobs/{job['id']}").json()["state"] != "running":
