@@ -1,4 +1,5 @@
-"""Shared test utilities: in-memory sink, synthetic images, transformer call capture, video decoding."""
+"""Shared test utilities: in-memory sink, synthetic images, transformer call capture and fixed inputs, video
+decoding."""
 
 from __future__ import annotations
 
@@ -91,3 +92,37 @@ def host_like_python() -> str | None:
         if probe.returncode == 0 and probe.stdout.split()[:1] == ["3.43.2"]:
             return candidate
     return None
+
+
+def fixed_transformer_inputs(transformer: torch.nn.Module, dtype: torch.dtype = torch.float32) -> dict:
+    """Seeded keyword arguments for one FramePack transformer call: a 2-frame window at 4x4 latents with a
+    clean frame and 2x / 4x history, 6 text tokens and 4 image tokens (float tensors in `dtype`)."""
+    config = transformer.config
+    generator = torch.Generator().manual_seed(0)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=generator).to(dtype)
+
+    channels = config.in_channels
+    return {
+        "hidden_states": randn(1, channels, 2, 4, 4),
+        "timestep": torch.tensor([500.0]),
+        "encoder_hidden_states": randn(1, 6, config.text_embed_dim),
+        "encoder_attention_mask": torch.ones(1, 6, dtype=torch.bool),
+        "pooled_projections": randn(1, config.pooled_projection_dim),
+        "image_embeds": randn(1, 4, config.image_proj_dim),
+        "indices_latents": torch.arange(2),
+        "latents_clean": randn(1, channels, 1, 4, 4),
+        "indices_latents_clean": torch.tensor([2]),
+        "latents_history_2x": randn(1, channels, 2, 4, 4),
+        "indices_latents_history_2x": torch.tensor([3, 4]),
+        "latents_history_4x": randn(1, channels, 4, 4, 4),
+        "indices_latents_history_4x": torch.tensor([5, 6, 7, 8]),
+        "guidance": torch.tensor([10000.0]),
+        "return_dict": False,
+    }
+
+
+def transformer_output(transformer: torch.nn.Module, inputs: dict) -> torch.Tensor:
+    with torch.no_grad():
+        return transformer(**inputs)[0].clone()

@@ -8,6 +8,7 @@ import typing
 
 import pytest
 import torch
+from helpers import fixed_transformer_inputs, transformer_output
 
 from framepack.errors import FieldError
 from framepack.models.attention import ATTENTION_BACKENDS, check_attention, set_attention
@@ -57,26 +58,9 @@ def test_set_attention_routes_every_attention_layer_and_sdpa_keeps_the_output(ti
         module.processor for module in transformer.modules() if hasattr(getattr(module, "processor", None), "_attention_backend")
     ]  # the dispatcher's layers (the text token refiner's plain attention has no backend)
     assert processors
-    from framepack.sampling.context import bidirectional_context
-
-    torch.manual_seed(0)
-    channels = transformer.config.in_channels
-    prefix = torch.randn(1, channels, 1, 8, 8)
-    context = bidirectional_context(prefix, prefix[:, :, :0], 0, 2)
-    inputs = dict(
-        hidden_states=torch.randn(1, channels, 2, 8, 8),
-        timestep=torch.tensor([500.0]),
-        encoder_hidden_states=torch.randn(1, 5, transformer.config.text_embed_dim),
-        encoder_attention_mask=torch.ones(1, 5),
-        pooled_projections=torch.randn(1, transformer.config.pooled_projection_dim),
-        image_embeds=torch.randn(1, 3, transformer.config.image_proj_dim),
-        guidance=torch.tensor([10000.0]),
-        return_dict=False,
-        **context.transformer_kwargs(torch.device("cpu"), torch.float32),
-    )
-    with torch.no_grad():
-        before = transformer(**inputs)[0]
-        set_attention(transformer, "sdpa")
-        after = transformer(**inputs)[0]
+    inputs = fixed_transformer_inputs(transformer)
+    before = transformer_output(transformer, inputs)
+    set_attention(transformer, "sdpa")
+    after = transformer_output(transformer, inputs)
     assert all(processor._attention_backend == "native" for processor in processors)
     assert torch.equal(before, after)

@@ -159,6 +159,18 @@ def make_cache(driver):
         cache.remove()
 
 
+def section_b_on_a_fresh_cache(driver, make_cache, method, threshold, cfg=1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(history, result): section B (seed 2) after section A (seed 1, uncached), sampled on a brand-new cache:
+    what B must give whatever an earlier section left in a cache."""
+    first = driver.section(None, driver.empty_history(), 1)
+    history = torch.cat([driver.empty_history(), first], dim=2)
+    fresh = make_cache(method, threshold)
+    fresh.start_section()
+    expected = driver.section(fresh, history, 2, cfg=cfg)
+    fresh.remove()
+    return history, expected
+
+
 def differences(result: torch.Tensor, reference: torch.Tensor) -> tuple[float, float]:
     """(max abs difference, relative L2 difference)."""
     return float((result - reference).abs().max()), float((result - reference).norm() / reference.norm())
@@ -249,13 +261,7 @@ def test_huge_threshold_fbc_computes_only_the_first_call_of_each_section(driver,
 
 @pytest.mark.parametrize("method", ["teacache", "magcache", "fbc"])
 def test_start_section_gives_section_b_exactly_the_result_of_a_fresh_cache(driver, make_cache, method):
-    first = driver.section(None, driver.empty_history(), 1)
-    history = torch.cat([driver.empty_history(), first], dim=2)
-
-    fresh = make_cache(method, SKIPPING[method])
-    fresh.start_section()
-    expected = driver.section(fresh, history, 2, cfg=3.0)
-    fresh.remove()
+    history, expected = section_b_on_a_fresh_cache(driver, make_cache, method, SKIPPING[method], cfg=3.0)
 
     cache = make_cache(method, SKIPPING[method])
     cache.start_section()
@@ -270,13 +276,7 @@ def test_start_section_gives_section_b_exactly_the_result_of_a_fresh_cache(drive
 
 def test_without_start_section_fbc_state_leaks_into_the_next_section(driver, make_cache):
     """The FACTS.md hazard: FirstBlockCache compares the new section's first call with the old section's."""
-    first = driver.section(None, driver.empty_history(), 1)
-    history = torch.cat([driver.empty_history(), first], dim=2)
-
-    fresh = make_cache("fbc", 1e9)
-    fresh.start_section()
-    expected = driver.section(fresh, history, 2)
-    fresh.remove()
+    history, expected = section_b_on_a_fresh_cache(driver, make_cache, "fbc", 1e9)
 
     cache = make_cache("fbc", 1e9)
     cache.start_section()
@@ -288,12 +288,7 @@ def test_without_start_section_fbc_state_leaks_into_the_next_section(driver, mak
 
 def test_without_start_section_a_cancelled_section_shifts_teacache_steps(driver, make_cache):
     """A section that ended early leaves TeaCache's step counter mid-way; start_section() puts it back."""
-    first = driver.section(None, driver.empty_history(), 1)
-    history = torch.cat([driver.empty_history(), first], dim=2)
-    fresh = make_cache("teacache", 1e9)
-    fresh.start_section()
-    expected = driver.section(fresh, history, 2)
-    fresh.remove()
+    history, expected = section_b_on_a_fresh_cache(driver, make_cache, "teacache", 1e9)
 
     for reset in (False, True):
         cache = make_cache("teacache", 1e9)

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import fixed_transformer_inputs, transformer_output
 from safetensors.torch import save_file
 
 from framepack.errors import FieldError
@@ -30,34 +31,6 @@ def transformer(tiny_model_dir: Path):
 
     model = HunyuanVideoFramepackTransformer3DModel.from_pretrained(tiny_model_dir / "transformer", torch_dtype=torch.float32)
     return model.eval()
-
-
-def fixed_inputs(transformer) -> dict:
-    config = transformer.config
-    generator = torch.Generator().manual_seed(0)
-    text_dim, pooled_dim, image_dim = config.text_embed_dim, config.pooled_projection_dim, config.image_proj_dim
-    return {
-        "hidden_states": torch.randn(1, config.in_channels, 2, 4, 4, generator=generator),
-        "timestep": torch.tensor([500.0]),
-        "encoder_hidden_states": torch.randn(1, 6, text_dim, generator=generator),
-        "encoder_attention_mask": torch.ones(1, 6, dtype=torch.bool),
-        "pooled_projections": torch.randn(1, pooled_dim, generator=generator),
-        "image_embeds": torch.randn(1, 4, image_dim, generator=generator),
-        "indices_latents": torch.arange(2),
-        "latents_clean": torch.randn(1, config.in_channels, 1, 4, 4, generator=generator),
-        "indices_latents_clean": torch.tensor([2]),
-        "latents_history_2x": torch.randn(1, config.in_channels, 2, 4, 4, generator=generator),
-        "indices_latents_history_2x": torch.tensor([3, 4]),
-        "latents_history_4x": torch.randn(1, config.in_channels, 4, 4, 4, generator=generator),
-        "indices_latents_history_4x": torch.tensor([5, 6, 7, 8]),
-        "guidance": torch.tensor([10000.0]),
-        "return_dict": False,
-    }
-
-
-def output(transformer, inputs) -> torch.Tensor:
-    with torch.no_grad():
-        return transformer(**inputs)[0].clone()
 
 
 def snapshot(transformer) -> dict:
@@ -123,19 +96,19 @@ def test_each_format_changes_output_and_unloads_exactly(kind, transformer, tmp_p
     state = FORMATS[kind](transformer)
     assert detect_format(state) == kind
     save_file(state, str(tmp_path / f"{kind}.safetensors"))
-    inputs = fixed_inputs(transformer)
-    base, before = output(transformer, inputs), snapshot(transformer)
+    inputs = fixed_transformer_inputs(transformer)
+    base, before = transformer_output(transformer, inputs), snapshot(transformer)
 
     names = apply_loras(transformer, [LoraRef(kind, 1.0)], tmp_path)
     assert names and applied_loras(transformer)
-    changed = output(transformer, inputs)
+    changed = transformer_output(transformer, inputs)
     assert (changed - base).abs().max() > 1e-4
 
     remove_loras(transformer)
     after = snapshot(transformer)
     assert after.keys() == before.keys()
     assert all(torch.equal(after[key], before[key]) for key in before)
-    assert torch.equal(output(transformer, inputs), base)
+    assert torch.equal(transformer_output(transformer, inputs), base)
     assert applied_loras(transformer) == ()
 
 
@@ -154,22 +127,22 @@ def test_weights_scale_and_several_at_once(transformer, tmp_path):
     save_file(diffusers_lora(transformer), str(tmp_path / "a.safetensors"))
     (tmp_path / "sub").mkdir()
     save_file(kohya_lora(transformer), str(tmp_path / "sub" / "b.safetensors"))
-    inputs = fixed_inputs(transformer)
-    base = output(transformer, inputs)
+    inputs = fixed_transformer_inputs(transformer)
+    base = transformer_output(transformer, inputs)
 
     apply_loras(transformer, [LoraRef("a", 0.0)], tmp_path)
-    assert (output(transformer, inputs) - base).abs().max() < 1e-6
+    assert (transformer_output(transformer, inputs) - base).abs().max() < 1e-6
     apply_loras(transformer, [LoraRef("a", 0.5)], tmp_path)
-    half = (output(transformer, inputs) - base).abs().max()
+    half = (transformer_output(transformer, inputs) - base).abs().max()
     apply_loras(transformer, [LoraRef("a", 1.0)], tmp_path)
-    full = (output(transformer, inputs) - base).abs().max()
+    full = (transformer_output(transformer, inputs) - base).abs().max()
     assert 1e-4 < half < full
     apply_loras(transformer, [LoraRef("a", 1.0), LoraRef("sub/b", -0.7)], tmp_path)
-    both = output(transformer, inputs)
+    both = transformer_output(transformer, inputs)
     assert len(applied_loras(transformer)) == 2
     assert (both - base).abs().max() > 1e-4
     remove_loras(transformer)
-    assert torch.equal(output(transformer, inputs), base)
+    assert torch.equal(transformer_output(transformer, inputs), base)
 
 
 def test_unknown_keys_are_reported(transformer, tmp_path):
@@ -177,12 +150,12 @@ def test_unknown_keys_are_reported(transformer, tmp_path):
     state["transformer.no_such_block.0.attn.to_q.lora_A.weight"] = torch.zeros(RANK, 4)
     state["lora_unet_mystery_layer.lora_down.weight"] = torch.zeros(RANK, 4)
     save_file(state, str(tmp_path / "odd.safetensors"))
-    inputs = fixed_inputs(transformer)
-    base, before = output(transformer, inputs), snapshot(transformer)
+    inputs = fixed_transformer_inputs(transformer)
+    base, before = transformer_output(transformer, inputs), snapshot(transformer)
     with pytest.raises(FieldError, match="no_such_block|mystery"):
         apply_loras(transformer, [LoraRef("odd")], tmp_path)
     assert applied_loras(transformer) == ()
-    assert torch.equal(output(transformer, inputs), base)
+    assert torch.equal(transformer_output(transformer, inputs), base)
     assert snapshot(transformer).keys() == before.keys()
 
     del state["lora_unet_mystery_layer.lora_down.weight"]

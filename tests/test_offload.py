@@ -28,10 +28,10 @@ from framepack.models.offload import (
     Offloader,
     group_offload_kwargs,
     memory_budget,
-    module_bytes,
     offload_hooks,
     streaming_working_set,
 )
+from framepack.models.quantize import module_bytes
 from framepack.models.recipe import tiny_recipe
 from framepack.request import GenerateRequest
 from framepack.runner import plan_request

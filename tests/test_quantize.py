@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import fixed_transformer_inputs, transformer_output
 from optimum.quanto import QTensor
 from optimum.quanto.nn import QLinear
 from safetensors.torch import save_file
@@ -66,49 +67,17 @@ def fresh(tiny_model_dir: Path, name: str = "transformer", dtype: str = "float32
     return load_component(name, source)
 
 
-def fixed_inputs(transformer, dtype: torch.dtype = torch.float32) -> dict:
-    config = transformer.config
-    generator = torch.Generator().manual_seed(0)
-
-    def randn(*shape):
-        return torch.randn(*shape, generator=generator).to(dtype)
-
-    channels = config.in_channels
-    return {
-        "hidden_states": randn(1, channels, 2, 4, 4),
-        "timestep": torch.tensor([500.0]),
-        "encoder_hidden_states": randn(1, 6, config.text_embed_dim),
-        "encoder_attention_mask": torch.ones(1, 6, dtype=torch.bool),
-        "pooled_projections": randn(1, config.pooled_projection_dim),
-        "image_embeds": randn(1, 4, config.image_proj_dim),
-        "indices_latents": torch.arange(2),
-        "latents_clean": randn(1, channels, 1, 4, 4),
-        "indices_latents_clean": torch.tensor([2]),
-        "latents_history_2x": randn(1, channels, 2, 4, 4),
-        "indices_latents_history_2x": torch.tensor([3, 4]),
-        "latents_history_4x": randn(1, channels, 4, 4, 4),
-        "indices_latents_history_4x": torch.tensor([5, 6, 7, 8]),
-        "guidance": torch.tensor([10000.0]),
-        "return_dict": False,
-    }
-
-
-def call(transformer, inputs) -> torch.Tensor:
-    with torch.no_grad():
-        return transformer(**inputs)[0].clone()
-
-
 # ---------------------------------------------------------------------------------------------- quantize_module
 
 
 @pytest.mark.parametrize(("kind", "tolerance"), [("int8", 0.002), ("float8", 0.01)])
 def test_transformer_stays_close_to_float32_but_is_really_quantized(tiny_model_dir, kind, tolerance):
     transformer = fresh(tiny_model_dir)
-    inputs = fixed_inputs(transformer)
-    reference, bytes_before = call(transformer, inputs), module_bytes(transformer)
+    inputs = fixed_transformer_inputs(transformer)
+    reference, bytes_before = transformer_output(transformer, inputs), module_bytes(transformer)
 
     assert quantize_module(transformer, kind, "transformer") is transformer
-    output = call(transformer, inputs)
+    output = transformer_output(transformer, inputs)
     error = relative_error(output, reference)
     print(f"transformer {kind}: relative L2 error {error:.5f} (tolerance {tolerance})")
     assert error < tolerance
@@ -131,16 +100,16 @@ def test_transformer_stays_close_to_float32_but_is_really_quantized(tiny_model_d
     assert transformer.dtype == torch.float32
     assert not any(parameter.requires_grad for parameter in transformer.parameters())
     assert transformer.to("cpu") is transformer and isinstance(transformer.transformer_blocks[0].attn.to_q, QLinear)
-    assert torch.equal(call(transformer, inputs), output)
+    assert torch.equal(transformer_output(transformer, inputs), output)
 
 
 def test_int4_quantizes_the_transformer(tiny_model_dir):
     """qint4 compiles optimum-quanto's C++ extension on first use in an environment (about 22 s, once)."""
     transformer = fresh(tiny_model_dir)
-    inputs = fixed_inputs(transformer)
-    reference = call(transformer, inputs)
+    inputs = fixed_transformer_inputs(transformer)
+    reference = transformer_output(transformer, inputs)
     quantize_module(transformer, "int4", "transformer")
-    output = call(transformer, inputs)
+    output = transformer_output(transformer, inputs)
     error = relative_error(output, reference)
     print(f"transformer int4: relative L2 error {error:.5f} (tolerance 0.03)")
     assert 1e-4 < error < 0.03
@@ -173,15 +142,15 @@ def test_bfloat16_int8_keeps_layers_the_cpu_kernel_cannot_run(tiny_model_dir):
         if isinstance(layer, torch.nn.Linear) and layer.in_features % 16
     ]
     assert odd  # pooled (24) and SigLIP (40) projections in the tiny model
-    inputs = fixed_inputs(transformer, torch.bfloat16)
-    reference = call(transformer, inputs)
+    inputs = fixed_transformer_inputs(transformer, torch.bfloat16)
+    reference = transformer_output(transformer, inputs)
     quantize_module(transformer, "int8", "transformer")
     for name in odd:
         assert type(transformer.get_submodule(name)) is torch.nn.Linear
     for name in quantized_layers(transformer):  # checked before the forward below, which would crash the process
         assert transformer.get_submodule(name).in_features % 16 == 0
     assert transformer.dtype == torch.bfloat16
-    assert relative_error(call(transformer, inputs), reference) < 0.02
+    assert relative_error(transformer_output(transformer, inputs), reference) < 0.02
 
 
 def test_bad_kind_component_and_double_quantization_are_refused(tiny_model_dir):
@@ -308,21 +277,21 @@ def test_lora_on_an_int8_transformer_changes_output_and_unloads_exactly(tiny_mod
         state[f"transformer.{name}.lora_A.weight"] = torch.randn(2, layer.in_features, generator=generator) * 0.5
         state[f"transformer.{name}.lora_B.weight"] = torch.randn(layer.out_features, 2, generator=generator) * 0.5
     save_file(state, str(tmp_path / "style.safetensors"))
-    inputs = fixed_inputs(transformer)
-    base = call(transformer, inputs)
+    inputs = fixed_transformer_inputs(transformer)
+    base = transformer_output(transformer, inputs)
     before = {key: value.detach().clone() for key, value in transformer.state_dict().items()}
 
     apply_loras(transformer, [LoraRef("style", 1.0)], tmp_path)
     assert applied_loras(transformer)
     wrapped = transformer.transformer_blocks[0].attn.to_q
     assert isinstance(wrapped.base_layer, QLinear)  # the PEFT layer wraps the quantized layer
-    assert (call(transformer, inputs) - base).abs().max() > 1e-3
+    assert (transformer_output(transformer, inputs) - base).abs().max() > 1e-3
 
     remove_loras(transformer)
     assert isinstance(transformer.transformer_blocks[0].attn.to_q, QLinear)
     after = transformer.state_dict()
     assert after.keys() == before.keys() and all(torch.equal(after[key], before[key]) for key in before)
-    assert torch.equal(call(transformer, inputs), base)
+    assert torch.equal(transformer_output(transformer, inputs), base)
 
 
 # ---------------------------------------------------------------------------------------------- sizes

@@ -99,23 +99,30 @@ def _block_outputs(metadata, hidden_states: torch.Tensor, encoder_hidden_states:
     return tuple(output)
 
 
-class TeaCacheHeadHook(ModelHook):
-    """On the first block: decides per call whether the blocks run, and answers skipped calls from the cache."""
+class _TeaCacheHook(ModelHook):
+    """What both TeaCache hooks share: the branch states and the block's registry metadata (argument order)."""
 
-    _is_stateful = True
-
-    def __init__(self, state_manager: StateManager, threshold: float, steps: int, is_tail: bool = False) -> None:
+    def __init__(self, state_manager: StateManager, is_tail: bool = False) -> None:
         super().__init__()
         self.state_manager = state_manager
-        self.threshold = threshold
-        self.steps = steps
-        self.is_tail = is_tail
-        self.rescale = numpy.poly1d(TEACACHE_COEFFICIENTS)
+        self.is_tail = is_tail  # the last block: it stores the new residual
         self._metadata = None
 
     def initialize_hook(self, module: torch.nn.Module) -> torch.nn.Module:
         self._metadata = TransformerBlockRegistry.get(unwrap_module(module).__class__)
         return module
+
+
+class TeaCacheHeadHook(_TeaCacheHook):
+    """On the first block: decides per call whether the blocks run, and answers skipped calls from the cache."""
+
+    _is_stateful = True
+
+    def __init__(self, state_manager: StateManager, threshold: float, steps: int, is_tail: bool = False) -> None:
+        super().__init__(state_manager, is_tail)
+        self.threshold = threshold
+        self.steps = steps
+        self.rescale = numpy.poly1d(TEACACHE_COEFFICIENTS)
 
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
         metadata = self._metadata
@@ -178,18 +185,8 @@ class TeaCacheHeadHook(ModelHook):
         return module
 
 
-class TeaCacheBlockHook(ModelHook):
+class TeaCacheBlockHook(_TeaCacheHook):
     """On every other block: passes the streams through on skipped calls; the tail stores the new residual."""
-
-    def __init__(self, state_manager: StateManager, is_tail: bool = False) -> None:
-        super().__init__()
-        self.state_manager = state_manager
-        self.is_tail = is_tail
-        self._metadata = None
-
-    def initialize_hook(self, module: torch.nn.Module) -> torch.nn.Module:
-        self._metadata = TransformerBlockRegistry.get(unwrap_module(module).__class__)
-        return module
 
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
         metadata = self._metadata

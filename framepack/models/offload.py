@@ -40,6 +40,7 @@ from diffusers.hooks import HookRegistry
 from diffusers.hooks import ModelHook as DiffusersModelHook
 
 from framepack.models.components import Components
+from framepack.models.quantize import module_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -65,21 +66,6 @@ def memory_budget(total_bytes: int, preserved_memory_gb: float) -> int:
     if preserved_memory_gb < 0:
         raise ValueError(f"preserved_memory_gb must be >= 0, got {preserved_memory_gb}")
     return max(0, int(total_bytes) - int(preserved_memory_gb * GiB))
-
-
-def tensor_bytes(tensor: torch.Tensor) -> int:
-    """Bytes a tensor holds; for wrapper subclasses (optimum-quanto's and torchao's quantized weights, which
-    report their float dtype) the sum of the inner tensors they hold."""
-    if hasattr(tensor, "__tensor_flatten__"):
-        names, _ = tensor.__tensor_flatten__()
-        return sum(tensor_bytes(getattr(tensor, name)) for name in names)
-    return tensor.numel() * tensor.element_size()
-
-
-def module_bytes(module: torch.nn.Module) -> int:
-    """Parameter plus buffer bytes of a module (shared tensors counted once; quantized weights by what their
-    inner tensors hold)."""
-    return sum(tensor_bytes(tensor) for tensor in [*module.parameters(), *module.buffers()])
 
 
 def _block_lists(module: torch.nn.Module) -> list[torch.nn.Module]:
