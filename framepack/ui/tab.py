@@ -428,8 +428,10 @@ def build_tab(tab: FramePackTab) -> gr.Blocks:
                   [controls[KEYFRAMES], keyframe_gallery, *plan_outputs], queue=False)
         compat.on(keyframe_clear.click, tab.clear_keyframes, inputs, [controls[KEYFRAMES], keyframe_gallery, *plan_outputs], queue=False)
 
-        compat.on(generate_button.click, tab.generate, inputs, [job_id, progress, preview, board, video, outputs])
-        compat.on(generate_button.click, lambda: "", None, [cancel_status], queue=False)
+        # clear the last cancel answer, then run: two listeners on one click may run in either order, and a clear
+        # that lands after a cancel would hide its answer
+        clear = compat.on(generate_button.click, lambda: "", None, [cancel_status], queue=False)
+        compat.on(clear.then, tab.generate, inputs, [job_id, progress, preview, board, video, outputs])
         # the cancel answer has its own line: the run's stream owns the progress line, and a late cancel answer
         # must not overwrite the "Cancelled" state the stream already showed
         compat.on(cancel_button.click, tab.cancel, [job_id, keep_partial], [cancel_status], queue=False)
