@@ -1,4 +1,5 @@
-"""SQLite persistence of jobs: one table, one row per job, the whole row written on every update.
+"""SQLite persistence of jobs: one table, one row per job. An update writes only what a run changes: the request
+(which can hold megabytes of base64 images), plan, summary and creation time are written once, at insert.
 
 The store knows nothing about running jobs; the `JobManager` is the only writer. `seq` is a monotonic insertion
 number that gives the FIFO order of the queue (timestamps can tie or go backwards).
@@ -32,24 +33,36 @@ CREATE TABLE IF NOT EXISTS jobs (
 )
 """
 
-COLUMNS = (
-    "state, request_json, plan_json, summary, progress_json, outputs_json, timings_json, error_json, "
-    "created_at, started_at, finished_at, resumed_sections"
+FIXED_COLUMNS = ("request_json", "plan_json", "summary", "created_at")
+CHANGING_COLUMNS = (
+    "state", "progress_json", "outputs_json", "timings_json", "error_json", "started_at", "finished_at",
+    "resumed_sections",
+)  # fmt: skip
+INSERT = (
+    f"INSERT INTO jobs (id, seq, {', '.join(FIXED_COLUMNS + CHANGING_COLUMNS)}) "
+    f"VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs), {', '.join('?' * len(FIXED_COLUMNS + CHANGING_COLUMNS))})"
 )
+UPDATE = f"UPDATE jobs SET {', '.join(f'{column} = ?' for column in CHANGING_COLUMNS)} WHERE id = ?"
 
 
-def _values(job: Job) -> tuple:
-    """The row's values in `COLUMNS` order."""
+def _fixed_values(job: Job) -> tuple:
+    """The values in `FIXED_COLUMNS` order."""
     return (
-        job.state.value,
         json.dumps(job.request),
         json.dumps(job.plan) if job.plan is not None else None,
         job.summary,
+        job.created_at,
+    )
+
+
+def _changing_values(job: Job) -> tuple:
+    """The values in `CHANGING_COLUMNS` order."""
+    return (
+        job.state.value,
         job.progress.model_dump_json(),
         json.dumps(job.outputs),
         json.dumps(job.timings),
         job.error.model_dump_json() if job.error is not None else None,
-        job.created_at,
         job.started_at,
         job.finished_at,
         job.resumed_sections,
@@ -91,17 +104,12 @@ class JobStore:
     def insert(self, job: Job) -> None:
         """Add a new job at the end of the insertion order."""
         with self._lock:
-            self._db.execute(
-                f"INSERT INTO jobs (id, seq, {COLUMNS}) "
-                "VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (job.id, *_values(job)),
-            )
+            self._db.execute(INSERT, (job.id, *_fixed_values(job), *_changing_values(job)))
 
     def update(self, job: Job) -> None:
-        """Write the whole row of an existing job."""
-        assignments = ", ".join(f"{column.strip()} = ?" for column in COLUMNS.split(","))
+        """Write what a run changes (state, progress, outputs, timings, error, times) of an existing job."""
         with self._lock:
-            cursor = self._db.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*_values(job), job.id))
+            cursor = self._db.execute(UPDATE, (*_changing_values(job), job.id))
         if cursor.rowcount != 1:
             raise KeyError(f"no job {job.id} in {self.path}")
 
