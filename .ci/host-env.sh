@@ -11,7 +11,9 @@ rm -rf .venv-host
 "$PYTHON" -m venv .venv-host
 PIP=".venv-host/bin/pip"
 "$PIP" install -q torch==2.13.0
-"$PIP" install -q -r requirements.txt
+# the project's requirements but the current Gradio (SD.Next's 3.43.2 comes next, without its dependencies)
+grep -v '^gradio' requirements.txt > .venv-host/requirements-host.txt
+"$PIP" install -q -r .venv-host/requirements-host.txt
 "$PIP" install -q --no-deps gradio==3.43.2 gradio_client==0.5.0
 "$PIP" install -q fastapi==0.124.4 starlette==0.50.0 "pydantic>=2.7,<3" "uvicorn==0.54.*" "numpy==2.1.*" \
     "websockets<12" aiofiles altair ffmpy pydub semantic-version matplotlib python-multipart importlib_resources \

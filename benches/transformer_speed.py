@@ -95,7 +95,7 @@ def build_models(config: dict, dtype, tiny_folder: Path):
     return tuple(models)
 
 
-def run_case(name: str, config_name: str, device_name: str, sections: int, steps: int | None) -> dict:
+def run_case(name: str, config_name: str, device_name: str, sections: int, steps: int | None, tiny_folder: Path) -> dict:
     """One case in this process; returns its measurements."""
     import torch
 
@@ -105,7 +105,6 @@ def run_case(name: str, config_name: str, device_name: str, sections: int, steps
     from framepack.models.loader import load_components
     from framepack.models.offload import Offloader
     from framepack.models.recipe import tiny_recipe
-    from framepack.models.tiny import write_tiny_model
     from framepack.sampling.context import bidirectional_context
     from framepack.sampling.denoise import Conditioning, make_velocity_fn
     from framepack.sampling.samplers import get_sampler
@@ -118,8 +117,6 @@ def run_case(name: str, config_name: str, device_name: str, sections: int, steps
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     cuda = device.type == "cuda"
 
-    tiny_folder = Path(tempfile.mkdtemp()) / "tiny"
-    write_tiny_model(tiny_folder)
     encoders = load_components(tiny_recipe(tiny_folder).with_dtype("float32"), device="cpu")
     clock = time.perf_counter()
     transformer, vae = build_models(config, dtype, tiny_folder)
@@ -235,25 +232,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sections", type=int, default=2, help="sections measured per case (after one warm-up)")
     parser.add_argument("--steps", type=int, default=None, help="default: 25 (full) / 4 (small)")
     parser.add_argument("--out", type=Path, default=None, help="also write the rows as JSON here")
-    parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case in this process
+    # internal: run one case in this process, with the tiny model (encoders, small config) written by the parent
+    parser.add_argument("--case", help=argparse.SUPPRESS)
+    parser.add_argument("--tiny-folder", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     import torch
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.case:
-        print(json.dumps(run_case(args.case, args.config, device, args.sections, args.steps)))
+        print(json.dumps(run_case(args.case, args.config, device, args.sections, args.steps, args.tiny_folder)))
         return 0
+    from framepack.models.tiny import write_tiny_model
+
     rows = []
-    for name in args.cases:
-        command = [sys.executable, __file__, "--case", name, "--config", args.config, "--device", device,
-                   "--sections", str(args.sections)] + (["--steps", str(args.steps)] if args.steps else [])  # fmt: skip
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode != 0:
-            error = (done.stderr.strip().splitlines() or ["exit code %d" % done.returncode])[-1]
-            rows.append({"case": name, "error": error[:200]})
-        else:
-            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-        print(json.dumps(rows[-1]), flush=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        tiny_folder = write_tiny_model(Path(scratch) / "tiny")
+        for name in args.cases:
+            command = [sys.executable, __file__, "--case", name, "--config", args.config, "--device", device,
+                       "--sections", str(args.sections), "--tiny-folder", str(tiny_folder),
+                       ] + (["--steps", str(args.steps)] if args.steps else [])  # fmt: skip
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode != 0:
+                error = (done.stderr.strip().splitlines() or ["exit code %d" % done.returncode])[-1]
+                rows.append({"case": name, "error": error[:200]})
+            else:
+                rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            print(json.dumps(rows[-1]), flush=True)
     header = f"{machine(device)}; config {args.config}; command: python benches/transformer_speed.py {' '.join(argv or sys.argv[1:])}"
     print(header)
     print(markdown(rows))
