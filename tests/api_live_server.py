@@ -12,22 +12,15 @@ from pathlib import Path
 
 import httpx
 
+from api.routes import PREFIX
+
 ROOT = Path(__file__).resolve().parents[1]
-PREFIX = "/sdapi/v1/framepack"
 
 
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-def tiny_home(tiny_model_dir: Path, folder: Path) -> Path:
-    """A FRAMEPACK_HOME whose tiny-self-test is the session's tiny model."""
-    folder.mkdir(parents=True, exist_ok=True)
-    if not (folder / "tiny-self-test").exists():
-        os.symlink(tiny_model_dir, folder / "tiny-self-test")
-    return folder
 
 
 class LiveServer:

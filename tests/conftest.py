@@ -35,12 +35,11 @@ def tiny_components(tiny_model_dir: Path):
 @pytest.fixture
 def runner(tiny_model_dir: Path, tmp_path: Path):
     """A CPU Runner writing to tmp/out whose model 'tiny' is the session's self-test model (no writing, no download)."""
+    from helpers import tiny_home
+
     from framepack.runner import Runner
 
-    home = tmp_path / "home"
-    home.mkdir()
-    os.symlink(tiny_model_dir, home / "tiny-self-test")
-    return Runner(device="cpu", output_dir=tmp_path / "out", home=home)
+    return Runner(device="cpu", output_dir=tmp_path / "out", home=tiny_home(tiny_model_dir, tmp_path / "home"))
 
 
 @pytest.fixture

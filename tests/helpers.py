@@ -3,6 +3,7 @@ decoding."""
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 from pathlib import Path
@@ -11,6 +12,8 @@ import av
 import numpy as np
 import torch
 from PIL import Image
+
+from framepack.video.raw import RawFrames
 
 
 class MemorySink:
@@ -76,9 +79,24 @@ def decode_video(path: Path) -> tuple[int, int, int, str, str]:
         return frames, stream.codec_context.width, stream.codec_context.height, stream.codec_context.name, stream.codec_context.pix_fmt
 
 
+def read_raw_frames(path: Path) -> np.ndarray:
+    """All frames of a raw `.safetensors` frames file, in order."""
+    with RawFrames(path) as raw:
+        return np.concatenate(list(raw.iter_chunks()))
+
+
+def tiny_home(tiny_model_dir: Path, folder: Path) -> Path:
+    """A FRAMEPACK_HOME whose tiny-self-test is the session's tiny model (a link: nothing is rewritten)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / "tiny-self-test").exists():
+        os.symlink(tiny_model_dir, folder / "tiny-self-test")
+    return folder
+
+
 REPO = Path(__file__).resolve().parents[1]
 
 
+@functools.cache  # starting the other Python takes seconds, and its answer cannot change during a run
 def host_like_python() -> str | None:
     """A Python with SD.Next's Gradio 3.43.2 and the project's requirements (`.ci/host-env.sh` makes `.venv-host`;
     FRAMEPACK_HOST_PYTHON names another), or None."""

@@ -10,13 +10,13 @@ import base64
 import io
 import json
 import os
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from api_live_server import wait_for_job
 from fastapi.testclient import TestClient
-from helpers import decode_video, pattern_image
+from helpers import decode_video, pattern_image, tiny_home
 from PIL import Image
 
 from api.aliases import translate
@@ -30,14 +30,6 @@ from framepack.jobs.manager import JobManager
 from framepack.runner import Runner
 
 FAST = {"model": "tiny", "resolution": 128, "latent_window_size": 3, "steps": 2, "duration": 0.4, "prompt": "a kite"}
-
-
-def make_home(tiny_model_dir: Path, folder: Path) -> Path:
-    """A FRAMEPACK_HOME whose tiny-self-test is the session's tiny model (no rewrite per test)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    if not (folder / "tiny-self-test").exists():
-        os.symlink(tiny_model_dir, folder / "tiny-self-test")
-    return folder
 
 
 def b64_image(image: Image.Image, fmt: str = "PNG", prefix: bool = False, **save) -> str:
@@ -72,7 +64,7 @@ class Server:
     ):
         self.output_dir = root / "out"
         self.runner = runner_class(
-            device="cpu", output_dir=self.output_dir, home=make_home(tiny_model_dir, root / "home")
+            device="cpu", output_dir=self.output_dir, home=tiny_home(tiny_model_dir, root / "home")
         )
         self.manager = JobManager(root / "data", self.runner, max_queued=max_queued)
         self.app = create_app(self.manager, self.output_dir, manage_lifecycle=start, **app_options)
@@ -93,16 +85,6 @@ def idle(tiny_model_dir, tmp_path_factory):
     with TestClient(server.app) as client:
         server.client = client
         yield server
-
-
-def wait_finished(client: TestClient, location: str, timeout: float = 60.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(location).json()
-        if job["state"] in ("finished", "failed", "cancelled"):
-            return job
-        time.sleep(0.1)
-    raise AssertionError(f"{location} did not end in {timeout} s")
 
 
 # ------------------------------------------------------------------------------------------------ generation
@@ -139,7 +121,7 @@ def test_queued_route_answers_202_with_location_then_the_job_finishes(server, tm
     assert job["state"] in ("queued", "running") and job["id"]
     location = response.headers["location"]
     assert location == f"{PREFIX}/jobs/{job['id']}"
-    job = wait_finished(server.client, location)
+    job = wait_for_job(server.client, job["id"], timeout=60)
     assert job["state"] == "finished", job
     assert sorted(Path(output).suffix for output in job["outputs"]) == [".json", ".mp4", ".safetensors"]
     sidecar = server.client.get(f"{PREFIX}/files/{job['id']}.json").json()

@@ -14,10 +14,9 @@ import av
 import httpx
 import numpy as np
 import pytest
-from api_live_server import PREFIX, LiveServer, tiny_home, wait_for_job
+from api_live_server import PREFIX, LiveServer, wait_for_job
+from helpers import read_raw_frames, tiny_home
 from PIL import Image
-
-from framepack.video.raw import RawFrames
 
 FAST = {"model": "tiny", "resolution": 128, "latent_window_size": 3, "steps": 2, "duration": 0.4, "prompt": "a kite"}
 # Six sections of window 1 (25 frames); enough steps that the job is still sampling when two sections are done.
@@ -58,8 +57,7 @@ def video_frames(data: bytes) -> np.ndarray:
 def raw_frames(data: bytes, folder, name: str) -> np.ndarray:
     path = folder / name
     path.write_bytes(data)
-    with RawFrames(path) as raw:
-        return np.concatenate(list(raw.iter_chunks()))
+    return read_raw_frames(path)
 
 
 def test_live_submit_poll_stream_download(home, tmp_path):

@@ -11,7 +11,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-from api_live_server import PREFIX, LiveServer, tiny_home
+from api_live_server import PREFIX, LiveServer
+from helpers import tiny_home
 
 REQUESTS, CLIENTS, MAX_QUEUED = 50, 10, 20
 # One section of window 1, one step: 5 frames; about half a second a job on 2 CPU cores.

@@ -16,15 +16,15 @@ from pathlib import Path
 
 import httpx
 import pytest
-from api_live_server import LiveServer, free_port, tiny_home
-from helpers import decode_video, pattern_image
+from api_live_server import LiveServer, free_port, wait_for_job
+from helpers import decode_video, pattern_image, tiny_home
 
+from api.routes import PREFIX
 from framepack.plan import make_plan
 from framepack.request import GenerateRequest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "create-video.py"
-API = "/sdapi/v1/framepack"
 TINY_ARGS = ["--model", "tiny", "--resolution", "128", "--latent-window-size", "3", "--steps", "2", "--duration", "0.8"]
 QUICK_ARGS = [
     "--model",
@@ -142,8 +142,8 @@ def mock_server(
             if events is None:
                 return httpx.Response(404, json={"detail": "Not Found"})
             return httpx.Response(200, text=events, headers={"content-type": "text/event-stream"})
-        if request.url.path.startswith(f"{API}/files/"):
-            return httpx.Response(200, content=files[request.url.path.removeprefix(f"{API}/files/")])
+        if request.url.path.startswith(f"{PREFIX}/files/"):
+            return httpx.Response(200, content=files[request.url.path.removeprefix(f"{PREFIX}/files/")])
         return httpx.Response(200, json=next(states))
 
     return httpx.MockTransport(handler), calls
@@ -174,13 +174,13 @@ def test_follow_reads_the_event_stream_and_falls_back_to_polling(tmp_path, monke
     bar = cv.ProgressBar(enabled=False)
     with cv.FramePackClient("http://test", transport=transport) as client:
         final = cv.follow(client, job("queued", 0), bar)
-    assert final["state"] == "finished" and calls == [f"GET {API}/jobs/j1/events", f"GET {API}/jobs/j1"]
+    assert final["state"] == "finished" and calls == [f"GET {PREFIX}/jobs/j1/events", f"GET {PREFIX}/jobs/j1"]
     assert bar.progress["stage"] == "sample" and bar.bar.n == 4 and bar.bar.total == 4
 
     transport, calls = mock_server(None, [job("running", 1), job("running", 3), job("failed", 3)], {})
     with cv.FramePackClient("http://test", transport=transport) as client:
         final = cv.follow(client, job("queued", 0), cv.ProgressBar(enabled=False))
-    assert final["state"] == "failed" and calls.count(f"GET {API}/jobs/j1") == 3  # polled once the stream failed
+    assert final["state"] == "failed" and calls.count(f"GET {PREFIX}/jobs/j1") == 3  # polled once the stream failed
 
     files = {"v.mp4": b"video", "v_frames/00000.png": b"png"}
     transport, _ = mock_server(None, [], files)
@@ -260,7 +260,7 @@ def test_image_to_video_downloads_the_planned_video(server, tmp_path):
                         "--output-dir", str(tmp_path / "dl"), cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr
     paths = outputs_of(result)
-    recorded = httpx.get(f"{server}{API}/jobs/{job_id_of(result)}", timeout=10).json()
+    recorded = httpx.get(f"{server}{PREFIX}/jobs/{job_id_of(result)}", timeout=10).json()
     assert recorded["state"] == "finished" and len(paths) == len(recorded["outputs"]) >= 1
     assert all(path.is_file() and path.is_relative_to(tmp_path / "dl") for path in paths)
     video = next(path for path in paths if path.suffix == ".mp4")
@@ -290,7 +290,7 @@ def test_no_wait_prints_only_the_job_id(server, tmp_path):
     result = run_client("--server", server, "--prompt", "x", *QUICK_ARGS, "--no-wait", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     job_id = result.stdout.strip()
-    assert httpx.get(f"{server}{API}/jobs/{job_id}", timeout=10).json()["id"] == job_id
+    assert httpx.get(f"{server}{PREFIX}/jobs/{job_id}", timeout=10).json()["id"] == job_id
     assert not (tmp_path / "outputs").exists()
 
 
@@ -316,15 +316,8 @@ def test_ctrl_c_cancels_the_job_on_the_server(server, tmp_path):
             client.kill()
     assert client.returncode == 130, stderr
     assert f"cancelled job {job_id}" in stderr
-    deadline = time.monotonic() + 30
-    while (state := httpx.get(f"{server}{API}/jobs/{job_id}", timeout=10).json()["state"]) not in (
-        "cancelled",
-        "failed",
-        "finished",
-    ):
-        assert time.monotonic() < deadline, state
-        time.sleep(0.2)
-    assert state == "cancelled"
+    with httpx.Client(base_url=server, timeout=10) as client:
+        assert wait_for_job(client, job_id, timeout=30)["state"] == "cancelled"
 
 
 @pytest.mark.parametrize("credentials", [None, "alice:wrong"])

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import fixed_transformer_inputs, transformer_output
+from helpers import fixed_transformer_inputs, read_raw_frames, transformer_output
 from safetensors.torch import save_file
 
 from framepack.errors import FieldError
@@ -233,10 +233,7 @@ def test_runner_applies_and_unloads_between_jobs(runner, tmp_path):
             codec="none", save_raw=True, filename=name,
         )
         result = runner.run(request)
-        raw = next(path for path in result.outputs if path.endswith(".safetensors"))
-        from safetensors.numpy import load_file
-
-        return np.concatenate([value for _key, value in sorted(load_file(raw).items()) if value.dtype == np.uint8])
+        return read_raw_frames(next(path for path in result.outputs if path.endswith(".safetensors")))
 
     plain = frames("a cat", "plain")
     styled = frames("a cat <lora:style:0.8>", "styled")

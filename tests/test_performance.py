@@ -5,18 +5,18 @@ test_offload.py, test_quantize.py and test_attention.py."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import pattern_image
+from helpers import pattern_image, read_raw_frames, tiny_home
 
 from framepack.events import SectionFinished
 from framepack.models.caches import load_mag_ratios
 from framepack.request import GenerateRequest
-from framepack.video.raw import RawFrames
 
 ROOT = Path(__file__).resolve().parent.parent
 # window 3, 3 sections, 6 steps: enough steps between a section's always-computed first and last for skips
@@ -35,8 +35,7 @@ def run(runner, init_image, name, calibrate_magcache=False, **fields):
     events = []
     request = GenerateRequest(**{**FAST, "init_image": init_image, "filename": name, **fields})
     result = runner.run(request, on_event=events.append, calibrate_magcache=calibrate_magcache)
-    with RawFrames(runner.output_dir / f"{name}.safetensors") as raw:
-        frames = np.concatenate(list(raw.iter_chunks()))
+    frames = read_raw_frames(runner.output_dir / f"{name}.safetensors")
     return result, frames, [event for event in events if isinstance(event, SectionFinished)]
 
 
@@ -105,15 +104,13 @@ def test_an_attention_kernel_that_cannot_run_here_is_refused_before_loading(runn
 
 
 def test_the_cli_calibrates_magcache_into_the_data_folder(tiny_model_dir, tmp_path, init_image):
-    home = tmp_path / "home"
-    home.mkdir()
-    (home / "tiny-self-test").symlink_to(tiny_model_dir)
+    home = tiny_home(tiny_model_dir, tmp_path / "home")
     command = [
         sys.executable, "-m", "framepack", "calibrate-magcache", "--model", "tiny", "--init-image", init_image,
         "--resolution", "128", "--latent-window-size", "3", "--duration", "0.8", "--steps", "4", "--device", "cpu",
         "--codec", "none", "--save-raw", "--default-output-dir", str(tmp_path / "out"),
     ]  # fmt: skip
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env={**__import__("os").environ, "FRAMEPACK_HOME": str(home)})
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "FRAMEPACK_HOME": str(home)})
     assert done.returncode == 0, done.stderr[-2000:]
     ratios = json.loads(done.stdout.strip().splitlines()[-1])
     assert len(ratios) == 4 and load_mag_ratios("bidirectional", home) == ratios

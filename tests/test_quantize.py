@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import fixed_transformer_inputs, transformer_output
+from helpers import fixed_transformer_inputs, read_raw_frames, transformer_output
 from optimum.quanto import QTensor
 from optimum.quanto.nn import QLinear
 from safetensors.torch import save_file
@@ -234,8 +234,6 @@ def test_loader_quantizes_exactly_the_named_components_before_moving_them(tiny_m
 
 
 def test_runner_generates_with_an_int8_transformer_from_a_recipe_file(runner, tiny_model_dir, tmp_path):
-    from safetensors.numpy import load_file
-
     from framepack.request import GenerateRequest
 
     def frames(model: str, name: str) -> np.ndarray:
@@ -244,7 +242,7 @@ def test_runner_generates_with_an_int8_transformer_from_a_recipe_file(runner, ti
             resolution=128, seed=7, codec="none", save_raw=True, filename=name,
         )  # fmt: skip
         raw = next(path for path in runner.run(request).outputs if path.endswith(".safetensors"))
-        return np.concatenate([v for _k, v in sorted(load_file(raw).items()) if v.dtype == np.uint8]).astype(np.int16)
+        return read_raw_frames(raw).astype(np.int16)
 
     reference = frames("tiny", "float")
     recipe_file = tmp_path / "int8.txt"

@@ -15,7 +15,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from api_live_server import LiveServer, tiny_home
+from api_live_server import LiveServer
+from helpers import tiny_home
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = os.environ.get("FRAMEPACK_CHROMIUM", "/usr/bin/chromium")
