@@ -39,37 +39,17 @@ def parse(line: str) -> tuple[str, str] | None:
     return match.group(1), match.group(3).replace(" ", "")
 
 
-def version_tuple(version: str) -> tuple:
-    parts = []
-    for piece in re.split(r"[.+-]", version):
-        number = re.match(r"\d+", piece)
-        if not number:
-            break
-        parts.append(int(number.group()))
-    return tuple(parts)
-
-
 def satisfies(installed: str, spec: str) -> bool:
-    """Whether `installed` meets `spec` (comma-separated >=, >, <=, <, ==, !=, ~=; unknown forms count as met)."""
-    try:
-        from packaging.specifiers import SpecifierSet
+    """Whether `installed` meets `spec` (a PEP 440 specifier set; a spec packaging cannot parse counts as met, a
+    version it cannot parse as not met). `packaging` is there wherever this runs: the host's own stack
+    (transformers, accelerate, huggingface-hub, gradio) requires it."""
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
-        return SpecifierSet(spec).contains(installed, prereleases=True)
-    except Exception:  # noqa: BLE001,S110 (no packaging, or an odd version): a plain numeric comparison
-        pass
-    have = version_tuple(installed)
-    for clause in filter(None, spec.split(",")):
-        op, want = re.match(r"^(~=|==|!=|>=|<=|>|<)?(.*)$", clause).groups()
-        want_tuple = version_tuple(want)
-        size = max(len(have), len(want_tuple))
-        a, b = have + (0,) * (size - len(have)), want_tuple + (0,) * (size - len(want_tuple))
-        ok = {
-            ">=": a >= b, ">": a > b, "<=": a <= b, "<": a < b, "==": a == b, "!=": a != b,
-            "~=": a >= b, None: a == b,
-        }.get(op, True)  # fmt: skip
-        if not ok:
-            return False
-    return True
+    try:
+        specifiers = SpecifierSet(spec)
+    except InvalidSpecifier:
+        return True
+    return specifiers.contains(installed, prereleases=True)
 
 
 def missing(requirements: Path = REQUIREMENTS) -> list[str]:

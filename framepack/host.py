@@ -1,7 +1,8 @@
 """The host adapter: what FramePack takes from the program it runs in, behind one small interface.
 
-Two hosts exist: `StandaloneHost` (the `python -m framepack` server, the CLI) and `SDNextHost` (an SD.Next
-extension). This is the ONLY module of the project that touches SD.Next's `modules.*`, and only inside
+Two hosts exist: `SDNextHost` (the SD.Next extension, `scripts/framepack_extension.py`) and `StandaloneHost`
+(what `detect_host()` returns outside SD.Next; the `python -m framepack` server and CLI build their `JobManager`
+without a host). This is the ONLY module of the project that touches SD.Next's `modules.*`, and only inside
 `SDNextHost` methods: importing it imports nothing of SD.Next, so it is safe everywhere.
 
 What a host provides:
@@ -14,7 +15,6 @@ What a host provides:
 - `device()`: the torch device to run on (SD.Next: `modules.devices.device`)
 - `begin(title)`, `end()`, `interrupted()`: the host's progress state (SD.Next: `shared.state`; its Interrupt
   and Skip buttons mean "cancel the FramePack job")
-- `torch_gc()`: free cached device memory
 - `progress(done, total)`: the job's denoising steps for the host's progress bar (SD.Next: `shared.state`)
 - `balanced_offload()`: the host's own balanced offload as a function of the model's modules, or None to use
   FramePack's (SD.Next: `apply_balanced_offload` when its offload mode setting is "balanced")
@@ -74,17 +74,6 @@ class Host(ABC):
     def interrupted(self) -> bool:
         """Whether the host asked the running job to stop (SD.Next's Interrupt/Skip)."""
         return False
-
-    def torch_gc(self) -> None:
-        """Free cached device memory."""
-        import gc
-
-        gc.collect()
-        with contextlib.suppress(Exception):  # best effort
-            import torch
-
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
 
     def balanced_offload(self) -> Callable[[dict[str, Any]], None] | None:
         """The host's balanced offload over {component name: module}; None means FramePack's own."""
@@ -203,6 +192,10 @@ class SDNextHost(Host):
 
         return shared
 
+    def _state(self) -> Any:
+        """SD.Next's progress state (`shared.state`), or None."""
+        return getattr(self._shared(), "state", None)
+
     @property
     def logger(self) -> Any:
         try:
@@ -246,7 +239,7 @@ class SDNextHost(Host):
         return getattr(devices, "device", None)
 
     def begin(self, title: str = JOB_TITLE) -> None:
-        state = getattr(self._shared(), "state", None)
+        state = self._state()
         if state is not None and hasattr(state, "begin"):
             try:
                 state.begin(job=title)
@@ -254,18 +247,18 @@ class SDNextHost(Host):
                 state.begin()
 
     def end(self) -> None:
-        state = getattr(self._shared(), "state", None)
+        state = self._state()
         if state is not None and hasattr(state, "end"):
             state.end()
 
     def progress(self, done: int, total: int) -> None:
         """SD.Next's progress bar reads `state.sampling_step` / `state.sampling_steps`."""
-        state = getattr(self._shared(), "state", None)
+        state = self._state()
         if state is not None:
             state.sampling_steps, state.sampling_step = total, done
 
     def interrupted(self) -> bool:
-        state = getattr(self._shared(), "state", None)
+        state = self._state()
         return bool(state is not None and (getattr(state, "interrupted", False) or getattr(state, "skipped", False)))
 
     def balanced_offload(self) -> Callable[[dict[str, Any]], None] | None:
@@ -302,19 +295,6 @@ class SDNextHost(Host):
             apply(pipeline)
 
         return offload
-
-    def torch_gc(self) -> None:
-        try:
-            from modules import devices
-        except ImportError:
-            return super().torch_gc()
-        gc = getattr(devices, "torch_gc", None)
-        if gc is None:
-            return super().torch_gc()
-        try:
-            gc(force=True)
-        except TypeError:
-            gc()
 
 
 def in_sdnext() -> bool:

@@ -9,7 +9,6 @@ which neither downloads nor clones anything).
 from __future__ import annotations
 
 import atexit
-import contextlib
 import threading
 from pathlib import Path
 from typing import Any
@@ -55,14 +54,13 @@ class _Extension:
                 output_dir.mkdir(parents=True, exist_ok=True)
                 data_dir.mkdir(parents=True, exist_ok=True)
                 runner = Runner(device=host.device(), output_dir=output_dir, home=data_dir, host_offload=host.balanced_offload())
-                holder: dict[str, Any] = {}
                 manager = JobManager(
                     data_dir / "jobs",
                     runner,
-                    gpu_lock=host.job_scope(on_interrupt=lambda: _cancel_running(holder["manager"])),
+                    # the host's Interrupt/Skip; only called inside the scope, once `manager` is bound
+                    gpu_lock=host.job_scope(on_interrupt=lambda: manager.cancel_running()),
                     on_progress=host.progress,
                 )
-                holder["manager"] = manager
                 manager.start()
                 atexit.register(manager.stop, STOP_TIMEOUT_SECONDS)
                 host.logger.info(f"FramePack: jobs in {data_dir / 'jobs'}, videos in {output_dir}")
@@ -71,16 +69,6 @@ class _Extension:
 
     def output_dir(self) -> Path:
         return Path(self.manager().runner.output_dir)
-
-
-def _cancel_running(manager: Any) -> None:
-    """The host's Interrupt/Skip: cancel the job that runs now."""
-    from framepack.jobs.models import JobState
-
-    for job in manager.list_jobs():
-        if job.state == JobState.RUNNING:
-            with contextlib.suppress(Exception):  # it ended meanwhile
-                manager.cancel(job.id)
 
 
 extension = _Extension()

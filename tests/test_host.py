@@ -20,7 +20,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from helpers import host_like_python
+from helpers import host_like_python, tiny_home
 
 ROOT = Path(__file__).resolve().parent.parent
 EXTENSION_NAME = "framepack-studio-next"  # any name but the obsolete `sd-extension-framepack` the host disables
@@ -99,9 +99,6 @@ FAKE_MODULES = {
         import torch
         device = torch.device("cpu")
         dtype = torch.float32
-        gc_calls = []
-        def torch_gc(force=False, reason=None):
-            gc_calls.append(force)
     """,
     "modules/paths.py": """
         import os
@@ -221,9 +218,7 @@ def fake_sdnext(tmp_path: Path, tiny_model_dir: Path) -> dict:
         shutil.copytree(ROOT / folder, extension / folder, ignore=ignore)
     for name in ("install.py", "requirements.txt"):
         shutil.copy(ROOT / name, extension / name)
-    home = tmp_path / "framepack-home"
-    home.mkdir()
-    os.symlink(tiny_model_dir, home / "tiny-self-test")
+    home = tiny_home(tiny_model_dir, tmp_path / "framepack-home")
     env = {
         **os.environ,
         "PYTHONPATH": str(root),

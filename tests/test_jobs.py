@@ -14,7 +14,7 @@ import huggingface_hub
 import numpy as np
 import pytest
 import torch
-from helpers import TransformerCalls, decode_video
+from helpers import TransformerCalls, decode_video, read_raw_frames
 
 from framepack.errors import FieldError
 from framepack.events import SectionFinished, StepProgress
@@ -24,7 +24,6 @@ from framepack.jobs.models import Job, JobConflict, JobNotFound, JobProgress, Jo
 from framepack.jobs.store import JobStore
 from framepack.models.loader import ModelUnavailableError
 from framepack.request import GenerateRequest
-from framepack.video.raw import RawFrames
 
 FAST = {"model": "tiny", "resolution": 128, "latent_window_size": 3, "steps": 2, "duration": 0.4, "prompt": "a kite"}
 LONG = {**FAST, "duration": 1.2}  # FAST makes 1 section, LONG 3
@@ -38,11 +37,6 @@ def request(**changes) -> GenerateRequest:
 def checkpoints(tmp_path: Path, job_id: str) -> list[str]:
     folder = tmp_path / "data" / "jobs" / job_id / "checkpoints"
     return sorted(path.name for path in folder.iterdir()) if folder.is_dir() else []
-
-
-def raw_frames(path: Path) -> np.ndarray:
-    with RawFrames(path) as raw:
-        return np.concatenate(list(raw.iter_chunks()))
 
 
 def wait_until(condition, timeout: float = 30.0) -> bool:
@@ -253,7 +247,7 @@ def test_a_killed_job_resumes_from_its_checkpoints_with_identical_frames(make_ma
     assert resumed.state == JobState.FINISHED and resumed.resumed_sections == 2
     assert len(calls.calls) == 2  # only the missing section was sampled (2 steps, one call each)
     assert resumed.outputs == [f"{job.id}.safetensors", f"{job.id}.json"]
-    np.testing.assert_array_equal(raw_frames(out / resumed.outputs[0]), raw_frames(out / "reference.safetensors"))
+    np.testing.assert_array_equal(read_raw_frames(out / resumed.outputs[0]), read_raw_frames(out / "reference.safetensors"))
     assert sorted(path.name for path in out.iterdir() if path.name.startswith(".")) == [".someone-else.partial.mp4"]
     assert checkpoints(tmp_path, job.id) == []
 
@@ -273,6 +267,8 @@ def test_cancel_queued_running_and_ended_jobs(make_manager, runner, tmp_path, mo
     for call in (manager.get, manager.cancel, manager.wait, manager.subscribe, manager.preview):
         with pytest.raises(JobNotFound):
             call("no-such-job")
+    assert manager.cancel_running() is None  # nothing runs: queued jobs are left alone
+    assert [job.state for job in manager.list_jobs()][:2] == [JobState.QUEUED, JobState.QUEUED]
 
     steps_after_cancel = {running.id: 0, kept.id: 0}
     original = runner.run
@@ -289,7 +285,10 @@ def test_cancel_queued_running_and_ended_jobs(make_manager, runner, tmp_path, mo
                 if state["cancelled"]:
                     steps_after_cancel[job_id] += 1
                 elif state["sections"] == 1:  # a section checkpoint exists: cancel mid-section
-                    manager.cancel(job_id, keep_partial=job_id == kept.id)
+                    if job_id == kept.id:  # the host's Interrupt: whatever runs now
+                        assert manager.cancel_running(keep_partial=True).id == kept.id
+                    else:
+                        manager.cancel(job_id)
                     state["cancelled"] = True
 
         return original(request, on_event=events, **kwargs)

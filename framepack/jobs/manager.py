@@ -306,6 +306,13 @@ class JobManager:
         )
         return self.get(job_id)
 
+    def cancel_running(self, keep_partial: bool = False) -> Job | None:
+        """Cancel the job that runs now, as `cancel` does (a host's Interrupt); None when no job runs."""
+        with self._lock:
+            if self._running is None:
+                return None
+            return self.cancel(self._running, keep_partial)
+
     # ------------------------------------------------------------------------------------------- queries
 
     def load_model(self, request: GenerateRequest) -> bool:
@@ -341,8 +348,7 @@ class JobManager:
 
     def wait(self, job_id: str, timeout: float | None = None) -> Job:
         """Block until the job ended and return it; after `timeout` seconds return it as it is."""
-        with self._changed:
-            self._lookup(job_id)
+        with self._changed:  # wait_for evaluates the predicate first: JobNotFound before any waiting
             self._changed.wait_for(lambda: self._lookup(job_id).state.ended, timeout)
             return self._public(self._lookup(job_id))
 
