@@ -38,7 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the framepack packag
 
 from framepack import cli as framepack_cli  # noqa: E402
 from framepack.cli import request_from_args
-from framepack.errors import FieldError
+from framepack.errors import FieldError, validation_message
+from framepack.jobs.models import JobProgress, JobState
+from framepack.request import PATH_CHECK_LENGTH
 
 API = "/sdapi/v1/framepack"
 DEFAULT_SERVER = "http://127.0.0.1:7860"
@@ -46,7 +48,7 @@ IMAGE_FIELDS = ("init_image", "end_image")
 # The server chooses its own output folder (the API refuses `output_dir`); here --output-dir is the local folder
 # the outputs are downloaded to, and an output_dir in a --request-file is dropped.
 SERVER_CHOSEN = ("output_dir",)
-ENDED_STATES = {"finished", "failed", "cancelled"}
+ENDED_STATES = {state.value for state in JobState if state.ended}
 POLL_INTERVAL_S = 1.0
 SSE_IDLE_TIMEOUT_S = 30.0  # no event (nor keep-alive) for this long: fall back to polling
 
@@ -116,7 +118,7 @@ def image_payload(source: str, field: str) -> str:
     if source.startswith("data:"):
         return source
     path = Path(source).expanduser()
-    if len(source) < 4096 and path.is_file():
+    if len(source) < PATH_CHECK_LENGTH and path.is_file():
         try:
             data = path.read_bytes()
         except OSError as error:
@@ -313,6 +315,8 @@ def output_files(job: dict[str, Any]) -> list[tuple[str, list[str]]]:
     """Each output of a finished job with the files it consists of: itself, or for the frames folder (listed as
     the folder `<stem>` beside `<stem>.mp4`, `<stem>.json`...) its images `<stem>-00000.png`..., one per output
     frame of the plan, named as `framepack.video.frames.FrameExportSink` names them."""
+    from framepack.video.frames import FORMATS, frame_file_name
+
     outputs = [str(output) for output in job.get("outputs") or []]
     frames_format = (job.get("request") or {}).get("save_frames", "none")
     frame_count = int((job.get("plan") or {}).get("output_frames") or 0)
@@ -320,11 +324,10 @@ def output_files(job: dict[str, Any]) -> list[tuple[str, list[str]]]:
     listed = []
     for output in outputs:
         if frames_format != "none" and output in stems:
-            from framepack.video.frames import FORMATS
-
             name = PurePosixPath(output).name
             extension = FORMATS[frames_format]
-            listed.append((output, [f"{output}/{name}-{index:05d}.{extension}" for index in range(frame_count)]))
+            files = [f"{output}/{frame_file_name(name, index, extension)}" for index in range(frame_count)]
+            listed.append((output, files))
         else:
             listed.append((output, [output]))
     return listed
@@ -364,16 +367,7 @@ class ProgressBar:
         self.bar.close()
 
 
-PROGRESS_KEYS = (
-    "stage",
-    "done_steps",
-    "total_steps",
-    "section",
-    "sections_done",
-    "sections",
-    "frames_written",
-    "eta_seconds",
-)
+PROGRESS_KEYS = tuple(JobProgress.model_fields)  # the fields of a job's progress, as events carry them
 
 
 def apply_event(bar: ProgressBar, name: str, data: Any) -> str | None:
@@ -482,9 +476,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         body = build_request_body(args)
     except ValidationError as error:
-        raise RequestRefused(
-            "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'request'}: {e['msg']}" for e in error.errors())
-        ) from None
+        raise RequestRefused(validation_message(error)) from None
     except FieldError as error:
         raise RequestRefused(str(error)) from None
     auth = parse_credentials(args.user)

@@ -141,6 +141,15 @@ def response_for(error: BaseException) -> JSONResponse | None:
     return None
 
 
+def response_or_internal(error: BaseException, log_message: str, *log_args: Any) -> JSONResponse:
+    """`response_for(error)`, or for a bug: log `log_message` (with `log_args` and the traceback) and answer 500."""
+    response = response_for(error)
+    if response is None:
+        logger.exception(log_message, *log_args, exc_info=error, stacklevel=2)
+        return error_response(500, "internal", f"internal error ({type(error).__name__}); see the server log")
+    return response
+
+
 Endpoint = TypeVar("Endpoint", bound=Callable[..., Awaitable[Any]])
 
 
@@ -155,11 +164,7 @@ def json_errors(endpoint: Endpoint) -> Endpoint:
         try:
             return await endpoint(*args, **kwargs)
         except Exception as error:
-            response = response_for(error)
-            if response is None:
-                logger.exception("API error in %s", endpoint.__name__)
-                return error_response(500, "internal", f"internal error ({type(error).__name__}); see the server log")
-            return response
+            return response_or_internal(error, "API error in %s", endpoint.__name__)
 
     return wrapper  # type: ignore[return-value]
 
@@ -168,11 +173,7 @@ def install_error_handlers(app: FastAPI) -> None:
     """App-level handlers for what no route wrapper sees: unknown routes, 405, parameter validation, bugs."""
 
     async def known(_request: Request, error: Exception) -> JSONResponse:
-        response = response_for(error)
-        if response is None:
-            logger.exception("API error", exc_info=error)
-            return error_response(500, "internal", f"internal error ({type(error).__name__}); see the server log")
-        return response
+        return response_or_internal(error, "API error")
 
     app.add_exception_handler(RequestValidationError, known)
     app.add_exception_handler(StarletteHTTPException, known)

@@ -21,10 +21,9 @@ from api.aliases import translate
 from api.errors import ApiError
 from api.limits import DEFAULT_MAX_BODY_BYTES, read_json_body
 from framepack.errors import FieldError
-from framepack.request import GenerateRequest
+from framepack.request import PATH_CHECK_LENGTH, GenerateRequest
 
 API_MODELS = ("default", "tiny")
-PATH_CHECK_LENGTH = 4096  # longer strings cannot be paths (PATH_MAX); the engine uses the same bound
 
 
 def api_image(value: Any, field: str) -> Any:

@@ -50,10 +50,11 @@ REQUEST_BODY_DOC = (
     "A JSON object of `GenerateRequest` fields (schema below; every field is optional, defaults are the "
     "model's). SD.Next's FramePack field names are accepted too: "
     + "; ".join(f"{peer} -> {ours}" for peer, ours in ALIAS_TABLE)
-    + ". Its options without an equivalent here (TeaCache, CFGZero, VLM enhance, styles, attention, VAE type, "
-    "system prompts) are accepted only when off; unknown fields are refused. Images are base64 with or without "
-    "a `data:` prefix; server file paths are refused; `output_dir` is the server's; `model` is 'default' or "
-    "'tiny'. Bodies over the size limit get 413; NaN/Infinity get 422."
+    + ". Its TeaCache switch (`use_teacache`) and attention names are converted as listed; its options without "
+    "an equivalent here (CFGZero, VLM enhance, styles, VAE type, system prompts) are accepted only when off; "
+    "unknown fields are refused. Images are base64 with or without a `data:` prefix; server file paths are "
+    "refused; `output_dir` is the server's; `model` is 'default' or 'tiny'. Bodies over the size limit get 413; "
+    "NaN/Infinity get 422."
 )
 
 
@@ -142,7 +143,7 @@ def route_table(
     """The API's routes over `manager` (a `framepack.jobs.manager.JobManager`) and the folder its runner
     writes to. `prefix` is where the routes live; the download URLs in responses use it."""
     output_dir = Path(output_dir)
-    codec_cache: dict[str, CodecList] = {}  # this router's probe result; ?refresh=true probes again
+    codec_list: CodecList | None = None  # this router's probe result; ?refresh=true probes again
 
     def file_url(relative: str) -> str:
         return f"{prefix}/files/{quote(relative)}"
@@ -179,12 +180,17 @@ def route_table(
         """Read, validate and queue a request; a named output that exists already is a 409 (over the network
         one client must not overwrite another's video)."""
         generate_request = await read_generate_request(request, max_body_bytes)
+        return await run_in_threadpool(submit_unless_taken, generate_request)
+
+    def submit_unless_taken(generate_request: GenerateRequest) -> Job:
+        """Queue the request (in the threadpool: the folder listing and the queue both touch the disk), or
+        ApiError 409 when an output with its filename exists already."""
         if generate_request.filename:
             taken = [path.name for path in output_dir.glob(f"{glob.escape(generate_request.filename)}.*")]
             if taken:
                 message = f"an output named {taken[0]!r} exists already; choose another filename or leave it out"
                 raise ApiError(409, "conflict", message, "filename")
-        return await run_in_threadpool(manager.submit, generate_request)
+        return manager.submit(generate_request)
 
     async def wait_until_ended(job_id: str) -> Job:
         while True:
@@ -232,11 +238,12 @@ def route_table(
     async def job_events(job_id: str) -> Any:
         """Server-sent events of a job: `event: state|progress|section|stage|frames|end` lines, each with a
         `data:` JSON object. The stream ends after `end` (sent at once for a job that has already ended)."""
-        await run_in_threadpool(manager.get, job_id)  # 404 before the stream starts
+        # subscribe raises JobNotFound (404) now, before the stream starts; its events begin on the first read
+        events = await run_in_threadpool(manager.subscribe, job_id, heartbeat=SSE_HEARTBEAT_SECONDS)
 
         def stream() -> Iterator[str]:
             try:
-                for event in manager.subscribe(job_id, heartbeat=SSE_HEARTBEAT_SECONDS):
+                for event in events:
                     name = str(event.get("event", "message"))
                     if name == "ping":
                         yield ": ping\n\n"  # an SSE comment: keeps proxies from closing a quiet stream
@@ -283,23 +290,13 @@ def route_table(
     @json_errors
     async def codecs(refresh: Refresh = False) -> Any:
         """Video encoders that really open on this machine (hardware first), with the containers each fits."""
-        if refresh or "list" not in codec_cache:
+        nonlocal codec_list
+        if refresh or codec_list is None:
             from framepack.video.codecs import list_video_encoders
 
             infos = await run_in_threadpool(list_video_encoders)
-            codec_cache["list"] = CodecList(
-                codecs=[
-                    CodecInfo(
-                        name=i.name,
-                        description=i.description,
-                        hardware=i.hardware,
-                        pixel_format=i.pixel_format,
-                        containers=list(i.containers),
-                    )
-                    for i in infos
-                ]
-            )
-        return codec_cache["list"]
+            codec_list = CodecList(codecs=[CodecInfo.model_validate(info, from_attributes=True) for info in infos])
+        return codec_list
 
     @json_errors
     async def plan(request: Request) -> Any:

@@ -10,28 +10,14 @@ import argparse
 import json
 import logging
 import sys
-import types
-import typing
 from pathlib import Path
 
 from pydantic import ValidationError
 
-from framepack.errors import FieldError, user_error_message
-from framepack.request import GenerateRequest
+from framepack.errors import FieldError, user_error_message, validation_message
+from framepack.request import GenerateRequest, field_kind
 
 FIELD_FLAGS_SKIP = {"keyframes"}  # given as repeated --keyframe INDEX=IMAGE
-
-
-def _flag_type(annotation) -> tuple[type | None, list | None]:
-    """(argparse type, choices) for a request field annotation."""
-    origin = typing.get_origin(annotation)
-    if origin is typing.Literal:
-        choices = list(typing.get_args(annotation))
-        return type(choices[0]), choices
-    if origin in (typing.Union, types.UnionType):
-        inner = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
-        return _flag_type(inner[0])
-    return annotation, None
 
 
 def add_request_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, skip: frozenset[str] = frozenset()) -> None:
@@ -42,7 +28,7 @@ def add_request_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
             continue
         flag = "--" + name.replace("_", "-")
         help_text = f"{info.description} (default: {info.default})"
-        kind, choices = _flag_type(info.annotation)
+        kind, choices = field_kind(info.annotation)
         if kind is bool:
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
@@ -320,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except ValidationError as error:
-        return _error("; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'request'}: {e['msg']}" for e in error.errors()))
+        return _error(validation_message(error))
     except KeyboardInterrupt:
         return _error("interrupted; no partial output was kept")
     except Exception as error:  # known user-facing errors print one line; anything else is a bug with a trace

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pydantic
+
 
 class UserError(Exception):
     """Base of every error whose message is meant for the user (one line, says what to do)."""
@@ -22,3 +27,13 @@ def user_error_message(error: BaseException) -> str | None:
     if isinstance(error, Cancelled):
         return "cancelled; no partial output was kept"
     return str(error) if isinstance(error, UserError) else None
+
+
+def validation_message(error: pydantic.ValidationError, strip_value_error: bool = False) -> str:
+    """One line naming each field a pydantic ValidationError refuses: `field.path: message; ...` ('request' for
+    the model as a whole). `strip_value_error` drops pydantic's "Value error, " prefix of a validator's message."""
+    parts = []
+    for item in error.errors():
+        message = item["msg"].removeprefix("Value error, ") if strip_value_error else item["msg"]
+        parts.append(f"{'.'.join(str(p) for p in item['loc']) or 'request'}: {message}")
+    return "; ".join(parts)

@@ -12,6 +12,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from framepack.errors import FieldError
+from framepack.request import PATH_CHECK_LENGTH
 
 MAX_IMAGE_PIXELS = 64_000_000
 
@@ -22,7 +23,7 @@ class ImageInputError(FieldError):
 
 def is_file_path(source: str) -> bool:
     """True for an existing file path; base64 data (long, or not a path at all) is never mistaken for one."""
-    return len(source) < 4096 and os.path.isfile(source)
+    return len(source) < PATH_CHECK_LENGTH and os.path.isfile(source)
 
 
 def _image_bytes(source: str, field: str) -> bytes:

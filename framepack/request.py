@@ -7,6 +7,8 @@ controls from it, so a default exists here and nowhere else.
 from __future__ import annotations
 
 import re
+import types
+import typing
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -21,6 +23,20 @@ ASPECT_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*[:x/]\s*(\d+(?:\.\d+)?)\s*$"
 
 MAX_DURATION_S = 600.0
 MAX_KEYFRAMES = 64
+PATH_CHECK_LENGTH = 4096  # longer strings cannot be file paths (PATH_MAX): image values this long are base64
+
+
+def field_kind(annotation: typing.Any) -> tuple[type, tuple | None]:
+    """(base type, Literal choices or None) of a request field annotation: a Literal gives the type of its first
+    choice and its choices, an optional type (`X | None`) gives X's kind, anything else itself and None."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        choices = typing.get_args(annotation)
+        return type(choices[0]), choices
+    if origin in (typing.Union, types.UnionType):
+        inner = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+        return field_kind(inner[0])
+    return annotation, None
 
 
 class GenerateRequest(BaseModel):

@@ -19,6 +19,11 @@ SUBSAMPLING = ("4:4:4", "4:2:2", "4:2:0")
 PNG_COMPRESS_LEVEL = 3  # 1..3 cost about the same and are far faster than Pillow's default 6 for a few % size
 
 
+def frame_file_name(stem: str, index: int, extension: str) -> str:
+    """The file name of frame `index` of an exported sequence: `{stem}-{index:05d}.{extension}`."""
+    return f"{stem}-{index:05d}.{extension}"
+
+
 class FrameExportSink:
     """Writes each frame as `{stem}-{index:05d}.png` (lossless) or `.jpg`, numbered contiguously from `start_number`.
 
@@ -65,7 +70,7 @@ class FrameExportSink:
         self._size: tuple[int, int] | None = None
 
     def name(self, index: int) -> str:
-        return f"{self.stem}-{index:05d}.{self.extension}"
+        return frame_file_name(self.stem, index, self.extension)
 
     def write(self, frames: np.ndarray) -> None:
         if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
