@@ -16,9 +16,9 @@ import torch
 
 from framepack import __version__
 from framepack.errors import FieldError
-from framepack.home import data_home
 from framepack.events import CancelToken, EventCallback, StageStarted, ignore_events
 from framepack.generate import GenerationResult, generate
+from framepack.home import data_home
 from framepack.images import is_file_path, load_image
 from framepack.models.attention import check_attention, set_attention
 from framepack.models.caches import TransformerCache, load_mag_ratios, save_mag_ratios
@@ -245,9 +245,11 @@ class Runner:
             components = self.components_for(request, recipe, on_event)
             if plan.loras:
                 on_event(StageStarted("apply LoRAs", ", ".join(f"{name}:{weight:g}" for name, weight in plan.loras)))
-            # the request's LoRAs exactly (none -> any earlier ones are unloaded); an identical set stays applied
-            if ensure_loras(components.transformer, [LoraRef(name, weight) for name, weight in plan.loras], self.lora_dir):
-                self._offloader.refresh()  # a streamed transformer regroups its blocks with the LoRA layers
+            # the request's LoRAs exactly (none -> any earlier ones are unloaded); an identical set stays applied.
+            # A change happens inside `regrouping`: a streamed transformer regroups its blocks with the LoRA layers
+            # once (diffusers' unload_lora would otherwise rebuild group offload too, re-pinning every weight)
+            refs = [LoraRef(name, weight) for name, weight in plan.loras]
+            ensure_loras(components.transformer, refs, self.lora_dir, around_change=self._offloader.regrouping)
             set_attention(components.transformer, request.attention)
             cache = self.cache_for(request, plan, components, calibrate_magcache)
         except BaseException:

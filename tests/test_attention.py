@@ -12,7 +12,7 @@ from helpers import fixed_transformer_inputs, transformer_output
 
 from framepack.errors import FieldError
 from framepack.models.attention import ATTENTION_BACKENDS, check_attention, set_attention
-from framepack.request import GenerateRequest
+from framepack.request import Attention, GenerateRequest
 
 
 def test_every_request_choice_has_a_backend():
@@ -22,6 +22,11 @@ def test_every_request_choice_has_a_backend():
 
     for backend, _package, _install in ATTENTION_BACKENDS.values():
         AttentionBackendName(backend)  # a name diffusers knows
+
+
+def test_the_attention_literal_and_the_backend_table_name_the_same_kernels():
+    """request.py's `Attention` Literal is the source of the choices; the table must cover exactly those."""
+    assert set(ATTENTION_BACKENDS) == set(typing.get_args(Attention))
 
 
 def test_sdpa_always_passes_and_unknown_names_are_refused():

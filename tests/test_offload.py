@@ -260,12 +260,17 @@ def test_blocks_mode_streams_the_transformer_and_model_offloads_the_rest(compone
 
 def test_streaming_survives_diffusers_reapplying_group_offload(components, reference):
     """`ModelMixin.unload_lora` (our LoRA unloading between jobs) takes group offload off and puts it back;
-    our placement hook must keep running, and `refresh` (after LoRA layers were added) does the same."""
+    our placement hook must keep running, and `regrouping` (around a LoRA change) does the same."""
     from diffusers.hooks.group_offloading import _maybe_remove_and_reapply_group_offloading
 
     offloader = Offloader("cpu", "blocks", budget_bytes=0)
     offloader.apply(components)
-    for rebuild in (lambda: _maybe_remove_and_reapply_group_offloading(components.transformer), offloader.refresh):
+
+    def regroup() -> None:
+        with offloader.regrouping():
+            pass
+
+    for rebuild in (lambda: _maybe_remove_and_reapply_group_offloading(components.transformer), regroup):
         rebuild()
         assert _is_group_offload_enabled(components.transformer)
         encode_prompt(components, "a ball", components.device, torch.float32)
@@ -275,6 +280,50 @@ def test_streaming_survives_diffusers_reapplying_group_offload(components, refer
     offloader.remove(components)
     assert_no_offload_hooks(components)
     torch.testing.assert_close(call_transformer(components, reference), reference["output"], rtol=0, atol=0)
+
+
+def test_a_lora_change_regroups_a_streamed_transformer_once(components, reference, tmp_path, monkeypatch):
+    """LoRAs changed inside `Offloader.regrouping` (as the runner changes them) apply group offload once per
+    change: diffusers' `unload_lora` finds none to rebuild. Changed outside and then regrouped (the old way), twice."""
+    from diffusers.hooks import group_offloading
+    from safetensors.torch import save_file
+
+    from framepack.models.lora import LoraRef, applied_loras, ensure_loras
+
+    transformer = components.transformer
+    layer = transformer.transformer_blocks[0].attn.to_q
+    for seed, name in enumerate(("a", "b")):
+        generator = torch.Generator().manual_seed(seed)
+        state = {
+            "transformer_blocks.0.attn.to_q.lora_A.weight": torch.randn(2, layer.in_features, generator=generator),
+            "transformer_blocks.0.attn.to_q.lora_B.weight": torch.randn(layer.out_features, 2, generator=generator),
+        }
+        save_file(state, str(tmp_path / f"{name}.safetensors"))
+    offloader = Offloader("cpu", "blocks", budget_bytes=0)
+    offloader.apply(components)
+    real, applications = group_offloading._apply_group_offloading, []
+
+    def counted(*args, **kwargs):
+        applications.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(group_offloading, "_apply_group_offloading", counted)
+    steps = [([LoraRef("a")], True), ([LoraRef("b", 0.5)], True), ([LoraRef("b", 0.5)], False), ([], True)]
+    for refs, changes in steps:
+        applications.clear()
+        assert ensure_loras(transformer, refs, tmp_path, around_change=offloader.regrouping) is changes
+        assert applications == ([transformer] if changes else [])
+        assert _is_group_offload_enabled(transformer) and len(applied_loras(transformer)) == len(refs)
+    torch.testing.assert_close(call_transformer(components, reference), reference["output"], rtol=0, atol=0)
+
+    ensure_loras(transformer, [LoraRef("a")], tmp_path, around_change=offloader.regrouping)
+    applications.clear()
+    assert ensure_loras(transformer, [LoraRef("b")], tmp_path)  # diffusers' unload_lora rebuilds group offload ...
+    with offloader.regrouping():  # ... and regrouping after the change (how the runner did it) rebuilds it again
+        pass
+    assert applications == [transformer, transformer]
+    offloader.remove(components)
+    assert_no_offload_hooks(components)
 
 
 def test_streaming_falls_back_to_no_streams_when_streams_fail(components, reference, monkeypatch):

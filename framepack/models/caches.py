@@ -23,7 +23,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy
 import torch
@@ -32,12 +32,16 @@ from diffusers.hooks._helpers import TransformerBlockRegistry
 from diffusers.hooks.hooks import BaseState, HookRegistry, ModelHook, StateManager
 from diffusers.utils.torch_utils import unwrap_module
 
+from framepack.models.offload import invalidate_registry_cache
+from framepack.models.recipe import VARIANTS  # the loaded transformer's variants; recipe.py is their source
+from framepack.request import Cache
+
 logger = logging.getLogger(__name__)
 
-CACHE_METHODS = ("none", "teacache", "magcache", "fbc")
+# the request's `cache` choices (framepack/request.py is their one source), in its order
+CACHE_METHODS: tuple[str, ...] = get_args(Cache)
 DEFAULT_THRESHOLDS = {"teacache": 0.15, "magcache": 0.06, "fbc": 0.05}
 BRANCHES = ("cond", "uncond")
-VARIANTS = ("bidirectional", "f1")
 
 # TeaCache's rescale polynomial for HunyuanVideo, as the original FramePack uses it: it maps the relative L1
 # change of the first block's modulated input to an estimate of the change of the model output.
@@ -225,7 +229,7 @@ def apply_teacache(transformer: torch.nn.Module, threshold: float, steps: int) -
         HookRegistry.check_if_exists_or_initialize(block).register_hook(hook, _TEACACHE_BLOCK_HOOK)
     head_hook = TeaCacheHeadHook(state_manager, threshold, steps, is_tail=not rest)
     HookRegistry.check_if_exists_or_initialize(head).register_hook(head_hook, _TEACACHE_HEAD_HOOK)
-    HookRegistry.check_if_exists_or_initialize(transformer).invalidate_child_registries_cache()
+    invalidate_registry_cache(HookRegistry.check_if_exists_or_initialize(transformer))
     return state_manager
 
 
@@ -234,7 +238,7 @@ def remove_teacache(transformer: torch.nn.Module) -> None:
     registry = HookRegistry.check_if_exists_or_initialize(transformer)
     registry.remove_hook(_TEACACHE_HEAD_HOOK, recurse=True)
     registry.remove_hook(_TEACACHE_BLOCK_HOOK, recurse=True)
-    registry.invalidate_child_registries_cache()
+    invalidate_registry_cache(registry)
 
 
 def _has_teacache(transformer: torch.nn.Module) -> bool:

@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from framepack.models.recipe import WEIGHTED_COMPONENTS
+
 
 @dataclass
 class Components:
@@ -36,14 +38,8 @@ class Components:
         return next(self.transformer.parameters()).device
 
     def modules(self) -> dict[str, torch.nn.Module]:
-        """The components with weights, by name."""
-        return {
-            "transformer": self.transformer,
-            "vae": self.vae,
-            "text_encoder": self.text_encoder,
-            "text_encoder_2": self.text_encoder_2,
-            "image_encoder": self.image_encoder,
-        }
+        """The components with weights, by name, in recipe.WEIGHTED_COMPONENTS' order (the one list of them)."""
+        return {name: getattr(self, name) for name in WEIGHTED_COMPONENTS}
 
     @property
     def latent_channels(self) -> int:

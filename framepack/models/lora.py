@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -253,9 +255,28 @@ def applied_loras(transformer) -> tuple:
     return getattr(transformer, RECORD_ATTR, ())
 
 
-def apply_loras(transformer, refs: list[LoraRef], lora_dir: Path | str, strict: bool = True) -> list[str]:
+def _lora_record(ref: LoraRef, lora_dir: Path | str) -> tuple[Path, tuple]:
+    """The ref's file and what `applied_loras` records for it: (name, weight, path, mtime_ns, size).
+
+    One builder for `apply_loras`' record and `ensure_loras`' comparison, so the two cannot drift apart (a
+    changed file, same name, must still count as a different set)."""
+    path = find_lora(ref.name, lora_dir)
+    stat = path.stat()
+    return path, (ref.name, float(ref.weight), str(path), stat.st_mtime_ns, stat.st_size)
+
+
+def apply_loras(
+    transformer,
+    refs: list[LoraRef],
+    lora_dir: Path | str,
+    strict: bool = True,
+    resolved: Sequence[tuple[Path, tuple]] | None = None,
+) -> list[str]:
     """Load each ref's file, convert, add as a PEFT adapter and activate all with their weights.
-    Anything already applied is removed first; on failure nothing stays applied."""
+    Anything already applied is removed first; on failure nothing stays applied.
+
+    `resolved`: `_lora_record(ref, lora_dir)` per ref, when the caller (`ensure_loras`) already looked the
+    files up, so they are not found and statted a second time."""
     from safetensors.torch import load_file
 
     remove_loras(transformer)
@@ -265,7 +286,7 @@ def apply_loras(transformer, refs: list[LoraRef], lora_dir: Path | str, strict: 
     names, record = [], []
     try:
         for index, ref in enumerate(refs):
-            path = find_lora(ref.name, lora_dir)
+            path, entry = resolved[index] if resolved is not None else _lora_record(ref, lora_dir)
             try:
                 raw = load_file(str(path))
             except Exception as error:  # a broken file is the user's problem, not a bug
@@ -275,43 +296,51 @@ def apply_loras(transformer, refs: list[LoraRef], lora_dir: Path | str, strict: 
             adapter = _adapter_name(index, ref.name)
             transformer.load_lora_adapter(state, adapter_name=adapter, prefix=None)
             names.append(adapter)
-            stat = path.stat()
-            record.append((ref.name, float(ref.weight), str(path), stat.st_mtime_ns, stat.st_size))
+            record.append(entry)
         transformer.set_adapters(names, [ref.weight for ref in refs])
     except BaseException:
-        remove_loras(transformer, force=bool(names))
+        remove_loras(transformer)
         raise
     setattr(transformer, RECORD_ATTR, tuple(record))
     logger.info("LoRAs applied: %s", ", ".join(f"{ref.name}:{ref.weight:g}" for ref in refs))
     return names
 
 
-def remove_loras(transformer, force: bool = False) -> None:
-    """Unload every adapter: the PEFT layers are replaced by the original modules, weights untouched."""
-    if applied_loras(transformer) or force or getattr(transformer, "peft_config", None):
-        if getattr(transformer, "peft_config", None):
-            transformer.unload_lora()
+def remove_loras(transformer) -> None:
+    """Unload every adapter: the PEFT layers are replaced by the original modules, weights untouched.
+
+    Only `peft_config` says whether PEFT layers are there (a failed `apply_loras` may leave some before any
+    record), so it alone decides whether to unload."""
+    if getattr(transformer, "peft_config", None):
+        transformer.unload_lora()
     setattr(transformer, RECORD_ATTR, ())
 
 
 def lora_set_key(refs: list[LoraRef], lora_dir: Path | str) -> tuple:
     """What `apply_loras` would record, to skip re-applying an identical set."""
-    key = []
-    for ref in refs:
-        path = find_lora(ref.name, lora_dir)
-        stat = path.stat()
-        key.append((ref.name, float(ref.weight), str(path), stat.st_mtime_ns, stat.st_size))
-    return tuple(key)
+    return tuple(_lora_record(ref, lora_dir)[1] for ref in refs)
 
 
-def ensure_loras(transformer, refs: list[LoraRef], lora_dir: Path | str) -> bool:
+def ensure_loras(
+    transformer,
+    refs: list[LoraRef],
+    lora_dir: Path | str,
+    around_change: Callable[[], AbstractContextManager] = nullcontext,
+) -> bool:
     """Apply exactly `refs` (none -> unload all); nothing happens when that set is already applied.
-    Returns whether the transformer's layers changed."""
+    Returns whether the transformer's layers changed.
+
+    `around_change()` wraps the change only when there is one (the runner passes `Offloader.regrouping`, so
+    a block-streamed transformer is regrouped once with its new layers, never for an unchanged set). Each
+    file is looked up and statted once: the comparison's records are the ones applied."""
     if not refs:
         changed = bool(applied_loras(transformer) or getattr(transformer, "peft_config", None))
-        remove_loras(transformer)
+        with around_change() if changed else nullcontext():
+            remove_loras(transformer)
         return changed
-    if applied_loras(transformer) == lora_set_key(refs, lora_dir):
+    resolved = [_lora_record(ref, lora_dir) for ref in refs]
+    if applied_loras(transformer) == tuple(entry for _path, entry in resolved):
         return False
-    apply_loras(transformer, refs, lora_dir)
+    with around_change():
+        apply_loras(transformer, refs, lora_dir, resolved=resolved)
     return True

@@ -31,7 +31,9 @@ from __future__ import annotations
 import collections
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import get_args
 
 import torch
 from accelerate.hooks import ModelHook, add_hook_to_module, remove_hook_from_module
@@ -40,11 +42,13 @@ from diffusers.hooks import HookRegistry
 from diffusers.hooks import ModelHook as DiffusersModelHook
 
 from framepack.models.components import Components
-from framepack.models.quantize import module_bytes
+from framepack.models.quantize import format_bytes, module_bytes
+from framepack.request import Offload
 
 logger = logging.getLogger(__name__)
 
-OFFLOAD_MODES = ("none", "model", "balanced", "blocks")
+# the request's `offload` choices (framepack/request.py is their one source), in its order
+OFFLOAD_MODES: tuple[str, ...] = get_args(Offload)
 GiB = 1024**3
 HostOffload = Callable[[dict[str, torch.nn.Module]], None]
 
@@ -191,33 +195,31 @@ def _normalize(device: torch.device | str) -> torch.device:
 # ------------------------------------------------------------------------------------------------ hooks
 
 
-class _PlacementHook(ModelHook):
-    """Before a component computes: the offloader makes it resident, and its inputs go to the execution device.
+class _PlacesBeforeForward:
+    """What both placement hooks do, written once: before a component computes, the offloader makes it
+    resident, and its inputs go to the execution device. A mixin listed before the hook base class, so that
+    `super().__init__()` still runs the base's `__init__` (diffusers' sets `fn_ref`)."""
 
-    Also run (with no inputs) by diffusers' `apply_forward_hook` for `vae.encode` / `vae.decode`."""
-
-    def __init__(self, offloader: Offloader, name: str):
-        self.offloader, self.name = offloader, name
-
-    def pre_forward(self, module, *args, **kwargs):
-        self.offloader.use(self.name)
-        device = self.offloader.execution_device
-        return send_to_device(args, device), send_to_device(kwargs, device)
-
-
-class _RegistryPlacementHook(DiffusersModelHook):
-    """The same for the transformer, in diffusers' hook registry: diffusers takes group offload off and puts it
-    back on its own (`ModelMixin.unload_lora`, LoRA loading through a pipeline), rewriting `forward`, which
-    would drop an accelerate wrapper around it; hooks in the registry are relinked and survive."""
-
-    def __init__(self, offloader: Offloader, name: str):
+    def __init__(self, offloader: Offloader, name: str) -> None:
         super().__init__()
         self.offloader, self.name = offloader, name
 
-    def pre_forward(self, module, *args, **kwargs):
+    def pre_forward(self, module: torch.nn.Module, *args, **kwargs) -> tuple[tuple, dict]:
         self.offloader.use(self.name)
         device = self.offloader.execution_device
         return send_to_device(args, device), send_to_device(kwargs, device)
+
+
+class _PlacementHook(_PlacesBeforeForward, ModelHook):
+    """Placement as an accelerate hook (text encoders, SigLIP, the VAE).
+
+    Also run (with no inputs) by diffusers' `apply_forward_hook` for `vae.encode` / `vae.decode`."""
+
+
+class _RegistryPlacementHook(_PlacesBeforeForward, DiffusersModelHook):
+    """The same for the transformer, in diffusers' hook registry: diffusers takes group offload off and puts it
+    back on its own (`ModelMixin.unload_lora`, LoRA loading through a pipeline), rewriting `forward`, which
+    would drop an accelerate wrapper around it; hooks in the registry are relinked and survive."""
 
 
 def _wrap_vae_methods(vae: torch.nn.Module, device: torch.device) -> None:
@@ -257,17 +259,16 @@ def _remove_offload_hooks(module: torch.nn.Module) -> None:
         if registry is not None and not registry.hooks:
             del sub._diffusers_hook  # an empty registry left by group offload only
         elif registry is not None:
-            _invalidate_registry_cache(registry)
+            invalidate_registry_cache(registry)
 
 
 def _remove_group_hooks(module: torch.nn.Module) -> None:
-    for sub in module.modules():
-        registry = getattr(sub, "_diffusers_hook", None)
-        if registry is not None:
-            for name in _GROUP_OFFLOAD_HOOKS:
-                registry.remove_hook(name, recurse=False)
-    if getattr(module, "_diffusers_hook", None) is not None:
-        _invalidate_registry_cache(module._diffusers_hook)
+    """Diffusers' group offload hooks off the module and every submodule, as diffusers' own
+    `_maybe_remove_and_reapply_group_offloading` takes them off; other hooks (ours, caches) stay."""
+    registry = HookRegistry.check_if_exists_or_initialize(module)
+    for name in _GROUP_OFFLOAD_HOOKS:
+        registry.remove_hook(name, recurse=True)
+    invalidate_registry_cache(registry)
 
 
 def _enable_group_offload(transformer: torch.nn.Module, kwargs: dict) -> dict:
@@ -286,8 +287,9 @@ def _enable_group_offload(transformer: torch.nn.Module, kwargs: dict) -> dict:
         return plain
 
 
-def _invalidate_registry_cache(registry: HookRegistry) -> None:
-    """Registries cache their children's registries (diffusers >= 0.37); hooks were added or removed below."""
+def invalidate_registry_cache(registry: HookRegistry) -> None:
+    """After hooks were added or removed below `registry`: registries cache their children's registries
+    (diffusers >= 0.37), so the cache is dropped. The one place for this, for offload and caches alike."""
     invalidate = getattr(registry, "invalidate_child_registries_cache", None)
     if invalidate is not None:
         invalidate()
@@ -416,7 +418,7 @@ class Offloader:
             self.mode,
             mode,
             self.execution_device,
-            "-" if self.budget is None else f"{self.budget / GiB:.2f} GiB",
+            "-" if self.budget is None else format_bytes(self.budget),
             self.streaming,
         )
 
@@ -443,16 +445,24 @@ class Offloader:
         self.effective_mode, self.budget, self.streaming = None, None, False
         self.resident = list(modules) if target == self.execution_device else []
 
-    def refresh(self) -> None:
-        """Rebuild the transformer's group offload after its layers changed while it streams (LoRA layers
-        loaded or unloaded with PEFT: new weights must join their blocks' groups, and with streams the pinned
-        host copies are per weight). Nothing to do unless `streaming`."""
+    @contextmanager
+    def regrouping(self) -> Iterator[None]:
+        """Around a change of the transformer's layers while it streams (LoRA layers loaded or unloaded with
+        PEFT: new weights must join their blocks' groups, and with streams the pinned host copies are per
+        weight): group offload comes off before the change and goes back on once after it, also when the change
+        fails. With the hooks off, diffusers' `unload_lora` finds no group offload to rebuild by itself, so the
+        transformer is regrouped (and with streams re-pinned) once, not twice. Nothing happens unless
+        `streaming`."""
         if not self.streaming or self._modules is None:
+            yield
             return
         transformer = self._modules["transformer"]
         _remove_group_hooks(transformer)
-        self._group_kwargs = _enable_group_offload(transformer, self._group_kwargs)
-        self._working_set = streaming_working_set(transformer, prefetch=self._group_kwargs["use_stream"])
+        try:
+            yield
+        finally:
+            self._group_kwargs = _enable_group_offload(transformer, self._group_kwargs)
+            self._working_set = streaming_working_set(transformer, prefetch=self._group_kwargs["use_stream"])
 
     def use(self, name: str) -> None:
         """Make component `name` ready to compute on the execution device (the hooks call this before each
@@ -474,10 +484,10 @@ class Offloader:
             if need > self.budget and name not in self._warned_too_large:
                 self._warned_too_large.add(name)
                 logger.warning(
-                    "%s (%.2f GiB) is larger than the balanced offload budget (%.2f GiB); loading it alone",
+                    "%s (%s) is larger than the balanced offload budget (%s); loading it alone",
                     name,
-                    need / GiB,
-                    self.budget / GiB,
+                    format_bytes(need),
+                    format_bytes(self.budget),
                 )
             self._make_room(need, keep=name, everything=False)
         else:  # model, and the other components in blocks

@@ -88,7 +88,7 @@ class ComponentSource:
         if self.dtype is not None and self.dtype not in DTYPES:
             raise RecipeError(_unknown_dtype_message(self.dtype))
         if self.quantize is not None and self.quantize not in QUANTIZATIONS:
-            raise RecipeError(f"unknown quantize {self.quantize!r}; allowed: {', '.join(QUANTIZATIONS)}")
+            raise RecipeError(_unknown_quantize_message(self.quantize))
 
     @property
     def is_local(self) -> bool:
@@ -155,6 +155,11 @@ def _unknown_dtype_message(dtype: Any) -> str:
     if dtype in QUANTIZATIONS:
         message += f" (to store the weights in {dtype}, write quantize={dtype})"
     return message
+
+
+def _unknown_quantize_message(quantize: Any) -> str:
+    """One text for an unknown quantize, whether ComponentSource or a parser finds it."""
+    return f"unknown quantize {quantize!r}; allowed: {', '.join(QUANTIZATIONS)}"
 
 
 def _no_quantize_message(name: str) -> str:
@@ -300,8 +305,10 @@ def make_component(
         raise RecipeError(_unknown_dtype_message(dtype))
     if dtype is not None and name not in WEIGHTED_COMPONENTS:
         raise RecipeError(f"{name} has no weights, so no dtype; dtype is allowed on {', '.join(WEIGHTED_COMPONENTS)}")
+    # also checked by ComponentSource, but here first: an unknown quantize on a weightless component (tokenizer)
+    # is reported as unknown, not as misplaced
     if quantize is not None and quantize not in QUANTIZATIONS:
-        raise RecipeError(f"unknown quantize {quantize!r}; allowed: {', '.join(QUANTIZATIONS)}")
+        raise RecipeError(_unknown_quantize_message(quantize))
     if quantize is not None and name not in WEIGHTED_COMPONENTS:
         raise RecipeError(_no_quantize_message(name))
     if subfolder is None:
