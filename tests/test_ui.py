@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import host_like_python
+from helpers import REPO, decode_video, host_like_python
 from PIL import Image
 
 gr = pytest.importorskip("gradio")
@@ -34,10 +34,8 @@ from framepack.ui.controls import (  # noqa: E402
 from framepack.ui.presets import LAST_USED, PresetError, PresetStore  # noqa: E402
 from framepack.ui.tab import FramePackTab, create_tab  # noqa: E402
 from framepack.ui.timeline import render_timeline  # noqa: E402
-from tests.helpers import decode_video  # noqa: E402
 
 FAST = {"model": "tiny", "resolution": 128, "latent_window_size": 3, "steps": 2, "duration": 0.4, "prompt": "a kite"}
-REPO = Path(__file__).resolve().parents[1]
 
 # Text fields whose free value must satisfy a validator.
 TEXT_VALUES = {"aspect_ratio": "16:9", "codec": "libx265", "codec_options": "crf:20", "filename": "clip", "model": "tiny"}
@@ -147,6 +145,25 @@ def test_plan_line_is_the_plan_the_job_runs(tab):
     assert make_plan(request_from_values(values), (200, 100)).summary() in text
 
 
+def test_the_plan_line_encodes_a_picture_once_while_the_user_types(tab, monkeypatch):
+    from framepack.runner import plan_request
+
+    _, handlers = tab
+    values = {**default_values(), "duration": 3.0, "init_image": picture(200, 100)}
+    changed = {**values, "init_image": picture(100, 200)}
+    expected, expected_changed = (plan_request(request_from_values(named)).summary() for named in (values, changed))
+    assert handlers.request(handlers.ordered(values)) == request_from_values(values)  # the same data URL
+    encoded = []
+    save = Image.Image.save
+    monkeypatch.setattr(Image.Image, "save", lambda self, *args, **kwargs: (encoded.append(self.size), save(self, *args, **kwargs))[1])
+    for prompt in ("a", "a k", "a kite"):  # keystrokes: the same picture each time (a new object, as Gradio sends)
+        text, _ = handlers.plan(*handlers.ordered({**values, "prompt": prompt, "init_image": values["init_image"].copy()}))
+        assert f"**Plan:** {expected}" in text, text
+    assert encoded == []  # encoded once above, kept since
+    text, _ = handlers.plan(*handlers.ordered(changed))  # another picture is encoded, and planned by its size
+    assert encoded == [(100, 200)] and f"**Plan:** {expected_changed}" in text and expected != expected_changed
+
+
 def test_plan_line_offers_the_self_test_model_when_weights_are_missing(tab, tmp_path, monkeypatch):
     import huggingface_hub
 
@@ -251,6 +268,17 @@ def test_generate_streams_progress_and_ends_with_a_playable_video_that_loads_bac
     # the storyboard holds every finished section in time order (and the T2V start frame)
     expected = (["start"] if plan.start_frame_pass else []) + [f"#{index}" for index in range(plan.num_sections)]
     assert [caption for _, caption in board] == expected
+
+    # preview and storyboard are sent when a section changed them, "no change" in between; the end sends all
+    def unchanged(value) -> bool:
+        return isinstance(value, dict) and value == compat.update()
+
+    streamed = updates[1:-1]  # between the "Queued" line and the end
+    pictures = [update[2:4] for update in streamed if not unchanged(update[2])]
+    assert pictures and all(isinstance(preview, np.ndarray) and isinstance(board, list) for preview, board in pictures)
+    assert len(pictures) <= len(expected)
+    assert all(unchanged(update[3]) for update in streamed if unchanged(update[2]))
+    assert any("step" in update[1] for update in streamed if unchanged(update[2]))
     assert all(max(image.size) <= 160 for image, _ in board)
     frames, width, height, codec, pixel_format = decode_video(Path(video))
     assert (frames, width, height, codec, pixel_format) == (plan.output_frames, plan.width, plan.height, "h264", "yuv420p")

@@ -85,11 +85,6 @@ def file_path(value: Any) -> Path | None:
     return Path(value) if value else None
 
 
-def gallery_items(value: Any) -> list:
-    """A gr.Gallery value as a list of (image, caption) on both versions (3.x hands dicts/paths back)."""
-    return list(value or [])
-
-
 def mount(app: Any, blocks: gr.Blocks, path: str = "/", allowed_paths: list[str] | None = None, auth: tuple[str, str] | None = None) -> Any:
     """Mount the tab into a FastAPI app (`gr.mount_gradio_app`); `allowed_paths` and `auth` where the version
     has them (a version without `auth` gets the tab unmounted rather than open: RuntimeError)."""

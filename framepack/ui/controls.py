@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import io
 import typing
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from annotated_types import Ge, Gt, Le, Lt, MaxLen
@@ -19,8 +19,9 @@ from PIL import Image
 from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
+from framepack.errors import validation_message
 from framepack.images import load_image
-from framepack.request import GenerateRequest
+from framepack.request import GenerateRequest, field_kind
 
 # Fields with no control: the host decides them.
 HOST_CHOSEN: dict[str, str] = {
@@ -80,21 +81,14 @@ def field_max_length(name: str) -> int | None:
 
 def field_choices(name: str) -> list[str] | None:
     """The Literal choices of a field, None if it has none."""
-    annotation = field_info(name).annotation
-    if typing.get_origin(annotation) is Literal:
-        return list(typing.get_args(annotation))
-    return None
+    _, choices = field_kind(field_info(name).annotation)
+    return list(choices) if choices is not None else None
 
 
 def field_type(name: str) -> type:
-    """int, float, bool or str (optional and Literal types reduce to their base)."""
-    annotation = field_info(name).annotation
-    if typing.get_origin(annotation) is Literal:
-        return type(typing.get_args(annotation)[0])
-    for candidate in (bool, int, float):
-        if annotation is candidate:
-            return candidate
-    return str
+    """int, float, bool or str (optional and Literal types reduce to their base; anything else is text)."""
+    kind, _ = field_kind(field_info(name).annotation)
+    return kind if kind in (bool, int, float) else str
 
 
 def label(name: str) -> str:
@@ -199,12 +193,7 @@ def default_values() -> dict[str, Any]:
 def describe_error(error: Exception) -> str:
     """A user-facing line for a request that does not validate or plan, naming the field."""
     if isinstance(error, ValidationError):
-        parts = []
-        for item in error.errors():
-            where = ".".join(str(part) for part in item.get("loc", ())) or "request"
-            message = str(item.get("msg", "")).removeprefix("Value error, ")
-            parts.append(f"{where}: {message}")
-        return "; ".join(parts)
+        return validation_message(error, strip_value_error=True)
     field = getattr(error, "field", None)
     return f"{field}: {error}" if field and field not in str(error) else str(error)
 

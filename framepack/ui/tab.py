@@ -21,7 +21,7 @@ from framepack.cli import read_record
 from framepack.jobs.models import Job, JobState
 from framepack.models.loader import check_available
 from framepack.models.recipe import default_recipe, recipe_from_text, recipe_to_text
-from framepack.plan import make_plan
+from framepack.request import GenerateRequest
 from framepack.runner import plan_request, resolve_recipe
 from framepack.ui import compat
 from framepack.ui.controls import (
@@ -31,6 +31,7 @@ from framepack.ui.controls import (
     MODEL_CHOICES,
     default_values,
     describe_error,
+    image_to_source,
     make_control,
     request_from_values,
     source_to_image,
@@ -45,6 +46,7 @@ logger = logging.getLogger(__name__)
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".mov")
 PROGRESS_INTERVAL_S = 0.25  # progress lines are yielded at most this often (sections and the end always)
 HEARTBEAT_S = 1.0
+ENCODED_PICTURES_KEPT = 4  # pictures kept as PNG data URLs by FramePackTab.request (init and end image, twice)
 
 
 def _format_eta(seconds: float | None) -> str:
@@ -63,6 +65,7 @@ class FramePackTab:
         self.presets = PresetStore(presets_path)
         self.recipes_dir = Path(presets_path).parent / "recipes"
         self.host_name = host_name
+        self._encoded: dict[bytes, str] = {}  # picture digest -> PNG data URL, oldest first (see `request`)
 
     # ---------------------------------------------------------------------------------------------- values
 
@@ -74,12 +77,30 @@ class FramePackTab:
     def ordered(values: dict[str, Any]) -> list[Any]:
         return [values[name] for name in CONTROL_FIELDS]
 
+    def request(self, values: tuple | list) -> GenerateRequest:
+        """The request the control values make. The plan line is recomputed on every keystroke, and encoding a
+        1080p picture as a PNG data URL takes about half a second, so the last few encodings are kept, keyed by
+        a digest of the picture (same pixels, mode and metadata: the same PNG)."""
+        named = self.named(values)
+        for name in IMAGE_FIELDS:
+            picture = named.get(name)
+            if isinstance(picture, Image.Image):
+                digest = hashlib.blake2b(picture.tobytes(), digest_size=16)
+                digest.update(repr((picture.mode, picture.size, sorted(picture.info.items()))).encode())
+                key = digest.digest()
+                if key not in self._encoded:
+                    while len(self._encoded) >= ENCODED_PICTURES_KEPT:
+                        self._encoded.pop(next(iter(self._encoded)))
+                    self._encoded[key] = image_to_source(picture)
+                named[name] = self._encoded[key]
+        return request_from_values(named)
+
     # ---------------------------------------------------------------------------------------------- plan
 
     def plan(self, *values: Any) -> tuple[str, Any]:
         """(plan line in Markdown, timeline picture) for the current control values."""
         try:
-            request = request_from_values(self.named(values))
+            request = self.request(values)
             plan = plan_request(request)
         except Exception as error:  # noqa: BLE001 - every refusal is shown, not raised
             return f"**Cannot plan:** {describe_error(error)}", None
@@ -97,9 +118,11 @@ class FramePackTab:
         """Submit to the shared queue and stream (job id, progress, preview, storyboard, video, output paths).
 
         The storyboard holds a thumbnail of every finished section in time order, so the video is seen growing
-        (from its end backwards for bi-directional, forwards for F1)."""
+        (from its end backwards for bi-directional, forwards for F1). Preview and storyboard are sent when a
+        section changed them and "no change" (`compat.update()`) in between, so Gradio does not encode the same
+        pictures again with every progress line; the last update sends everything."""
         try:
-            request = request_from_values(self.named(values))
+            request = self.request(values)
             job = self.manager.submit(request)
         except Exception as error:  # noqa: BLE001
             yield "", f"**Not started:** {describe_error(error)}", None, [], None, ""
@@ -113,6 +136,7 @@ class FramePackTab:
         status = f"Queued ({job.summary})"
         yield job.id, status, None, [], None, ""
         last_yield = 0.0
+        pictures_changed = False  # preview or storyboard changed since they were last sent
         for event in self.manager.subscribe(job.id, heartbeat=HEARTBEAT_S):
             kind, data = event["event"], event["data"]
             force = False
@@ -138,6 +162,7 @@ class FramePackTab:
                         preview = None
                     if preview is not None:
                         board[data["section"]] = thumbnail(preview)
+                    pictures_changed = True
                 force = True
             elif kind == "frames":
                 status = f"encoding: {data['frames']}/{data['total']} frames"
@@ -149,7 +174,11 @@ class FramePackTab:
             now = time.monotonic()
             if force or now - last_yield >= PROGRESS_INTERVAL_S:
                 last_yield = now
-                yield job.id, status, preview, storyboard(board), None, ""
+                if pictures_changed:
+                    pictures_changed = False
+                    yield job.id, status, preview, storyboard(board), None, ""
+                else:
+                    yield job.id, status, compat.update(), compat.update(), None, ""
         # the stream ended without "end" (the manager stopped)
         yield job.id, "The job manager stopped; the job resumes when it starts again.", preview, storyboard(board), None, ""
 
@@ -182,8 +211,6 @@ class FramePackTab:
     def add_keyframe(self, image: Any, section: Any, keyframes: list, *values: Any) -> tuple:
         keyframes = [list(item) for item in (keyframes or [])]
         if image is not None and section is not None:
-            from framepack.ui.controls import image_to_source
-
             index = int(section)
             keyframes = [item for item in keyframes if int(item[0]) != index]
             keyframes.append([index, image_to_source(image)])
@@ -212,7 +239,7 @@ class FramePackTab:
 
     def save_preset(self, name: str, *values: Any) -> tuple[Any, str]:
         try:
-            request = request_from_values(self.named(values))
+            request = self.request(values)
             saved = self.presets.save(name, stored_fields(request))
         except Exception as error:  # noqa: BLE001
             return compat.update(), f"Not saved: {describe_error(error)}"
@@ -236,10 +263,7 @@ class FramePackTab:
     def restore_last_used(self) -> list:
         """For the tab's load event: last-used settings (defaults where none), then the preset choices."""
         values = default_values()
-        try:
-            last = self.presets.last_used()
-        except PresetError:
-            last = None
+        last = self.presets.last_used()  # None when there is none or the presets file cannot be read
         if last:
             values.update(values_from_request(last, include_images=False))
         return self.ordered(values) + [compat.update(choices=self.preset_choices())]
@@ -298,7 +322,7 @@ class FramePackTab:
     def load(self, *values: Any) -> str:
         """Load the chosen model now (after any running job), so the first Generate starts sampling at once."""
         try:
-            request = request_from_values(self.named(values))
+            request = self.request(values)
             self_test = self.manager.load_model(request)
         except Exception as error:  # noqa: BLE001 - shown to the user, the tab keeps working
             return f"**Cannot load:** {describe_error(error)}"
@@ -454,4 +478,4 @@ def build_tab(tab: FramePackTab) -> gr.Blocks:
     return blocks
 
 
-__all__ = ["FramePackTab", "build_tab", "create_tab", "make_plan"]
+__all__ = ["FramePackTab", "build_tab", "create_tab"]
