@@ -45,11 +45,14 @@ def create_app(
     *,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     manage_lifecycle: bool = True,
+    close_on_shutdown: bool = False,
 ) -> FastAPI:
     """The standalone app over `manager` (a JobManager) whose runner writes to `output_dir`.
 
     With `auth`, every route (the OpenAPI schema and docs included) needs the credentials. With
-    `manage_lifecycle` (the default) the app's lifespan starts the manager and stops it on shutdown.
+    `manage_lifecycle` (the default) the app's lifespan starts the manager and stops it on shutdown; with
+    `close_on_shutdown` as well it closes it for good (database checkpointed and closed), for a process that
+    ends with the app.
     """
 
     @asynccontextmanager
@@ -60,7 +63,8 @@ def create_app(
             yield
         finally:
             if manage_lifecycle:
-                await run_in_threadpool(lambda: manager.stop(timeout=STOP_TIMEOUT_SECONDS))
+                shutdown = manager.close if close_on_shutdown else manager.stop
+                await run_in_threadpool(lambda: shutdown(timeout=STOP_TIMEOUT_SECONDS))
 
     dependencies = [Depends(auth_dependency(auth))] if auth else []
     app = FastAPI(
@@ -118,11 +122,11 @@ def serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from framepack.home import data_home
+    from framepack.home import server_data_dir
     from framepack.jobs.manager import JobManager
     from framepack.runner import Runner
 
-    data_dir = Path(args.data_dir) if args.data_dir else data_home() / "server"
+    data_dir = server_data_dir(args.data_dir)
     output_dir = Path(args.output_dir) if args.output_dir else data_dir / "outputs"
     data_dir.mkdir(parents=True, exist_ok=True)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -131,7 +135,8 @@ def serve(args: argparse.Namespace) -> int:
 
     runner = Runner(device=args.device, output_dir=output_dir)
     manager = JobManager(data_dir, runner, max_queued=args.max_queued)
-    app = create_app(manager, output_dir, credentials)
+    # The lifespan closes the store: after SIGTERM uvicorn re-raises the signal, so no code after run() runs.
+    app = create_app(manager, output_dir, credentials, close_on_shutdown=True)
     app = mount_tab(app, manager, output_dir, data_dir, credentials)
     logger.info("FramePack API on http://%s:%d (data %s, outputs %s)", args.host, args.port, data_dir, output_dir)
     uvicorn.run(

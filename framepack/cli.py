@@ -1,4 +1,5 @@
-"""`python -m framepack`: generate, calibrate-magcache, plan, make-tiny, recipe, info, codecs, download-rife, serve.
+"""`python -m framepack`: generate, calibrate-magcache, plan, make-tiny, recipe, info, codecs, download-rife, serve,
+jobs backup.
 
 `generate` takes every request field as a flag, built from the request model so help and defaults are the
 model's own.
@@ -225,6 +226,17 @@ def command_serve(args: argparse.Namespace) -> int:
         return _error(str(error))
 
 
+def command_jobs_backup(args: argparse.Namespace) -> int:
+    from framepack.home import server_data_dir
+    from framepack.jobs.backup import backup_jobs
+    from framepack.jobs.store import STORE_FILE
+
+    source = server_data_dir(args.data_dir) / STORE_FILE
+    jobs = backup_jobs(source, Path(args.path), force=args.force)
+    print(f"copied {jobs} job{'' if jobs == 1 else 's'} from {source} to {args.path}")
+    return 0
+
+
 def add_serve_flags(parser: argparse.ArgumentParser) -> None:
     import os
 
@@ -291,6 +303,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the REST API server (FastAPI + uvicorn)")
     add_serve_flags(serve)
     serve.set_defaults(handler=command_serve)
+
+    jobs = commands.add_parser("jobs", help="tools for the server's job database")
+    jobs_commands = jobs.add_subparsers(dest="jobs_command", required=True)
+    backup = jobs_commands.add_parser(
+        "backup", help="write a consistent copy of the job database (SQLite online backup; the server may run)"
+    )
+    backup.add_argument("path", help="the backup file to write (refused if it exists, unless --force)")
+    backup.add_argument("--data-dir", default=None, help="the server's data folder (default: FRAMEPACK_HOME/server)")
+    backup.add_argument("--force", action="store_true", help="replace an existing backup file")
+    backup.set_defaults(handler=command_jobs_backup)
 
     recipe = commands.add_parser("recipe", help="print the model recipe")
     recipe.add_argument("--model", default="default", help="'default', 'tiny' or a recipe file")

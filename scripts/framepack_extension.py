@@ -62,7 +62,7 @@ class _Extension:
                     on_progress=host.progress,
                 )
                 manager.start()
-                atexit.register(manager.stop, STOP_TIMEOUT_SECONDS)
+                atexit.register(manager.close, STOP_TIMEOUT_SECONDS)  # stop, checkpoint and close jobs.db
                 host.logger.info(f"FramePack: jobs in {data_dir / 'jobs'}, videos in {output_dir}")
                 self._manager = manager
             return self._manager

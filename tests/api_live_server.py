@@ -77,11 +77,12 @@ class LiveServer:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait(10)
 
-    def stop(self, timeout: float = 30.0) -> int:
-        """Ctrl-C: uvicorn shuts down and the lifespan stops the manager; returns the exit code."""
+    def stop(self, timeout: float = 30.0, sig: int = signal.SIGINT) -> int:
+        """Ctrl-C (or `sig`, such as SIGTERM): uvicorn shuts down and the lifespan closes the manager; returns the
+        exit code."""
         if self.process is None or self.process.poll() is not None:
             return self.process.returncode if self.process else 0
-        self.process.send_signal(signal.SIGINT)
+        self.process.send_signal(sig)
         try:
             return self.process.wait(timeout)
         except subprocess.TimeoutExpired:

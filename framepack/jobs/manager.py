@@ -17,6 +17,7 @@ deleted when the job ends, unless a cancel asked to keep it.
 Shutdown. `stop()` interrupts the running job at its next denoising step and stops the worker. By default
 (`cancel_running=False`) that job is *not* cancelled: it stays RUNNING in the database with its checkpoints, and
 the next `start()` resumes it, exactly as after a crash. `stop(cancel_running=True)` ends it CANCELLED instead.
+`close()` stops for good and checkpoints and closes the database, so that `jobs.db` alone holds every job.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ from framepack.events import (
 )
 from framepack.generate import START
 from framepack.jobs.models import Job, JobConflict, JobErrorInfo, JobNotFound, JobProgress, JobState, QueueFull
-from framepack.jobs.store import JobStore
+from framepack.jobs.store import STORE_FILE, JobStore
 from framepack.models.loader import ModelUnavailableError, check_available
 from framepack.plan import Plan
 from framepack.request import GenerateRequest
@@ -134,7 +135,7 @@ class JobManager:
         self._on_progress = on_progress  # (done steps, total steps) of the running job, for a host's progress bar
         self._model_lock = threading.Lock()  # held around a job's run and around load/unload from a face
         self._subscriber_queue_size = subscriber_queue_size
-        self._store = JobStore(self.data_dir / "jobs.db")
+        self._store = JobStore(self.data_dir / STORE_FILE)  # CorruptStore: one line, what to do
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         # Queued and running jobs live here (the store holds the same, persisted); ended jobs only in the store.
@@ -213,10 +214,17 @@ class JobManager:
                 self._subscribers.clear()
         return stopped
 
-    def close(self, timeout: float | None = 30.0) -> None:
-        """Stop the worker (see `stop`) and close the database."""
-        self.stop(timeout)
-        self._store.close()
+    def close(self, timeout: float | None = 30.0) -> bool:
+        """Stop the worker for good (see `stop`) and close the database, its write-ahead log checkpointed, so that
+        `jobs.db` alone then holds every job. A worker that does not stop within `timeout` (a model still loading)
+        keeps the database open, checkpointed all the same. Returns whether the worker stopped."""
+        stopped = self.stop(timeout)
+        if stopped:
+            self._store.close()
+        else:
+            logger.warning("the job worker did not stop within %s s; %s stays open for it", timeout, self._store.path)
+            self._store.checkpoint()
+        return stopped
 
     def _claim_data_dir(self) -> None:
         """One running manager per data_dir: two would both resume (and run) the same jobs. Enforced with an

@@ -3,16 +3,28 @@
 
 The store knows nothing about running jobs; the `JobManager` is the only writer. `seq` is a monotonic insertion
 number that gives the FIFO order of the queue (timestamps can tie or go backwards).
+
+Operators: opening checks the file (`PRAGMA quick_check`) and refuses a damaged one with one line that says what to
+do; it logs whether the database was created, found empty (0 bytes) or opened with jobs. `close()` checkpoints the
+write-ahead log into the file, so after a clean shutdown `jobs.db` alone holds every job.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import shlex
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
+from framepack.errors import UserError
 from framepack.jobs.models import Job, JobErrorInfo, JobProgress, JobState
+
+logger = logging.getLogger(__name__)
+
+STORE_FILE = "jobs.db"  # the database's name in a data folder
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -87,19 +99,84 @@ def _job(row: sqlite3.Row) -> Job:
     )
 
 
+class StoreError(UserError):
+    """The job database cannot be opened (a permission, a folder in its place...)."""
+
+
+class CorruptStore(StoreError):
+    """The job database is damaged or not a SQLite file: one line naming it, the `mv` that moves it aside (with its
+    write-ahead log) and the other choice, restoring a backup."""
+
+    def __init__(self, path: Path, reason: str):
+        aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+        moves = [f"mv {shlex.quote(str(path))} {shlex.quote(str(aside))}"]
+        wal = path.with_name(path.name + "-wal")
+        if wal.exists():
+            moves.append(f"mv {shlex.quote(str(wal))} {shlex.quote(str(aside) + '-wal')}")
+        super().__init__(
+            f"{path} is not a usable job database ({reason}). Either move it aside and start with an empty queue: "
+            f"{' && '.join(moves)} -- or move it aside and copy a backup (from `python -m framepack jobs backup`) "
+            f"to {path}; then start again."
+        )
+        self.path, self.reason, self.move_aside = path, reason, " && ".join(moves)
+
+
+def quick_check(db: sqlite3.Connection) -> str | None:
+    """What PRAGMA quick_check (about 0.1 s per 100 MB) finds wrong, in one short line; None when nothing.
+    Unreadable files raise instead (DatabaseError)."""
+    rows = [str(row[0]) for row in db.execute("PRAGMA quick_check").fetchall()]
+    if rows == ["ok"]:
+        return None
+    lines = [line for row in rows for line in row.splitlines() if line.strip() and not line.startswith("***")]
+    return f"quick_check: {lines[0][:200] if lines else 'failed'}"
+
+
+def is_damage(error: sqlite3.DatabaseError) -> bool:
+    """SQLITE_CORRUPT ("database disk image is malformed") and SQLITE_NOTADB ("file is not a database") raise the
+    base DatabaseError; locks, I/O and permissions raise its subclass OperationalError."""
+    return type(error) is sqlite3.DatabaseError
+
+
 class JobStore:
-    """Jobs in one SQLite file (WAL mode), safe to use from several threads of one process."""
+    """Jobs in one SQLite file (WAL mode), safe to use from several threads of one process.
+
+    Raises CorruptStore for a damaged file and StoreError for one that cannot be opened (one line each).
+    """
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        size = self.path.stat().st_size if self.path.is_file() else None
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        self._closed = False
+        try:
+            self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        except sqlite3.Error as error:
+            raise StoreError(f"cannot open the job database {self.path}: {error}") from None
         self._db.row_factory = sqlite3.Row
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute(SCHEMA)
+        try:
+            with self._lock:
+                damage = quick_check(self._db)  # before anything writes (journal_mode would)
+                if damage is None:
+                    self._db.execute("PRAGMA journal_mode=WAL")
+                    self._db.execute("PRAGMA synchronous=NORMAL")
+                    self._db.execute(SCHEMA)
+                    counts = dict(self._db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall())
+        except sqlite3.DatabaseError as error:
+            if not is_damage(error):
+                self._db.close()
+                raise StoreError(f"cannot open the job database {self.path}: {error}") from None
+            damage = str(error)
+        if damage is not None:
+            self._db.close()
+            raise CorruptStore(self.path, damage)
+        if size is None:
+            logger.info("created the job database %s (an empty queue)", self.path)
+        elif size == 0:
+            logger.warning("%s is empty (0 bytes): starting an empty queue", self.path)
+        else:
+            states = ", ".join(f"{count} {state}" for state, count in sorted(counts.items()))
+            logger.info("opened the job database %s: %d jobs (%s)", self.path, sum(counts.values()), states or "none")
 
     def insert(self, job: Job) -> None:
         """Add a new job at the end of the insertion order."""
@@ -130,9 +207,27 @@ class JobStore:
         """Jobs marked running, oldest first (after a restart: jobs a killed process left behind)."""
         return self._select("SELECT * FROM jobs WHERE state = ? ORDER BY seq", (JobState.RUNNING.value,))
 
-    def close(self) -> None:
+    def checkpoint(self) -> bool:
+        """Copy the write-ahead log into the database file and empty it; False when a reader kept it busy."""
         with self._lock:
-            self._db.close()
+            return self._checkpoint()
+
+    def close(self) -> None:
+        """Checkpoint (so the database file alone holds every job) and close; a second call does nothing."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                self._checkpoint()
+            finally:
+                self._db.close()
+
+    def _checkpoint(self) -> bool:
+        busy, _log_pages, _copied = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if busy:
+            logger.warning("%s: a reader kept the write-ahead log busy; the file alone may lack recent jobs", self.path)
+        return not busy
 
     def _select(self, query: str, parameters: tuple = ()) -> list[Job]:
         with self._lock:
