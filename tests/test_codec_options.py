@@ -279,9 +279,9 @@ def test_a_crashed_or_hung_probe_child_is_replaced(workdir: Path):
         prober._process.kill()  # a crash between probes: the next probe starts a new child
         prober._process.wait()
         prober.probe("libx264", "mp4", {"crf": "20"}, 64, 64)
-        prober.timeout_s = 0.001  # no child answers that fast: killed, reported, replaced
-        with pytest.raises(EncoderError, match="did not open within"):
-            prober.probe("libx264", "mp4", {"crf": "20"}, 64, 64)
+        prober.timeout_s = 0.5  # eight 4K frames at preset placebo take seconds: killed, reported, replaced
+        with pytest.raises(EncoderError, match="libx264 did not open within 0.5 s"):
+            prober.probe("libx264", "mp4", {"preset": "placebo"}, 3840, 2160)
         prober.timeout_s = 30
         prober.probe("libx264", "mp4", {"crf": "20"}, 64, 64)
 
