@@ -308,7 +308,7 @@ def route_table(
             from framepack.runner import check_outputs, plan_request
 
             result = plan_request(generate_request)
-            check_outputs(generate_request, result)
+            check_outputs(generate_request, result, manager.runner.encoder_prober)  # the runner's probe process
             return PlanResponse(summary=result.summary(), plan=result)
 
         return await run_in_threadpool(make)

@@ -120,8 +120,13 @@ def command_download_rife(args: argparse.Namespace) -> int:
 
 
 def command_codecs(args: argparse.Namespace) -> int:
+    from framepack.video.codec_options import describe_options
     from framepack.video.codecs import list_video_encoders
 
+    if getattr(args, "encoder", None):  # the options a request may give that encoder (no probe)
+        lines = describe_options(args.encoder)
+        print("\n".join(lines) if lines else f"{args.encoder}: no options are accepted")
+        return 0
     for info in list_video_encoders():
         kind = "hardware" if info.hardware else "software"
         print(f"{info.name:<14} {kind:<9} {info.pixel_format:<12} {','.join(info.containers):<18} {info.description}")
@@ -294,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(handler=command_info)
 
     codecs = commands.add_parser("codecs", help="list the video encoders that really open on this machine")
+    codecs.add_argument("encoder", nargs="?", help="print the codec options this encoder accepts instead")
     codecs.set_defaults(handler=command_codecs)
 
     rife = commands.add_parser("download-rife", help="fetch the Practical-RIFE 4.6 interpolation weights once")

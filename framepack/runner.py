@@ -34,6 +34,7 @@ from framepack.video.codecs import check_output_settings
 from framepack.video.encoder import VideoEncoderSink, partial_path
 from framepack.video.frames import FrameExportSink
 from framepack.video.interpolate import InterpolatingSink, load_interpolator
+from framepack.video.probe import EncoderProber
 from framepack.video.raw import RawFramesSink
 from framepack.video.sink import FrameSink, abort_sinks
 
@@ -101,9 +102,10 @@ def request_record(request: GenerateRequest, plan: Plan) -> dict:
     }
 
 
-def check_outputs(request: GenerateRequest, plan: Plan) -> None:
-    """Encoder, container and options are tried in memory before any model work."""
-    check_output_settings(request.codec, request.container, request.codec_options, plan.width, plan.height)
+def check_outputs(request: GenerateRequest, plan: Plan, prober: EncoderProber | None = None) -> None:
+    """Encoder, container and options are checked by the encoder's allowlist and tried in memory (by `prober`, in
+    a child process in an empty folder) before any model work."""
+    check_output_settings(request.codec, request.container, request.codec_options, plan.width, plan.height, prober)
 
 
 def build_sinks(request: GenerateRequest, plan: Plan, path: Path, model_dir: Path | None = None) -> list[FrameSink]:
@@ -175,11 +177,12 @@ class Runner:
         self._components: Components | None = None
         self._offloader: Offloader | None = None
         self._placement: tuple[str, float] | None = None
+        self.encoder_prober = EncoderProber()  # its child process starts on the first probe with options
 
     def preflight(self, request: GenerateRequest, plan: Plan) -> None:
         """Everything about the request that can fail on this machine, checked before any model work:
         encoder, container and options, and the attention kernel on this device."""
-        check_outputs(request, plan)
+        check_outputs(request, plan, self.encoder_prober)
         check_attention(request.attention, self.device)
 
     def components_for(self, request: GenerateRequest, recipe: Recipe, on_event: EventCallback = ignore_events) -> Components:

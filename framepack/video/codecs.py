@@ -7,7 +7,6 @@ so the list is found by opening each candidate for real, in memory, with a coupl
 from __future__ import annotations
 
 import io
-import re
 from dataclasses import dataclass
 
 import av
@@ -15,7 +14,8 @@ import numpy as np
 from av.codec import Codec
 from av.codec.codec import Capabilities
 
-from framepack.errors import FieldError
+from framepack.video.codec_options import HARDWARE_MARKERS, EncoderError, parse_codec_options
+from framepack.video.probe import EncoderProber
 
 CONTAINER_FORMATS = {"mp4": "mp4", "webm": "webm", "mkv": "matroska", "mov": "mov"}
 # Delivery and mastering encoders worth offering; hardware encoders are added from what FFmpeg reports.
@@ -23,18 +23,13 @@ SOFTWARE_CANDIDATES = (
     "libx264", "libx265", "libsvtav1", "libaom-av1", "libvpx-vp9", "libvpx", "prores_ks",
     "ffv1", "mpeg4", "mjpeg", "png",
 )  # fmt: skip
-HARDWARE_MARKERS = ("_nvenc", "_qsv", "_amf", "_vaapi", "_videotoolbox", "_v4l2m2m", "_mf", "_vulkan")
 PREFERRED_PIXEL_FORMATS = ("yuv420p", "yuvj420p", "yuv422p10le", "rgb24")
 PIXEL_FORMAT_OVERRIDES = {"mjpeg": "yuvj420p"}  # FFmpeg's MJPEG encoder wants full-range YUV
-# Encoder options that name files to read or write (two-pass logs, stats, dumps): never from a request.
-FILE_OPTIONS = {"stats", "passlogfile", "twopass", "dump", "psnr_file", "ssim_file", "x265-stats", "vbv-file"}
-OPTION_NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
-OPTION_VALUE = re.compile(r"^[A-Za-z0-9_.+\-:=]*$")
+# FFmpeg's SVT-AV1 wrapper only warns about svtav1-params it cannot parse unless errors explode.
+PROBE_EXTRAS = {"libsvtav1": {"err_detect": "explode"}}
 PROBE_SIZE = 64
-
-
-class EncoderError(FieldError):
-    """Bad encoder settings."""
+# x265 gives garbage DTS (which the MP4 muxer may refuse) when a B-frame GOP is cut after two frames: probe with more
+PROBE_FRAMES = 8
 
 
 @dataclass(frozen=True)
@@ -44,24 +39,6 @@ class EncoderInfo:
     hardware: bool
     pixel_format: str
     containers: tuple[str, ...]  # of CONTAINER_FORMATS, in that order
-
-
-def parse_codec_options(text: str) -> dict[str, str]:
-    """'crf:16' or 'crf=16,preset=slow,x264-params=keyint=60:bframes=2' -> options for the encoder.
-
-    Each comma-separated item is split at its first ':' or '='. Values are restricted to the characters of
-    plain settings and file-naming options are refused, so options can neither write files nor open URLs.
-    """
-    options: dict[str, str] = {}
-    for item in filter(str.strip, text.split(",")):
-        match = re.match(r"^\s*([^:=\s]+)\s*[:=]\s*(.*?)\s*$", item)
-        if not match or not OPTION_NAME.match(match.group(1)) or not match.group(2):
-            raise EncoderError("codec_options", f"cannot read {item.strip()!r}; write key:value or key=value, comma separated")
-        name, value = match.group(1), match.group(2)
-        if name.lower() in FILE_OPTIONS or not OPTION_VALUE.match(value) or "//" in value:
-            raise EncoderError("codec_options", f"{name}={value!r} is not allowed: options may not name files or URLs")
-        options[name] = value
-    return options
 
 
 def is_hardware(codec: Codec) -> bool:
@@ -80,14 +57,19 @@ def pixel_format(codec_name: str) -> str:
     return formats[0] if formats else "yuv420p"
 
 
-def probe_encoder(codec: str, container: str, options: dict[str, str], width: int = PROBE_SIZE, height: int = PROBE_SIZE) -> None:
-    """Encode two frames into memory with exactly these settings; EncoderError naming the field if it fails."""
+def check_names(codec: str, container: str) -> None:
+    """EncoderError unless the container is one we write and the codec an encoder of this FFmpeg build."""
     if container not in CONTAINER_FORMATS:
         raise EncoderError("container", f"{container!r}; allowed {', '.join(CONTAINER_FORMATS)}")
     try:
         Codec(codec, "w")
     except Exception:
         raise EncoderError("codec", f"{codec!r} is not an encoder of this FFmpeg build; run `python -m framepack codecs`") from None
+
+
+def open_in_memory(codec: str, container: str, options: dict[str, str], width: int, height: int) -> None:
+    """Encode a few frames into memory with exactly these settings, in this process; EncoderError naming the field."""
+    check_names(codec, container)
     buffer = io.BytesIO()
     output = av.open(buffer, mode="w", format=CONTAINER_FORMATS[container])
     try:
@@ -96,14 +78,15 @@ def probe_encoder(codec: str, container: str, options: dict[str, str], width: in
         except ValueError as error:
             raise EncoderError("container", f"{container} cannot hold {codec}: {error}") from None
         stream.width, stream.height, stream.pix_fmt = width, height, pixel_format(codec)
-        stream.options = dict(options)
+        stream.options = {**options, **(PROBE_EXTRAS.get(codec, {}) if options else {})}
         frame = av.VideoFrame.from_ndarray(np.zeros((height, width, 3), np.uint8), format="rgb24")
         try:
-            for _ in range(2):
+            for _ in range(PROBE_FRAMES):
                 output.mux(stream.encode(frame))
             output.mux(stream.encode(None))
         except Exception as error:
-            raise EncoderError("codec_options" if options else "codec", f"{codec} refused {options or 'to open'}: {error}") from None
+            reason = getattr(error, "strerror", None) or error
+            raise EncoderError("codec_options" if options else "codec", f"{codec} refused {options or 'to open'}: {reason}") from None
         unused = sorted(stream.codec_context.options)  # FFmpeg hands back the options nothing consumed
         if unused:
             raise EncoderError("codec_options", f"{codec} has no option {', '.join(unused)} (see `ffmpeg -h encoder={codec}`)")
@@ -111,14 +94,40 @@ def probe_encoder(codec: str, container: str, options: dict[str, str], width: in
         output.close()
 
 
-def check_output_settings(codec: str, container: str, codec_options: str, width: int, height: int) -> dict[str, str]:
-    """Validate a request's video settings before sampling; returns the parsed options."""
-    options = parse_codec_options(codec_options)
+def probe_encoder(
+    codec: str,
+    container: str,
+    options: dict[str, str],
+    width: int = PROBE_SIZE,
+    height: int = PROBE_SIZE,
+    prober: EncoderProber | None = None,
+) -> None:
+    """Open the encoder for real on a few frames in memory; EncoderError naming the field if it fails.
+
+    Options come from requests, so they are tried by `prober` (a child process in an empty temporary folder; a
+    one-off prober when none is given). With no options nothing can name a file and the probe runs here.
+    """
+    if not options:
+        open_in_memory(codec, container, options, width, height)
+    elif prober is not None:
+        prober.probe(codec, container, options, width, height)
+    else:
+        with EncoderProber() as one_off:
+            one_off.probe(codec, container, options, width, height)
+
+
+def check_output_settings(
+    codec: str, container: str, codec_options: str, width: int, height: int, prober: EncoderProber | None = None
+) -> dict[str, str]:
+    """Validate a request's video settings before sampling (options by the encoder's allowlist, then a real probe
+    by `prober`, see probe_encoder); returns the parsed options."""
     if codec == "none":
-        return options
+        return parse_codec_options(codec_options)
+    check_names(codec, container)
+    options = parse_codec_options(codec_options, codec)
     if width % 2 or height % 2:
         raise EncoderError("resolution", f"{width}x{height}: width and height must be even")
-    probe_encoder(codec, container, options)
+    probe_encoder(codec, container, options, prober=prober)
     return options
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from framepack.video.codecs import CONTAINER_FORMATS, EncoderError, parse_codec_options, pixel_format
+from framepack.video.codecs import CONTAINER_FORMATS, EncoderError, check_names, parse_codec_options, pixel_format
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +39,8 @@ class VideoEncoderSink:
     ):
         if width % 2 or height % 2:
             raise EncoderError("resolution", f"{width}x{height}: width and height must be even for yuv420p")
-        if container not in CONTAINER_FORMATS:
-            raise EncoderError("container", f"{container!r}; allowed {', '.join(CONTAINER_FORMATS)}")
+        check_names(codec, container)
+        parsed = parse_codec_options(options, codec)  # the probe's allowlist, before any file is opened
         self.path = Path(path)
         self.partial = partial_path(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -52,7 +52,7 @@ class VideoEncoderSink:
             self._stream = self._container.add_stream(codec, rate=fps)
             self._stream.width, self._stream.height = width, height
             self._stream.pix_fmt = pixel_format(codec)
-            self._stream.options = parse_codec_options(options)
+            self._stream.options = parsed
         except Exception as error:
             self.abort()
             if isinstance(error, EncoderError):
