@@ -178,7 +178,7 @@ def rename_no_replace(source: Path, target: Path) -> None:
         return
     if not os.path.isdir(source) or os.path.islink(source):
         try:
-            os.link(source, target, follow_symlinks=False)
+            os.link(source, target)
         except FileExistsError:
             raise
         except OSError as error:
