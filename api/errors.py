@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from framepack.errors import FieldError, UserError
 from framepack.jobs.models import JobConflict, JobNotFound, QueueFull
+from framepack.outputs import DiskFull, OutputExists
 
 logger = logging.getLogger(__name__)
 
@@ -34,11 +35,12 @@ ERROR_KINDS = (
     "unauthorized",  # 401
     "not_found",  # 404: unknown job, file or route
     "method_not_allowed",  # 405
-    "conflict",  # 409: e.g. cancelling a finished job
+    "conflict",  # 409: e.g. cancelling a finished job, or an output name a job or a file has taken (field filename)
     "too_large",  # 413: request body over the limit
     "queue_full",  # 429: try again after Retry-After seconds
     "model_unavailable",  # 503: model files missing; the message says where we looked and how to get them
     "out_of_memory",  # 503: the job ran out of (GPU) memory
+    "disk_full",  # 507: no space left for the outputs; the message names the folder and its free space
     "cancelled",  # 409: the job was cancelled before it finished
     "internal",  # 500: a bug; details are in the server log
 )
@@ -51,8 +53,17 @@ STATUS_KINDS = {
     422: "invalid",
     429: "queue_full",
     503: "model_unavailable",
+    507: "disk_full",
 }
-JOB_ERROR_STATUS = {"invalid": 422, "model_unavailable": 503, "out_of_memory": 503, "cancelled": 409, "internal": 500}
+JOB_ERROR_STATUS = {
+    "invalid": 422,
+    "conflict": 409,
+    "model_unavailable": 503,
+    "out_of_memory": 503,
+    "disk_full": 507,
+    "cancelled": 409,
+    "internal": 500,
+}
 
 
 class ErrorDetail(BaseModel):
@@ -123,8 +134,10 @@ def response_for(error: BaseException) -> JSONResponse | None:
         )
     if isinstance(error, JobNotFound):
         return error_response(404, "not_found", str(error) or "no such job", "id")
-    if isinstance(error, JobConflict):
-        return error_response(409, "conflict", str(error))
+    if isinstance(error, (JobConflict, OutputExists)):
+        return error_response(409, "conflict", str(error), error.field)
+    if isinstance(error, DiskFull):
+        return error_response(507, "disk_full", str(error))
     if isinstance(error, ModelUnavailableError):
         return error_response(503, "model_unavailable", str(error), "model")
     if isinstance(error, FieldError):
@@ -194,10 +207,11 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` for a route: the common ones plus the listed statuses."""
     descriptions = {
         404: "Unknown job or file.",
-        409: "The job's state does not allow this, or the job was cancelled.",
+        409: "The job's state does not allow this, the job was cancelled, or its filename is taken (field filename).",
         413: "Request body over the size limit.",
         429: "Queue full; retry after the Retry-After header's seconds.",
         503: "Model not available (or out of memory); the message says what is missing and how to get it.",
+        507: "Disk full: the job kept nothing; the message names the folder and its free space. Retry later.",
     }
     responses = dict(ERROR_RESPONSES)
     for status in statuses:

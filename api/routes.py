@@ -15,7 +15,6 @@ Infinity are refused.
 from __future__ import annotations
 
 import asyncio
-import glob
 import io
 import json
 import logging
@@ -177,20 +176,10 @@ def route_table(
         return error_response(JOB_ERROR_STATUS.get(kind, 500), kind, message, field, job_id=job.id)
 
     async def submit(request: Request) -> Job:
-        """Read, validate and queue a request; a named output that exists already is a 409 (over the network
-        one client must not overwrite another's video)."""
+        """Read, validate and queue a request (in the threadpool: the queue touches the disk). A filename that a
+        queued or running job or an existing output has taken is a 409 from the manager, as for every face."""
         generate_request = await read_generate_request(request, max_body_bytes)
-        return await run_in_threadpool(submit_unless_taken, generate_request)
-
-    def submit_unless_taken(generate_request: GenerateRequest) -> Job:
-        """Queue the request (in the threadpool: the folder listing and the queue both touch the disk), or
-        ApiError 409 when an output with its filename exists already."""
-        if generate_request.filename:
-            taken = [path.name for path in output_dir.glob(f"{glob.escape(generate_request.filename)}.*")]
-            if taken:
-                message = f"an output named {taken[0]!r} exists already; choose another filename or leave it out"
-                raise ApiError(409, "conflict", message, "filename")
-        return manager.submit(generate_request)
+        return await run_in_threadpool(manager.submit, generate_request)
 
     async def wait_until_ended(job_id: str) -> Job:
         while True:
@@ -204,8 +193,8 @@ def route_table(
         """Generate a video and answer when it exists (SD.Next's route). The job runs in the server's queue like
         any other; the request only waits for it, so other requests are served meanwhile (a client that goes away
         leaves the job running; it stays listed). A failed job answers its error status (422 invalid, 409
-        cancelled, 503 model unavailable or out of memory, 500 bug) with the error shape and the job id, never
-        200."""
+        cancelled or an output name taken meanwhile, 503 model unavailable or out of memory, 507 disk full, 500 bug)
+        with the error shape and the job id, never 200."""
         job = await wait_until_ended((await submit(request)).id)
         if job.state != JobState.FINISHED:
             return failure_response(job)
@@ -325,7 +314,7 @@ def route_table(
                 "response_model": GenerateResponse,
                 "openapi_extra": body,
                 "summary": "Generate a video (blocks until done)",
-                "responses": error_responses(409, 413, 429, 503),
+                "responses": error_responses(409, 413, 429, 503, 507),
             },
         ),
         RouteSpec(

@@ -16,6 +16,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from framepack.errors import FieldError, user_error_message, validation_message
+from framepack.outputs import OutputExists
 from framepack.request import GenerateRequest, field_kind
 
 FIELD_FLAGS_SKIP = {"keyframes"}  # given as repeated --keyframe INDEX=IMAGE
@@ -136,6 +137,20 @@ def command_codecs(args: argparse.Namespace) -> int:
 def _error(message: str) -> int:
     print(f"error: {message}", file=sys.stderr)
     return 2
+
+
+def output_exists_message(error: OutputExists) -> str:
+    """The CLI's line for outputs that would replace a file: they never do; the run stops instead."""
+    names = ", ".join(error.names)
+    if error.during_commit:
+        return (
+            f"--filename: {names} appeared in {error.folder} while the video was made; it was left as it is and "
+            "nothing of this run was kept; choose another --filename"
+        )
+    return (
+        f"--filename: {names} exists already in {error.folder}; choose another --filename or remove it (outputs "
+        "never replace a file)"
+    )
 
 
 def command_plan(args: argparse.Namespace) -> int:
@@ -335,6 +350,8 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args)
     except ValidationError as error:
         return _error(validation_message(error))
+    except OutputExists as error:
+        return _error(output_exists_message(error))
     except KeyboardInterrupt:
         return _error("interrupted; no partial output was kept")
     except Exception as error:  # known user-facing errors print one line; anything else is a bug with a trace

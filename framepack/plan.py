@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from framepack.errors import FieldError
-from framepack.models.lora import merge_refs, parse_lora_tags
+from framepack.models.lora import check_weights, merge_refs, parse_lora_tags
 from framepack.request import GenerateRequest
 
 # (height, width) buckets of the original FramePack at the trained 640 scale.
@@ -208,6 +208,8 @@ def make_plan(request: GenerateRequest, image_size: tuple[int, int] | None = Non
     lora_warnings: list[str] = []
     prompt, prompt_loras = parse_lora_tags(request.prompt, lora_warnings)
     section_text, section_loras = parse_lora_tags(request.section_prompts, lora_warnings)
+    check_weights(prompt_loras, "prompt")
+    check_weights(section_loras, "section_prompts")
     loras = merge_refs([prompt_loras, section_loras], lora_warnings)
     if parse_lora_tags(request.negative_prompt, [])[1]:
         raise PlanError(

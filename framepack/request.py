@@ -13,6 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from framepack.outputs import MAX_NAME_BYTES, MAX_STEM_BYTES, TEMPORARY_MARK
+
 Variant = Literal["bidirectional", "f1"]
 Sampler = Literal["unipc", "euler"]
 Offload = Literal["none", "model", "balanced", "blocks"]
@@ -24,6 +26,7 @@ ASPECT_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*[:x/]\s*(\d+(?:\.\d+)?)\s*$"
 MAX_DURATION_S = 600.0
 MAX_KEYFRAMES = 64
 PATH_CHECK_LENGTH = 4096  # longer strings cannot be file paths (PATH_MAX): image values this long are base64
+FILENAME_FORBIDDEN = '/\\<>:"|?*'  # folders, and what Windows refuses in names (":" would name an NTFS stream)
 
 
 def field_kind(annotation: typing.Any) -> tuple[type, tuple | None]:
@@ -37,6 +40,30 @@ def field_kind(annotation: typing.Any) -> tuple[type, tuple | None]:
         inner = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
         return field_kind(inner[0])
     return annotation, None
+
+
+def filename_problem(stem: str) -> str | None:
+    """What is wrong with `stem` as an output file stem (a phrase after "filename"), or None when it is fine."""
+    if not stem.strip():
+        return "must not be empty"
+    if not stem.isprintable():
+        return "must be printable: no control characters, line breaks or tabs"
+    if stem != stem.strip():
+        return "must not start or end with a space"
+    if stem.startswith("."):
+        return "must not start with '.' (hidden names are not served and are used for temporary files)"
+    if TEMPORARY_MARK in stem.lower():
+        return f"must not contain {TEMPORARY_MARK!r} (the temporary-file mark)"
+    forbidden = sorted({char for char in stem if char in FILENAME_FORBIDDEN})
+    if forbidden:
+        return f"must be a plain file stem: none of {' '.join(FILENAME_FORBIDDEN)} (found {' '.join(forbidden)})"
+    size = len(stem.encode("utf-8"))
+    if size > MAX_STEM_BYTES:
+        return (
+            f"is {size} bytes of UTF-8; at most {MAX_STEM_BYTES} (its longest output name, the temporary "
+            f"'.<filename>{TEMPORARY_MARK}.safetensors', must fit in {MAX_NAME_BYTES} bytes)"
+        )
+    return None
 
 
 class GenerateRequest(BaseModel):
@@ -126,7 +153,15 @@ class GenerateRequest(BaseModel):
         "auto", description="Interpolation method: rife (needs its weights), flow (optical flow), auto (rife if present)."
     )
     output_dir: str | None = Field(None, description="Folder for outputs; default is the host's video folder.")
-    filename: str | None = Field(None, max_length=200, description="Output file stem; default is time + seed.")
+    filename: str | None = Field(
+        None,
+        max_length=MAX_STEM_BYTES,  # characters, a bound the tab's textbox keeps; the validator counts UTF-8 bytes
+        description=(
+            f"Output file stem; default is the job id (CLI: time + seed). Printable, no leading '.', no "
+            f"'{TEMPORARY_MARK}', none of {FILENAME_FORBIDDEN}, at most {MAX_STEM_BYTES} bytes of UTF-8 (so every "
+            f"output and temporary name stays within {MAX_NAME_BYTES} bytes). Taken names are refused (409)."
+        ),
+    )
     preview: bool = Field(True, description="Decode a preview image of each finished section.")
 
     # Performance
@@ -188,8 +223,10 @@ class GenerateRequest(BaseModel):
     @field_validator("filename")
     @classmethod
     def _check_filename(cls, value: str | None) -> str | None:
-        if value is not None and (not value.strip() or re.search(r"[\\/\x00]|^\.\.?$", value)):
-            raise ValueError("filename must be a plain file stem without folders")
+        if value is not None:
+            problem = filename_problem(value)
+            if problem:
+                raise ValueError(f"filename {problem}")
         return value
 
     @model_validator(mode="after")

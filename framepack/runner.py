@@ -24,14 +24,15 @@ from framepack.models.attention import check_attention, set_attention
 from framepack.models.caches import TransformerCache, load_mag_ratios, save_mag_ratios
 from framepack.models.components import Components
 from framepack.models.loader import load_components
-from framepack.models.lora import LoraRef, ensure_loras
+from framepack.models.lora import LoraRef, check_loras, ensure_loras, parse_lora_tags
 from framepack.models.offload import HostOffload, Offloader
 from framepack.models.recipe import Recipe, default_recipe, load_recipe, tiny_recipe
 from framepack.models.tiny import write_tiny_model
+from framepack.outputs import OutputCommit, OutputExists, disk_full, existing_names, partial_path
 from framepack.plan import Plan, make_plan
 from framepack.request import GenerateRequest
 from framepack.video.codecs import check_output_settings
-from framepack.video.encoder import VideoEncoderSink, partial_path
+from framepack.video.encoder import VideoEncoderSink
 from framepack.video.frames import FrameExportSink
 from framepack.video.interpolate import InterpolatingSink, load_interpolator
 from framepack.video.probe import EncoderProber
@@ -79,6 +80,16 @@ def output_path(request: GenerateRequest, plan: Plan, default_dir: Path) -> Path
     return folder / f"{stem}.{request.container}"
 
 
+def planned_outputs(request: GenerateRequest, path: Path) -> list[Path]:
+    """The final paths the request writes beside the video path `path`: video, raw file, frames folder, sidecar."""
+    paths = [path] if request.codec != "none" else []
+    if request.save_raw:
+        paths.append(path.with_suffix(".safetensors"))
+    if request.save_frames != "none":
+        paths.append(path.with_name(path.stem))
+    return [*paths, path.with_suffix(".json")]
+
+
 def request_record(request: GenerateRequest, plan: Plan) -> dict:
     """What outputs record about the generation: a request that re-creates it (the seed as resolved) and the
     plan. Images are kept when given as file paths; embedded base64 images are left out and listed."""
@@ -108,23 +119,44 @@ def check_outputs(request: GenerateRequest, plan: Plan, prober: EncoderProber | 
     check_output_settings(request.codec, request.container, request.codec_options, plan.width, plan.height, prober)
 
 
-def build_sinks(request: GenerateRequest, plan: Plan, path: Path, model_dir: Path | None = None) -> list[FrameSink]:
-    """Video, raw frames and image export, behind the interpolator when frames are interpolated."""
+def build_sinks(
+    request: GenerateRequest,
+    plan: Plan,
+    path: Path,
+    model_dir: Path | None = None,
+    commit: OutputCommit | None = None,
+) -> list[FrameSink]:
+    """Video, raw frames and image export, behind the interpolator when frames are interpolated. With `commit`
+    the sinks leave their finished outputs under temporary names, staged for `commit.commit()`."""
     record = request_record(request, plan)
     sinks: list[FrameSink] = []
     try:
         if request.codec != "none":
             sinks.append(
                 VideoEncoderSink(
-                    path, plan.fps, plan.width, plan.height, request.codec, request.container, request.codec_options, record
+                    path,
+                    plan.fps,
+                    plan.width,
+                    plan.height,
+                    request.codec,
+                    request.container,
+                    request.codec_options,
+                    record,
+                    commit,
                 )
             )
         if request.save_raw:
             settings = {"codec": request.codec, "container": request.container, "codec_options": request.codec_options}
             raw_path = path.with_suffix(".safetensors")
-            sinks.append(RawFramesSink(raw_path, plan.fps, plan.width, plan.height, plan.output_frames, settings, request=record))
+            sinks.append(
+                RawFramesSink(
+                    raw_path, plan.fps, plan.width, plan.height, plan.output_frames, settings, request=record, commit=commit
+                )
+            )
         if request.save_frames != "none":
-            sinks.append(FrameExportSink(path.parent, path.stem, request.save_frames, request.jpeg_quality))
+            sinks.append(
+                FrameExportSink(path.parent, path.stem, request.save_frames, request.jpeg_quality, commit=commit)
+            )
     except BaseException:
         abort_sinks(sinks)
         raise
@@ -134,13 +166,17 @@ def build_sinks(request: GenerateRequest, plan: Plan, path: Path, model_dir: Pat
     return sinks
 
 
-def write_sidecar(path: Path, record: dict, result: GenerationResult) -> Path:
-    """`<video stem>.json` beside the outputs: the request record, the plan, timings and output paths."""
+def write_sidecar(path: Path, record: dict, result: GenerationResult, commit: OutputCommit | None = None) -> Path:
+    """`<video stem>.json` beside the outputs: the request record, the plan, timings and output paths. Written
+    under its temporary name, then renamed (with `commit`: staged for `commit.commit()`)."""
     sidecar = path.with_suffix(".json")
     payload = {**record, "plan_detail": result.plan.model_dump(), "timings": result.timings, "outputs": result.outputs}
     temporary = partial_path(sidecar)
+    if commit is not None:
+        commit.stage(temporary, sidecar)  # staged first, so a failed write is discarded with the rest
     temporary.write_text(json.dumps(payload, indent=2))
-    os.replace(temporary, sidecar)
+    if commit is None:
+        os.replace(temporary, sidecar)
     return sidecar
 
 
@@ -181,9 +217,14 @@ class Runner:
 
     def preflight(self, request: GenerateRequest, plan: Plan) -> None:
         """Everything about the request that can fail on this machine, checked before any model work:
-        encoder, container and options, and the attention kernel on this device."""
+        encoder, container and options, the attention kernel on this device, and each LoRA's file (inside the
+        LoRA folder, with a readable safetensors header)."""
         check_outputs(request, plan, self.encoder_prober)
         check_attention(request.attention, self.device)
+        if plan.loras:
+            in_prompt = {ref.name for ref in parse_lora_tags(request.prompt)[1]}
+            fields = {name: "prompt" if name in in_prompt else "section_prompts" for name, _weight in plan.loras}
+            check_loras([LoraRef(name, weight) for name, weight in plan.loras], self.lora_dir, fields)
 
     def components_for(self, request: GenerateRequest, recipe: Recipe, on_event: EventCallback = ignore_events) -> Components:
         """The loaded model for `recipe`, placed per the request's offload settings (reloaded only when the
@@ -234,6 +275,10 @@ class Runner:
     ) -> GenerationResult:
         """Validate everything, load the model, generate; outputs plus a sidecar JSON appear only on success.
 
+        All outputs are written complete under temporary names, then renamed into place together (`OutputCommit`):
+        they appear together or none remains. An output name that exists already is refused before any work
+        (OutputExists), and the final renames never replace a file; disk full anywhere raises DiskFull.
+
         `finished_sections` / `on_section_latents` pass through to `generate` for checkpoints and resume (the plan
         must then be the same plan, seed included). `calibrate_magcache` runs without skipping while measuring
         MagCache's magnitude ratios, saves their mean over the sections for the variant in the data folder (later
@@ -241,32 +286,47 @@ class Runner:
         """
         plan = plan or plan_request(request)
         self.preflight(request, plan)
-        recipe = resolve_recipe(request.model, request.variant, self.home)
         path = output_path(request, plan, self.output_dir)
-        sinks = build_sinks(request, plan, path, self.home or data_home())
+        taken = existing_names(path.parent, [planned.name for planned in planned_outputs(request, path)])
+        if taken:
+            raise OutputExists(path.parent, taken)
+        recipe = resolve_recipe(request.model, request.variant, self.home)
+        commit = OutputCommit()
         try:
-            components = self.components_for(request, recipe, on_event)
-            if plan.loras:
-                on_event(StageStarted("apply LoRAs", ", ".join(f"{name}:{weight:g}" for name, weight in plan.loras)))
-            # the request's LoRAs exactly (none -> any earlier ones are unloaded); an identical set stays applied.
-            # A change happens inside `regrouping`: a streamed transformer regroups its blocks with the LoRA layers
-            # once (diffusers' unload_lora would otherwise rebuild group offload too, re-pinning every weight)
-            refs = [LoraRef(name, weight) for name, weight in plan.loras]
-            ensure_loras(components.transformer, refs, self.lora_dir, around_change=self._offloader.regrouping)
-            set_attention(components.transformer, request.attention)
-            cache = self.cache_for(request, plan, components, calibrate_magcache)
-        except BaseException:
-            abort_sinks(sinks)
+            sinks = build_sinks(request, plan, path, self.home or data_home(), commit)
+            try:
+                components = self.components_for(request, recipe, on_event)
+                if plan.loras:
+                    listed = ", ".join(f"{name}:{weight:g}" for name, weight in plan.loras)
+                    on_event(StageStarted("apply LoRAs", listed))
+                # the request's LoRAs exactly (none -> any earlier ones are unloaded); an identical set stays
+                # applied. A change happens inside `regrouping`: a streamed transformer regroups its blocks with the
+                # LoRA layers once (diffusers' unload_lora would otherwise rebuild group offload too, re-pinning
+                # every weight)
+                refs = [LoraRef(name, weight) for name, weight in plan.loras]
+                ensure_loras(components.transformer, refs, self.lora_dir, around_change=self._offloader.regrouping)
+                set_attention(components.transformer, request.attention)
+                cache = self.cache_for(request, plan, components, calibrate_magcache)
+            except BaseException:
+                abort_sinks(sinks)
+                raise
+            if components.self_test:
+                logger.warning("running the SELF-TEST model: random weights, the video is noise")
+            with cache:  # the hooks come off the shared transformer whatever happens
+                result = generate(
+                    components, request, plan, sinks, on_event, cancel, finished_sections, on_section_latents, cache
+                )
+            if calibrate_magcache:
+                result.mag_ratios = mean_ratios(cache.calibration, plan.steps)
+                saved = save_mag_ratios(components.variant, result.mag_ratios, self.home or data_home())
+                logger.info("MagCache ratios for %s saved to %s", components.variant, saved)
+            # every output is complete under its temporary name (the sidecar last); now they appear together
+            result.outputs.append(str(write_sidecar(path, request_record(request, plan), result, commit)))
+            commit.commit()
+        except BaseException as error:
+            commit.discard()
+            full = disk_full(error, path.parent) if isinstance(error, Exception) else None
+            if full is not None and full is not error:
+                raise full from error
             raise
-        if components.self_test:
-            logger.warning("running the SELF-TEST model: random weights, the video is noise")
-        with cache:  # the hooks come off the shared transformer whatever happens
-            result = generate(
-                components, request, plan, sinks, on_event, cancel, finished_sections, on_section_latents, cache
-            )
-        if calibrate_magcache:
-            result.mag_ratios = mean_ratios(cache.calibration, plan.steps)
-            saved = save_mag_ratios(components.variant, result.mag_ratios, self.home or data_home())
-            logger.info("MagCache ratios for %s saved to %s", components.variant, saved)
-        result.outputs.append(str(write_sidecar(path, request_record(request, plan), result)))
         return result

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from framepack.errors import FieldError, UserError
 from framepack.events import (
@@ -56,6 +56,7 @@ from framepack.generate import START
 from framepack.jobs.models import Job, JobConflict, JobErrorInfo, JobNotFound, JobProgress, JobState, QueueFull
 from framepack.jobs.store import STORE_FILE, JobStore
 from framepack.models.loader import ModelUnavailableError, check_available
+from framepack.outputs import DiskFull, OutputExists, existing_names, output_names
 from framepack.plan import Plan
 from framepack.request import GenerateRequest
 from framepack.runner import Runner, plan_request, resolve_recipe
@@ -257,8 +258,10 @@ class JobManager:
     def submit(self, request: GenerateRequest) -> Job:
         """Validate without loading a model, fix the seed and output name, persist and enqueue.
 
-        Raises FieldError (a bad field or image; EncoderError for output settings that do not open),
-        ModelUnavailableError (a component is not on this machine) or QueueFull.
+        Raises FieldError (a bad field or image; EncoderError for output settings that do not open; a LoRA tag
+        whose weight, file or header is wrong), ModelUnavailableError (a component is not on this machine),
+        JobConflict naming "filename" (a queued or running job will write that output name, or an output with
+        it exists) or QueueFull. Jobs without a filename get their id as the name: those never clash.
         """
         self._check_room()
         plan = plan_request(request)
@@ -282,6 +285,8 @@ class JobManager:
         )
         with self._lock:
             self._check_room()
+            if request.filename:
+                self._check_output_name(job.request)  # under the lock: two submits cannot both take a name
             self._store.insert(job)
             self._jobs[job_id] = job
             self._queue.append(job_id)
@@ -456,6 +461,10 @@ class JobManager:
             return False
         except ModelUnavailableError as error:
             failure = ("model_unavailable", str(error), None)
+        except OutputExists as error:
+            failure = ("conflict", str(error), "filename")
+        except DiskFull as error:
+            failure = ("disk_full", str(error), None)
         except FieldError as error:
             failure = ("invalid", str(error), error.field)
         except UserError as error:
@@ -610,7 +619,13 @@ class JobManager:
         folder.mkdir(parents=True, exist_ok=True)
         target = folder / f"{key}.safetensors"
         temporary = folder / f".{key}.partial.safetensors"
-        save_file({"latents": latents.detach().to("cpu", torch.float32).contiguous()}, str(temporary))
+        data = save({"latents": latents.detach().to("cpu", torch.float32).contiguous()})
+        try:
+            with open(temporary, "wb") as handle:  # a Python write, so a full disk is an OSError naming the file
+                handle.write(data)
+        except OSError as error:
+            temporary.unlink(missing_ok=True)
+            raise OSError(error.errno, error.strerror, str(temporary)) from error
         os.replace(temporary, target)
         logger.debug("job %s: checkpoint %s saved", job_id, key)
 
@@ -666,11 +681,36 @@ class JobManager:
         except ValueError:
             return str(resolved)
 
+    def _output_folder(self, request: dict) -> Path:
+        """The folder a job's outputs go to (its request's output_dir, else the runner's)."""
+        return Path(request["output_dir"]) if request.get("output_dir") else self.runner.output_dir
+
+    def _check_output_name(self, request: dict) -> None:
+        """JobConflict naming "filename" when a queued or running job will write the request's output name in the
+        same folder, or a file or folder of that name (any output: video, raw, sidecar, frames) exists there."""
+        stem, folder = request["filename"], self._output_folder(request)
+        key = _name_key(folder, stem)
+        live = list(self._jobs.values()) + [job for job in self._store.running() if job.id not in self._jobs]
+        for job in live:
+            other = job.request.get("filename")
+            if other and _name_key(self._output_folder(job.request), other) == key:
+                raise JobConflict(
+                    f"filename: {stem!r} is taken by job {job.id} ({job.state.value}), which will write it; choose "
+                    "another filename or leave it out",
+                    field="filename",
+                )
+        taken = existing_names(folder, output_names(stem))
+        if taken:
+            raise JobConflict(
+                f"filename: an output named {taken[0]!r} exists already; choose another filename or leave it out",
+                field="filename",
+            )
+
     def _remove_partial_outputs(self, job: Job) -> None:
         """Hidden partial outputs (".<stem>.partial*") a killed process left in the job's output folder."""
         request = job.request
         stem = request.get("filename")
-        folder = Path(request["output_dir"]) if request.get("output_dir") else self.runner.output_dir
+        folder = self._output_folder(request)
         if not stem or not folder.is_dir():
             return
         for path in folder.iterdir():
@@ -680,6 +720,11 @@ class JobManager:
                     shutil.rmtree(path, ignore_errors=True)
                 else:
                     path.unlink(missing_ok=True)
+
+
+def _name_key(folder: Path, stem: str) -> tuple[str, str]:
+    """What makes two output names the same: the real folder and the stem (case-folded where the OS folds)."""
+    return os.path.normcase(os.path.realpath(folder)), os.path.normcase(stem)
 
 
 def _total_steps(plan: Plan) -> int:

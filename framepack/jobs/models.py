@@ -33,7 +33,9 @@ class JobProgress(BaseModel):
 
 
 class JobErrorInfo(BaseModel):
-    kind: str = Field(description="invalid | model_unavailable | out_of_memory | cancelled | internal")
+    kind: str = Field(
+        description="invalid | conflict | model_unavailable | out_of_memory | disk_full | cancelled | internal"
+    )
     field: str | None = None
     message: str
 
@@ -64,4 +66,9 @@ class JobNotFound(UserError):
 
 
 class JobConflict(UserError):
-    """The job is in a state that does not allow this (HTTP 409), e.g. cancelling a finished job."""
+    """The job is in a state that does not allow this (HTTP 409), e.g. cancelling a finished job, or a request's
+    output name is taken (`field` "filename")."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field

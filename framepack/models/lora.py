@@ -12,9 +12,12 @@ Formats, detected per file and converted to diffusers PEFT keys of `HunyuanVideo
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import re
-from collections.abc import Callable, Sequence
+import struct
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +28,10 @@ logger = logging.getLogger(__name__)
 
 TAG = re.compile(r"<lora:([^:<>]+?)(?::\s*([-+]?(?:\d+(?:\.\d*)?|\.\d+))\s*)?>", re.IGNORECASE)
 RECORD_ATTR = "_framepack_loras"
+MAX_WEIGHT = 10.0  # a LoRA weight is a finite number in -MAX_WEIGHT..MAX_WEIGHT
+MAX_HEADER_BYTES = 100 * 1024 * 1024  # the largest safetensors header safetensors itself reads
+
+LoraFolders = Path | str | Sequence[Path | str]  # one LoRA folder, or several searched in order
 
 
 @dataclass(frozen=True)
@@ -65,6 +72,18 @@ def parse_lora_tags(text: str, warnings: list[str] | None = None) -> tuple[str, 
     return _tidy(TAG.sub(" ", text)), [LoraRef(name, weight) for name, weight in found.items()]
 
 
+def check_weights(refs: list[LoraRef], field: str) -> None:
+    """FieldError naming `field` for a weight that is not a finite number in -MAX_WEIGHT..MAX_WEIGHT (a tag with
+    400 digits parses to infinity)."""
+    for ref in refs:
+        if not math.isfinite(ref.weight) or abs(ref.weight) > MAX_WEIGHT:
+            raise FieldError(
+                field,
+                f"LoRA '{ref.name}' has weight {ref.weight:g}; allowed finite numbers from {-MAX_WEIGHT:g} to "
+                f"{MAX_WEIGHT:g}",
+            )
+
+
 def merge_refs(groups: list[list[LoraRef]], warnings: list[str] | None = None) -> list[LoraRef]:
     """Refs from several texts (prompt, section lines): one per name, the later weight wins."""
     merged: dict[str, float] = {}
@@ -79,25 +98,89 @@ def merge_refs(groups: list[list[LoraRef]], warnings: list[str] | None = None) -
 # --------------------------------------------------------------------------------------------- the folder
 
 
-def available_loras(lora_dir: Path) -> list[str]:
-    if not lora_dir.is_dir():
-        return []
-    return sorted(str(path.relative_to(lora_dir).with_suffix("")) for path in lora_dir.rglob("*.safetensors"))
+def lora_folders(lora_dirs: LoraFolders) -> list[Path]:
+    """The LoRA folders as a list of paths (one folder or several)."""
+    if isinstance(lora_dirs, (str, Path)):
+        return [Path(lora_dirs)]
+    return [Path(folder) for folder in lora_dirs]
 
 
-def find_lora(name: str, lora_dir: Path | str) -> Path:
-    """`name` or `name.safetensors` inside `lora_dir` (subfolders allowed; nothing outside it)."""
-    lora_dir = Path(lora_dir)
-    root = lora_dir.resolve()
-    for candidate in (name, f"{name}.safetensors"):
-        path = (lora_dir / candidate).resolve()
-        if not path.is_relative_to(root):
-            raise FieldError("prompt", f"LoRA name {name!r} points outside the LoRA folder {lora_dir}")
-        if path.is_file() and path.suffix == ".safetensors":
-            return path
-    names = available_loras(lora_dir)
+def available_loras(lora_dirs: LoraFolders) -> list[str]:
+    """LoRA names (relative to their folder, without `.safetensors`) in every folder, sorted, each once."""
+    names: set[str] = set()
+    for folder in lora_folders(lora_dirs):
+        if folder.is_dir():
+            root = folder.resolve()
+            for path in folder.rglob("*.safetensors"):
+                if path.resolve().is_relative_to(root):  # a link leading outside is no LoRA of this folder
+                    names.add(path.relative_to(folder).with_suffix("").as_posix())
+    return sorted(names)
+
+
+def find_lora(name: str, lora_dirs: LoraFolders, field: str = "prompt") -> Path:
+    """`name` or `name.safetensors` inside a LoRA folder (searched in order; subfolders allowed; symlinks are
+    resolved, and a name that leads outside its folder is refused). Messages name the LoRA as given and the
+    folder as "the LoRA folder", never a server path (they reach API clients)."""
+    if not name or any(not char.isprintable() for char in name):
+        raise FieldError(field, f"LoRA name {name!r} must be printable text")
+    folders = lora_folders(lora_dirs)
+    outside = False
+    for folder in folders:
+        root = folder.resolve()
+        for candidate in (name, f"{name}.safetensors"):
+            try:
+                path = (folder / candidate).resolve()
+                if not path.is_relative_to(root):
+                    outside = True
+                    continue
+                if path.is_file() and path.suffix == ".safetensors":
+                    return path
+            except OSError as error:  # a name too long for the file system, a loop of links: not a LoRA here
+                logger.debug("LoRA candidate %r in %s: %s", candidate, folder, error)
+    if outside:
+        raise FieldError(field, f"LoRA name {name!r} points outside the LoRA folder")
+    logger.warning("LoRA %r not found in %s", name, ", ".join(str(folder) for folder in folders))
+    names = available_loras(folders)
     listed = ", ".join(names[:30]) + (" ..." if len(names) > 30 else "") if names else "none"
-    raise FieldError("prompt", f"LoRA '{name}' not found in {lora_dir}; available: {listed}")
+    raise FieldError(field, f"LoRA '{name}' not found in the LoRA folder; available: {listed}")
+
+
+def read_header(path: Path) -> dict:
+    """The JSON header of a safetensors file (8-byte little-endian length, then JSON), reading nothing else;
+    ValueError saying what is wrong."""
+    with open(path, "rb") as handle:
+        size = handle.seek(0, 2)
+        handle.seek(0)
+        prefix = handle.read(8)
+        if len(prefix) < 8:
+            raise ValueError(f"{size} bytes, shorter than a safetensors header")
+        (length,) = struct.unpack("<Q", prefix)
+        if length < 2 or length > MAX_HEADER_BYTES or 8 + length > size:
+            raise ValueError(f"header length {length} does not fit the file ({size} bytes)")
+        try:
+            header = json.loads(handle.read(length).decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise ValueError("the header is not JSON") from None
+    if not isinstance(header, dict):
+        raise ValueError("the header is not a JSON object")
+    return header
+
+
+def check_loras(refs: Iterable[LoraRef], lora_dirs: LoraFolders, fields: dict[str, str] | None = None) -> list[Path]:
+    """Each ref's weight, file (inside a LoRA folder) and safetensors header, checked without loading a tensor:
+    the files, or FieldError naming the ref's field (`fields[name]`, default "prompt") and the LoRA by name."""
+    paths = []
+    for ref in refs:
+        field = (fields or {}).get(ref.name, "prompt")
+        check_weights([ref], field)
+        path = find_lora(ref.name, lora_dirs, field)
+        try:
+            read_header(path)
+        except (OSError, ValueError) as error:
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+            raise FieldError(field, f"LoRA '{ref.name}' is not a readable safetensors file: {reason}") from None
+        paths.append(path)
+    return paths
 
 
 # --------------------------------------------------------------------------------------------- conversion
@@ -255,7 +338,7 @@ def applied_loras(transformer) -> tuple:
     return getattr(transformer, RECORD_ATTR, ())
 
 
-def _lora_record(ref: LoraRef, lora_dir: Path | str) -> tuple[Path, tuple]:
+def _lora_record(ref: LoraRef, lora_dir: LoraFolders) -> tuple[Path, tuple]:
     """The ref's file and what `applied_loras` records for it: (name, weight, path, mtime_ns, size).
 
     One builder for `apply_loras`' record and `ensure_loras`' comparison, so the two cannot drift apart (a
@@ -268,7 +351,7 @@ def _lora_record(ref: LoraRef, lora_dir: Path | str) -> tuple[Path, tuple]:
 def apply_loras(
     transformer,
     refs: list[LoraRef],
-    lora_dir: Path | str,
+    lora_dir: LoraFolders,
     strict: bool = True,
     resolved: Sequence[tuple[Path, tuple]] | None = None,
 ) -> list[str]:
@@ -290,7 +373,8 @@ def apply_loras(
             try:
                 raw = load_file(str(path))
             except Exception as error:  # a broken file is the user's problem, not a bug
-                raise FieldError("prompt", f"LoRA '{ref.name}' could not be read: {error}") from error
+                reason = str(error).replace(str(path), f"'{ref.name}'")  # no server path in the message
+                raise FieldError("prompt", f"LoRA '{ref.name}' could not be read: {reason}") from error
             state, _unknown = convert_lora(raw, transformer, strict=strict, name=ref.name)
             state = {key: value.to(parameter.device, parameter.dtype) for key, value in state.items()}
             adapter = _adapter_name(index, ref.name)
@@ -316,7 +400,7 @@ def remove_loras(transformer) -> None:
     setattr(transformer, RECORD_ATTR, ())
 
 
-def lora_set_key(refs: list[LoraRef], lora_dir: Path | str) -> tuple:
+def lora_set_key(refs: list[LoraRef], lora_dir: LoraFolders) -> tuple:
     """What `apply_loras` would record, to skip re-applying an identical set."""
     return tuple(_lora_record(ref, lora_dir)[1] for ref in refs)
 
@@ -324,7 +408,7 @@ def lora_set_key(refs: list[LoraRef], lora_dir: Path | str) -> tuple:
 def ensure_loras(
     transformer,
     refs: list[LoraRef],
-    lora_dir: Path | str,
+    lora_dir: LoraFolders,
     around_change: Callable[[], AbstractContextManager] = nullcontext,
 ) -> bool:
     """Apply exactly `refs` (none -> unload all); nothing happens when that set is already applied.

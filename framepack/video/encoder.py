@@ -10,20 +10,17 @@ from pathlib import Path
 import av
 import numpy as np
 
+from framepack.outputs import OutputCommit, partial_path
 from framepack.video.codecs import CONTAINER_FORMATS, EncoderError, check_names, parse_codec_options, pixel_format
 
 logger = logging.getLogger(__name__)
 
 
-def partial_path(path: Path) -> Path:
-    """Hidden temporary name beside the final file, renamed into place on success."""
-    return path.with_name(f".{path.stem}.partial{path.suffix}")
-
-
 class VideoEncoderSink:
     """Streams uint8 RGB frames into a video: H.264 yuv420p by default, each encoder's best pixel format.
 
-    Writes to a hidden partial file; `close()` renames it into place, `abort()` deletes it.
+    Writes to a hidden partial file; `close()` renames it into place (with `commit`: stages it there, for
+    `OutputCommit.commit` to rename with the job's other outputs), `abort()` deletes it.
     """
 
     def __init__(
@@ -36,6 +33,7 @@ class VideoEncoderSink:
         container: str = "mp4",
         options: str = "crf:16",
         metadata: dict | None = None,
+        commit: OutputCommit | None = None,
     ):
         if width % 2 or height % 2:
             raise EncoderError("resolution", f"{width}x{height}: width and height must be even for yuv420p")
@@ -43,6 +41,7 @@ class VideoEncoderSink:
         parsed = parse_codec_options(options, codec)  # the probe's allowlist, before any file is opened
         self.path = Path(path)
         self.partial = partial_path(self.path)
+        self.commit = commit
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.frames = 0
         self._container = av.open(str(self.partial), mode="w", format=CONTAINER_FORMATS[container])
@@ -68,6 +67,10 @@ class VideoEncoderSink:
     def close(self) -> Path:
         self._container.mux(self._stream.encode(None))
         self._container.close()
+        if self.commit is not None:
+            self.commit.stage(self.partial, self.path)
+            logger.info("finished %s (%d frames)", self.partial, self.frames)
+            return self.path
         os.replace(self.partial, self.path)
         logger.info("wrote %s (%d frames)", self.path, self.frames)
         return self.path

@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from framepack.errors import FieldError
+from framepack.outputs import OutputCommit, partial_name
 
 logger = logging.getLogger(__name__)
 
@@ -27,9 +28,9 @@ def frame_file_name(stem: str, index: int, extension: str) -> str:
 class FrameExportSink:
     """Writes each frame as `{stem}-{index:05d}.png` (lossless) or `.jpg`, numbered contiguously from `start_number`.
 
-    The images go to a hidden `.{stem}.partial` folder beside `folder/stem`; `close()` renames it into place and
-    returns `folder/stem`, `abort()` deletes it, so a cancelled job leaves nothing. FFmpeg's image2 demuxer reads
-    the sequence back, for example at 30 fps:
+    The images go to a hidden `.{stem}.partial` folder beside `folder/stem`; `close()` renames it into place (with
+    `commit`: stages it, see `VideoEncoderSink`) and returns `folder/stem`, `abort()` deletes it, so a cancelled
+    job leaves nothing. FFmpeg's image2 demuxer reads the sequence back, for example at 30 fps:
 
         ffmpeg -framerate 30 -start_number 0 -i folder/stem/stem-%05d.png -c:v libx264 -pix_fmt yuv420p out.mp4
 
@@ -44,6 +45,7 @@ class FrameExportSink:
         quality: int = 90,
         start_number: int = 0,
         subsampling: str = "4:2:0",
+        commit: OutputCommit | None = None,
     ):
         key = fmt.lower() if isinstance(fmt, str) else fmt
         if key not in FORMATS:
@@ -62,7 +64,8 @@ class FrameExportSink:
         self.path = Path(folder) / stem
         if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
             raise FieldError("filename", f"{self.path} already exists; choose another file name or remove it")
-        self.partial = self.path.with_name(f".{stem}.partial")
+        self.partial = self.path.with_name(partial_name(stem))
+        self.commit = commit
         shutil.rmtree(self.partial, ignore_errors=True)  # left over by a process that died mid-export
         self.partial.mkdir(parents=True)
         self.next_number = start_number
@@ -90,6 +93,9 @@ class FrameExportSink:
             self.frames += 1
 
     def close(self) -> Path:
+        if self.commit is not None:
+            self.commit.stage(self.partial, self.path)
+            return self.path
         os.replace(self.partial, self.path)
         logger.info("wrote %d %s frames to %s", self.frames, self.extension.upper(), self.path)
         return self.path

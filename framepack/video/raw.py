@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from framepack.errors import UserError
-from framepack.video.encoder import partial_path
+from framepack.outputs import OutputCommit, partial_path
 
 logger = logging.getLogger(__name__)
 
@@ -67,8 +67,9 @@ class RawFramesSink:
     """Streams uint8 [T, H, W, 3] frames into a raw safetensors file of exactly `frames` frames.
 
     Writes the header up front and the frame bytes as they come, to a hidden partial file; `close()` checks the
-    count and renames it into place, `abort()` deletes it. `request` (any JSON-able dict) is stored as JSON in the
-    "request" key; `metadata` adds extra string keys (they may not replace the keys this format defines).
+    count and renames it into place (with `commit`: stages it, see `VideoEncoderSink`), `abort()` deletes it.
+    `request` (any JSON-able dict) is stored as JSON in the "request" key; `metadata` adds extra string keys (they
+    may not replace the keys this format defines).
     """
 
     def __init__(
@@ -80,6 +81,7 @@ class RawFramesSink:
         frames: int,
         metadata: dict[str, str] | None = None,
         request: dict | None = None,
+        commit: OutputCommit | None = None,
     ):
         if not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
             raise ValueError(f"fps must be a positive number, got {fps!r}")
@@ -96,6 +98,7 @@ class RawFramesSink:
 
         self.path = Path(path)
         self.partial = partial_path(self.path)
+        self.commit = commit
         self.shape = (frames, height, width, 3)
         self.frames = 0
         header = {
@@ -133,6 +136,9 @@ class RawFramesSink:
             self.abort()
             raise ValueError(f"{self.path.name}: {self.frames} of {total} announced frames were written; nothing kept")
         self._file.close()
+        if self.commit is not None:
+            self.commit.stage(self.partial, self.path)
+            return self.path
         os.replace(self.partial, self.path)
         logger.info("wrote %s (%d frames, %d bytes)", self.path, total, self.path.stat().st_size)
         return self.path
