@@ -116,12 +116,14 @@ for op in ("nms", "qnms"):
     text = text.replace(old, new)
 path.write_text(text)
 EOF
-"$PY" -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
 
 step "5. diffusers==$DIFFUSERS_VERSION transformers==$TRANSFORMERS_VERSION and SD.Next's requirements"
 grep -v -i '^setuptools' "$ROOT/requirements.txt" > "$ROOT/venv/framepack-sdnext-requirements.txt"
 (cd "$ROOT" && "$PY" -m pip install -q -r venv/framepack-sdnext-requirements.txt -c constraints.txt \
     "diffusers==$DIFFUSERS_VERSION" "transformers==$TRANSFORMERS_VERSION" "tokenizers==$TOKENIZERS_VERSION")
+"$PY" -c "import torch, torchvision, diffusers, transformers
+print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'diffusers', diffusers.__version__,
+      'transformers', transformers.__version__)"
 
 step "6. Standard theme when the Modern UI submodule is missing"
 if [ -z "$(ls -A "$ROOT/extensions-builtin/sdnext-modernui" 2>/dev/null)" ]; then
