@@ -31,13 +31,14 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from api.aliases import ALIAS_TABLE
-from api.errors import JOB_ERROR_STATUS, ApiError, error_response, error_responses, json_errors
-from api.intake import read_generate_request, redact_images
-from api.limits import DEFAULT_MAX_BODY_BYTES
-from api.schemas import CodecInfo, CodecList, GenerateResponse, JobList, PlanResponse
 from framepack.jobs.models import Job, JobState
 from framepack.request import GenerateRequest
+
+from .aliases import ALIAS_TABLE
+from .errors import JOB_ERROR_STATUS, ApiError, error_response, error_responses, json_errors
+from .intake import read_generate_request, redact_images
+from .limits import DEFAULT_MAX_BODY_BYTES
+from .schemas import CodecInfo, CodecList, GenerateResponse, JobList, PlanResponse
 
 logger = logging.getLogger(__name__)
 
@@ -302,7 +303,7 @@ def route_table(
     async def plan(request: Request) -> Any:
         """The plan of a request without running it: bucket size, sections, exact frame count, per-section
         prompts and generation order. Checks images and encoder settings like a submit would; loads no model."""
-        generate_request = await read_generate_request(request, max_body_bytes)
+        generate_request = manager.complete(await read_generate_request(request, max_body_bytes))  # its defaults
 
         def make() -> PlanResponse:
             from framepack.runner import check_outputs, plan_request

@@ -26,6 +26,8 @@ logger = logging.getLogger(__name__)
 TAG = re.compile(r"<lora:([^:<>]+?)(?::\s*([-+]?(?:\d+(?:\.\d*)?|\.\d+))\s*)?>", re.IGNORECASE)
 RECORD_ATTR = "_framepack_loras"
 
+LoraFolders = Path | str | Sequence[Path | str]  # one LoRA folder, or several searched in order
+
 
 @dataclass(frozen=True)
 class LoraRef:
@@ -79,25 +81,38 @@ def merge_refs(groups: list[list[LoraRef]], warnings: list[str] | None = None) -
 # --------------------------------------------------------------------------------------------- the folder
 
 
-def available_loras(lora_dir: Path) -> list[str]:
-    if not lora_dir.is_dir():
-        return []
-    return sorted(str(path.relative_to(lora_dir).with_suffix("")) for path in lora_dir.rglob("*.safetensors"))
+def lora_folders(lora_dirs: LoraFolders) -> list[Path]:
+    """The LoRA folders as a list of paths (one folder or several)."""
+    if isinstance(lora_dirs, (str, Path)):
+        return [Path(lora_dirs)]
+    return [Path(folder) for folder in lora_dirs]
 
 
-def find_lora(name: str, lora_dir: Path | str) -> Path:
-    """`name` or `name.safetensors` inside `lora_dir` (subfolders allowed; nothing outside it)."""
-    lora_dir = Path(lora_dir)
-    root = lora_dir.resolve()
-    for candidate in (name, f"{name}.safetensors"):
-        path = (lora_dir / candidate).resolve()
-        if not path.is_relative_to(root):
-            raise FieldError("prompt", f"LoRA name {name!r} points outside the LoRA folder {lora_dir}")
-        if path.is_file() and path.suffix == ".safetensors":
-            return path
-    names = available_loras(lora_dir)
+def available_loras(lora_dirs: LoraFolders) -> list[str]:
+    """LoRA names (relative to their folder, without `.safetensors`) in every folder, sorted, each once."""
+    names: set[str] = set()
+    for folder in lora_folders(lora_dirs):
+        if folder.is_dir():
+            names.update(path.relative_to(folder).with_suffix("").as_posix() for path in folder.rglob("*.safetensors"))
+    return sorted(names)
+
+
+def find_lora(name: str, lora_dirs: LoraFolders) -> Path:
+    """`name` or `name.safetensors` inside a LoRA folder, the folders searched in order (subfolders allowed;
+    nothing outside a folder)."""
+    folders = lora_folders(lora_dirs)
+    for folder in folders:
+        root = folder.resolve()
+        for candidate in (name, f"{name}.safetensors"):
+            path = (folder / candidate).resolve()
+            if not path.is_relative_to(root):
+                raise FieldError("prompt", f"LoRA name {name!r} points outside the LoRA folder {folder}")
+            if path.is_file() and path.suffix == ".safetensors":
+                return path
+    names = available_loras(folders)
     listed = ", ".join(names[:30]) + (" ..." if len(names) > 30 else "") if names else "none"
-    raise FieldError("prompt", f"LoRA '{name}' not found in {lora_dir}; available: {listed}")
+    where = " or ".join(str(folder) for folder in folders)
+    raise FieldError("prompt", f"LoRA '{name}' not found in {where}; available: {listed}")
 
 
 # --------------------------------------------------------------------------------------------- conversion
@@ -255,7 +270,7 @@ def applied_loras(transformer) -> tuple:
     return getattr(transformer, RECORD_ATTR, ())
 
 
-def _lora_record(ref: LoraRef, lora_dir: Path | str) -> tuple[Path, tuple]:
+def _lora_record(ref: LoraRef, lora_dir: LoraFolders) -> tuple[Path, tuple]:
     """The ref's file and what `applied_loras` records for it: (name, weight, path, mtime_ns, size).
 
     One builder for `apply_loras`' record and `ensure_loras`' comparison, so the two cannot drift apart (a
@@ -268,7 +283,7 @@ def _lora_record(ref: LoraRef, lora_dir: Path | str) -> tuple[Path, tuple]:
 def apply_loras(
     transformer,
     refs: list[LoraRef],
-    lora_dir: Path | str,
+    lora_dir: LoraFolders,
     strict: bool = True,
     resolved: Sequence[tuple[Path, tuple]] | None = None,
 ) -> list[str]:
@@ -316,7 +331,7 @@ def remove_loras(transformer) -> None:
     setattr(transformer, RECORD_ATTR, ())
 
 
-def lora_set_key(refs: list[LoraRef], lora_dir: Path | str) -> tuple:
+def lora_set_key(refs: list[LoraRef], lora_dir: LoraFolders) -> tuple:
     """What `apply_loras` would record, to skip re-applying an identical set."""
     return tuple(_lora_record(ref, lora_dir)[1] for ref in refs)
 
@@ -324,7 +339,7 @@ def lora_set_key(refs: list[LoraRef], lora_dir: Path | str) -> tuple:
 def ensure_loras(
     transformer,
     refs: list[LoraRef],
-    lora_dir: Path | str,
+    lora_dir: LoraFolders,
     around_change: Callable[[], AbstractContextManager] = nullcontext,
 ) -> bool:
     """Apply exactly `refs` (none -> unload all); nothing happens when that set is already applied.
