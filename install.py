@@ -250,10 +250,16 @@ def missing(requirements: Path = REQUIREMENTS, host: Host | None = None) -> list
 # ---------------------------------------------------------------------------------------------- installing
 
 
-def _last_error(output: str) -> str:
+def pip_reason(output: str) -> str:
+    """pip's first ERROR line, with the lines under "The conflict is caused by:" when pip gives them."""
     lines = [line.strip() for line in output.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("ERROR")]
-    return (errors or lines or ["no output"])[-1][:300]
+    reason = (errors or lines or ["no output"])[0]
+    if "The conflict is caused by:" in lines:
+        causes = lines[lines.index("The conflict is caused by:") + 1 :]
+        causes = causes[: next((i for i, line in enumerate(causes) if line.startswith("To fix")), len(causes))]
+        reason += " " + "; ".join(causes)
+    return reason[:400]
 
 
 def install(requirement: str, host: Host | None) -> str | None:
@@ -281,7 +287,7 @@ def install(requirement: str, host: Host | None) -> str | None:
     )
     if result.returncode == 0:
         return None
-    return f"pip failed: {_last_error(result.stderr + chr(10) + result.stdout)}"
+    return f"pip failed: {pip_reason(result.stderr + chr(10) + result.stdout)}"
 
 
 def main() -> int:

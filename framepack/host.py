@@ -93,8 +93,8 @@ class Host(ABC):
     def begin(self, title: str, task_id: str) -> None:
         """A job starts (host task state); `task_id` is the FramePack job id."""
 
-    def end(self, task_id: str) -> None:
-        """The job ended (host task state)."""
+    def end(self, task_id: str, outputs: list[str]) -> None:
+        """The job ended (host task state); `outputs` are the files it wrote (none when it failed)."""
 
     def progress(self, done: int, total: int, text: str) -> None:
         """The running job's progress for the host's display: `done` of `total` units (denoising steps, then
@@ -157,6 +157,7 @@ class HostJobHooks(JobHooks):
         self.on_interrupt = on_interrupt
         self._lock = threading.Lock()
         self._marks: dict[str, Any] = {}  # queued job id -> the host's interrupt mark at submit
+        self._tasks: dict[str, _HostTask] = {}  # running job id -> its task
 
     def submitted(self, job: Any) -> None:
         mark = self.host.interrupt_mark()
@@ -166,12 +167,17 @@ class HostJobHooks(JobHooks):
     def running(self, job: Any) -> _HostTask:
         with self._lock:
             mark = self._marks.pop(job.id, None)
-        return _HostTask(self, job, mark)
+            task = self._tasks[job.id] = _HostTask(self, job, mark)
+        return task
 
     def progress(self, job: Any) -> None:
         self.host.progress(*progress_line(job))
 
     def outputs(self, job: Any, paths: list[str]) -> None:
+        with self._lock:
+            task = self._tasks.get(job.id)
+        if task is not None:
+            task.outputs = list(paths)
         self.host.outputs(list(paths))
 
     def interrupt(self, job_id: str) -> None:
@@ -189,6 +195,7 @@ class _HostTask:
 
     def __init__(self, hooks: HostJobHooks, job: Any, mark: Any):
         self.hooks, self.job, self.mark = hooks, job, mark
+        self.outputs: list[str] = []
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
 
@@ -211,8 +218,10 @@ class _HostTask:
         self._stop.set()
         if self._watcher is not None:
             self._watcher.join(timeout=2 * INTERRUPT_POLL_SECONDS + 1)
+        with self.hooks._lock:
+            self.hooks._tasks.pop(self.job.id, None)
         try:
-            self.host.end(self.job.id)
+            self.host.end(self.job.id, self.outputs)
         except Exception:  # noqa: BLE001
             self.host.logger.exception("FramePack: the host's end-of-task hook failed")
 
@@ -429,7 +438,12 @@ class SDNextHost(Host):
         else:
             state.begin(title)
 
-    def end(self, task_id: str) -> None:
+    def end(self, task_id: str, outputs: list[str]) -> None:
+        """`state.end(task_id=job id)`. Then the outputs once more: SD.Next's `end()` clears the task id, and the
+        older extension's create-video.py (what SD.Next users script with) asks `/sdapi/v1/progress` for the id
+        after its blocking POST, gets none, and takes the outputs of the LAST history entry; the old extension
+        recorded its files after `end()`, so this does too (an entry without id). The task's own entries (begin,
+        output, end under the job id) come first."""
         state = self._state()
         if state is None or not hasattr(state, "end"):
             return
@@ -437,6 +451,8 @@ class SDNextHost(Host):
             state.end(task_id=task_id)
         else:
             state.end()
+        if outputs:
+            self.outputs(outputs)
 
     def progress(self, done: int, total: int, text: str) -> None:
         """`state.sampling_steps`, `sampling_step` (total first, so the step never exceeds it) and `textinfo`."""

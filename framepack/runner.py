@@ -68,7 +68,21 @@ def plan_request(request: GenerateRequest) -> Plan:
         load_image(request.end_image, "end_image")
     for index, source in request.keyframes.items():
         load_image(source, f"keyframes.{index}")
-    return make_plan(request, size)
+    plan = make_plan(request, size)
+    if not plan.self_test_model and declares_self_test(request.model):
+        plan = plan.model_copy(update={"self_test_model": True})
+    return plan
+
+
+def declares_self_test(model: str) -> bool:
+    """Whether `model` is a recipe file that says `self_test: true` (a file that cannot be read says no here; it
+    fails with its reason when the model is resolved)."""
+    if model in ("default", "tiny") or not Path(model).is_file():
+        return False
+    try:
+        return load_recipe(Path(model)).self_test
+    except Exception:  # noqa: BLE001
+        return False
 
 
 def output_path(request: GenerateRequest, plan: Plan, default_dir: Path) -> Path:
@@ -97,7 +111,7 @@ def request_record(request: GenerateRequest, plan: Plan) -> dict:
         "request": fields,
         "images_not_stored": left_out,
         "plan": plan.summary(),
-        "self_test_model": request.model == "tiny",
+        "self_test_model": plan.self_test_model,
     }
 
 

@@ -33,6 +33,7 @@ from modules import script_callbacks  # the host's callback registry
 EXTENSION_ROOT = Path(__file__).resolve().parent.parent
 API_PACKAGE = "framepack_extension_api"  # the project's `api/` folder, under a name no one else uses
 INSTALL_MODULE = "framepack_extension_install"
+DEGRADED_MODULE = "framepack_extension_degraded"
 TAB_TITLE = "FramePack"
 TAB_ELEM_ID = "framepack_studio_tab"  # not the host's built-in names (its JS defines submit_framepack)
 STOP_TIMEOUT_SECONDS = 10.0
@@ -64,40 +65,47 @@ def load_package(name: str, folder: Path) -> ModuleType:
 
 
 def load_module(name: str, path: Path) -> ModuleType:
+    """The single file `path` imported as module `name`."""
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot load {path}")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    sys.modules[name] = module
+    sys.modules[name] = module  # before running it: dataclasses look their module up there
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
     return module
+
+
+# The degraded mode (standard library only) must work whatever else fails, so it is loaded from its file.
+degraded = load_module(DEGRADED_MODULE, EXTENSION_ROOT / "framepack" / "degraded.py")
 
 
 def startup_problems() -> list[str]:
     """What keeps the extension from starting: unusable requirements (one line each, with the fix), a foreign
-    `framepack` package, an import that fails. Empty when all is well."""
+    `framepack` package, an import that fails. Empty when all is well. The packages are imported now, while the
+    extension root is on sys.path, even when a requirement is missing (the settings section needs them)."""
     try:
         install = load_module(INSTALL_MODULE, EXTENSION_ROOT / "install.py")
         found = [problem.line() for problem in install.problems(host=install.find_host())]
     except Exception as error:  # noqa: BLE001 - the check itself must not hide the extension
         found = [f"the requirement check failed ({type(error).__name__}: {error})"]
-    if found:
-        return found
     try:
         import framepack
 
-        where = Path(framepack.__file__).resolve().parent.parent
-        if where != EXTENSION_ROOT:
-            return [f"another package named 'framepack' ({framepack.__file__}) was imported before this extension's"]
+        if Path(framepack.__file__).resolve().parent.parent != EXTENSION_ROOT:
+            return [*found, f"another package named 'framepack' ({framepack.__file__}) was imported first"]
         import framepack.host  # noqa: F401
 
         load_package(API_PACKAGE, EXTENSION_ROOT / "api")
         importlib.import_module(f"{API_PACKAGE}.routes")
     except Exception as error:  # noqa: BLE001
-        return [f"importing the extension failed: {type(error).__name__}: {error}"]
-    return []
+        found.append(f"importing the extension failed: {type(error).__name__}: {error}")
+    return found
 
 
 class _Extension:
@@ -178,8 +186,6 @@ for _line in extension.problems:
 
 
 def on_ui_tabs() -> list[tuple[Any, str, str]]:
-    from framepack.degraded import degraded_tab
-
     if not extension.problems:
         try:
             from framepack.ui.tab import create_tab
@@ -190,7 +196,7 @@ def on_ui_tabs() -> list[tuple[Any, str, str]]:
             return [(blocks, TAB_TITLE, TAB_ELEM_ID)]
         except Exception as error:  # noqa: BLE001 - a tab that says why, never no tab
             extension.fail("building the FramePack tab", error)
-    return [(degraded_tab(extension.problems), TAB_TITLE, TAB_ELEM_ID)]
+    return [(degraded.degraded_tab(extension.problems), TAB_TITLE, TAB_ELEM_ID)]
 
 
 def on_app_started(demo: Any, app: Any) -> None:
@@ -208,11 +214,10 @@ def on_app_started(demo: Any, app: Any) -> None:
             return
         except Exception as error:  # noqa: BLE001 - routes that say why, never no routes
             extension.fail("registering the FramePack routes", error)
-    from framepack.degraded import degraded_routes, unavailable_message
-
-    for path, endpoint, methods in degraded_routes(unavailable_message(extension.problems)):
+    message = degraded.unavailable_message(extension.problems)
+    for path, endpoint, methods in degraded.degraded_routes(message):
         add(path, endpoint, methods=methods)
-    host_log().error(f"FramePack: REST routes answer 503 on {how}: {unavailable_message(extension.problems)}")
+    host_log().error(f"FramePack: REST routes answer 503 on {how}: {message}")
 
 
 def on_ui_settings() -> None:
