@@ -54,8 +54,8 @@ REQUEST_BODY_DOC = (
     + ". Its TeaCache switch (`use_teacache`) and attention names are converted as listed; its options without "
     "an equivalent here (CFGZero, VLM enhance, styles, VAE type, system prompts) are accepted only when off; "
     "unknown fields are refused. Images are base64 with or without a `data:` prefix; server file paths are "
-    "refused; `output_dir` is the server's; `model` is 'default' or 'tiny'. Bodies over the size limit get 413; "
-    "NaN/Infinity get 422."
+    "refused; `output_dir` is the server's; `model` is 'default' or 'tiny' (left out: the server's default "
+    "model; in SD.Next also cache and offload). Bodies over the size limit get 413; NaN/Infinity get 422."
 )
 
 
