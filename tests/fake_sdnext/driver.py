@@ -74,6 +74,15 @@ if mode in ("tabs", "degraded"):
     report["cache_control"] = getattr(components.get("framepack_cache"), "value", None)
     notice = components.get("framepack_unavailable")
     report["unavailable_text"] = notice.value if notice is not None else None
+    # the settings page builds each setting as modules/ui_settings.create_setting_component does
+    built = {}
+    with gr.Blocks():
+        for key, info in shared.opts.data_labels.items():
+            if key.startswith("framepack_"):
+                value = getattr(shared.opts, key)
+                component = info.component(label=info.label, value=value, elem_id=f"setting_{key}", **(info.component_args or {}))
+                built[key] = component.value
+    report["settings_built"] = built
 
 for fn in script_callbacks.callbacks_app_started:
     fn(None, shared.app)
