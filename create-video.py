@@ -37,7 +37,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the framepack package next to this script
 
 from framepack import cli as framepack_cli  # noqa: E402
-from framepack.cli import request_from_args
+from framepack.cli import given_request
 from framepack.errors import FieldError, validation_message
 from framepack.jobs.models import JobProgress, JobState
 from framepack.request import PATH_CHECK_LENGTH
@@ -138,7 +138,7 @@ def build_request_body(args: argparse.Namespace) -> dict[str, Any]:
 
     Validated here with the same model the server uses, so a bad value is refused before any upload.
     """
-    request = request_from_args(args)
+    request = given_request(args)  # the server applies its own defaults (its model...) to what is left out
     body = request.model_dump(mode="json", exclude_unset=True)
     for name in SERVER_CHOSEN:
         body.pop(name, None)

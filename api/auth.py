@@ -15,7 +15,7 @@ from typing import Annotated
 from fastapi import Depends
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBasic, HTTPBasicCredentials, HTTPBearer
 
-from api.errors import ApiError
+from .errors import ApiError
 
 REALM = "framepack"
 

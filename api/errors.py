@@ -41,6 +41,7 @@ ERROR_KINDS = (
     "model_unavailable",  # 503: model files missing; the message says where we looked and how to get them
     "out_of_memory",  # 503: the job ran out of (GPU) memory
     "disk_full",  # 507: no space left for the outputs; the message names the folder and its free space
+    "not_installed",  # 503: the SD.Next extension lacks a requirement; the message says how to install it
     "cancelled",  # 409: the job was cancelled before it finished
     "internal",  # 500: a bug; details are in the server log
 )

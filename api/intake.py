@@ -17,11 +17,12 @@ from typing import Any
 
 from fastapi import Request
 
-from api.aliases import translate
-from api.errors import ApiError
-from api.limits import DEFAULT_MAX_BODY_BYTES, read_json_body
 from framepack.errors import FieldError
 from framepack.request import PATH_CHECK_LENGTH, GenerateRequest
+
+from .aliases import translate
+from .errors import ApiError
+from .limits import DEFAULT_MAX_BODY_BYTES, read_json_body
 
 API_MODELS = ("default", "tiny")
 

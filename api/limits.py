@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import ApiError, error_response
+from .errors import ApiError, error_response
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 

@@ -30,13 +30,14 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from api.aliases import ALIAS_TABLE
-from api.errors import JOB_ERROR_STATUS, ApiError, error_response, error_responses, json_errors
-from api.intake import read_generate_request, redact_images
-from api.limits import DEFAULT_MAX_BODY_BYTES
-from api.schemas import CodecInfo, CodecList, GenerateResponse, JobList, PlanResponse
 from framepack.jobs.models import Job, JobState
 from framepack.request import GenerateRequest
+
+from .aliases import ALIAS_TABLE
+from .errors import JOB_ERROR_STATUS, ApiError, error_response, error_responses, json_errors
+from .intake import read_generate_request, redact_images
+from .limits import DEFAULT_MAX_BODY_BYTES
+from .schemas import CodecInfo, CodecList, GenerateResponse, JobList, PlanResponse
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +53,8 @@ REQUEST_BODY_DOC = (
     + ". Its TeaCache switch (`use_teacache`) and attention names are converted as listed; its options without "
     "an equivalent here (CFGZero, VLM enhance, styles, VAE type, system prompts) are accepted only when off; "
     "unknown fields are refused. Images are base64 with or without a `data:` prefix; server file paths are "
-    "refused; `output_dir` is the server's; `model` is 'default' or 'tiny'. Bodies over the size limit get 413; "
-    "NaN/Infinity get 422."
+    "refused; `output_dir` is the server's; `model` is 'default' or 'tiny' (left out: the server's default "
+    "model; in SD.Next also cache and offload). Bodies over the size limit get 413; NaN/Infinity get 422."
 )
 
 
@@ -291,7 +292,7 @@ def route_table(
     async def plan(request: Request) -> Any:
         """The plan of a request without running it: bucket size, sections, exact frame count, per-section
         prompts and generation order. Checks images and encoder settings like a submit would; loads no model."""
-        generate_request = await read_generate_request(request, max_body_bytes)
+        generate_request = manager.complete(await read_generate_request(request, max_body_bytes))  # its defaults
 
         def make() -> PlanResponse:
             from framepack.runner import check_outputs, plan_request

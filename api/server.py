@@ -19,10 +19,10 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from api.auth import Credentials, auth_dependency
-from api.errors import install_error_handlers
-from api.limits import DEFAULT_MAX_BODY_BYTES, BodySizeLimit
-from api.routes import PREFIX, create_router
+from .auth import Credentials, auth_dependency
+from .errors import install_error_handlers
+from .limits import DEFAULT_MAX_BODY_BYTES, BodySizeLimit
+from .routes import PREFIX, create_router
 
 logger = logging.getLogger(__name__)
 
@@ -116,12 +116,22 @@ def mount_tab(app: FastAPI, manager: Any, output_dir: Path, data_dir: Path, auth
     return compat.mount(app, blocks, "/", allowed_paths=[str(output_dir)], auth=auth.basic if auth else None)
 
 
+def serve_defaults(args: argparse.Namespace) -> dict[str, str]:
+    """The values requests take for the fields they leave out: `--model`, else FRAMEPACK_MODEL."""
+    from framepack.defaults import env_defaults, model_default
+
+    model = model_default(getattr(args, "model", None), "--model")
+    return {"model": model} if model is not None else env_defaults()
+
+
 def serve(args: argparse.Namespace) -> int:
     """Run the server until interrupted (the `serve` CLI command)."""
     credentials = Credentials.from_options(args.auth, args.token)  # bad values fail before the heavy imports
+    defaults = serve_defaults(args)
 
     import uvicorn
 
+    from framepack.defaults import SELF_TEST_NOTICE, uses_self_test
     from framepack.home import server_data_dir
     from framepack.jobs.manager import JobManager
     from framepack.runner import Runner
@@ -134,11 +144,15 @@ def serve(args: argparse.Namespace) -> int:
         logger.warning("serving on %s without --auth or --token: anyone who can reach it can use it", args.host)
 
     runner = Runner(device=args.device, output_dir=output_dir)
-    manager = JobManager(data_dir, runner, max_queued=args.max_queued)
+    manager = JobManager(data_dir, runner, max_queued=args.max_queued, defaults=lambda: defaults)
     # The lifespan closes the store: after SIGTERM uvicorn re-raises the signal, so no code after run() runs.
     app = create_app(manager, output_dir, credentials, close_on_shutdown=True)
     app = mount_tab(app, manager, output_dir, data_dir, credentials)
     logger.info("FramePack API on http://%s:%d (data %s, outputs %s)", args.host, args.port, data_dir, output_dir)
+    if "model" in defaults:
+        logger.info("requests that name no model use %r", defaults["model"])
+    if uses_self_test(defaults):
+        logger.warning("%s; requests that name no model get noise", SELF_TEST_NOTICE)
     uvicorn.run(
         app,
         host=args.host,

@@ -52,6 +52,14 @@ def add_request_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
 
 
 def request_from_args(args: argparse.Namespace) -> GenerateRequest:
+    """The request of the flags (over --request-file), with FRAMEPACK_MODEL for a model neither names."""
+    from framepack.defaults import apply_defaults, env_defaults
+
+    return apply_defaults(given_request(args), env_defaults())
+
+
+def given_request(args: argparse.Namespace) -> GenerateRequest:
+    """The request the flags and --request-file name (fields neither names are left out)."""
     values = {}
     if args.request_file:
         try:
@@ -225,10 +233,11 @@ def command_make_tiny(args: argparse.Namespace) -> int:
 
 
 def command_recipe(args: argparse.Namespace) -> int:
+    from framepack.defaults import env_defaults
     from framepack.models.recipe import recipe_to_json, recipe_to_text
     from framepack.runner import resolve_recipe
 
-    recipe = resolve_recipe(args.model, args.variant)
+    recipe = resolve_recipe(args.model or env_defaults().get("model", "default"), args.variant)
     print(recipe_to_json(recipe) if args.json else recipe_to_text(recipe))
     return 0
 
@@ -276,6 +285,12 @@ def add_serve_flags(parser: argparse.ArgumentParser) -> None:
         help="require 'Authorization: Bearer TOKEN' on every route (default: $FRAMEPACK_API_TOKEN)",
     )
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="the model of requests that name none: published (or default), self-test (or tiny: random weights, "
+        "noise) or a recipe file (default: $FRAMEPACK_MODEL, else published); a request's own model wins",
+    )
     parser.add_argument("--max-queued", type=int, default=100, help="jobs allowed to wait; more get HTTP 429 (default: 100)")
 
 
@@ -336,7 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
     backup.set_defaults(handler=command_jobs_backup)
 
     recipe = commands.add_parser("recipe", help="print the model recipe")
-    recipe.add_argument("--model", default="default", help="'default', 'tiny' or a recipe file")
+    recipe.add_argument(
+        "--model", default=None, help="'default', 'tiny' or a recipe file (default: $FRAMEPACK_MODEL, else 'default')"
+    )
     recipe.add_argument("--variant", default="bidirectional", choices=["bidirectional", "f1"])
     recipe.add_argument("--json", action="store_true", help="JSON instead of text lines")
     recipe.set_defaults(handler=command_recipe)

@@ -13,30 +13,41 @@ What a host provides:
 - `gpu_lock()`: a reusable context manager held while a job uses the GPU (SD.Next: `modules.call_queue.queue_lock`,
   so FramePack never runs while the host generates an image; standalone: a lock the host object owns)
 - `device()`: the torch device to run on (SD.Next: `modules.devices.device`)
-- `begin(title)`, `end()`, `interrupted()`: the host's progress state (SD.Next: `shared.state`; its Interrupt
+- `hub_cache()`, `lora_dirs()`: where models and LoRAs are kept (SD.Next: `opts.hfcache_dir` with
+  `opts.offline_mode`, and `cmd_opts.lora_dir`), handed to the `Runner`
+- `request_defaults()`: the values a request takes for the fields it leaves out (SD.Next: its "FramePack"
+  settings section, registered by `register_settings()`)
+- `begin(title, task_id)`, `end(task_id)`, `progress(done, total, text)`, `outputs(paths)`, `interrupted()`,
+  `interrupt_mark()` / `interrupted_since(mark)`: the host's task state (SD.Next: `shared.state`; its Interrupt
   and Skip buttons mean "cancel the FramePack job")
-- `progress(done, total)`: the job's denoising steps for the host's progress bar (SD.Next: `shared.state`)
 - `balanced_offload()`: the host's own balanced offload as a function of the model's modules, or None to use
   FramePack's (SD.Next: `apply_balanced_offload` when its offload mode setting is "balanced")
-- `job_scope(on_interrupt)`: all of the above around one job, as the reusable context manager that
-  `JobManager(gpu_lock=...)` takes.
+- `job_hooks(on_interrupt)`: all of the task state around the jobs, as the `JobHooks` that
+  `JobManager(hooks=...)` takes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from framepack.home import data_home
+from framepack.jobs.hooks import JobHooks
 
 INTERRUPT_POLL_SECONDS = 0.25  # how often a running job looks at the host's interrupt flag
-JOB_TITLE = "FramePack"
+JOB_TITLE = "FramePack"  # the task title the host shows (SD.Next: progress `state.job`, history `job`)
+SETTINGS_SECTION = ("framepack", "FramePack")  # SD.Next settings page section (id, title)
+SETTING_MODEL = "framepack_default_model"
+SETTING_CACHE = "framepack_default_cache"
+SETTING_OFFLOAD = "framepack_default_offload"
+MODEL_CHOICES = ("published", "self-test")  # or a recipe file path, typed into the same field
 
 
 class Host(ABC):
@@ -65,84 +76,170 @@ class Host(ABC):
     def device(self) -> Any:
         """The torch device (or its name) jobs run on; None lets the engine choose."""
 
-    def begin(self, title: str = JOB_TITLE) -> None:
-        """A job starts (host progress state)."""
+    def hub_cache(self) -> Any:
+        """Where hub models are looked for (`framepack.models.loader.HubCache`); None: huggingface_hub's own."""
+        return None
 
-    def end(self) -> None:
-        """The job ended (host progress state)."""
+    def lora_dirs(self) -> list[Path]:
+        """The host's LoRA folders, searched after FramePack's own."""
+        return []
+
+    def request_defaults(self) -> Mapping[str, Any]:
+        """Values for the request fields a request leaves out (`framepack.defaults`)."""
+        from framepack.defaults import env_defaults
+
+        return env_defaults()
+
+    def begin(self, title: str, task_id: str) -> None:
+        """A job starts (host task state); `task_id` is the FramePack job id."""
+
+    def end(self, task_id: str, outputs: list[str]) -> None:
+        """The job ended (host task state); `outputs` are the files it wrote (none when it failed)."""
+
+    def progress(self, done: int, total: int, text: str) -> None:
+        """The running job's progress for the host's display: `done` of `total` units (denoising steps, then
+        frames written), and a line of text."""
+
+    def outputs(self, paths: list[str]) -> None:
+        """Files the running job wrote, for the host's history."""
 
     def interrupted(self) -> bool:
         """Whether the host asked the running job to stop (SD.Next's Interrupt/Skip)."""
+        return False
+
+    def interrupt_mark(self) -> Any:
+        """A snapshot taken when a job is queued, so that `interrupted_since` can tell an Interrupt pressed after
+        it (before the job began) from an old one."""
+        return None
+
+    def interrupted_since(self, mark: Any) -> bool:
+        """Whether the host asked to interrupt after `mark` was taken, with no other task begun since."""
         return False
 
     def balanced_offload(self) -> Callable[[dict[str, Any]], None] | None:
         """The host's balanced offload over {component name: module}; None means FramePack's own."""
         return None
 
-    def progress(self, done: int, total: int) -> None:
-        """Denoising steps done of the running job's total, for the host's own progress display."""
-
-    def job_scope(self, on_interrupt: Callable[[], None] | None = None) -> JobScope:
-        """GPU lock + begin/end + interrupt watch around a job: pass it as `JobManager(gpu_lock=...)`."""
-        return JobScope(self, on_interrupt)
+    def job_hooks(self, on_interrupt: Callable[[str], Any] | None = None) -> HostJobHooks:
+        """The `JobHooks` showing FramePack jobs to this host; `on_interrupt(job_id)` cancels a job when the host
+        interrupts it (while it runs, or pressed after it was queued and before it began)."""
+        return HostJobHooks(self, on_interrupt)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
 
 
-class JobScope:
-    """A reusable context manager for one job at a time: takes the host's GPU lock, tells the host a job began,
-    watches the host's interrupt flag (calling `on_interrupt` once when it is raised) and, on exit, ends the
-    host state, stops the watcher and releases the lock. Re-entered for every job."""
+def progress_line(job: Any) -> tuple[int, int, str]:
+    """(done, total, text) of a job for a host's progress bar: denoising steps, then the frames written, so the
+    bar keeps moving through the decode phase. The text names the job and its stage."""
+    progress = job.progress
+    frames = int((job.plan or {}).get("generated_frames") or 0)
+    done = progress.done_steps + min(progress.frames_written, frames)
+    total = progress.total_steps + frames
+    text = f"{JOB_TITLE} {job.id}: {progress.stage}"
+    if progress.stage == "sample" and progress.total_steps:
+        text += f", step {progress.done_steps}/{progress.total_steps}"
+        if progress.sections:
+            text += f", {progress.sections_done}/{progress.sections} sections"
+    elif progress.frames_written or progress.stage in ("decode", "finish"):
+        text += f", {progress.frames_written}/{frames} frames written"
+    return done, max(total, done, 1), text
 
-    def __init__(self, host: Host, on_interrupt: Callable[[], None] | None = None):
+
+class HostJobHooks(JobHooks):
+    """FramePack jobs as host tasks: `begin(title, job id)` when a job starts, progress (steps, then frames) and
+    its text, its output files, `end` when it ends; the host's Interrupt cancels the job, whether it is pressed
+    while the job runs or after it was queued and before it began (the host's `begin` clears its interrupt flag,
+    so that press would be lost otherwise)."""
+
+    def __init__(self, host: Host, on_interrupt: Callable[[str], Any] | None = None):
         self.host = host
         self.on_interrupt = on_interrupt
-        self._lock = host.gpu_lock()
-        self._stop: threading.Event | None = None
+        self._lock = threading.Lock()
+        self._marks: dict[str, Any] = {}  # queued job id -> the host's interrupt mark at submit
+        self._tasks: dict[str, _HostTask] = {}  # running job id -> its task
+
+    def submitted(self, job: Any) -> None:
+        mark = self.host.interrupt_mark()
+        with self._lock:
+            self._marks[job.id] = mark
+
+    def running(self, job: Any) -> _HostTask:
+        with self._lock:
+            mark = self._marks.pop(job.id, None)
+            task = self._tasks[job.id] = _HostTask(self, job, mark)
+        return task
+
+    def progress(self, job: Any) -> None:
+        self.host.progress(*progress_line(job))
+
+    def outputs(self, job: Any, paths: list[str]) -> None:
+        with self._lock:
+            task = self._tasks.get(job.id)
+        if task is not None:
+            task.outputs = list(paths)
+        self.host.outputs(list(paths))
+
+    def interrupt(self, job_id: str) -> None:
+        """Cancel `job_id` for a host interrupt. The press is used up: jobs still queued take a new mark, so
+        the same press does not cancel them too when they begin."""
+        with self._lock:
+            for queued in self._marks:
+                self._marks[queued] = self.host.interrupt_mark()
+        if self.on_interrupt is not None:
+            self.on_interrupt(job_id)
+
+
+class _HostTask:
+    """One job as a host task (see HostJobHooks): begin, interrupt watcher, end."""
+
+    def __init__(self, hooks: HostJobHooks, job: Any, mark: Any):
+        self.hooks, self.job, self.mark = hooks, job, mark
+        self.outputs: list[str] = []
+        self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
 
-    def __enter__(self) -> JobScope:  # noqa: PYI034
-        self._lock.__enter__()
-        try:
-            self.host.begin(JOB_TITLE)
-            if self.on_interrupt is not None:
-                self._stop = threading.Event()
-                self._watcher = threading.Thread(
-                    target=self._watch, args=(self._stop,), name="framepack-host-interrupt", daemon=True
-                )
-                self._watcher.start()
-        except BaseException:
-            self._lock.__exit__(None, None, None)
-            raise
+    @property
+    def host(self) -> Host:
+        return self.hooks.host
+
+    def __enter__(self) -> _HostTask:
+        early = self.mark is not None and self.host.interrupted_since(self.mark)
+        self.host.begin(JOB_TITLE, self.job.id)
+        if early:
+            self.host.logger.info(f"FramePack: the host interrupted job {self.job.id} before it began; cancelling it")
+            self._cancel()
+        elif self.hooks.on_interrupt is not None:
+            self._watcher = threading.Thread(target=self._watch, name="framepack-host-interrupt", daemon=True)
+            self._watcher.start()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=2 * INTERRUPT_POLL_SECONDS + 1)
+        with self.hooks._lock:
+            self.hooks._tasks.pop(self.job.id, None)
         try:
-            if self._stop is not None:
-                self._stop.set()
-            if self._watcher is not None:
-                self._watcher.join(timeout=2 * INTERRUPT_POLL_SECONDS + 1)
-            self._stop = self._watcher = None
-            try:
-                self.host.end()
-            except Exception:
-                self.host.logger.exception("FramePack: the host's end-of-job hook failed")
-        finally:
-            self._lock.__exit__(*exc_info)
+            self.host.end(self.job.id, self.outputs)
+        except Exception:  # noqa: BLE001
+            self.host.logger.exception("FramePack: the host's end-of-task hook failed")
 
-    def _watch(self, stop: threading.Event) -> None:
-        while not stop.wait(INTERRUPT_POLL_SECONDS):
+    def _cancel(self) -> None:
+        try:
+            self.hooks.interrupt(self.job.id)
+        except Exception:  # noqa: BLE001
+            self.host.logger.exception("FramePack: cancelling the job after a host interrupt failed")
+
+    def _watch(self) -> None:
+        while not self._stop.wait(INTERRUPT_POLL_SECONDS):
             try:
                 interrupted = self.host.interrupted()
             except Exception:  # noqa: BLE001
                 interrupted = False
             if interrupted:
-                self.host.logger.info("FramePack: the host interrupted the job; cancelling it")
-                try:
-                    self.on_interrupt()  # type: ignore[misc]
-                except Exception:
-                    self.host.logger.exception("FramePack: cancelling the job after a host interrupt failed")
+                self.host.logger.info(f"FramePack: the host interrupted job {self.job.id}; cancelling it")
+                self._cancel()
                 return
 
 
@@ -175,11 +272,21 @@ class StandaloneHost(Host):
         return self._device
 
 
+def _accepts(function: Callable[..., Any], parameter: str) -> bool:
+    try:
+        return parameter in inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 class SDNextHost(Host):
-    """SD.Next: its logger, output folder, progress state, GPU queue lock and device.
+    """SD.Next: its logger, folders, settings, task state, GPU queue lock and device.
 
     `modules.*` is imported inside the methods only, so constructing one outside SD.Next works (and fails only
-    when a service is used)."""
+    when a service is used). The task state follows `modules.shared_state.State`: `begin(title="", task_id=0,
+    api=None)` (which clears `interrupted`), `end(task_id=None, api=None)`, `outputs(results)` (paths that
+    `/sdapi/v1/history` lists for the task), `sampling_step`/`sampling_steps`/`textinfo` (what
+    `/sdapi/v1/progress` and the progress bar show)."""
 
     name = "sdnext"
 
@@ -193,8 +300,19 @@ class SDNextHost(Host):
         return shared
 
     def _state(self) -> Any:
-        """SD.Next's progress state (`shared.state`), or None."""
+        """SD.Next's task state (`shared.state`), or None."""
         return getattr(self._shared(), "state", None)
+
+    def _opts(self) -> Any:
+        return getattr(self._shared(), "opts", None)
+
+    def _option(self, key: str) -> Any:
+        """A setting's value, None when SD.Next does not know the key (yet)."""
+        opts = self._opts()
+        try:
+            return getattr(opts, key, None) if opts is not None else None
+        except Exception:  # noqa: BLE001 - an Options object that fails on an unknown key
+            return None
 
     @property
     def logger(self) -> Any:
@@ -205,8 +323,7 @@ class SDNextHost(Host):
         return log if log is not None else logging.getLogger("framepack")
 
     def output_dir(self) -> Path:
-        opts = getattr(self._shared(), "opts", None)
-        folder = getattr(opts, "outdir_video", None) if opts is not None else None
+        folder = self._option("outdir_video")
         return Path(folder) if folder else Path("outputs") / "video"
 
     def data_dir(self) -> Path:
@@ -238,28 +355,138 @@ class SDNextHost(Host):
             return None
         return getattr(devices, "device", None)
 
-    def begin(self, title: str = JOB_TITLE) -> None:
-        state = self._state()
-        if state is not None and hasattr(state, "begin"):
-            try:
-                state.begin(job=title)
-            except TypeError:  # older signatures take no keyword
-                state.begin()
+    # ------------------------------------------------------------------------------------ models and settings
 
-    def end(self) -> None:
+    def hub_cache(self) -> Any:
+        """SD.Next's Hugging Face cache (`opts.hfcache_dir`, the `cache_dir=` it passes to from_pretrained) and
+        its offline setting (`opts.offline_mode`, i.e. `local_files_only=True`)."""
+        from framepack.models.loader import HubCache
+
+        folder = self._option("hfcache_dir")
+        return HubCache(Path(folder) if folder else None, bool(self._option("offline_mode")))
+
+    def lora_dirs(self) -> list[Path]:
+        """SD.Next's LoRA folder (`cmd_opts.lora_dir`, which SD.Next fills from its setting `lora_dir`)."""
+        folder = getattr(getattr(self._shared(), "cmd_opts", None), "lora_dir", None) or self._option("lora_dir")
+        return [Path(folder)] if folder else []
+
+    def register_settings(self) -> None:
+        """The "FramePack" section of SD.Next's settings page (call from `script_callbacks.on_ui_settings`):
+        default model (published, self-test or a recipe file path; starts at FRAMEPACK_MODEL), default cache and
+        default offload, for requests that leave them out."""
+        import gradio as gr
+
+        from framepack.defaults import MODEL_ENV
+        from framepack.request import Cache, GenerateRequest, Offload
+
+        shared = self._shared()
+        fields = GenerateRequest.model_fields
+        initial_model = os.environ.get(MODEL_ENV, "").strip() or MODEL_CHOICES[0]
+        options = {
+            SETTING_MODEL: shared.OptionInfo(
+                initial_model,
+                "Default model when a request names none: published, self-test (random weights: noise) or the "
+                "path of a recipe file",
+                gr.Dropdown,
+                {"choices": list(MODEL_CHOICES), "allow_custom_value": True},
+                section=SETTINGS_SECTION,
+            ),
+            SETTING_CACHE: shared.OptionInfo(
+                fields["cache"].default,
+                "Default cache when a request names none",
+                gr.Radio,
+                {"choices": list(Cache.__args__)},
+                section=SETTINGS_SECTION,
+            ),
+            SETTING_OFFLOAD: shared.OptionInfo(
+                fields["offload"].default,
+                "Default offload when a request names none",
+                gr.Radio,
+                {"choices": list(Offload.__args__)},
+                section=SETTINGS_SECTION,
+            ),
+        }
+        for key, info in options.items():
+            shared.opts.add_option(key, info)
+
+    def request_defaults(self) -> dict[str, Any]:
+        """The settings of the "FramePack" section (read at every submit: a change applies to the next job);
+        before the settings page registered them, FRAMEPACK_MODEL. A bad model setting is a FieldError naming
+        it."""
+        from framepack.defaults import env_defaults, model_default
+
+        defaults: dict[str, Any] = dict(env_defaults())
+        model = self._option(SETTING_MODEL)
+        if isinstance(model, str) and model.strip():
+            defaults["model"] = model_default(model, f"SD.Next's setting FramePack -> default model ({SETTING_MODEL})")
+        for field, key in (("cache", SETTING_CACHE), ("offload", SETTING_OFFLOAD)):
+            value = self._option(key)
+            if value:
+                defaults[field] = value
+        return defaults
+
+    # ------------------------------------------------------------------------------------ task state
+
+    def begin(self, title: str, task_id: str) -> None:
+        """`state.begin(title=..., task_id=job id)`: progress, status and history show the title and the FramePack
+        job id as the task id (hosts whose `begin` takes no task id get the title only)."""
         state = self._state()
-        if state is not None and hasattr(state, "end"):
+        if state is None or not hasattr(state, "begin"):
+            return
+        if _accepts(state.begin, "task_id"):
+            state.begin(title=title, task_id=task_id)
+        else:
+            state.begin(title)
+
+    def end(self, task_id: str, outputs: list[str]) -> None:
+        """`state.end(task_id=job id)`. Then the outputs once more: SD.Next's `end()` clears the task id, and the
+        older extension's create-video.py (what SD.Next users script with) asks `/sdapi/v1/progress` for the id
+        after its blocking POST, gets none, and takes the outputs of the LAST history entry; the old extension
+        recorded its files after `end()`, so this does too (an entry without id). The task's own entries (begin,
+        output, end under the job id) come first."""
+        state = self._state()
+        if state is None or not hasattr(state, "end"):
+            return
+        if _accepts(state.end, "task_id"):
+            state.end(task_id=task_id)
+        else:
             state.end()
+        if outputs:
+            self.outputs(outputs)
 
-    def progress(self, done: int, total: int) -> None:
-        """SD.Next's progress bar reads `state.sampling_step` / `state.sampling_steps`."""
+    def progress(self, done: int, total: int, text: str) -> None:
+        """`state.sampling_steps`, `sampling_step` (total first, so the step never exceeds it) and `textinfo`."""
         state = self._state()
         if state is not None:
             state.sampling_steps, state.sampling_step = total, done
+            state.textinfo = text
+
+    def outputs(self, paths: list[str]) -> None:
+        """`state.outputs(paths)`: the task's history entry lists them (downloadable through `/file=`)."""
+        state = self._state()
+        if state is not None and hasattr(state, "outputs"):
+            state.outputs(list(paths))
 
     def interrupted(self) -> bool:
         state = self._state()
         return bool(state is not None and (getattr(state, "interrupted", False) or getattr(state, "skipped", False)))
+
+    def interrupt_mark(self) -> tuple[Any, bool]:
+        """(tasks begun so far, interrupt flag). A flag left raised by an earlier task while SD.Next is idle is
+        cleared first (its own next `begin` would clear it too), so a press after this is seen."""
+        state = self._state()
+        if state is None:
+            return (None, False)
+        if getattr(state, "interrupted", False) and not getattr(state, "job", ""):
+            state.interrupted = False
+        return (getattr(state, "job_history", None), bool(getattr(state, "interrupted", False)))
+
+    def interrupted_since(self, mark: Any) -> bool:
+        state = self._state()
+        if state is None or mark is None:
+            return False
+        history, flag = mark
+        return bool(getattr(state, "interrupted", False)) and not flag and getattr(state, "job_history", None) == history
 
     def balanced_offload(self) -> Callable[[dict[str, Any]], None] | None:
         """SD.Next's balanced offload when its setting says "balanced" (`modules.sd_offload` in current

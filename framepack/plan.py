@@ -24,6 +24,7 @@ BUCKETS_640: tuple[tuple[int, int], ...] = (
     (640, 608), (672, 576), (704, 544), (768, 512), (832, 480), (864, 448), (960, 416),
 )  # fmt: skip
 VAE_TEMPORAL = 4  # pixel frames per latent frame (the first latent frame of a clip decodes to one)
+SELF_TEST_LABEL = "SELF-TEST model (random weights: the video is noise)"
 MAX_SECTIONS = 1000  # 600 s at 30 fps with the default window is 500; more is a mistake, not a video
 
 TIMESTAMP = re.compile(r"^\[\s*(?:(\d+):)?(\d+(?:\.\d+)?)\s*s?\s*\]\s*(.*)$")
@@ -160,6 +161,7 @@ class Plan(BaseModel):
     unused_prompt_lines: list[int]
     warnings: list[str]
     loras: list[tuple[str, float]] = []  # `<lora:name:weight>` tags of the prompt and section prompts
+    self_test_model: bool = False  # the request's model is the random-weight self-test model ('tiny')
 
     def summary(self) -> str:
         order = " -> ".join(str(index) for index in self.generation_order)
@@ -167,6 +169,7 @@ class Plan(BaseModel):
             f"{self.output_frames} frames ({self.duration:.2f} s at {self.fps} fps) in {self.num_sections} "
             f"section{'s' if self.num_sections != 1 else ''}, {self.width}x{self.height}, {self.mode.upper()} "
             f"{self.variant}, generation order {order}"
+            + (f", {SELF_TEST_LABEL}" if self.self_test_model else "")
         )
 
 
@@ -277,4 +280,5 @@ def make_plan(request: GenerateRequest, image_size: tuple[int, int] | None = Non
         unused_prompt_lines=unused,
         warnings=warnings,
         loras=[(ref.name, ref.weight) for ref in loras],
+        self_test_model=request.model == "tiny",
     )

@@ -198,7 +198,8 @@ class GenerateRequest(BaseModel):
     model: str = Field(
         "default",
         description="'default' (the published FramePack weights), 'tiny' (random-weight SELF-TEST model: noise) "
-        "or a path to a recipe file.",
+        "or a path to a recipe file. Left out: the face's default model ($FRAMEPACK_MODEL, serve --model, "
+        "SD.Next's FramePack setting), else 'default'.",
     )
 
     @field_validator("aspect_ratio")

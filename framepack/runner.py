@@ -23,8 +23,8 @@ from framepack.images import is_file_path, load_image
 from framepack.models.attention import check_attention, set_attention
 from framepack.models.caches import TransformerCache, load_mag_ratios, save_mag_ratios
 from framepack.models.components import Components
-from framepack.models.loader import load_components
-from framepack.models.lora import LoraRef, check_loras, ensure_loras, parse_lora_tags
+from framepack.models.loader import DEFAULT_HUB, HubCache, load_components
+from framepack.models.lora import LoraFolders, LoraRef, check_loras, ensure_loras, lora_folders, parse_lora_tags
 from framepack.models.offload import HostOffload, Offloader
 from framepack.models.recipe import Recipe, default_recipe, load_recipe, tiny_recipe
 from framepack.models.tiny import write_tiny_model
@@ -70,7 +70,21 @@ def plan_request(request: GenerateRequest) -> Plan:
         load_image(request.end_image, "end_image")
     for index, source in request.keyframes.items():
         load_image(source, f"keyframes.{index}")
-    return make_plan(request, size)
+    plan = make_plan(request, size)
+    if not plan.self_test_model and declares_self_test(request.model):
+        plan = plan.model_copy(update={"self_test_model": True})
+    return plan
+
+
+def declares_self_test(model: str) -> bool:
+    """Whether `model` is a recipe file that says `self_test: true` (a file that cannot be read says no here; it
+    fails with its reason when the model is resolved)."""
+    if model in ("default", "tiny") or not Path(model).is_file():
+        return False
+    try:
+        return load_recipe(Path(model)).self_test
+    except Exception:  # noqa: BLE001
+        return False
 
 
 def output_path(request: GenerateRequest, plan: Plan, default_dir: Path) -> Path:
@@ -109,7 +123,7 @@ def request_record(request: GenerateRequest, plan: Plan) -> dict:
         "request": fields,
         "images_not_stored": left_out,
         "plan": plan.summary(),
-        "self_test_model": request.model == "tiny",
+        "self_test_model": plan.self_test_model,
     }
 
 
@@ -200,15 +214,19 @@ class Runner:
         device: torch.device | str | None = None,
         output_dir: Path | str = "outputs",
         home: Path | None = None,
-        lora_dir: Path | None = None,
+        lora_dir: LoraFolders | None = None,
         host_offload: HostOffload | None = None,
+        hub: HubCache = DEFAULT_HUB,
     ):
-        """`host_offload`: the host's balanced offload (SD.Next's), used instead of ours for offload 'balanced'."""
+        """`lora_dir`: one LoRA folder or several, searched in order (default `<home>/loras`); `host_offload`: the
+        host's balanced offload (SD.Next's), used instead of ours for offload 'balanced'; `hub`: where hub repos
+        are looked for (SD.Next: its Hugging Face cache folder and offline setting)."""
         self.device = torch.device(device) if device else default_device()
         self.output_dir = Path(output_dir)
         self.home = home
-        self.lora_dir = Path(lora_dir) if lora_dir else (home or data_home()) / "loras"
+        self.lora_dir = lora_folders(lora_dir) if lora_dir else [(home or data_home()) / "loras"]
         self.host_offload = host_offload
+        self.hub = hub
         self._recipe: Recipe | None = None
         self._components: Components | None = None
         self._offloader: Offloader | None = None
@@ -234,7 +252,7 @@ class Runner:
             on_event(StageStarted("load model", "self-test model" if recipe.self_test else request.model))
             # offloaded models rest on the CPU: loading them onto a small GPU first would not fit
             device = self.device if request.offload == "none" else torch.device("cpu")
-            self._components = load_components(recipe, device, variant=request.variant)
+            self._components = load_components(recipe, device, variant=request.variant, hub=self.hub)
             self._recipe = recipe
         placement = (request.offload, request.preserved_memory_gb)
         if self._offloader is None or placement != self._placement:

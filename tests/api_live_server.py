@@ -26,8 +26,9 @@ def free_port() -> int:
 class LiveServer:
     """Starts the server, waits until it answers, and stops it (gracefully, or with kill -9)."""
 
-    def __init__(self, home: Path, data_dir: Path, log: Path, *extra: str):
+    def __init__(self, home: Path, data_dir: Path, log: Path, *extra: str, env: dict[str, str] | None = None):
         self.home, self.data_dir, self.log_path, self.extra = home, data_dir, log, extra
+        self.env = env or {}  # more environment variables for the server
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
@@ -40,6 +41,7 @@ class LiveServer:
             "TRANSFORMERS_OFFLINE": "1",
             "PYTHONUNBUFFERED": "1",
             "GRADIO_ANALYTICS_ENABLED": "False",
+            **self.env,
         }
         command = [
             sys.executable,

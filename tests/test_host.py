@@ -1,203 +1,64 @@
-"""The host adapter and the SD.Next extension, against a FAKE SD.Next.
+"""The host adapter and the SD.Next extension, against a FAKE SD.Next that behaves like the real one.
 
-The fake host is a temporary folder laid out like SD.Next: a `modules/` package (shared with opts/log/state/api,
-script_callbacks, call_queue, devices), `installer.py` and `launch.py`, and a copy of this extension in
-`extensions/framepack-studio-next/`. As SD.Next does, `install.py` runs as a subprocess with the host root on
-PYTHONPATH, and the extension's script is imported from its file with the extension root first on sys.path.
-The extension runs in a subprocess (clean sys.path and sys.modules) under a host-like Python: Gradio 3.43.2 with
-FastAPI 0.124 (see `.ci/host-env.sh`; found through FRAMEPACK_HOST_PYTHON or `.venv-host/`). Without such an environment the tab test is skipped and the route test runs on this Python.
+The fake host (`tests/fake_sdnext/`, copied into a temporary folder laid out like SD.Next's root) keeps the real
+names and signatures of what the extension uses (vladmandic/sdnext 058a7f0): `shared.state` with
+`begin(title="", task_id=0, api=None)` (which clears `interrupted`), `end(task_id=None, api=None)`, `outputs()`,
+`/sdapi/v1/progress` and `/sdapi/v1/history`; `shared.opts` with `add_option(key, OptionInfo(...))`, `hfcache_dir`,
+`offline_mode`; `cmd_opts.lora_dir`; `installer.pip()` that rewrites `>=` to `==` and appends a relative
+`-c constraints.txt`. As SD.Next does, `install.py` runs as a subprocess with cwd = the extension folder and
+PYTHONPATH = the host root, and the extension's script is imported with the extension root first on sys.path,
+after another extension took the bare name `api`. The extension runs in a subprocess under a host-like Python
+(Gradio 3.43.2, FastAPI 0.124; see `.ci/host-env.sh`, found through FRAMEPACK_HOST_PYTHON or `.venv-host/`) when
+there is one, else under this Python (the tab test is then skipped).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
-import textwrap
+import time
+import zipfile
 from pathlib import Path
 
 import pytest
 from helpers import host_like_python, tiny_home
 
 ROOT = Path(__file__).resolve().parent.parent
+FAKE = Path(__file__).resolve().parent / "fake_sdnext"
 EXTENSION_NAME = "framepack-studio-next"  # any name but the obsolete `sd-extension-framepack` the host disables
+PROBES = {"framepack-probe-a": ("1.0", "1.1", "1.2"), "framepack-probe-b": ("1.0",)}
+CONSTRAINTS = "framepack-probe-a<1.2\n"  # the host's constraints file: 1.2 exists but is not allowed
+EXTRA_REQUIREMENTS = "framepack-probe-a>=1.0\nframepack-probe-b\n"
 
-FAKE_MODULES = {
-    "modules/__init__.py": "",
-    "modules/shared.py": '''
-        import logging, threading
-        from types import SimpleNamespace
-        from fastapi import FastAPI
 
-        log = logging.getLogger("sd")
-        opts = SimpleNamespace(outdir_video="", outdir_samples="outputs")
-
-        class State:
-            def __init__(self):
-                self.interrupted = False
-                self.skipped = False
-                self.job = ""
-                self.calls = []
-            def begin(self, job="", api=None):
-                self.calls.append(("begin", job))
-                self.job, self.interrupted, self.skipped = job, False, False
-            def end(self, api=None):
-                self.calls.append(("end", self.job))
-                self.job = ""
-            def interrupt(self):
-                self.interrupted = True
-
-        state = State()
-
-        class Api:
-            """Like SD.Next's modules.api.api.Api: routes go on the app, with the host's auth dependency."""
-            def __init__(self, app):
-                self.app = app
-                self.routes = []
-            def add_api_route(self, path, endpoint, **kwargs):
-                self.routes.append((path, tuple(kwargs.get("methods") or ())))
-                return self.app.add_api_route(path, endpoint, **kwargs)
-
-        app = FastAPI()
-        api = Api(app)
-        cmd_opts = SimpleNamespace(auth=None)
-    ''',
-    "modules/script_callbacks.py": """
-        callbacks_ui_tabs = []
-        callbacks_app_started = []
-        def on_ui_tabs(fn):
-            callbacks_ui_tabs.append(fn)
-        def on_app_started(fn):
-            callbacks_app_started.append(fn)
-    """,
-    "modules/call_queue.py": '''
-        import threading
-
-        class CountingLock:
-            """threading.Lock that counts acquisitions (SD.Next: queue_lock = threading.Lock())."""
-            def __init__(self):
-                self._lock = threading.Lock()
-                self.acquired = 0
-            def acquire(self, *args, **kwargs):
-                got = self._lock.acquire(*args, **kwargs)
-                self.acquired += bool(got)
-                return got
-            def release(self):
-                self._lock.release()
-            def locked(self):
-                return self._lock.locked()
-            __enter__ = lambda self: self.acquire()
-            def __exit__(self, *exc):
-                self.release()
-
-        queue_lock = CountingLock()
-    ''',
-    "modules/devices.py": """
-        import torch
-        device = torch.device("cpu")
-        dtype = torch.float32
-    """,
-    "modules/paths.py": """
-        import os
-        data_path = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    """,
-    "installer.py": """
-        import os
-        RECORD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "installs.txt")
-        def install(package, friendly=None, ignore=False, reinstall=False, no_deps=False, quiet=False, force=False):
-            with open(RECORD, "a") as handle:
-                handle.write(package + "\\n")
-    """,
-    "launch.py": """
-        def run_pip(command, desc=None):
-            raise AssertionError("installer.install is preferred over launch.run_pip")
-    """,
-}
-
-DRIVER = """
-import base64, importlib.util, io, json, os, sys, time
-from pathlib import Path
-
-host_root = Path.cwd()
-extension_root = host_root / "extensions" / EXTENSION_NAME
-mode = sys.argv[1]
-report = {}
-
-from modules import shared, script_callbacks, call_queue, devices
-shared.opts.outdir_video = str(host_root / "outputs" / "video")
-
-# SD.Next's script loading: the extension root first on sys.path while the module is imported, then restored
-saved_path = list(sys.path)
-sys.path.insert(0, str(extension_root))
-try:
-    path = extension_root / "scripts" / "framepack_extension.py"
-    spec = importlib.util.spec_from_file_location("framepack_extension", path)
+def load_fake(name: str):
+    """A module of the fake SD.Next, loaded from its file (for unit tests in this process)."""
+    spec = importlib.util.spec_from_file_location(f"fake_sdnext_{name}", FAKE / "modules" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-finally:
-    sys.path = saved_path
+    return module
 
-import framepack
-from framepack.host import SDNextHost, detect_host
-report["framepack_from"] = str(Path(framepack.__file__).resolve().parent.parent)
-report["host"] = type(detect_host()).__name__
-report["ui_tab_callbacks"] = len(script_callbacks.callbacks_ui_tabs)
-report["app_started_callbacks"] = len(script_callbacks.callbacks_app_started)
-report["manager_built_at_import"] = module.extension._manager is not None
 
-if mode == "tabs":
-    import gradio as gr
-    report["gradio"] = gr.__version__
-    tabs = [tab for fn in script_callbacks.callbacks_ui_tabs for tab in fn()]
-    report["tabs"] = [[type(blocks).__name__, isinstance(blocks, gr.Blocks), title, elem_id] for blocks, title, elem_id in tabs]
-    print("REPORT " + json.dumps(report))
-    sys.exit(0)
-
-for fn in script_callbacks.callbacks_app_started:
-    fn(None, shared.app)
-report["routes"] = [[path, list(methods)] for path, methods in shared.api.routes]
-
-from fastapi.testclient import TestClient
-from PIL import Image
-
-buffer = io.BytesIO()
-Image.new("RGB", (96, 80), (200, 120, 40)).save(buffer, format="PNG")
-image = base64.b64encode(buffer.getvalue()).decode()
-fast = dict(resolution=128, latent_window_size=3, steps=2, duration=0.8, prompt="a kite", model="tiny", init_image=image, filename="from-host")
-client = TestClient(shared.app)
-response = client.post("/sdapi/v1/framepack", json=fast)
-report["status"] = response.status_code
-report["body"] = response.json()
-report["lock_acquired_after_first"] = call_queue.queue_lock.acquired
-report["state_calls"] = list(shared.state.calls)
-report["sampling"] = [getattr(shared.state, "sampling_step", None), getattr(shared.state, "sampling_steps", None)]
-if response.status_code == 200:
-    download = client.get(response.json()["url"])
-    report["download"] = [download.status_code, len(download.content)]
-
-# SD.Next's Interrupt button cancels the running FramePack job
-long = dict(fast, steps=50, duration=8.0, cache="none", filename="interrupted")  # seconds of work, whatever the cache
-job = client.post("/sdapi/v1/framepack/jobs", json=long).json()
-deadline = time.time() + 120
-while time.time() < deadline and client.get(f"/sdapi/v1/framepack/jobs/{job['id']}").json()["state"] != "running":
-    time.sleep(0.1)
-time.sleep(1.0)
-shared.state.interrupt()
-final = None
-while time.time() < deadline:
-    final = client.get(f"/sdapi/v1/framepack/jobs/{job['id']}").json()
-    if final["state"] in ("finished", "failed", "cancelled"):
-        break
-    time.sleep(0.2)
-report["interrupted_state"] = final and final["state"]
-report["lock_held_after"] = call_queue.queue_lock.locked()
-report["outdir_files"] = sorted(p.name for p in (host_root / "outputs" / "video").iterdir())
-module.extension.manager().stop(10)
-print("REPORT " + json.dumps(report))
-"""
+def build_wheel(folder: Path, name: str, version: str) -> Path:
+    """A pure-Python wheel of an empty package `name` (no index needed: pip installs it from `folder`)."""
+    module = name.replace("-", "_")
+    dist = f"{module}-{version}.dist-info"
+    files = {
+        f"{module}/__init__.py": f"VERSION = {version!r}\n",
+        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+        f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: framepack-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    path = folder / f"{module}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as archive:
+        for member, text in files.items():
+            archive.writestr(member, text)
+        archive.writestr(f"{dist}/RECORD", "".join(f"{member},,\n" for member in [*files, f"{dist}/RECORD"]))
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -205,44 +66,88 @@ def host_python() -> str | None:
     return host_like_python()
 
 
-@pytest.fixture
-def fake_sdnext(tmp_path: Path, tiny_model_dir: Path) -> dict:
-    root = tmp_path / "sdnext"
-    for relative, text in FAKE_MODULES.items():
-        target = root / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(textwrap.dedent(text).lstrip())
+@pytest.fixture(scope="module")
+def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("wheels")
+    for name, versions in PROBES.items():
+        for version in versions:
+            build_wheel(folder, name, version)
+    return folder
+
+
+def make_host(root: Path, extra_requirements: str = "") -> Path:
+    """The fake SD.Next at `root` with this extension (a copy) in extensions/, and another extension that owns
+    the package name `api`. Returns the extension folder."""
+    shutil.copytree(FAKE, root, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "README.md"))
+    (root / "constraints.txt").write_text(CONSTRAINTS)
     extension = root / "extensions" / EXTENSION_NAME
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for folder in ("framepack", "api", "scripts"):  # a copy, so the import really comes from the extension folder
         shutil.copytree(ROOT / folder, extension / folder, ignore=ignore)
-    for name in ("install.py", "requirements.txt"):
-        shutil.copy(ROOT / name, extension / name)
-    home = tiny_home(tiny_model_dir, tmp_path / "framepack-home")
-    env = {
+    shutil.copy(ROOT / "install.py", extension / "install.py")
+    (extension / "requirements.txt").write_text((ROOT / "requirements.txt").read_text() + extra_requirements)
+    other = root / "extensions" / "other-extension"
+    (other / "api").mkdir(parents=True)
+    (other / "api" / "__init__.py").write_text("NAME = 'the other extension'\n")
+    (other / "scripts").mkdir()
+    (other / "scripts" / "other.py").write_text("import api  # noqa: F401\n")
+    return extension
+
+
+def pip_env(wheels: Path, target: Path, *pythonpath: Path) -> dict[str, str]:
+    """pip installs the probe wheels from a folder into `target` (not into this environment)."""
+    target.mkdir(parents=True, exist_ok=True)
+    return {
         **os.environ,
+        "PYTHONPATH": os.pathsep.join(str(path) for path in [*pythonpath, target]),
+        "PIP_NO_INDEX": "1",
+        "PIP_FIND_LINKS": str(wheels),
+        "PIP_TARGET": str(target),
+        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+        "PIP_NO_CACHE_DIR": "1",
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+
+
+def run_install(script: Path, cwd: Path, env: dict[str, str]) -> tuple[subprocess.CompletedProcess, float]:
+    start = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, str(script)], cwd=cwd, env=env, capture_output=True, text=True, check=False, timeout=600
+    )
+    return result, time.perf_counter() - start
+
+
+def installed_probes(target: Path) -> dict[str, str]:
+    found = {}
+    for info in target.glob("framepack_probe_*.dist-info"):
+        name, version = info.name.removesuffix(".dist-info").rsplit("-", 1)
+        found[name.replace("_", "-")] = version
+    return found
+
+
+def recorded_installs(root: Path) -> list[list[str]]:
+    record = root / "installs.txt"
+    return [line.split("|", 1) for line in record.read_text().splitlines()] if record.exists() else []
+
+
+def driver_env(root: Path, home: Path) -> dict[str, str]:
+    return {
+        **{key: value for key, value in os.environ.items() if key != "FRAMEPACK_MODEL"},
         "PYTHONPATH": str(root),
         "FRAMEPACK_HOME": str(home),
+        "EXTENSION_NAME": EXTENSION_NAME,
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
         "GRADIO_ANALYTICS_ENABLED": "False",
         "PYTHONDONTWRITEBYTECODE": "1",
     }
-    return {"root": root, "home": home, "env": env}
 
 
-def run_driver(python: str, fake: dict, mode: str) -> dict:
-    script = fake["root"] / "driver.py"
-    script.write_text(f"EXTENSION_NAME = {EXTENSION_NAME!r}\n" + DRIVER)
+def run_driver(python: str, root: Path, home: Path, mode: str, given: dict | None = None) -> dict:
     result = subprocess.run(
-        [python, str(script), mode],
-        cwd=fake["root"],
-        env=fake["env"],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=540,
-    )
+        [python, str(root / "driver.py"), mode, json.dumps(given or {})],
+        cwd=root, env=driver_env(root, home), capture_output=True, text=True, check=False, timeout=900,
+    )  # fmt: skip
     lines = [line for line in result.stdout.splitlines() if line.startswith("REPORT ")]
     assert result.returncode == 0 and lines, f"rc={result.returncode}\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}"
     return json.loads(lines[-1][len("REPORT ") :])
@@ -270,48 +175,141 @@ def test_only_the_host_adapter_and_the_entry_script_touch_sdnext_modules():
     assert offenders == []
 
 
-def test_standalone_host_scope_locks_and_watches_nothing(tmp_path):
+@pytest.fixture
+def sdnext_state(monkeypatch):
+    """`modules.shared` with the fake SD.Next's State (the real one's logic) for SDNextHost in this process."""
+    import logging
+    import types
+
+    state = load_fake("shared_state").State()
+    shared = types.SimpleNamespace(state=state, opts=None, log=logging.getLogger("sd"))
+    package = types.ModuleType("modules")
+    package.shared = shared
+    monkeypatch.setitem(sys.modules, "modules", package)
+    monkeypatch.setitem(sys.modules, "modules.shared", shared)
+    return state
+
+
+def make_job(job_id: str, total_steps: int = 4, frames: int = 10):
+    from framepack.jobs.models import Job, JobProgress, JobState
+
+    progress = JobProgress(stage="queued", total_steps=total_steps, sections=2)
+    return Job(id=job_id, state=JobState.QUEUED, request={}, plan={"generated_frames": frames}, progress=progress, created_at=0)
+
+
+def test_sdnext_task_shows_the_job_id_progress_through_decode_and_its_outputs(sdnext_state):
+    from framepack.host import SDNextHost
+
+    state = sdnext_state
+    hooks = SDNextHost().job_hooks(on_interrupt=lambda job_id: None)
+    job = make_job("f00dcafe")
+    hooks.submitted(job)
+    with hooks.running(job):
+        assert (state.job, state.id, state.calls) == ("FramePack", "f00dcafe", [("begin", "FramePack", "f00dcafe")])
+        job.progress.stage, job.progress.done_steps, job.progress.sections_done = "sample", 4, 2
+        hooks.progress(job)
+        sampled = (state.sampling_step, state.sampling_steps, state.textinfo)
+        job.progress.stage, job.progress.frames_written = "decode", 5
+        hooks.progress(job)
+        decoding = (state.sampling_step, state.sampling_steps, state.textinfo)
+        hooks.outputs(job, ["outputs/video/a.mp4", "outputs/video/a.json"])
+    assert sampled == (4, 14, "FramePack f00dcafe: sample, step 4/4, 2/2 sections")
+    assert decoding == (9, 14, "FramePack f00dcafe: decode, 5/10 frames written")  # still moving after sampling
+    assert state.calls[-1] == ("end", "f00dcafe") and state.job == "" and state.id == ""
+    own = [(entry["op"], entry["job"], entry["outputs"]) for entry in state.state_history if entry["id"] == "f00dcafe"]
+    files = ["outputs/video/a.mp4", "outputs/video/a.json"]
+    assert own == [("begin", "framepack", []), ("output", "framepack", files), ("end", "framepack", [])]
+    assert state.state_history[-1]["op"] == "output" and state.state_history[-1]["outputs"] == files
+
+
+def test_an_interrupt_after_submit_cancels_the_job_although_begin_clears_the_flag(sdnext_state):
+    from framepack.host import SDNextHost
+
+    state, cancelled = sdnext_state, []
+    hooks = SDNextHost().job_hooks(on_interrupt=cancelled.append)
+    state.interrupted = True  # left by an earlier task; SD.Next is idle
+    stale, pressed = make_job("stale"), make_job("pressed")
+    hooks.submitted(stale)
+    assert state.interrupted is False  # the stale flag is cleared, so a new press can be seen
+    with hooks.running(stale):
+        pass
+    assert cancelled == []
+    hooks.submitted(pressed)
+    state.interrupt()  # before the job begins; its begin() clears the flag again
+    with hooks.running(pressed):
+        assert cancelled == ["pressed"] and state.interrupted is False
+
+
+def test_an_interrupt_while_running_cancels_once_and_not_the_job_queued_behind(sdnext_state):
+    from framepack.host import INTERRUPT_POLL_SECONDS, SDNextHost
+
+    state, cancelled = sdnext_state, []
+    hooks = SDNextHost().job_hooks(on_interrupt=cancelled.append)
+    running, behind = make_job("running"), make_job("behind")
+    hooks.submitted(running)
+    with hooks.running(running):
+        hooks.submitted(behind)
+        state.interrupt()
+        deadline = time.monotonic() + 10
+        while not cancelled and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(3 * INTERRUPT_POLL_SECONDS)
+    with hooks.running(behind):
+        pass
+    assert cancelled == ["running"]
+
+
+def test_a_host_whose_begin_takes_no_task_id_gets_the_title(monkeypatch):
+    import types
+
+    from framepack.host import SDNextHost
+
+    calls = []
+
+    class OlderState:  # the A1111 signature: begin(self, job: str = "(unknown)"), end(self)
+        def begin(self, job: str = "(unknown)"):
+            calls.append(("begin", job))
+
+        def end(self):
+            calls.append(("end",))
+
+    shared = types.SimpleNamespace(state=OlderState())
+    package = types.ModuleType("modules")
+    package.shared = shared
+    monkeypatch.setitem(sys.modules, "modules", package)
+    monkeypatch.setitem(sys.modules, "modules.shared", shared)
+    host = SDNextHost()
+    host.begin("FramePack", "abc")
+    host.end("abc", [])
+    assert calls == [("begin", "FramePack"), ("end",)]
+
+
+def test_standalone_host_hooks_take_no_lock_and_show_nothing(tmp_path):
     from framepack.host import StandaloneHost
 
     host = StandaloneHost(output_dir=tmp_path / "out", data_dir=tmp_path / "data")
     assert (host.output_dir(), host.data_dir(), host.name) == (tmp_path / "out", tmp_path / "data", "standalone")
-    scope = host.job_scope()
-    for _ in range(2):  # reusable, one job after another
-        with scope:
-            assert host.gpu_lock().locked()
-        assert not host.gpu_lock().locked()
+    assert (host.hub_cache(), host.lora_dirs()) == (None, [])
+    hooks = host.job_hooks()
+    for job_id in ("one", "two"):  # reusable, one job after another
+        job = make_job(job_id)
+        hooks.submitted(job)
+        with hooks.running(job):
+            assert not host.gpu_lock().locked()
 
 
-def test_job_scope_calls_back_once_on_a_host_interrupt_and_always_releases(tmp_path):
-    import threading
+def test_degraded_routes_use_the_api_prefix_and_error_shape():
+    from api.errors import ErrorResponse
+    from api.routes import PREFIX
+    from framepack.degraded import ROUTE_PREFIX, error_body, unavailable_message
 
-    from framepack.host import StandaloneHost
-
-    class Interruptible(StandaloneHost):
-        flag = False
-        calls: list  # set per instance
-
-        def __init__(self, **kwargs):
-            super().__init__(**kwargs)
-            self.calls = []
-
-        def begin(self, title="FramePack"):
-            self.calls.append("begin")
-
-        def end(self):
-            self.calls.append("end")
-
-        def interrupted(self):
-            return self.flag
-
-    host = Interruptible(data_dir=tmp_path)
-    fired = threading.Event()
-    scope = host.job_scope(on_interrupt=fired.set)
-    with pytest.raises(RuntimeError), scope:
-        host.flag = True
-        assert fired.wait(5)
-        raise RuntimeError("the job failed")
-    assert host.calls == ["begin", "end"] and not host.gpu_lock().locked()
+    assert ROUTE_PREFIX == PREFIX
+    message = unavailable_message(["FramePack requirement av>=14: not installed. Fix: `pip install 'av>=14'`"])
+    assert message == (
+        "FramePack cannot start: FramePack requirement av>=14: not installed. Fix: `pip install 'av>=14'`; "
+        "then restart SD.Next."
+    )
+    assert ErrorResponse.model_validate(error_body(message)).error.kind == "not_installed"
 
 
 def test_install_parses_and_compares_versions():
@@ -325,60 +323,7 @@ def test_install_parses_and_compares_versions():
     assert install.parse("# only a comment") is None and install.parse("-r other.txt") is None
     assert install.satisfies("14.2.0", ">=14") and not install.satisfies("13.1", ">=14")
     assert install.satisfies("0.2.1", ">=0.2,<0.3") and not install.satisfies("0.3.0", ">=0.2,<0.3")
-
-
-# ------------------------------------------------------------------------------------------ the fake SD.Next
-
-
-def test_install_py_uses_the_host_installer_for_what_is_missing(fake_sdnext, host_python):
-    python = host_python or sys.executable
-    extension = fake_sdnext["root"] / "extensions" / EXTENSION_NAME
-    result = subprocess.run(
-        [python, str(extension / "install.py")], cwd=fake_sdnext["root"], env=fake_sdnext["env"],
-        capture_output=True, text=True, check=False, timeout=120,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    announced = re.findall(r"^FramePack: installing (\S+)$", result.stdout, re.MULTILINE)
-    record = fake_sdnext["root"] / "installs.txt"
-    recorded = record.read_text().split() if record.exists() else []
-    assert announced == recorded  # every install went through installer.install (launch.run_pip would raise)
-    assert not any(re.match(r"(torch|gradio|fastapi)\b", package) for package in recorded)
-    assert set(result.stdout.splitlines()) <= {f"FramePack: installing {package}" for package in recorded}  # quiet
-
-
-def test_extension_registers_routes_that_generate_into_the_host_folder_under_its_gpu_lock(fake_sdnext, host_python):
-    report = run_driver(host_python or sys.executable, fake_sdnext, "routes")
-    assert Path(report["framepack_from"]) == fake_sdnext["root"] / "extensions" / EXTENSION_NAME
-    assert report["host"] == "SDNextHost"
-    assert (report["ui_tab_callbacks"], report["app_started_callbacks"]) == (1, 1)
-    assert report["manager_built_at_import"] is False  # import only registers callbacks
-    routes = {(path, method) for path, methods in report["routes"] for method in methods}
-    assert {
-        ("/sdapi/v1/framepack", "POST"),
-        ("/sdapi/v1/framepack/jobs", "POST"),
-        ("/sdapi/v1/framepack/jobs/{job_id}", "GET"),
-    } <= routes
-    assert report["status"] == 200, report["body"]
-    assert report["body"]["filename"] == "from-host.mp4"
-    assert report["download"][0] == 200 and report["download"][1] > 0
-    assert report["lock_acquired_after_first"] >= 1  # the host's queue_lock was held for the job
-    assert report["state_calls"][:2] == [["begin", "FramePack"], ["end", "FramePack"]]
-    assert report["sampling"] == [4, 4]  # the host's progress bar saw every step: 2 sections x 2 steps
-    assert report["interrupted_state"] == "cancelled"  # SD.Next's Interrupt cancels the FramePack job
-    assert report["lock_held_after"] is False
-    assert "from-host.mp4" in report["outdir_files"] and "interrupted.mp4" not in report["outdir_files"]
-
-
-def test_extension_tab_builds_under_the_hosts_gradio(fake_sdnext, host_python):
-    if host_python is None:
-        pytest.skip(
-            "no host-like Python with Gradio 3.43.2 (create it with .ci/host-env.sh or set FRAMEPACK_HOST_PYTHON)"
-        )
-    if not (ROOT / "framepack" / "ui" / "tab.py").is_file():
-        pytest.skip("framepack/ui/tab.py does not exist yet")
-    report = run_driver(host_python, fake_sdnext, "tabs")
-    assert report["gradio"] == "3.43.2"
-    assert [tab[1:] for tab in report["tabs"]] == [[True, "FramePack", "framepack_studio_tab"]]
+    assert install.satisfies("0.36.0.dev0", ">=0.35")  # hosts install development builds
 
 
 def test_sdnext_balanced_offload_is_the_hosts_when_its_setting_says_balanced(monkeypatch):
@@ -408,3 +353,236 @@ def test_sdnext_balanced_offload_is_the_hosts_when_its_setting_says_balanced(mon
 
     shared.opts.diffusers_offload_mode = "model"
     assert SDNextHost().balanced_offload() is None
+# ------------------------------------------------------------------------------------------ install.py
+
+
+def test_the_fake_installer_fails_from_the_extension_folder_like_sdnext(tmp_path, wheels):
+    """What broke the real install: SD.Next's installer.pip from the extension folder (its relative -c)."""
+    root = tmp_path / "sdnext"
+    extension = make_host(root, EXTRA_REQUIREMENTS)
+    code = "import installer; result, output = installer.pip('install framepack-probe-b'); print(result.returncode); print(output)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=extension, env=pip_env(wheels, tmp_path / "target", root),
+        capture_output=True, text=True, check=False, timeout=300,
+    )  # fmt: skip
+    assert result.stdout.splitlines()[0] != "0" and "constraints.txt" in result.stdout, result.stdout + result.stderr
+
+
+def test_install_py_as_sdnext_runs_it_installs_verifies_and_a_second_run_is_quick(tmp_path, wheels):
+    root = tmp_path / "sdnext"
+    extension = make_host(root, EXTRA_REQUIREMENTS)
+    target = tmp_path / "target"
+    env = pip_env(wheels, target, root)  # SD.Next: cwd = the extension folder, PYTHONPATH = its root
+    first, _ = run_install(extension / "install.py", extension, env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert first.stdout.splitlines() == [
+        "FramePack: installing framepack-probe-a>=1.0",
+        "FramePack: installing framepack-probe-b",
+    ]
+    assert first.stderr == ""
+    # a: by pip with SD.Next's constraints file by absolute path (1.2 exists, the constraint says < 1.2; through
+    # the host's installer, >= would have become ==1.0); b: through the host's installer, run from its root
+    assert installed_probes(target) == {"framepack-probe-a": "1.1", "framepack-probe-b": "1.0"}
+    assert recorded_installs(root) == [[str(root), "install framepack-probe-b"]]
+    second, seconds = run_install(extension / "install.py", extension, env)
+    assert (second.returncode, second.stdout, second.stderr) == (0, "", "")
+    assert seconds < 2.0, f"a run with nothing to install took {seconds:.2f} s"
+    assert len(recorded_installs(root)) == 1
+
+
+def test_install_py_from_the_host_root_and_standalone(tmp_path, wheels):
+    root = tmp_path / "sdnext"
+    extension = make_host(root, EXTRA_REQUIREMENTS)
+    from_root = tmp_path / "from-root"
+    result, _ = run_install(extension / "install.py", root, pip_env(wheels, from_root))  # no PYTHONPATH to the host
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert installed_probes(from_root) == {"framepack-probe-a": "1.1", "framepack-probe-b": "1.0"}  # constrained
+    standalone = tmp_path / "standalone" / "framepack"
+    standalone.mkdir(parents=True)
+    for name in ("install.py", "requirements.txt"):
+        shutil.copy(extension / name, standalone / name)
+    alone = tmp_path / "alone"
+    result, _ = run_install(standalone / "install.py", standalone, pip_env(wheels, alone))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert installed_probes(alone) == {"framepack-probe-a": "1.2", "framepack-probe-b": "1.0"}  # no host: no -c
+
+
+def test_install_py_names_what_it_cannot_install_and_exits_1(tmp_path, wheels):
+    root = tmp_path / "sdnext"
+    extension = make_host(root, "framepack-probe-c>=9\nframepack-probe-a>=1.5\n")
+    result, _ = run_install(extension / "install.py", extension, pip_env(wheels, tmp_path / "target", root))
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert len(lines) == 2, result.stderr
+    constraints = str(root / "constraints.txt")
+    assert lines[0].startswith("FramePack requirement framepack-probe-c>=9: not installed (pip failed: ERROR: ")
+    assert lines[0].endswith(f"Fix: `{sys.executable} -m pip install 'framepack-probe-c>=9' -c {constraints}`")
+    # 1.2 exists, but SD.Next's constraints allow < 1.2 only
+    assert lines[1].startswith("FramePack requirement framepack-probe-a>=1.5: not installed (pip failed: ERROR: ")
+    assert "The user requested (constraint) framepack-probe-a<1.2" in lines[1]
+
+
+# ------------------------------------------------------------------------------------------ the extension
+
+
+@pytest.fixture
+def fake_sdnext(tmp_path: Path, tiny_model_dir: Path) -> dict:
+    root = tmp_path / "sdnext"
+    make_host(root)
+    home = tiny_home(tiny_model_dir, tmp_path / "framepack-home")
+    return {"root": root, "home": home}
+
+
+def hub_cache_with(model_dir: Path, cache: Path, repo: str) -> None:
+    """`model_dir` as hub repo `repo` in a Hugging Face cache folder (refs/main -> one snapshot)."""
+    revision = "0" * 40
+    repo_dir = cache / f"models--{repo.replace('/', '--')}"
+    (repo_dir / "refs").mkdir(parents=True)
+    (repo_dir / "refs" / "main").write_text(revision)
+    shutil.copytree(model_dir, repo_dir / "snapshots" / revision, symlinks=False)
+
+
+def write_host_lora(tiny_model_dir: Path, path: Path) -> None:
+    import torch
+    from diffusers import HunyuanVideoFramepackTransformer3DModel
+    from safetensors.torch import save_file
+
+    transformer = HunyuanVideoFramepackTransformer3DModel.from_pretrained(tiny_model_dir / "transformer")
+    layer = transformer.get_submodule("transformer_blocks.0.attn.to_q")
+    generator = torch.Generator().manual_seed(3)
+    state = {
+        "transformer.transformer_blocks.0.attn.to_q.lora_A.weight": torch.randn(2, layer.in_features, generator=generator),
+        "transformer.transformer_blocks.0.attn.to_q.lora_B.weight": torch.randn(layer.out_features, 2, generator=generator),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path))
+
+
+def test_extension_in_sdnext_defaults_models_loras_progress_history_and_interrupts(fake_sdnext, tiny_model_dir, host_python):
+    root = fake_sdnext["root"]
+    hub = root / "models" / "huggingface"
+    hub_cache_with(tiny_model_dir, hub, "framepack-test/tiny")
+    recipe = root / "tiny-from-hub.txt"
+    recipe.write_text(
+        "".join(f"{name}: framepack-test/tiny subfolder={name}\n" for name in ("vae", "tokenizer", "tokenizer_2", "feature_extractor"))
+        + "".join(f"{name}: framepack-test/tiny subfolder={name} dtype=float32\n" for name in ("transformer", "text_encoder", "text_encoder_2", "image_encoder"))
+        + "self_test: true\n"
+    )  # fmt: skip
+    write_host_lora(tiny_model_dir, root / "models" / "Lora" / "host-style.safetensors")
+    given = {
+        "opts": {"offline_mode": True},
+        "settings": {"framepack_default_model": "self-test"},
+        "settings_later": {"framepack_default_model": str(recipe), "framepack_default_cache": "none"},
+    }
+    report = run_driver(host_python or sys.executable, root, fake_sdnext["home"], "routes", given)
+    extension = root / "extensions" / EXTENSION_NAME
+    assert report["problems"] == []
+    assert Path(report["framepack_from"]) == extension
+    assert report["api_taken_by"] == report["api_still"] == str(root / "extensions" / "other-extension" / "api" / "__init__.py")
+    assert report["callbacks"] == [1, 1, 1] and report["manager_built_at_import"] is False
+    assert report["settings"] == {
+        "framepack_default_model": [
+            "published",
+            "Default model when a request names none: published, self-test (random weights: noise) or the path of a recipe file",
+            "Dropdown", {"choices": ["published", "self-test"], "allow_custom_value": True}, ["framepack", "FramePack"],
+        ],
+        "framepack_default_cache": [
+            "teacache", "Default cache when a request names none", "Radio",
+            {"choices": ["none", "teacache", "magcache", "fbc"]}, ["framepack", "FramePack"],
+        ],
+        "framepack_default_offload": [
+            "balanced", "Default offload when a request names none", "Radio",
+            {"choices": ["none", "model", "balanced", "blocks"]}, ["framepack", "FramePack"],
+        ],
+    }  # fmt: skip
+    routes = {(path, method) for path, methods in report["routes"] for method in methods}
+    assert {("/sdapi/v1/framepack", "POST"), ("/sdapi/v1/framepack/jobs", "POST"), ("/sdapi/v1/framepack/jobs/{job_id}", "GET")} <= routes
+
+    # 1. no model in the request: the setting's self-test model, and the plan says so
+    status, body = report["first"]
+    assert status == 200, body
+    job_id = body["id"]
+    assert body["filename"] == "from-host.mp4" and "SELF-TEST model" in body["summary"]
+    assert report["first_job"]["request"]["model"] == "tiny"
+    assert report["lock_acquired_after_first"] >= 1
+    assert report["state_calls"][:2] == [["begin", "FramePack", job_id], ["end", job_id]]
+    # progress: steps, then the frames written, to the end (2 sections x 2 steps, then 9 + 12 frames)
+    frames = body["plan"]["generated_frames"]
+    steps = [entry[1:] for entry in report["progress_log"] if entry[0] == "step"]
+    texts = [entry[1] for entry in report["progress_log"] if entry[0] == "text"]
+    assert steps[-1] == [4 + frames, 4 + frames]
+    assert [done for done, _total in steps] == sorted(done for done, _total in steps)  # never backwards
+    assert len([done for done, _total in steps if 4 < done < 4 + frames]) >= 1  # moved during decode
+    assert all(total == 4 + frames for _done, total in steps)
+    assert any(text.startswith(f"FramePack {job_id}: sample, step ") for text in texts)
+    assert any(text.startswith(f"FramePack {job_id}: decode, ") for text in texts)
+    # history: the task under the job id lists every file the job wrote, as SD.Next records paths
+    written = ["outputs/video/from-host.mp4", "outputs/video/from-host.json"]
+    own = [(entry["op"], entry["job"], entry["outputs"]) for entry in report["history_of_job"]]
+    assert own == [("begin", "framepack", []), ("output", "framepack", written), ("end", "framepack", [])]
+    # create-video.py (the older extension's): progress has no id after the blocking POST, so it reads the last
+    # history entry's outputs
+    assert report["progress_after"]["id"] == ""
+    assert report["history_all"][-1]["outputs"] == written
+    assert (root / written[0]).is_file()
+
+    # 2. an explicit model wins: the published model is not in SD.Next's Hugging Face cache (offline mode)
+    status, body = report["explicit_default"]
+    assert status == 503 and body["error"]["kind"] == "model_unavailable" and body["error"]["field"] == "model"
+    assert f"in the Hugging Face cache {hub}" in body["error"]["message"]
+    assert f"--cache-dir {hub}`" in body["error"]["message"]
+    assert "The host's offline mode is on" in body["error"]["message"]
+
+    # 3. the default model as a recipe over SD.Next's cache, a LoRA from SD.Next's LoRA folder, the cache setting
+    status, body = report["recipe"]
+    assert status == 200, body
+    assert report["recipe_job"]["request"]["model"] == str(recipe)
+    assert report["recipe_job"]["request"]["cache"] == "none"
+    assert body["plan"]["loras"] == [["host-style", 0.7]] and "SELF-TEST model" in body["summary"]
+
+    # 4. interrupts: while running, before the job began, 0-100 ms after submit; one press, one job
+    assert report["interrupt_running"] == "cancelled"
+    assert report["stale_flag_before_b"] is True
+    state, progress = report["interrupt_before_begin"]
+    assert state == "cancelled" and progress["done_steps"] == 0
+    assert report["interrupt_after_submit"] == [[0.0, "cancelled"], [0.05, "cancelled"], [0.1, "cancelled"]]
+    assert report["one_press"] == ["cancelled", "finished"]
+    assert report["lock_held_after"] is False
+    assert {"from-host.mp4", "recipe.mp4", "behind.mp4"} <= set(report["outdir_files"])
+    assert "interrupted.mp4" not in report["outdir_files"]
+
+
+def test_extension_tab_and_settings_under_the_hosts_gradio(fake_sdnext, host_python):
+    if host_python is None:
+        pytest.skip("no host-like Python with Gradio 3.43.2 (create it with .ci/host-env.sh or set FRAMEPACK_HOST_PYTHON)")
+    given = {"settings": {"framepack_default_model": "self-test", "framepack_default_cache": "magcache"}}
+    report = run_driver(host_python, fake_sdnext["root"], fake_sdnext["home"], "tabs", given)
+    assert report["gradio"] == "3.43.2" and report["problems"] == []
+    assert report["api_taken_by"] == report["api_still"]
+    assert report["tabs"] == [[True, "FramePack", "framepack_studio_tab"]]
+    assert (report["model_control"], report["cache_control"]) == ("tiny", "magcache")  # the settings' defaults
+    assert report["settings_built"] == {  # as SD.Next's settings page builds them, with the values set
+        "framepack_default_model": "self-test", "framepack_default_cache": "magcache", "framepack_default_offload": "balanced",
+    }  # fmt: skip
+
+
+def test_extension_with_a_missing_requirement_shows_a_tab_and_routes_that_say_how_to_fix_it(tmp_path, tiny_model_dir, host_python):
+    root = tmp_path / "sdnext"
+    make_host(root, "framepack-probe-missing>=1\n")
+    home = tiny_home(tiny_model_dir, tmp_path / "framepack-home")
+    python = host_python or sys.executable
+    report = run_driver(python, root, home, "degraded")
+    constraints = root / "constraints.txt"
+    problem = (
+        "FramePack requirement framepack-probe-missing>=1: not installed. "
+        f"Fix: `{python} -m pip install 'framepack-probe-missing>=1' -c {constraints}`"
+    )
+    assert report["problems"] == [problem]
+    assert report["tabs"] == [[True, "FramePack", "framepack_studio_tab"]]
+    assert problem in report["unavailable_text"] and "restart SD.Next" in report["unavailable_text"]
+    message = f"FramePack cannot start: {problem}; then restart SD.Next."
+    expected = {"error": {"kind": "not_installed", "field": None, "message": message}}
+    assert report["degraded_answers"] == [[503, expected], [503, expected]]
+    assert report["settings"]  # the settings section is there too
+
+

@@ -31,7 +31,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
+from framepack.defaults import apply_defaults
 from framepack.errors import FieldError, UserError
 from framepack.events import (
     Cancelled,
@@ -53,6 +54,7 @@ from framepack.events import (
     StepProgress,
 )
 from framepack.generate import START
+from framepack.jobs.hooks import JobHooks
 from framepack.jobs.models import Job, JobConflict, JobErrorInfo, JobNotFound, JobProgress, JobState, QueueFull
 from framepack.jobs.store import STORE_FILE, JobStore
 from framepack.models.loader import ModelUnavailableError, check_available
@@ -115,7 +117,10 @@ class _Subscriber:
 class JobManager:
     """Queue, worker, persistence and events of FramePack jobs; see the module docstring.
 
-    `gpu_lock` (optional) is held while a job runs, so a host (SD.Next) can share the GPU with other work.
+    `gpu_lock` (optional) is held while a job runs, so a host (SD.Next) can share the GPU with other work;
+    `hooks` (optional, `framepack.jobs.hooks.JobHooks`) show the jobs to the host (its progress, history and
+    Interrupt); `defaults` (optional) returns the values a submitted request takes for the fields it left out
+    (`framepack.defaults`: model, cache, offload), read at every submit so a changed setting applies at once.
     Only one started manager may use a `data_dir` at a time (start() refuses a second one where the OS has
     flock), so running the API with several worker processes over one data folder fails loudly.
     """
@@ -127,13 +132,15 @@ class JobManager:
         max_queued: int = 100,
         gpu_lock: contextlib.AbstractContextManager | None = None,
         subscriber_queue_size: int = 1000,
-        on_progress: Callable[[int, int], None] | None = None,
+        hooks: JobHooks | None = None,
+        defaults: Callable[[], Mapping[str, Any]] | None = None,
     ):
         self.data_dir = Path(data_dir)
         self.runner = runner
         self.max_queued = max_queued
         self._gpu_lock = gpu_lock
-        self._on_progress = on_progress  # (done steps, total steps) of the running job, for a host's progress bar
+        self._hooks = hooks
+        self._defaults = defaults
         self._model_lock = threading.Lock()  # held around a job's run and around load/unload from a face
         self._subscriber_queue_size = subscriber_queue_size
         self._store = JobStore(self.data_dir / STORE_FILE)  # CorruptStore: one line, what to do
@@ -264,10 +271,11 @@ class JobManager:
         it exists) or QueueFull. Jobs without a filename get their id as the name: those never clash.
         """
         self._check_room()
+        request = self.complete(request)
         plan = plan_request(request)
         self.runner.preflight(request, plan)
         recipe = resolve_recipe(request.model, request.variant, self.runner.home)
-        missing = check_available(recipe)
+        missing = check_available(recipe, self.runner.hub)
         if missing:
             raise missing[0]
         job_id = uuid.uuid4().hex
@@ -289,6 +297,7 @@ class JobManager:
                 self._check_output_name(job.request)  # under the lock: two submits cannot both take a name
             self._store.insert(job)
             self._jobs[job_id] = job
+            self._hook("submitted", job)  # before the worker can see it
             self._queue.append(job_id)
             self._changed.notify_all()
             logger.info("queued job %s: %s", job_id, job.summary)
@@ -318,6 +327,10 @@ class JobManager:
             job, JobState.CANCELLED, error=self._cancel_error(job_id, keep_partial), keep_checkpoints=keep_partial
         )
         return self.get(job_id)
+
+    def complete(self, request: GenerateRequest) -> GenerateRequest:
+        """The request with this manager's defaults for the fields it left out (see `framepack.defaults`)."""
+        return apply_defaults(request, self._defaults()) if self._defaults is not None else request
 
     def cancel_running(self, keep_partial: bool = False) -> Job | None:
         """Cancel the job that runs now, as `cancel` does (a host's Interrupt); None when no job runs."""
@@ -439,7 +452,11 @@ class JobManager:
                 self._store.update(job)
             if restored:
                 logger.info("job %s: resuming with %d sections restored from checkpoints", job.id, job.resumed_sections)
-            with self._model_lock, self._gpu_lock if self._gpu_lock is not None else contextlib.nullcontext():
+            with (
+                self._model_lock,
+                self._gpu_lock if self._gpu_lock is not None else contextlib.nullcontext(),
+                self._hooks.running(job) if self._hooks is not None else contextlib.nullcontext(),
+            ):
                 token.check()
                 result = self.runner.run(
                     request,
@@ -449,6 +466,7 @@ class JobManager:
                     finished_sections=restored,
                     on_section_latents=lambda key, latents: self._save_checkpoint(job.id, key, latents),
                 )
+                self._hook("outputs", job, list(result.outputs))
         except Cancelled:
             with self._lock:
                 by_user, keep, stopping = self._cancel_requested, self._keep_partial, self._stopping
@@ -508,11 +526,6 @@ class JobManager:
                 progress.done_steps, progress.total_steps = event.done_steps, event.total_steps
                 progress.section, progress.eta_seconds = event.section, round(event.eta, 3)
                 self._publish(job.id, "progress", asdict(event))
-                if self._on_progress is not None:
-                    try:
-                        self._on_progress(event.done_steps, event.total_steps)
-                    except Exception:  # noqa: BLE001 - a host display must never fail the job
-                        logger.exception("the host's progress hook failed")
             elif isinstance(event, SectionFinished):
                 if event.section >= 0:
                     progress.sections_done += 1
@@ -544,6 +557,17 @@ class JobManager:
             if persist or now - self._last_persist >= PERSIST_INTERVAL_S:
                 self._store.update(job)
                 self._last_persist = now
+            if isinstance(event, (StageStarted, StepProgress, FramesWritten)):
+                self._hook("progress", job)
+
+    def _hook(self, name: str, *args: Any) -> None:
+        """Call a host hook; a failing hook is logged and never fails the job."""
+        if self._hooks is None:
+            return
+        try:
+            getattr(self._hooks, name)(*args)
+        except Exception:  # noqa: BLE001 - a host display must never fail the job
+            logger.exception("the host's %s hook failed", name)
 
     # ------------------------------------------------------------------------------------------- endings
 

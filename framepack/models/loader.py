@@ -10,6 +10,9 @@ A component whose recipe line says `quantize=int8|float8|int4` is loaded in its 
 with optimum-quanto (framepack/models/quantize.py), and only then moved to the device, so a big model is never on
 the GPU unquantized. Without optimum-quanto such a recipe fails before any weights are loaded (and
 `check_available` reports it).
+
+Hub repos are looked for in a Hugging Face cache folder: huggingface_hub's own (HF_HUB_CACHE) unless a `HubCache`
+names another, as SD.Next's adapter does with the host's cache folder and offline setting (`framepack/host.py`).
 """
 
 from __future__ import annotations
@@ -84,6 +87,32 @@ REQUIRED_FILES: dict[str, tuple[tuple[tuple[str, ...], ...], ...]] = {
 LOAD_ERRORS = (OSError, ValueError, EntryNotFoundError, SafetensorError)
 
 
+@dataclass(frozen=True)
+class HubCache:
+    """Where hub repos are looked for and whether they may be downloaded: `folder` is the Hugging Face cache
+    (None: huggingface_hub's default, HF_HUB_CACHE); `offline` forbids downloads (HF_HUB_OFFLINE does too)."""
+
+    folder: Path | None = None
+    offline: bool = False
+
+    def cache_dir(self) -> Path:
+        return Path(self.folder) if self.folder is not None else Path(hub_constants.HF_HUB_CACHE)
+
+    def is_offline(self) -> bool:
+        return self.offline or huggingface_hub.is_offline_mode()
+
+    def from_pretrained_options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {}
+        if self.folder is not None:
+            options["cache_dir"] = str(self.folder)
+        if self.offline:
+            options["local_files_only"] = True
+        return options
+
+
+DEFAULT_HUB = HubCache()
+
+
 class ModelUnavailableError(UserError, RuntimeError):
     """A component could not be found or loaded; the message says where we looked and how to fix it."""
 
@@ -124,8 +153,9 @@ def load_components(
     device: str | torch.device = "cpu",
     variant: str = "bidirectional",
     on_progress: Callable[[str], None] | None = None,
+    hub: HubCache = DEFAULT_HUB,
 ) -> Components:
-    """Load every component of `recipe` onto `device`, in eval mode without gradients."""
+    """Load every component of `recipe` onto `device`, in eval mode without gradients (hub repos from `hub`)."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; allowed: {', '.join(VARIANTS)}")
     start = time.perf_counter()
@@ -139,7 +169,7 @@ def load_components(
         logger.info(message)
         if on_progress is not None:
             on_progress(message)
-        loaded[name] = load_component(name, source, device)
+        loaded[name] = load_component(name, source, device, hub)
     self_test = recipe.self_test or _is_self_test_source(recipe.transformer)
     if self_test:
         logger.warning("loaded the SELF-TEST model (random weights): its output is noise")
@@ -147,14 +177,16 @@ def load_components(
     return Components(**loaded, variant=variant, self_test=self_test)
 
 
-def load_component(name: str, source: ComponentSource, device: str | torch.device = "cpu") -> Any:
+def load_component(
+    name: str, source: ComponentSource, device: str | torch.device = "cpu", hub: HubCache = DEFAULT_HUB
+) -> Any:
     """Load one component with its library's from_pretrained; ModelUnavailableError if it is not there."""
     loader = LOADERS[name]
-    _check_before_loading(name, source)
+    _check_before_loading(name, source, hub)
     quantization_error = check_quantization(name, source)
     if quantization_error is not None:
         raise quantization_error
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {} if source.is_local else hub.from_pretrained_options()
     if source.subfolder:
         kwargs["subfolder"] = source.subfolder
     if loader.dtype_keyword is not None:
@@ -163,12 +195,12 @@ def load_component(name: str, source: ComponentSource, device: str | torch.devic
     try:
         component = loader.cls.from_pretrained(_source_path(source), **kwargs)
     except LOAD_ERRORS as error:
-        raise _unavailable(name, source, f"{type(error).__name__}: {error}") from error
+        raise _unavailable(name, source, f"{type(error).__name__}: {error}", hub) from error
     if loader.is_module:
         component = _prepare_module(component, device, name, source.quantize)
     elif name == "tokenizer":
         component = _prepare_llama_tokenizer(component)
-    _check_after_loading(name, source, component)
+    _check_after_loading(name, source, component, hub)
     summary = quantization_of(component) if loader.is_module else None
     logger.info(
         "loaded %s (%s) from %s in %.2f s%s",
@@ -200,18 +232,18 @@ def _prepare_llama_tokenizer(tokenizer: Any) -> Any:
     return tokenizer
 
 
-def _check_before_loading(name: str, source: ComponentSource) -> None:
+def _check_before_loading(name: str, source: ComponentSource, hub: HubCache) -> None:
     """Fail fast and clearly for local folders and, in offline mode, for hub repos missing from the cache."""
-    if source.is_local or huggingface_hub.is_offline_mode():
-        error = check_component(name, source)
+    if source.is_local or hub.is_offline():
+        error = check_component(name, source, hub)
         if error is not None:
             raise error
 
 
-def _check_after_loading(name: str, source: ComponentSource, component: Any) -> None:
+def _check_after_loading(name: str, source: ComponentSource, component: Any, hub: HubCache) -> None:
     """Catch loads that "succeed" with nothing in them, and a tokenizer that lost its spaces (the trap)."""
     if name in ("tokenizer", "tokenizer_2") and len(component) <= 3:
-        raise _unavailable(name, source, f"the tokenizer loaded empty ({len(component)} tokens): no vocabulary found")
+        raise _unavailable(name, source, f"the tokenizer loaded empty ({len(component)} tokens): no vocabulary found", hub)
     if name == "tokenizer":
         sample = "a cat walks"
         decoded = component.decode(component(sample, add_special_tokens=False).input_ids)
@@ -231,10 +263,12 @@ def _is_self_test_source(source: ComponentSource) -> bool:
 # ---------------------------------------------------------------------------------------------- availability
 
 
-def check_available(recipe: Recipe) -> list[ModelUnavailableError]:
-    """One error per component whose files are not on this machine, or whose quantization cannot be done here
-    (optimum-quanto missing); no weights loaded, no network used."""
-    errors = [check_component(name, source) or check_quantization(name, source) for name, source in recipe.items()]
+def check_available(recipe: Recipe, hub: HubCache = DEFAULT_HUB) -> list[ModelUnavailableError]:
+    """One error per component whose files are not on this machine (hub repos: in `hub`'s cache folder), or whose
+    quantization cannot be done here (optimum-quanto missing); no weights loaded, no network used."""
+    errors = [
+        check_component(name, source, hub) or check_quantization(name, source) for name, source in recipe.items()
+    ]
     return [error for error in errors if error is not None]
 
 
@@ -249,36 +283,36 @@ def check_quantization(name: str, source: ComponentSource) -> ModelUnavailableEr
     return ModelUnavailableError(name, source, f"{name} cannot be loaded as the recipe asks: {message}")
 
 
-def check_component(name: str, source: ComponentSource) -> ModelUnavailableError | None:
+def check_component(name: str, source: ComponentSource, hub: HubCache = DEFAULT_HUB) -> ModelUnavailableError | None:
     """None when the component's files are present locally or in the Hugging Face cache, else the error."""
     if source.is_local:
         folder = _local_folder(source)
         if not folder.is_dir():
-            return _unavailable(name, source, "the folder does not exist")
-    missing = _missing_files(name, source)
+            return _unavailable(name, source, "the folder does not exist", hub)
+    missing = _missing_files(name, source, hub)
     if missing:
-        return _unavailable(name, source, f"{missing} not found")
+        return _unavailable(name, source, f"{missing} not found", hub)
     return None
 
 
-def _missing_files(name: str, source: ComponentSource) -> str | None:
+def _missing_files(name: str, source: ComponentSource, hub: HubCache) -> str | None:
     """A description of the first required file group with no alternative present, or None if all are there."""
     for alternatives in REQUIRED_FILES[name]:
         found = None
         for files in alternatives:
-            paths = [_find_file(source, filename) for filename in files]
+            paths = [_find_file(source, filename, hub) for filename in files]
             if all(path is not None for path in paths):
                 found = paths
                 break
         if found is None:
             return " or ".join(" + ".join(files) for files in alternatives)
-        shards = _missing_shards(source, found[0])
+        shards = _missing_shards(source, found[0], hub)
         if shards:
             return f"weight shards {', '.join(shards)}"
     return None
 
 
-def _missing_shards(source: ComponentSource, path: Path) -> list[str]:
+def _missing_shards(source: ComponentSource, path: Path, hub: HubCache) -> list[str]:
     """Shards listed in a sharded checkpoint's index that are not present (an interrupted download)."""
     if not path.name.endswith(".index.json"):
         return []
@@ -286,17 +320,17 @@ def _missing_shards(source: ComponentSource, path: Path) -> list[str]:
         weight_map = json.loads(path.read_text(encoding="utf-8")).get("weight_map", {})
     except (OSError, ValueError):
         return [path.name + " (unreadable)"]
-    return sorted(shard for shard in set(weight_map.values()) if _find_file(source, shard) is None)
+    return sorted(shard for shard in set(weight_map.values()) if _find_file(source, shard, hub) is None)
 
 
-def _find_file(source: ComponentSource, filename: str) -> Path | None:
+def _find_file(source: ComponentSource, filename: str, hub: HubCache) -> Path | None:
     """The file's path in the local folder or the Hugging Face cache, without any network access."""
     if source.is_local:
         path = _local_folder(source) / filename
         return path if path.is_file() else None
     repo_filename = f"{source.subfolder}/{filename}" if source.subfolder else filename
     try:
-        cached = huggingface_hub.try_to_load_from_cache(source.source, repo_filename)
+        cached = huggingface_hub.try_to_load_from_cache(source.source, repo_filename, cache_dir=hub.folder)
     except ValueError:  # not a valid repo id
         return None
     return Path(cached) if isinstance(cached, str) else None
@@ -314,7 +348,7 @@ def _source_path(source: ComponentSource) -> str:
 # ---------------------------------------------------------------------------------------------- messages
 
 
-def _unavailable(name: str, source: ComponentSource, reason: str) -> ModelUnavailableError:
+def _unavailable(name: str, source: ComponentSource, reason: str, hub: HubCache) -> ModelUnavailableError:
     reason = " ".join(reason.split()).rstrip(". ")
     if source.is_local:
         message = (
@@ -325,14 +359,16 @@ def _unavailable(name: str, source: ComponentSource, reason: str) -> ModelUnavai
     else:
         subfolder = f", subfolder {source.subfolder}" if source.subfolder else ""
         include = f" --include '{source.subfolder}/*'" if source.subfolder else ""
+        folder = hub.cache_dir()
         message = (
             f"{name} is not available: {reason}. Looked for hub repo {source.source}{subfolder} "
-            f"in the Hugging Face cache {hub_constants.HF_HUB_CACHE}. "
-            f"Fix: on a connected machine run `hf download {source.source}{include}` and copy its cache folder "
-            f"into {hub_constants.HF_HUB_CACHE} (or set HF_HUB_CACHE to it), or point the recipe line "
-            f"'{name}: <folder>' at a local folder with the files."
+            f"in the Hugging Face cache {folder}. "
+            f"Fix: run `hf download {source.source}{include} --cache-dir {folder}` (on a connected machine; then copy "
+            f"that folder here), or point the recipe line '{name}: <folder>' at a local folder with the files."
         )
-        if huggingface_hub.is_offline_mode():
+        if hub.offline:
+            message += " The host's offline mode is on, so nothing is downloaded."
+        elif huggingface_hub.is_offline_mode():
             message += f" HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '1')} is set, so nothing is downloaded."
     return ModelUnavailableError(name, source, message)
 
@@ -343,6 +379,7 @@ def _expected_files(name: str) -> str:
 
 
 __all__ = [
+    "HubCache",
     "ModelUnavailableError",
     "check_available",
     "check_component",

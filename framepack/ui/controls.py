@@ -207,15 +207,16 @@ def stored_fields(request: GenerateRequest) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------ components
 
 
-def make_control(name: str, gr: Any, component: Any) -> Any:
-    """The Gradio component for one request field (built inside a Blocks context).
+def make_control(name: str, gr: Any, component: Any, value: Any = None) -> Any:
+    """The Gradio component for one request field (built inside a Blocks context), showing `value` (a control
+    value) or else the field's default.
 
     `gr` is the gradio module, `component` is compat.component (so version differences stay in compat)."""
     info = field_info(name)
     help_text = info.description or ""
     elem_id = f"framepack_{name}"
     common = {"label": label(name), "info": help_text, "elem_id": elem_id}
-    default = field_to_control(name, field_default(name))
+    default = value if value is not None else field_to_control(name, field_default(name))
     if name in IMAGE_FIELDS:
         return component(gr.Image, label=label(name), type="pil", sources=["upload", "clipboard"], elem_id=elem_id, height=220)
     if name == KEYFRAMES:

@@ -18,8 +18,9 @@ import gradio as gr
 from PIL import Image
 
 from framepack.cli import read_record
+from framepack.defaults import DEFAULTABLE
 from framepack.jobs.models import Job, JobState
-from framepack.models.loader import check_available
+from framepack.models.loader import DEFAULT_HUB, check_available
 from framepack.models.recipe import default_recipe, recipe_from_text, recipe_to_text
 from framepack.request import GenerateRequest
 from framepack.runner import plan_request, resolve_recipe
@@ -31,6 +32,7 @@ from framepack.ui.controls import (
     MODEL_CHOICES,
     default_values,
     describe_error,
+    field_to_control,
     image_to_source,
     make_control,
     request_from_values,
@@ -108,7 +110,7 @@ class FramePackTab:
         if request.model == "tiny":
             lines.append("SELF-TEST model: random weights, the video is noise.")
         else:
-            lines += model_availability(request)
+            lines += model_availability(request, self.manager.runner.hub)
         lines += [f"Warning: {warning}" for warning in plan.warnings]
         return "\n\n".join(lines), render_timeline(plan)
 
@@ -262,11 +264,23 @@ class FramePackTab:
 
     def restore_last_used(self) -> list:
         """For the tab's load event: last-used settings (defaults where none), then the preset choices."""
-        values = default_values()
+        values = self.default_values()
         last = self.presets.last_used()  # None when there is none or the presets file cannot be read
         if last:
             values.update(values_from_request(last, include_images=False))
         return self.ordered(values) + [compat.update(choices=self.preset_choices())]
+
+    def default_values(self) -> dict[str, Any]:
+        """The controls' defaults: the request model's, under this face's defaults for the fields a face may
+        default (model, cache, offload: SD.Next's FramePack settings, `serve --model`, FRAMEPACK_MODEL), read now."""
+        values = default_values()
+        try:
+            completed = self.manager.complete(GenerateRequest())
+        except Exception as error:  # noqa: BLE001 - a bad setting is reported when a job is submitted
+            logger.warning("the default settings are not usable: %s", error)
+            return values
+        values.update({name: field_to_control(name, getattr(completed, name)) for name in DEFAULTABLE})
+        return values
 
     def _fill(self, values: dict[str, Any]) -> list:
         return [values[name] if name in values else compat.update() for name in CONTROL_FIELDS]
@@ -285,7 +299,7 @@ class FramePackTab:
             fields = record["request"]
         except Exception as error:  # noqa: BLE001
             return unchanged + [f"Cannot read {path.name}: {describe_error(error)}", compat.update()]
-        values = default_values()
+        values = self.default_values()
         values.update(values_from_request(fields))
         notes = [f"Loaded the settings of {path.name} ({record.get('plan', '')})."]
         missing = [name for name in IMAGE_FIELDS if fields.get(name) and values.get(name) is None]
@@ -346,11 +360,11 @@ def storyboard(board: dict[int, Any]) -> list[tuple[Any, str]]:
     return [(image, "start" if index < 0 else f"#{index}") for index, image in sorted(board.items())]
 
 
-def model_availability(request: Any) -> list[str]:
-    """A note when the chosen model's files are not on this machine (a file check, no loading), offering the
-    self-test model so the app can still be tried."""
+def model_availability(request: Any, hub: Any = DEFAULT_HUB) -> list[str]:
+    """A note when the chosen model's files are not on this machine (a file check in `hub`'s cache, no loading),
+    offering the self-test model so the app can still be tried."""
     try:
-        missing = check_available(resolve_recipe(request.model, request.variant))
+        missing = check_available(resolve_recipe(request.model, request.variant), hub)
     except Exception as error:  # noqa: BLE001 - a bad recipe file is reported the same way
         return [f"**Model:** {describe_error(error)}"]
     if not missing:
@@ -370,10 +384,11 @@ def create_tab(manager: Any, output_dir: Path | str, presets_path: Path | str, h
 def build_tab(tab: FramePackTab) -> gr.Blocks:
     c = compat.component
     controls: dict[str, Any] = {}
+    initial = {name: value for name, value in tab.default_values().items() if name in DEFAULTABLE}
 
     def make(*names: str) -> None:
         for name in names:
-            controls[name] = make_control(name, gr, c)
+            controls[name] = make_control(name, gr, c, initial.get(name))
 
     with gr.Blocks(analytics_enabled=False, title="FramePack") as blocks:
         with gr.Row():

@@ -1,0 +1,4 @@
+import torch
+
+device = torch.device("cpu")
+dtype = torch.float32

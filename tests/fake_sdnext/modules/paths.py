@@ -1,0 +1,3 @@
+import os
+
+data_path = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
