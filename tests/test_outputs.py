@@ -419,7 +419,7 @@ def test_lora_tags_are_checked_at_submit_before_queueing(make_manager, tmp_path,
 
 
 def test_lora_refusals_over_the_api_are_422_naming_the_field_without_server_paths(idle):
-    lora_folder(idle.runner.lora_dir, idle.root / "outside.safetensors")
+    lora_folder(idle.runner.lora_dir[0], idle.root / "outside.safetensors")
     for prompt, field, message in LORA_REFUSALS:
         error = assert_error(idle.client.post(f"{PREFIX}/jobs", json={**FAST, "prompt": prompt}), 422, "invalid", field)
         assert message in error["message"] and str(idle.root) not in error["message"]
