@@ -1,17 +1,20 @@
-"""Load: 50 submissions from concurrent clients against a live server with a small queue.
+"""Load against a live server: 50 submissions from concurrent clients with a small queue, and 100 open event
+streams.
 
-Every answer is 202 or a documented refusal (429 with Retry-After, 503); every accepted job finishes, none is
-lost (all listed, all finished) and none is duplicated (unique ids, distinct output files).
+Submissions: every answer is 202 or a documented refusal (429 with Retry-After, 503); every accepted job finishes,
+none is lost (all listed, all finished) and none is duplicated (unique ids, distinct output files). Streams: with
+100 open on a running job, status requests still answer and every stream gets its events and end.
 """
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-from api_live_server import PREFIX, LiveServer
+from api_live_server import PREFIX, LiveServer, wait_for_job
 from helpers import tiny_home
 
 REQUESTS, CLIENTS, MAX_QUEUED = 50, 10, 20
@@ -69,4 +72,52 @@ def test_fifty_concurrent_submissions(tiny_model_dir, tmp_path):
                 download = client.get(f"{PREFIX}/files/{video}")
                 assert download.status_code == 200 and len(download.content) > 0
     finally:
+        server.kill()
+
+
+STREAMS = 100
+# Thirty sections of 100 steps: the job runs (and sends progress events) for minutes, until the test cancels it.
+LONG = {**TINY, "steps": 100, "duration": 4.0, "prompt": "a long kite"}
+
+
+def read_until(connection: socket.socket, marker: bytes, deadline: float) -> bytes:
+    received = b""
+    while marker not in received:
+        connection.settimeout(max(0.1, deadline - time.monotonic()))
+        chunk = connection.recv(65536)
+        assert chunk, f"the stream closed before {marker!r}: {received[-300:]!r}"
+        received += chunk
+    return received
+
+
+def test_a_hundred_open_event_streams_leave_the_api_answering(tiny_model_dir, tmp_path):
+    """Each open stream used to hold one of the server's 40 threadpool threads: at about 40 the API froze."""
+    server = LiveServer(tiny_home(tiny_model_dir, tmp_path / "home"), tmp_path / "data", tmp_path / "server.log")
+    server.start()
+    connections: list[socket.socket] = []
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            job_id = client.post(f"{PREFIX}/jobs", json=LONG).json()["id"]
+            wait_for_job(client, job_id, until=lambda job: job["progress"]["done_steps"] > 0)
+            request = f"GET {PREFIX}/jobs/{job_id}/events HTTP/1.1\r\nHost: test\r\n\r\n".encode()
+            for _ in range(STREAMS):
+                connections.append(socket.create_connection(("127.0.0.1", server.port), timeout=60))
+                connections[-1].sendall(request)
+            deadline = time.monotonic() + 60
+            for connection in connections:
+                assert b"event: state" in read_until(connection, b"event: state", deadline)
+
+            for _ in range(5):  # with every stream open, the other routes still answer
+                status = client.get(f"{PREFIX}/jobs/{job_id}")
+                assert status.status_code == 200 and status.json()["state"] == "running"
+            assert job_id in [job["id"] for job in client.get(f"{PREFIX}/jobs").json()["jobs"]]
+            assert all(b"event: progress" in read_until(c, b"event: progress", deadline) for c in connections)
+
+            assert client.post(f"{PREFIX}/jobs/{job_id}/cancel").status_code == 200
+            deadline = time.monotonic() + 60
+            for connection in connections:  # every stream ends with the job's end
+                read_until(connection, b"event: end", deadline)
+    finally:
+        for connection in connections:
+            connection.close()
         server.kill()
