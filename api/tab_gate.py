@@ -45,7 +45,7 @@ PAGE_PATHS = frozenset({"/"})  # rendered pages: their API description is remove
 FILE_ROUTE_PREFIXES = ("/gradio_api/file=", "/gradio_api/file/", "/file=", "/file/")  # current Gradio, then 3.x
 API_INFO_SCRIPT = re.compile(rb"(window\.gradio_api_info\s*=\s*).*?(;?\s*</script>)", re.S)
 EMPTY_API_INFO = b'{"named_endpoints": {}, "unnamed_endpoints": {}}'  # what the page's script gets instead
-API_INFO_MARKERS = (b"parameter_name", b"code_snippets")  # keys found only in a description of endpoints
+API_INFO_MARKERS = (b"python_type", b"parameter_name", b"code_snippets")  # keys of a description of endpoints
 READ_METHODS = frozenset({"GET", "HEAD"})
 
 LOGIN_FAILURES_ALLOWED = 10
@@ -220,7 +220,8 @@ class TabGate:
 
     async def _page_without_api_info(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve the login page with its embedded API description emptied (asked uncompressed, so that it can be
-        edited). A page where it is not found exactly once, or that still describes endpoints, is not served: 500."""
+        edited). A page that still describes endpoints afterwards (a Gradio that embeds it elsewhere) is not
+        served: 500."""
         headers = [(name, value) for name, value in scope.get("headers", ()) if name != b"accept-encoding"]
         start: Message = {}
         body = bytearray()
@@ -233,8 +234,8 @@ class TabGate:
                 body.extend(message.get("body", b""))
 
         await self.app({**scope, "headers": headers}, receive, buffering_send)
-        page, found = API_INFO_SCRIPT.subn(lambda match: match[1] + EMPTY_API_INFO + match[2], bytes(body))
-        if not start or found != 1 or any(marker in page for marker in API_INFO_MARKERS):
+        page = API_INFO_SCRIPT.sub(lambda match: match[1] + EMPTY_API_INFO + match[2], bytes(body))
+        if not start or any(marker in page for marker in API_INFO_MARKERS):
             logger.error("the tab's login page still describes its API after the gate removed it; not serving it")
             await error_response(500, "internal", "the login page could not be served; see the server log")(
                 scope, receive, send

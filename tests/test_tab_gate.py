@@ -151,7 +151,8 @@ def test_unknown_routes_and_methods_answer_the_error_shape_without_the_tab(rest_
 def tab_client(runner, tmp_path):
     manager = JobManager(tmp_path / "data", runner)
     output_files(runner.output_dir)
-    app = mount_tab(create_app(manager, runner.output_dir, manage_lifecycle=False), manager, runner.output_dir, tmp_path)
+    app = create_app(manager, runner.output_dir, manage_lifecycle=False)
+    app = mount_tab(app, manager, runner.output_dir, tmp_path)
     with TestClient(app) as client:
         yield client, runner.output_dir
     manager.close(timeout=10)
