@@ -465,7 +465,7 @@ class JobManager:
         def wake() -> None:
             try:
                 loop.call_soon_threadsafe(ready.set)
-            except RuntimeError:  # the loop is closed: its reader is gone, and unsubscribes when it is collected
+            except RuntimeError:  # the loop is closed, so nobody reads this any more; the job's end removes it
                 pass
 
         job, subscriber = self._open_subscription(job_id, wake)
