@@ -6,4 +6,6 @@
 - `api.intake`: HTTP body -> `GenerateRequest` (base64-only images, no server paths); `api.aliases`: SD.Next's names
 - `api.errors`: the JSON error shape; `api.limits`: body size and strict JSON; `api.auth`: Basic/Bearer auth
 - `api.schemas`: response models
+- `api.streams`: job event streams (asyncio, heartbeats, a cap per server); `api.tab_gate`: the guard in front
+  of the tab that `serve` mounts (login, hidden files, the error shape for unknown paths)
 """

@@ -38,6 +38,8 @@ ERROR_KINDS = (
     "conflict",  # 409: e.g. cancelling a finished job, or an output name a job or a file has taken (field filename)
     "too_large",  # 413: request body over the limit
     "queue_full",  # 429: try again after Retry-After seconds
+    "too_many_streams",  # 429: too many event streams open on this server; retry after Retry-After seconds
+    "rate_limited",  # 429: too many failed logins from this client; retry after Retry-After seconds
     "model_unavailable",  # 503: model files missing; the message says where we looked and how to get them
     "out_of_memory",  # 503: the job ran out of (GPU) memory
     "disk_full",  # 507: no space left for the outputs; the message names the folder and its free space
@@ -210,7 +212,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         404: "Unknown job or file.",
         409: "The job's state does not allow this, the job was cancelled, or its filename is taken (field filename).",
         413: "Request body over the size limit.",
-        429: "Queue full; retry after the Retry-After header's seconds.",
+        429: "Queue full (or, for event streams, too many open); retry after the Retry-After header's seconds.",
         503: "Model not available (or out of memory); the message says what is missing and how to get it.",
         507: "Disk full: the job kept nothing; the message names the folder and its free space. Retry later.",
     }

@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import logging
-import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -33,17 +31,18 @@ from starlette.concurrency import run_in_threadpool
 from framepack.jobs.models import Job, JobState
 from framepack.request import GenerateRequest
 
+from . import streams
 from .aliases import ALIAS_TABLE
 from .errors import JOB_ERROR_STATUS, ApiError, error_response, error_responses, json_errors
 from .intake import read_generate_request, redact_images
 from .limits import DEFAULT_MAX_BODY_BYTES
 from .schemas import CodecInfo, CodecList, GenerateResponse, JobList, PlanResponse
+from .streams import DEFAULT_MAX_STREAMS, EventStreamResponse, StreamSlots, sse_events
 
 logger = logging.getLogger(__name__)
 
 PREFIX = "/sdapi/v1/framepack"
 WAIT_SLICE_SECONDS = 1.0  # the blocking route waits in slices so a shutdown can cancel it between two
-SSE_HEARTBEAT_SECONDS = 15.0  # a quiet event stream sends an SSE comment this often
 ENCODED_TRAVERSAL = (b"%2e", b"%2f", b"%5c", b"%00")  # ".", "/", "\", NUL in percent-encoded form
 
 REQUEST_BODY_DOC = (
@@ -105,7 +104,8 @@ def resolve_output_file(output_dir: Path, relative: str, raw_path: bytes = b"") 
 
     Refused: empty, absolute, backslash, NUL, '.'/'..'/hidden components (also hides partial files), percent-
     encoded '.', '/', '\\' or NUL in the raw URL, anything whose real path (symlinks resolved) leaves the real
-    output folder, and anything that is not a regular file.
+    output folder or has a hidden component there (a link to a partial file), and anything that is not a
+    regular file.
     """
     not_found = ApiError(404, "not_found", "no such output file", "path")
     lowered = raw_path.lower()
@@ -119,30 +119,24 @@ def resolve_output_file(output_dir: Path, relative: str, raw_path: bytes = b"") 
     target = os.path.realpath(os.path.join(root, relative))
     if target == root or os.path.commonpath([root, target]) != root or not os.path.isfile(target):
         raise not_found
+    if any(part.startswith(".") for part in Path(os.path.relpath(target, root)).parts):
+        raise not_found
     return Path(target)
 
 
-def _finite(value: Any) -> Any:
-    """JSON has no NaN/Infinity (browsers' JSON.parse rejects them): such floats become null."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(item) for item in value]
-    return value
-
-
-def sse_lines(name: str, data: Any) -> str:
-    return f"event: {name}\ndata: {json.dumps(_finite(data), default=str)}\n\n"
-
-
 def route_table(
-    manager: Any, output_dir: Path | str, *, prefix: str = PREFIX, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    manager: Any,
+    output_dir: Path | str,
+    *,
+    prefix: str = PREFIX,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    max_streams: int = DEFAULT_MAX_STREAMS,
 ) -> list[RouteSpec]:
     """The API's routes over `manager` (a `framepack.jobs.manager.JobManager`) and the folder its runner
-    writes to. `prefix` is where the routes live; the download URLs in responses use it."""
+    writes to. `prefix` is where the routes live; the download URLs in responses use it. At most `max_streams`
+    event streams are open at once (429 past it)."""
     output_dir = Path(output_dir)
+    stream_slots = StreamSlots(max_streams)
     codec_list: CodecList | None = None  # this router's probe result; ?refresh=true probes again
 
     def file_url(relative: str) -> str:
@@ -227,31 +221,23 @@ def route_table(
     @json_errors
     async def job_events(job_id: str) -> Any:
         """Server-sent events of a job: `event: state|progress|section|stage|frames|end` lines, each with a
-        `data:` JSON object. The stream ends after `end` (sent at once for a job that has already ended)."""
-        # subscribe raises JobNotFound (404) now, before the stream starts; its events begin on the first read
-        events = await run_in_threadpool(manager.subscribe, job_id, heartbeat=SSE_HEARTBEAT_SECONDS)
+        `data:` JSON object, and a `: ping` comment after 15 quiet seconds. The stream ends after `end` (sent at
+        once for a job that has already ended). Too many open streams: 429 with Retry-After."""
+        stream_slots.take()  # before the first await, so concurrent requests cannot all pass the check
+        try:
+            # JobNotFound (404) comes now, before the stream starts; no thread waits on the events afterwards
+            subscription = await run_in_threadpool(
+                manager.subscribe_async, job_id, asyncio.get_running_loop(), heartbeat=streams.HEARTBEAT_SECONDS
+            )
+        except BaseException:
+            stream_slots.give_back()
+            raise
 
-        def stream() -> Iterator[str]:
-            try:
-                for event in events:
-                    name = str(event.get("event", "message"))
-                    if name == "ping":
-                        yield ": ping\n\n"  # an SSE comment: keeps proxies from closing a quiet stream
-                        continue
-                    data = event.get("data", {})
-                    if name in ("state", "end") and isinstance(data, dict) and isinstance(data.get("request"), dict):
-                        data = {**data, "request": redact_images(data["request"])}
-                    yield sse_lines(name, data)
-                    if name == "end":
-                        return
-            except Exception as error:
-                logger.exception("event stream of job %s failed", job_id)
-                yield sse_lines(
-                    "error", {"kind": "internal", "message": f"event stream failed ({type(error).__name__})"}
-                )
+        def closed() -> None:
+            subscription.close()
+            stream_slots.give_back()
 
-        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
+        return EventStreamResponse(sse_events(subscription, job_id, redact_images), on_close=closed)
 
     @json_errors
     async def job_preview(job_id: str) -> Any:
@@ -370,7 +356,7 @@ def route_table(
                 "summary": "Job events (SSE)",
                 "response_class": StreamingResponse,
                 "responses": {
-                    **error_responses(404),
+                    **error_responses(404, 429),
                     200: {
                         "content": {"text/event-stream": {"schema": {"type": "string"}}},
                         "description": "event stream",

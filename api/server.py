@@ -18,11 +18,14 @@ from fastapi import Depends, FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.routing import Mount
 
 from .auth import Credentials, auth_dependency
 from .errors import install_error_handlers
 from .limits import DEFAULT_MAX_BODY_BYTES, BodySizeLimit
 from .routes import PREFIX, create_router
+from .streams import DEFAULT_MAX_STREAMS
+from .tab_gate import TabGate
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +37,8 @@ API_DESCRIPTION = """FramePack video generation (HunyuanVideo, next-frame-sectio
 `POST /sdapi/v1/framepack` blocks until the video exists (SD.Next's route); `POST /sdapi/v1/framepack/jobs`
 queues and answers 202 at once. Every error is JSON `{"error": {"kind", "field", "message"}}` with a 4xx/5xx
 status: 401 credentials, 404 unknown job/file, 409 conflict or cancelled, 413 body over the limit, 422 bad
-input (field named), 429 queue full (Retry-After), 503 model not available, 500 bug.
+input (field named), 429 queue full or too many open event streams (Retry-After), 503 model not available,
+500 bug.
 """
 
 
@@ -44,15 +48,16 @@ def create_app(
     auth: Credentials | None = None,
     *,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    max_streams: int = DEFAULT_MAX_STREAMS,
     manage_lifecycle: bool = True,
     close_on_shutdown: bool = False,
 ) -> FastAPI:
     """The standalone app over `manager` (a JobManager) whose runner writes to `output_dir`.
 
-    With `auth`, every route (the OpenAPI schema and docs included) needs the credentials. With
-    `manage_lifecycle` (the default) the app's lifespan starts the manager and stops it on shutdown; with
-    `close_on_shutdown` as well it closes it for good (database checkpointed and closed), for a process that
-    ends with the app.
+    With `auth`, every route (the OpenAPI schema and docs included) needs the credentials. At most `max_streams`
+    event streams are open at once. With `manage_lifecycle` (the default) the app's lifespan starts the manager
+    and stops it on shutdown; with `close_on_shutdown` as well it closes it for good (database checkpointed and
+    closed), for a process that ends with the app.
     """
 
     @asynccontextmanager
@@ -76,7 +81,9 @@ def create_app(
         docs_url=None,
         redoc_url=None,
     )
-    app.include_router(create_router(manager, output_dir, prefix=PREFIX, max_body_bytes=max_body_bytes))
+    app.include_router(
+        create_router(manager, output_dir, prefix=PREFIX, max_body_bytes=max_body_bytes, max_streams=max_streams)
+    )
 
     @app.get("/openapi.json", include_in_schema=False)
     async def openapi_schema() -> JSONResponse:
@@ -102,7 +109,11 @@ def _is_loopback(host: str) -> bool:
 
 def mount_tab(app: FastAPI, manager: Any, output_dir: Path, data_dir: Path, auth: Credentials | None = None) -> FastAPI:
     """The Gradio tab at "/" of the same app (the REST routes stay where they are); skipped without gradio.
-    The tab has its own login (Gradio's) with --auth; with a bearer token only, the tab is not served."""
+    The tab has its own login (Gradio's) with --auth; with a bearer token only, the tab is not served.
+
+    `api.tab_gate.TabGate` stands in front of it: the API's error shape for unknown paths, nothing but the login
+    page without a session, a limit on failed logins, and no hidden or temporary file through Gradio's file
+    route."""
     if auth is not None and auth.basic is None:
         logger.warning("--token protects the REST API only; the Gradio tab is not served (use --auth to get it)")
         return app
@@ -113,7 +124,18 @@ def mount_tab(app: FastAPI, manager: Any, output_dir: Path, data_dir: Path, auth
         logger.warning("gradio is not installed (%s): serving the REST API only", error)
         return app
     blocks = compat.enable_queue(create_tab(manager, output_dir, data_dir / "presets.json"))
-    return compat.mount(app, blocks, "/", allowed_paths=[str(output_dir)], auth=auth.basic if auth else None)
+    own_routes = list(app.routes)
+    app = compat.mount(app, blocks, "/", allowed_paths=[str(output_dir)], auth=auth.basic if auth else None)
+    mount = next(route for route in app.routes if isinstance(route, Mount) and route not in own_routes)
+    gradio_app = mount.app
+    mount.app = TabGate(
+        gradio_app,
+        routes=lambda: gradio_app.routes,
+        other_routes=lambda: own_routes,
+        session_user=compat.session_user_reader(gradio_app) if auth else None,
+        file_roots=[output_dir],
+    )
+    return app
 
 
 def serve_defaults(args: argparse.Namespace) -> dict[str, str]:
@@ -146,7 +168,7 @@ def serve(args: argparse.Namespace) -> int:
     runner = Runner(device=args.device, output_dir=output_dir)
     manager = JobManager(data_dir, runner, max_queued=args.max_queued, defaults=lambda: defaults)
     # The lifespan closes the store: after SIGTERM uvicorn re-raises the signal, so no code after run() runs.
-    app = create_app(manager, output_dir, credentials, close_on_shutdown=True)
+    app = create_app(manager, output_dir, credentials, max_streams=args.max_streams, close_on_shutdown=True)
     app = mount_tab(app, manager, output_dir, data_dir, credentials)
     logger.info("FramePack API on http://%s:%d (data %s, outputs %s)", args.host, args.port, data_dir, output_dir)
     if "model" in defaults:

@@ -292,6 +292,9 @@ def add_serve_flags(parser: argparse.ArgumentParser) -> None:
         "noise) or a recipe file (default: $FRAMEPACK_MODEL, else published); a request's own model wins",
     )
     parser.add_argument("--max-queued", type=int, default=100, help="jobs allowed to wait; more get HTTP 429 (default: 100)")
+    parser.add_argument(
+        "--max-streams", type=int, default=128, help="job event streams open at once; more get HTTP 429 (default: 128)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

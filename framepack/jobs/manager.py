@@ -22,6 +22,7 @@ the next `start()` resumes it, exactly as after a crash. `stop(cancel_running=Tr
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import logging
@@ -31,7 +32,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -83,13 +84,17 @@ class PlanChanged(UserError):
 
 class _Subscriber:
     """A bounded event queue of one subscriber. When full, the oldest progress/frames event is dropped (then the
-    oldest other event); "end" and the close marker are never dropped, so a slow reader always sees the end."""
+    oldest other event); "end" and the close marker are never dropped, so a slow reader always sees the end.
 
-    def __init__(self, maxsize: int):
+    `wake` (optional) is called after each put, outside the queue's lock: an asyncio reader's way to be woken
+    from the worker thread (see `AsyncSubscription`)."""
+
+    def __init__(self, maxsize: int, wake: Callable[[], None] | None = None):
         self.maxsize = max(1, maxsize)
         self.dropped = 0
         self._items: deque = deque()
         self._ready = threading.Condition()
+        self._wake = wake
 
     def put(self, item: Any) -> None:
         with self._ready:
@@ -97,6 +102,8 @@ class _Subscriber:
                 self._drop_one()
             self._items.append(item)
             self._ready.notify()
+        if self._wake is not None:
+            self._wake()
 
     def _drop_one(self) -> None:
         for kinds in (DROPPABLE, None):
@@ -112,6 +119,63 @@ class _Subscriber:
             if not self._ready.wait_for(lambda: self._items, timeout):
                 return None
             return self._items.popleft()
+
+    def get_nowait(self) -> Any:
+        """The next item, or None when there is none."""
+        with self._ready:
+            return self._items.popleft() if self._items else None
+
+
+class AsyncSubscription:
+    """A job's events for an asyncio reader (the API's event streams), as `JobManager.subscribe` yields them, with
+    no thread waiting while the job is quiet: the worker's publish wakes the reader's event loop through
+    `loop.call_soon_threadsafe`. `close()` unsubscribes at once (idempotent); a reader whose client went away
+    must call it. Iterate it with `async for`; it ends after "end", or when the manager stops."""
+
+    def __init__(
+        self,
+        first: list[dict],
+        subscriber: _Subscriber | None,
+        ready: asyncio.Event,
+        unsubscribe: Callable[[], None],
+        heartbeat: float | None,
+    ):
+        self._first = deque(first)
+        self._subscriber = subscriber
+        self._ready = ready
+        self._unsubscribe = unsubscribe
+        self._heartbeat = heartbeat
+        self.closed = subscriber is None
+
+    def __aiter__(self) -> AsyncIterator[dict]:
+        return self
+
+    async def __anext__(self) -> dict:
+        if self._first:
+            return self._first.popleft()
+        while not self.closed:
+            assert self._subscriber is not None
+            item = self._subscriber.get_nowait()
+            if item is None:
+                self._ready.clear()  # cleared before the second look: a put after it sets the event again
+                item = self._subscriber.get_nowait()
+            if item is None:
+                try:
+                    await asyncio.wait_for(self._ready.wait(), self._heartbeat)
+                except asyncio.TimeoutError:
+                    return {"event": "ping", "data": {}}
+                continue
+            if item is _CLOSED or item["event"] == "end":
+                self.close()
+            if item is _CLOSED:
+                break
+            return item
+        raise StopAsyncIteration
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._unsubscribe()
 
 
 class JobManager:
@@ -159,6 +223,8 @@ class JobManager:
         self._last_persist = 0.0
         self._previews: dict[str, dict[int, np.ndarray]] = {}  # job -> the last PREVIEWS_KEPT section previews
         self._subscribers: dict[str, list[_Subscriber]] = {}
+        # Guards _subscribers alone, so an event loop can unsubscribe without waiting for the worker's _lock.
+        self._subscribers_lock = threading.Lock()
         for job in self._store.queued():
             self._jobs[job.id] = job
             self._queue.append(job.id)
@@ -216,10 +282,11 @@ class JobManager:
         if stopped:
             with self._lock:
                 self._release_data_dir()
-                for subscribers in self._subscribers.values():
-                    for subscriber in subscribers:
-                        subscriber.put(_CLOSED)
-                self._subscribers.clear()
+                with self._subscribers_lock:
+                    subscribers = [item for items in self._subscribers.values() for item in items]
+                    self._subscribers.clear()
+                for subscriber in subscribers:
+                    subscriber.put(_CLOSED)
         return stopped
 
     def close(self, timeout: float | None = 30.0) -> bool:
@@ -388,15 +455,60 @@ class JobManager:
         self.get(job_id)
         return self._stream(job_id, heartbeat)
 
-    def _stream(self, job_id: str, heartbeat: float | None) -> Iterator[dict]:
-        subscriber = _Subscriber(self._subscriber_queue_size)
+    def subscribe_async(
+        self, job_id: str, loop: asyncio.AbstractEventLoop, heartbeat: float | None = None
+    ) -> AsyncSubscription:
+        """The events `subscribe` yields, for a reader on asyncio `loop` (callable from any thread): no thread
+        waits on them. Raises JobNotFound now; `close()` on the result unsubscribes at once."""
+        ready = asyncio.Event()
+
+        def wake() -> None:
+            try:
+                loop.call_soon_threadsafe(ready.set)
+            except RuntimeError:  # the loop is closed, so nobody reads this any more; the job's end removes it
+                pass
+
+        job, subscriber = self._open_subscription(job_id, wake)
+        first = [{"event": "state", "data": job.model_dump(mode="json")}]
+        if subscriber is None:
+            first.append({"event": "end", "data": job.model_dump(mode="json")})
+            return AsyncSubscription(first, None, ready, lambda: None, heartbeat)
+        return AsyncSubscription(first, subscriber, ready, lambda: self._unsubscribe(job_id, subscriber), heartbeat)
+
+    def subscriber_count(self, job_id: str | None = None) -> int:
+        """Open subscriptions to `job_id`'s events (to every job's when None)."""
+        with self._subscribers_lock:
+            if job_id is not None:
+                return len(self._subscribers.get(job_id, ()))
+            return sum(len(items) for items in self._subscribers.values())
+
+    def _open_subscription(
+        self, job_id: str, wake: Callable[[], None] | None = None
+    ) -> tuple[Job, _Subscriber | None]:
+        """The job as it is now and, unless it has ended, a subscriber registered for its next events (both
+        under _lock, so no event falls between the two)."""
         with self._lock:
             job = self._public(self._lookup(job_id))
-            if not job.state.ended:
+            if job.state.ended:
+                return job, None
+            subscriber = _Subscriber(self._subscriber_queue_size, wake)
+            with self._subscribers_lock:
                 self._subscribers.setdefault(job_id, []).append(subscriber)
+            return job, subscriber
+
+    def _unsubscribe(self, job_id: str, subscriber: _Subscriber) -> None:
+        with self._subscribers_lock:
+            subscribers = self._subscribers.get(job_id, [])
+            if subscriber in subscribers:
+                subscribers.remove(subscriber)
+            if not subscribers:
+                self._subscribers.pop(job_id, None)
+
+    def _stream(self, job_id: str, heartbeat: float | None) -> Iterator[dict]:
+        job, subscriber = self._open_subscription(job_id)
         try:
             yield {"event": "state", "data": job.model_dump(mode="json")}
-            if job.state.ended:
+            if subscriber is None:
                 yield {"event": "end", "data": job.model_dump(mode="json")}
                 return
             while True:
@@ -410,10 +522,8 @@ class JobManager:
                 if item["event"] == "end":
                     return
         finally:
-            with self._lock:
-                subscribers = self._subscribers.get(job_id, [])
-                if subscriber in subscribers:
-                    subscribers.remove(subscriber)
+            if subscriber is not None:
+                self._unsubscribe(job_id, subscriber)
 
     # ------------------------------------------------------------------------------------------- worker
 
@@ -594,7 +704,8 @@ class JobManager:
             if self._running == job.id:
                 self._running, self._token = None, None
             self._publish(job.id, "end", job.model_dump(mode="json"))
-            self._subscribers.pop(job.id, None)
+            with self._subscribers_lock:
+                self._subscribers.pop(job.id, None)
             self._changed.notify_all()
 
     def _leave_running(self, job: Job) -> None:
@@ -694,7 +805,9 @@ class JobManager:
         return copy
 
     def _publish(self, job_id: str, kind: str, data: dict) -> None:
-        for subscriber in self._subscribers.get(job_id, ()):
+        with self._subscribers_lock:
+            subscribers = list(self._subscribers.get(job_id, ()))
+        for subscriber in subscribers:
             subscriber.put({"event": kind, "data": data})
 
     def _relative(self, path: str) -> str:

@@ -7,12 +7,14 @@ Everything in the tab that differs between the two goes through here:
 - event listeners: `js=` (current) vs `_js=` (3.x); `queue=False` for instant handlers;
 - `Blocks.queue`: `default_concurrency_limit` (4+) vs `concurrency_count` (3.x);
 - file inputs: a path string (4+) vs a tempfile wrapper with `.name` (3.x);
-- mounting into a FastAPI app (`allowed_paths` only where supported).
+- mounting into a FastAPI app (`allowed_paths` only where supported);
+- who a request's login cookies belong to (`session_user_reader`), for the server's guard in front of the tab.
 """
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -99,3 +101,25 @@ def mount(app: Any, blocks: gr.Blocks, path: str = "/", allowed_paths: list[str]
     if accepted is not None:
         arguments = {name: value for name, value in arguments.items() if name in accepted}
     return gr.mount_gradio_app(**arguments)
+
+
+def session_user_reader(gradio_app: Any) -> Callable[[Mapping[str, str]], str | None]:
+    """A function from a request's cookies to the user of a valid login session of the mounted `gradio_app`, or
+    None. Current Gradio names its cookies `access-token-<cookie_id>` and `access-token-unsecure-<cookie_id>`,
+    3.x `access-token` and `access-token-unsecure`; both keep the valid tokens in `app.tokens` (token -> user).
+    RuntimeError when this Gradio keeps them elsewhere: the caller must not serve the tab unguarded."""
+    if not isinstance(getattr(gradio_app, "tokens", None), dict):
+        raise RuntimeError("this Gradio keeps its login sessions where the server cannot check them")
+    cookie_id = getattr(gradio_app, "cookie_id", None)
+    suffix = f"-{cookie_id}" if cookie_id else ""
+    names = [f"access-token{suffix}", f"access-token-unsecure{suffix}"]
+
+    def user(cookies: Mapping[str, str]) -> str | None:
+        tokens = gradio_app.tokens  # read each time: Gradio may replace the dict
+        for name in names:
+            token = cookies.get(name)
+            if token and token in tokens:
+                return tokens[token]
+        return None
+
+    return user
