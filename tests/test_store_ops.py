@@ -12,6 +12,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -25,8 +26,9 @@ from framepack.request import GenerateRequest
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = {"model": "tiny", "resolution": 128, "latent_window_size": 3, "steps": 2, "duration": 0.4, "prompt": "a kite"}
-# Six sections of 16 steps: still sampling seconds after it starts, writing progress rows all the while.
-SLOW = {**FAST, "latent_window_size": 1, "steps": 16, "duration": 0.8, "seed": 7}
+# Fifteen sections of 100 uncached steps: still sampling long after it starts (the tests stop the server while it
+# runs), writing progress rows all the while. With a cache or fewer steps it could end first on a quiet machine.
+SLOW = {**FAST, "latent_window_size": 1, "steps": 100, "duration": 2.0, "cache": "none", "seed": 7}
 
 
 @pytest.fixture
@@ -242,7 +244,11 @@ def test_backup_of_a_live_server_while_a_job_writes(home, tmp_path):
             finished = client.post(PREFIX, json=FAST).json()
             assert finished["state"] == "finished", finished
             running = client.post(f"{PREFIX}/jobs", json=SLOW).json()["id"]
-            wait_for_job(client, running, until=lambda job: job["progress"]["done_steps"] > 0)
+            # progress reaches the database at most every 0.5 s: wait until the live database (WAL read) has some
+            deadline = time.monotonic() + 120
+            while live_progress_steps(data / "jobs.db", running) == 0:
+                assert time.monotonic() < deadline, "the running job wrote no progress to the database in 120 s"
+                time.sleep(0.1)
             made = framepack("jobs", "backup", str(target), "--data-dir", str(data), home=home)
             after = client.get(f"{PREFIX}/jobs/{running}").json()
             assert after["state"] == "running", "the job ended before the backup did; make SLOW slower"
@@ -270,6 +276,16 @@ def test_backup_of_a_live_server_while_a_job_writes(home, tmp_path):
     # the live database moved on after the copy; the copy is the snapshot it was
     assert progress_steps(data / "jobs.db", running) > copied_steps > 0
     assert stored_jobs(data / "jobs.db") == {finished["id"]: "finished", running: "running"}
+
+
+def live_progress_steps(path: Path, job_id: str) -> int:
+    """The running job's done steps as a reader of the live database sees them (its write-ahead log included)."""
+    db = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+    try:
+        (progress,) = db.execute("SELECT progress_json FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    finally:
+        db.close()
+    return json.loads(progress)["done_steps"]
 
 
 def progress_steps(path: Path, job_id: str) -> int:
