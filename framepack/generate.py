@@ -81,10 +81,12 @@ def window_keys(variant: str, index: int, sections: int) -> list[LatentKey]:
 
 
 class WindowDecoder:
-    """Decodes windows in time order as soon as their latents exist and feeds the overlap joiner."""
+    """Decodes windows in time order as soon as their latents exist and feeds the overlap joiner. A cancel is
+    honoured before each window, so a job cancelled while it decodes (all of a bi-directional video's decode comes
+    after its last section) stops within one window."""
 
-    def __init__(self, components: Components, plan: Plan, joiner: OverlapJoiner):
-        self.components, self.plan, self.joiner = components, plan, joiner
+    def __init__(self, components: Components, plan: Plan, joiner: OverlapJoiner, cancel: CancelToken):
+        self.components, self.plan, self.joiner, self.cancel = components, plan, joiner, cancel
         self.next_window = 0
 
     def pump(self, latents: dict[LatentKey, torch.Tensor]) -> None:
@@ -92,6 +94,7 @@ class WindowDecoder:
             keys = window_keys(self.plan.variant, self.next_window, self.plan.num_sections)
             if not all(key in latents for key in keys):
                 return
+            self.cancel.check()
             window = torch.cat([latents[key] for key in keys], dim=2)
             self.joiner.add(vae_decode(self.components, window))
             self.next_window += 1
@@ -295,7 +298,7 @@ def _generate(components, request, plan, sinks, on_event, cancel, restored, on_s
         on_event(FramesWritten(written, plan.generated_frames))
 
     joiner = OverlapJoiner(overlap_frames(plan.latent_window_size, components.temporal_scale), write)
-    decoder = WindowDecoder(components, plan, joiner)
+    decoder = WindowDecoder(components, plan, joiner, cancel)
     sampler = SectionSampler(components, plan, request, on_event, cancel, cache)
     latents: dict[LatentKey, torch.Tensor] = {}
     bidirectional = plan.variant == "bidirectional"
@@ -367,9 +370,10 @@ def _generate(components, request, plan, sinks, on_event, cancel, restored, on_s
         seconds = time.perf_counter() - clock
         timings[f"section_{index}"] = seconds
         on_event(SectionFinished(index, order, seconds, preview(latents[index]), *calls))
-        clock = time.perf_counter()
-        decoder.pump(latents)
-        decode_seconds += time.perf_counter() - clock
+        if order < plan.num_sections - 1:  # what the last section completes is decoded in the decode stage
+            clock = time.perf_counter()
+            decoder.pump(latents)
+            decode_seconds += time.perf_counter() - clock
 
     on_event(StageStarted("decode", "writing frames in time order"))
     clock = time.perf_counter()

@@ -10,7 +10,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from helpers import MemorySink, TransformerCalls, decode_video, pattern_image
 
 from framepack.encoders import encode_vision, vae_encode
-from framepack.events import Cancelled, CancelToken, StepProgress
+from framepack.events import Cancelled, CancelToken, FramesWritten, StageStarted, StepProgress
 from framepack.generate import START, generate, window_keys
 from framepack.images import fit_to_bucket, load_image, to_tensor, to_uint8
 from framepack.request import GenerateRequest
@@ -216,6 +216,28 @@ def test_cancel_stops_within_a_step_and_leaves_no_file(tiny_components, images, 
     with TransformerCalls(tiny_components.transformer) as calls, pytest.raises(Cancelled):
         generate(tiny_components, request, plan, sinks, on_event=on_event, cancel=cancel)
     assert len(calls.calls) == 3
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cancel_while_decoding_stops_before_the_next_window_and_leaves_no_file(tiny_components, images, tmp_path):
+    """Bi-directional decodes every window after its last section: a cancel then must not wait for the end."""
+    cancel = CancelToken()
+    decoded = []
+
+    def on_event(event):
+        if isinstance(event, StageStarted) and event.stage == "decode":
+            cancel.cancel()
+        if isinstance(event, FramesWritten):
+            decoded.append(event.frames)
+
+    fields = dict(init_image=images["start"], duration=1.6, output_dir=str(tmp_path), filename="cancelled")
+    request = GenerateRequest(**{**FAST, **fields})
+    plan = plan_request(request)
+    assert plan.variant == "bidirectional" and plan.num_sections >= 3
+    sinks = build_sinks(request, plan, output_path(request, plan, tmp_path))
+    with pytest.raises(Cancelled):
+        generate(tiny_components, request, plan, sinks, on_event=on_event, cancel=cancel)
+    assert decoded == []  # the last section's decode was refused before any frame went out
     assert list(tmp_path.iterdir()) == []
 
 
