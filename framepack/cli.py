@@ -11,13 +11,14 @@ import argparse
 import json
 import logging
 import sys
+import typing
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from framepack.errors import FieldError, user_error_message, validation_message
 from framepack.outputs import OutputExists
-from framepack.request import GenerateRequest, field_kind
+from framepack.request import SELF_TEST_MODEL, GenerateRequest, Variant, field_kind
 
 FIELD_FLAGS_SKIP = {"keyframes"}  # given as repeated --keyframe INDEX=IMAGE
 
@@ -162,7 +163,7 @@ def output_exists_message(error: OutputExists) -> str:
 
 
 def command_plan(args: argparse.Namespace) -> int:
-    from framepack.runner import plan_request
+    from framepack.planning import plan_request
 
     plan = plan_request(request_from_args(args))
     print(plan.summary())
@@ -182,18 +183,20 @@ def quiet_library_progress() -> None:
 
 
 def command_generate(args: argparse.Namespace) -> int:
-    from framepack.progress import ConsoleProgress
-    from framepack.runner import Runner, plan_request
-
-    quiet_library_progress()
+    from framepack.planning import plan_request
 
     request = request_from_args(args)
-    plan = plan_request(request)
+    plan = plan_request(request)  # bad flags and images stop here, before torch is imported
     print(f"plan: {plan.summary()}")
     for warning in plan.warnings:
         print(f"warning: {warning}")
-    if request.model == "tiny":
+    if request.model == SELF_TEST_MODEL:
         print("model: tiny SELF-TEST model with random weights -- the video is noise, not a real generation")
+
+    from framepack.progress import ConsoleProgress
+    from framepack.runner import Runner
+
+    quiet_library_progress()
     runner = Runner(device=args.device, output_dir=args.output_dir_default)
     with ConsoleProgress(plan) as progress:
         result = runner.run(request, on_event=progress, plan=plan)
@@ -209,13 +212,16 @@ def command_generate(args: argparse.Namespace) -> int:
 
 
 def command_calibrate_magcache(args: argparse.Namespace) -> int:
+    from framepack.planning import plan_request
+
+    request = request_from_args(args)
+    plan = plan_request(request)  # bad flags and images stop here, before torch is imported
+    print(f"calibrating MagCache on: {plan.summary()} (no call is skipped)")
+
     from framepack.progress import ConsoleProgress
-    from framepack.runner import Runner, plan_request
+    from framepack.runner import Runner
 
     quiet_library_progress()
-    request = request_from_args(args)
-    plan = plan_request(request)
-    print(f"calibrating MagCache on: {plan.summary()} (no call is skipped)")
     runner = Runner(device=args.device, output_dir=args.output_dir_default)
     with ConsoleProgress(plan) as progress:
         result = runner.run(request, on_event=progress, plan=plan, calibrate_magcache=True)
@@ -235,7 +241,7 @@ def command_make_tiny(args: argparse.Namespace) -> int:
 def command_recipe(args: argparse.Namespace) -> int:
     from framepack.defaults import env_defaults
     from framepack.models.recipe import recipe_to_json, recipe_to_text
-    from framepack.runner import resolve_recipe
+    from framepack.planning import resolve_recipe
 
     recipe = resolve_recipe(args.model or env_defaults().get("model", "default"), args.variant)
     print(recipe_to_json(recipe) if args.json else recipe_to_text(recipe))
@@ -357,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     recipe.add_argument(
         "--model", default=None, help="'default', 'tiny' or a recipe file (default: $FRAMEPACK_MODEL, else 'default')"
     )
-    recipe.add_argument("--variant", default="bidirectional", choices=["bidirectional", "f1"])
+    recipe.add_argument("--variant", default="bidirectional", choices=typing.get_args(Variant))
     recipe.add_argument("--json", action="store_true", help="JSON instead of text lines")
     recipe.set_defaults(handler=command_recipe)
     return parser

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from framepack.errors import FieldError
 from framepack.models.lora import check_weights, merge_refs, parse_lora_tags
-from framepack.request import GenerateRequest
+from framepack.request import SELF_TEST_MODEL, GenerateRequest
 
 # (height, width) buckets of the original FramePack at the trained 640 scale.
 BUCKETS_640: tuple[tuple[int, int], ...] = (
@@ -280,5 +280,5 @@ def make_plan(request: GenerateRequest, image_size: tuple[int, int] | None = Non
         unused_prompt_lines=unused,
         warnings=warnings,
         loras=[(ref.name, ref.weight) for ref in loras],
-        self_test_model=request.model == "tiny",
+        self_test_model=request.model == SELF_TEST_MODEL,
     )

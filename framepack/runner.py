@@ -15,21 +15,20 @@ from pathlib import Path
 import torch
 
 from framepack import __version__
-from framepack.errors import FieldError
 from framepack.events import CancelToken, EventCallback, StageStarted, ignore_events
 from framepack.generate import GenerationResult, generate
 from framepack.home import data_home
-from framepack.images import is_file_path, load_image
+from framepack.images import is_file_path
 from framepack.models.attention import check_attention, set_attention
 from framepack.models.caches import TransformerCache, load_mag_ratios, save_mag_ratios
 from framepack.models.components import Components
 from framepack.models.loader import DEFAULT_HUB, HubCache, load_components
 from framepack.models.lora import LoraFolders, LoraRef, check_loras, ensure_loras, lora_folders, parse_lora_tags
 from framepack.models.offload import HostOffload, Offloader
-from framepack.models.recipe import Recipe, default_recipe, load_recipe, tiny_recipe
-from framepack.models.tiny import write_tiny_model
+from framepack.models.recipe import Recipe
 from framepack.outputs import OutputCommit, OutputExists, disk_full, existing_names, partial_path
-from framepack.plan import Plan, make_plan
+from framepack.plan import Plan
+from framepack.planning import plan_request, resolve_recipe
 from framepack.request import GenerateRequest
 from framepack.video.codecs import check_output_settings
 from framepack.video.encoder import VideoEncoderSink
@@ -40,52 +39,6 @@ from framepack.video.raw import RawFramesSink
 from framepack.video.sink import FrameSink, abort_sinks
 
 logger = logging.getLogger(__name__)
-
-TINY_FOLDER = "tiny-self-test"
-
-
-def resolve_recipe(model: str, variant: str, home: Path | None = None) -> Recipe:
-    """'default' -> the published weights for the variant, 'tiny' -> the self-test model (written on first
-    use, in seconds), anything else -> a recipe file (JSON or text) on top of the variant's default."""
-    if model == "default":
-        return default_recipe(variant)
-    if model == "tiny":
-        folder = (home or data_home()) / TINY_FOLDER
-        if not (folder / "model_index.json").is_file():
-            logger.info("writing the tiny SELF-TEST model (random weights, output is noise) to %s", folder)
-            write_tiny_model(folder)
-        return tiny_recipe(folder)
-    path = Path(model)
-    if not path.is_file():
-        raise FieldError("model", f"{model!r} is not 'default', 'tiny' or an existing recipe file")
-    return load_recipe(path.read_text(), base=default_recipe(variant))
-
-
-def plan_request(request: GenerateRequest) -> Plan:
-    """Plan with the init image's real (EXIF-upright) size; bad images fail here, before any model loads."""
-    size = None
-    if request.init_image:
-        size = load_image(request.init_image, "init_image").size
-    if request.end_image:
-        load_image(request.end_image, "end_image")
-    for index, source in request.keyframes.items():
-        load_image(source, f"keyframes.{index}")
-    plan = make_plan(request, size)
-    if not plan.self_test_model and declares_self_test(request.model):
-        plan = plan.model_copy(update={"self_test_model": True})
-    return plan
-
-
-def declares_self_test(model: str) -> bool:
-    """Whether `model` is a recipe file that says `self_test: true` (a file that cannot be read says no here; it
-    fails with its reason when the model is resolved)."""
-    if model in ("default", "tiny") or not Path(model).is_file():
-        return False
-    try:
-        return load_recipe(Path(model)).self_test
-    except Exception:  # noqa: BLE001
-        return False
-
 
 def output_path(request: GenerateRequest, plan: Plan, default_dir: Path) -> Path:
     """The video's path; the other outputs take its stem (raw .safetensors, sidecar .json, frames folder)."""
