@@ -56,6 +56,7 @@ def encode(args: argparse.Namespace) -> list[Path]:
     from tqdm import tqdm
 
     from framepack.home import data_home
+    from framepack.record import embedded_record
     from framepack.video.codecs import check_output_settings
     from framepack.video.encoder import VideoEncoderSink
     from framepack.video.frames import FrameExportSink
@@ -73,11 +74,11 @@ def encode(args: argparse.Namespace) -> list[Path]:
             raise FieldError("fps", f"{args.input} does not record its fps; give --fps")
         check_output_settings(args.codec, args.container, args.codec_options, raw.width, raw.height)
         output = args.output or args.input.with_suffix(f".{args.container}")
-        record = raw.request or {"source": str(args.input)}
+        record = embedded_record(raw.request)  # carried into the video when the raw file has one
         sinks = []
         try:
             if args.codec != "none":
-                sinks.append(VideoEncoderSink(output, round(fps), raw.width, raw.height, args.codec, args.container, args.codec_options, record))
+                sinks.append(VideoEncoderSink(output, round(fps), raw.width, raw.height, args.codec, args.container, args.codec_options, record and record.embed()))
             if args.frames != "none":
                 sinks.append(FrameExportSink(args.frames_dir or output.parent, output.stem, args.frames, args.jpeg_quality))
         except BaseException:

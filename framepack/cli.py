@@ -63,11 +63,13 @@ def given_request(args: argparse.Namespace) -> GenerateRequest:
     """The request the flags and --request-file name (fields neither names are left out)."""
     values = {}
     if args.request_file:
+        from framepack.record import request_fields
+
         try:
             values = json.loads(Path(args.request_file).read_text())
         except (OSError, ValueError) as error:
             raise FieldError("request_file", f"cannot read {args.request_file}: {error}") from None
-        values = values.get("request", values)  # a whole metadata record or just its request
+        values = request_fields(values)  # a whole record or just its request
     flags = {name: getattr(args, name) for name in GenerateRequest.model_fields if name not in FIELD_FLAGS_SKIP}
     values.update({name: value for name, value in flags.items() if value is not None})
     keyframes = {int(index): source for index, source in values.get("keyframes", {}).items()}
@@ -80,42 +82,9 @@ def given_request(args: argparse.Namespace) -> GenerateRequest:
     return GenerateRequest(**values)
 
 
-def read_record(path: Path) -> dict:
-    """The generation record of an output: a sidecar JSON itself, a raw file's metadata, or a video's metadata
-    (else its sidecar)."""
-    from framepack.video.raw import RawFrames
-
-    if not path.is_file():
-        raise FieldError("video", f"{path} does not exist")
-    if path.suffix == ".json":
-        try:
-            record = json.loads(path.read_text())
-        except ValueError:
-            record = None
-        if not isinstance(record, dict) or "request" not in record:
-            raise FieldError("video", f"{path.name} is not a FramePack sidecar")
-        return record
-    if path.suffix == ".safetensors":
-        with RawFrames(path) as raw:
-            if raw.request:
-                return raw.request
-        raise FieldError("video", f"{path} carries no FramePack request metadata")
-    import av
-
-    try:
-        with av.open(str(path)) as container:
-            comment = container.metadata.get("comment") or container.metadata.get("COMMENT")
-        if comment:
-            return json.loads(comment)
-    except (av.error.FFmpegError, ValueError):
-        pass
-    sidecar = path.with_suffix(".json")
-    if sidecar.is_file():
-        return json.loads(sidecar.read_text())
-    raise FieldError("video", f"{path} carries no FramePack metadata and has no sidecar {sidecar.name}")
-
-
 def command_info(args: argparse.Namespace) -> int:
+    from framepack.record import read_record
+
     record = read_record(Path(args.video))
     print(json.dumps(record.get("request", record) if args.request else record, indent=2))
     return 0

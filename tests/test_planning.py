@@ -91,10 +91,18 @@ def test_planning_modules_import_nothing_heavy():
     """Importing what a face needs to validate and plan loads none of the heavy libraries, not even quietly."""
     code = (
         "import sys\n"
-        "import framepack.cli, framepack.planning, framepack.defaults\n"
+        "import framepack.cli, framepack.planning, framepack.defaults, framepack.record\n"
         f"print([name for name in sys.modules if name.split('.')[0] in {HEAVY!r}])\n"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("name", ["clip.json", "clip.safetensors"])
+def test_info_of_a_sidecar_or_raw_file_needs_no_torch(tmp_path, name):
+    fixtures = ROOT / "tests" / "fixtures" / "records"
+    result = blocked_cli("info", str(fixtures / name), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (fixtures / f"info-{name.replace('.', '-')}.txt").read_text()  # as main printed it
