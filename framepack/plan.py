@@ -163,6 +163,11 @@ class Plan(BaseModel):
     loras: list[tuple[str, float]] = []  # `<lora:name:weight>` tags of the prompt and section prompts
     self_test_model: bool = False  # the request's model is the random-weight self-test model ('tiny')
 
+    @property
+    def total_steps(self) -> int:
+        """Denoising steps of the whole job: every section's, plus the T2V start frame's."""
+        return self.steps * (self.num_sections + int(self.start_frame_pass))
+
     def summary(self) -> str:
         order = " -> ".join(str(index) for index in self.generation_order)
         return (

@@ -64,5 +64,6 @@ def resolve_recipe(model: str, variant: str, home: Path | None = None) -> Recipe
         return tiny_recipe(folder)
     path = Path(model)
     if not path.is_file():
-        raise FieldError("model", f"{model!r} is not '{PUBLISHED_MODEL}', '{SELF_TEST_MODEL}' or an existing recipe file")
+        allowed = f"'{PUBLISHED_MODEL}', '{SELF_TEST_MODEL}' or an existing recipe file"
+        raise FieldError("model", f"{model!r} is not {allowed}")
     return load_recipe(path.read_text(), base=default_recipe(variant))
