@@ -1,7 +1,10 @@
-"""From a request to a finished file: resolve and load the model, plan, build the sinks, generate.
+"""From a planned request to finished files: check it on this machine, load the model, build the sinks, generate,
+write the record.
 
-The faces (CLI, UI, API) call `Runner.run`; the runner owns the one loaded model so repeated jobs with the
-same recipe do not reload it.
+`Runner.run` is called by the CLI's `generate` and `calibrate-magcache` and by the job queue's worker
+(`framepack.jobs`); the tab and the REST API reach it only through the queue. The runner owns the one loaded model,
+so repeated jobs with the same recipe do not reload it. Planning and model resolution, which need no torch, are
+in `framepack.planning`.
 """
 
 from __future__ import annotations

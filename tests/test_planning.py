@@ -14,6 +14,7 @@ from helpers import MemorySink, pattern_image
 
 from framepack.events import StepProgress
 from framepack.generate import generate
+from framepack.plan import make_plan
 from framepack.planning import plan_request
 from framepack.request import GenerateRequest
 
@@ -121,3 +122,16 @@ def test_total_steps_counts_every_denoising_step_of_the_job(tiny_components, tmp
     generate(tiny_components, request, plan, [MemorySink()], on_event=lambda e: isinstance(e, StepProgress) and steps.append(e))
     assert len(steps) == plan.total_steps and steps[-1].done_steps == plan.total_steps
     assert {event.total_steps for event in steps} == {plan.total_steps}
+
+
+def test_the_seed_a_plan_draws_comes_from_its_draw_seed_argument():
+    drawn = []
+
+    def draw() -> int:
+        drawn.append(1234)
+        return 1234
+
+    assert make_plan(GenerateRequest(seed=-1), draw_seed=draw).seed == 1234 and drawn == [1234]
+    assert make_plan(GenerateRequest(seed=5), draw_seed=draw).seed == 5 and drawn == [1234]  # a given seed draws none
+    seeds = {make_plan(GenerateRequest(seed=-1)).seed for _ in range(5)}
+    assert len(seeds) > 1 and all(0 <= seed < 2**32 for seed in seeds)  # the default draws at random
