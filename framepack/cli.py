@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from framepack.errors import FieldError, user_error_message, validation_message
 from framepack.outputs import OutputExists
-from framepack.request import SELF_TEST_MODEL, GenerateRequest, Variant, field_kind
+from framepack.request import PUBLISHED_MODEL, SELF_TEST_MODEL, GenerateRequest, Variant, field_kind
 
 FIELD_FLAGS_SKIP = {"keyframes"}  # given as repeated --keyframe INDEX=IMAGE
 
@@ -83,10 +83,10 @@ def given_request(args: argparse.Namespace) -> GenerateRequest:
 
 
 def command_info(args: argparse.Namespace) -> int:
-    from framepack.record import read_record
+    from framepack.record import GenerationRecord
 
-    record = read_record(Path(args.video))
-    print(json.dumps(record.get("request", record) if args.request else record, indent=2))
+    record = GenerationRecord.read(Path(args.video))
+    print(json.dumps(record.request if args.request else record.as_dict(), indent=2))
     return 0
 
 
@@ -212,7 +212,7 @@ def command_recipe(args: argparse.Namespace) -> int:
     from framepack.models.recipe import recipe_to_json, recipe_to_text
     from framepack.planning import resolve_recipe
 
-    recipe = resolve_recipe(args.model or env_defaults().get("model", "default"), args.variant)
+    recipe = resolve_recipe(args.model or env_defaults().get("model", PUBLISHED_MODEL), args.variant)
     print(recipe_to_json(recipe) if args.json else recipe_to_text(recipe))
     return 0
 

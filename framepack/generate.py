@@ -402,7 +402,8 @@ class SectionLoop:
             self.state.decode_seconds += time.perf_counter() - clock
 
     def finish(self) -> GenerationResult:
-        """Decode what is left (bi-directional: every window, the start is generated last), close the sinks."""
+        """Decode the windows the last section completed (bi-directional: all of them, its start is generated
+        last), check the frame count against the plan, close the sinks."""
         self.on_event(StageStarted("decode", "writing frames in time order"))
         clock = time.perf_counter()
         self.decoder.pump(self.state.latents)
