@@ -22,9 +22,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from framepack.errors import FieldError  # noqa: E402
-from framepack.request import GenerateRequest  # noqa: E402
+from framepack.request import GenerateRequest, field_kind  # noqa: E402
 
 DEFAULTS = GenerateRequest.model_fields
+
+
+def choices(name: str) -> tuple:
+    """The allowed values of the request field `name` (a Literal)."""
+    return field_kind(DEFAULTS[name].annotation)[1]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,12 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("input", nargs="?", type=Path, help="raw frames file (.safetensors) written with save_raw")
     parser.add_argument("--output", type=Path, help="video path (default: the input's name with the container's suffix)")
     parser.add_argument("--codec", default=DEFAULTS["codec"].default, help="video encoder, or 'none' for no video (default: %(default)s)")
-    parser.add_argument("--container", default=DEFAULTS["container"].default, choices=["mp4", "webm", "mkv", "mov"], help="(default: %(default)s)")
+    parser.add_argument("--container", default=DEFAULTS["container"].default, choices=choices("container"), help="(default: %(default)s)")
     parser.add_argument("--codec-options", default=DEFAULTS["codec_options"].default, help="encoder options such as crf:16 or crf=16,preset=slow (default: %(default)s)")
     parser.add_argument("--fps", type=float, help="frames per second of the output (default: the file's fps times interpolate+1)")
     parser.add_argument("--interpolate", type=int, default=0, help="frames to insert between each pair, 0..10 (default: %(default)s)")
-    parser.add_argument("--interpolation", default="auto", choices=["auto", "rife", "flow"], help="interpolation method (default: %(default)s)")
-    parser.add_argument("--frames", default="none", choices=["none", "png", "jpeg"], help="also write every frame as an image (default: %(default)s)")
+    parser.add_argument("--interpolation", default="auto", choices=choices("interpolation"), help="interpolation method (default: %(default)s)")
+    parser.add_argument("--frames", default="none", choices=choices("save_frames"), help="also write every frame as an image (default: %(default)s)")
     parser.add_argument("--jpeg-quality", type=int, default=DEFAULTS["jpeg_quality"].default, help="1..100 (default: %(default)s)")
     parser.add_argument("--frames-dir", type=Path, help="folder for the image folder (default: beside the output)")
     parser.add_argument("--model-dir", type=Path, help="folder holding rife/ weights (default: FRAMEPACK_HOME)")
@@ -51,6 +56,7 @@ def encode(args: argparse.Namespace) -> list[Path]:
     from tqdm import tqdm
 
     from framepack.home import data_home
+    from framepack.record import embedded_record
     from framepack.video.codecs import check_output_settings
     from framepack.video.encoder import VideoEncoderSink
     from framepack.video.frames import FrameExportSink
@@ -68,11 +74,11 @@ def encode(args: argparse.Namespace) -> list[Path]:
             raise FieldError("fps", f"{args.input} does not record its fps; give --fps")
         check_output_settings(args.codec, args.container, args.codec_options, raw.width, raw.height)
         output = args.output or args.input.with_suffix(f".{args.container}")
-        record = raw.request or {"source": str(args.input)}
+        record = embedded_record(raw.request)  # carried into the video when the raw file has one
         sinks = []
         try:
             if args.codec != "none":
-                sinks.append(VideoEncoderSink(output, round(fps), raw.width, raw.height, args.codec, args.container, args.codec_options, record))
+                sinks.append(VideoEncoderSink(output, round(fps), raw.width, raw.height, args.codec, args.container, args.codec_options, record and record.embed()))
             if args.frames != "none":
                 sinks.append(FrameExportSink(args.frames_dir or output.parent, output.stem, args.frames, args.jpeg_quality))
         except BaseException:

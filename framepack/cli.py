@@ -11,13 +11,14 @@ import argparse
 import json
 import logging
 import sys
+import typing
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from framepack.errors import FieldError, user_error_message, validation_message
 from framepack.outputs import OutputExists
-from framepack.request import GenerateRequest, field_kind
+from framepack.request import PUBLISHED_MODEL, SELF_TEST_MODEL, GenerateRequest, Variant, field_kind
 
 FIELD_FLAGS_SKIP = {"keyframes"}  # given as repeated --keyframe INDEX=IMAGE
 
@@ -62,11 +63,13 @@ def given_request(args: argparse.Namespace) -> GenerateRequest:
     """The request the flags and --request-file name (fields neither names are left out)."""
     values = {}
     if args.request_file:
+        from framepack.record import request_fields
+
         try:
             values = json.loads(Path(args.request_file).read_text())
         except (OSError, ValueError) as error:
             raise FieldError("request_file", f"cannot read {args.request_file}: {error}") from None
-        values = values.get("request", values)  # a whole metadata record or just its request
+        values = request_fields(values)  # a whole record or just its request
     flags = {name: getattr(args, name) for name in GenerateRequest.model_fields if name not in FIELD_FLAGS_SKIP}
     values.update({name: value for name, value in flags.items() if value is not None})
     keyframes = {int(index): source for index, source in values.get("keyframes", {}).items()}
@@ -79,44 +82,11 @@ def given_request(args: argparse.Namespace) -> GenerateRequest:
     return GenerateRequest(**values)
 
 
-def read_record(path: Path) -> dict:
-    """The generation record of an output: a sidecar JSON itself, a raw file's metadata, or a video's metadata
-    (else its sidecar)."""
-    from framepack.video.raw import RawFrames
-
-    if not path.is_file():
-        raise FieldError("video", f"{path} does not exist")
-    if path.suffix == ".json":
-        try:
-            record = json.loads(path.read_text())
-        except ValueError:
-            record = None
-        if not isinstance(record, dict) or "request" not in record:
-            raise FieldError("video", f"{path.name} is not a FramePack sidecar")
-        return record
-    if path.suffix == ".safetensors":
-        with RawFrames(path) as raw:
-            if raw.request:
-                return raw.request
-        raise FieldError("video", f"{path} carries no FramePack request metadata")
-    import av
-
-    try:
-        with av.open(str(path)) as container:
-            comment = container.metadata.get("comment") or container.metadata.get("COMMENT")
-        if comment:
-            return json.loads(comment)
-    except (av.error.FFmpegError, ValueError):
-        pass
-    sidecar = path.with_suffix(".json")
-    if sidecar.is_file():
-        return json.loads(sidecar.read_text())
-    raise FieldError("video", f"{path} carries no FramePack metadata and has no sidecar {sidecar.name}")
-
-
 def command_info(args: argparse.Namespace) -> int:
-    record = read_record(Path(args.video))
-    print(json.dumps(record.get("request", record) if args.request else record, indent=2))
+    from framepack.record import GenerationRecord
+
+    record = GenerationRecord.read(Path(args.video))
+    print(json.dumps(record.request if args.request else record.as_dict(), indent=2))
     return 0
 
 
@@ -162,7 +132,7 @@ def output_exists_message(error: OutputExists) -> str:
 
 
 def command_plan(args: argparse.Namespace) -> int:
-    from framepack.runner import plan_request
+    from framepack.planning import plan_request
 
     plan = plan_request(request_from_args(args))
     print(plan.summary())
@@ -182,18 +152,20 @@ def quiet_library_progress() -> None:
 
 
 def command_generate(args: argparse.Namespace) -> int:
-    from framepack.progress import ConsoleProgress
-    from framepack.runner import Runner, plan_request
-
-    quiet_library_progress()
+    from framepack.planning import plan_request
 
     request = request_from_args(args)
-    plan = plan_request(request)
+    plan = plan_request(request)  # bad flags and images stop here, before torch is imported
     print(f"plan: {plan.summary()}")
     for warning in plan.warnings:
         print(f"warning: {warning}")
-    if request.model == "tiny":
+    if request.model == SELF_TEST_MODEL:
         print("model: tiny SELF-TEST model with random weights -- the video is noise, not a real generation")
+
+    from framepack.progress import ConsoleProgress
+    from framepack.runner import Runner
+
+    quiet_library_progress()
     runner = Runner(device=args.device, output_dir=args.output_dir_default)
     with ConsoleProgress(plan) as progress:
         result = runner.run(request, on_event=progress, plan=plan)
@@ -209,13 +181,16 @@ def command_generate(args: argparse.Namespace) -> int:
 
 
 def command_calibrate_magcache(args: argparse.Namespace) -> int:
+    from framepack.planning import plan_request
+
+    request = request_from_args(args)
+    plan = plan_request(request)  # bad flags and images stop here, before torch is imported
+    print(f"calibrating MagCache on: {plan.summary()} (no call is skipped)")
+
     from framepack.progress import ConsoleProgress
-    from framepack.runner import Runner, plan_request
+    from framepack.runner import Runner
 
     quiet_library_progress()
-    request = request_from_args(args)
-    plan = plan_request(request)
-    print(f"calibrating MagCache on: {plan.summary()} (no call is skipped)")
     runner = Runner(device=args.device, output_dir=args.output_dir_default)
     with ConsoleProgress(plan) as progress:
         result = runner.run(request, on_event=progress, plan=plan, calibrate_magcache=True)
@@ -235,9 +210,9 @@ def command_make_tiny(args: argparse.Namespace) -> int:
 def command_recipe(args: argparse.Namespace) -> int:
     from framepack.defaults import env_defaults
     from framepack.models.recipe import recipe_to_json, recipe_to_text
-    from framepack.runner import resolve_recipe
+    from framepack.planning import resolve_recipe
 
-    recipe = resolve_recipe(args.model or env_defaults().get("model", "default"), args.variant)
+    recipe = resolve_recipe(args.model or env_defaults().get("model", PUBLISHED_MODEL), args.variant)
     print(recipe_to_json(recipe) if args.json else recipe_to_text(recipe))
     return 0
 
@@ -357,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     recipe.add_argument(
         "--model", default=None, help="'default', 'tiny' or a recipe file (default: $FRAMEPACK_MODEL, else 'default')"
     )
-    recipe.add_argument("--variant", default="bidirectional", choices=["bidirectional", "f1"])
+    recipe.add_argument("--variant", default="bidirectional", choices=typing.get_args(Variant))
     recipe.add_argument("--json", action="store_true", help="JSON instead of text lines")
     recipe.set_defaults(handler=command_recipe)
     return parser

@@ -19,12 +19,17 @@ from pathlib import Path
 from typing import Any
 
 from framepack.errors import FieldError
-from framepack.request import GenerateRequest
+from framepack.request import PUBLISHED_MODEL, SELF_TEST_MODEL, GenerateRequest
 
 MODEL_ENV = "FRAMEPACK_MODEL"
 DEFAULTABLE = ("model", "cache", "offload")  # the fields a face may default
 # The names a default model may be given by: the request's own ('default', 'tiny') and the settings page's words.
-MODEL_NAMES = {"default": "default", "published": "default", "tiny": "tiny", "self-test": "tiny"}
+MODEL_NAMES = {
+    PUBLISHED_MODEL: PUBLISHED_MODEL,
+    "published": PUBLISHED_MODEL,
+    SELF_TEST_MODEL: SELF_TEST_MODEL,
+    "self-test": SELF_TEST_MODEL,
+}
 SELF_TEST_NOTICE = "the default model is the SELF-TEST model (random weights: every video is noise)"
 
 
@@ -67,4 +72,4 @@ def apply_defaults(request: GenerateRequest, defaults: Mapping[str, Any]) -> Gen
 
 
 def uses_self_test(defaults: Mapping[str, Any]) -> bool:
-    return defaults.get("model") == "tiny"
+    return defaults.get("model") == SELF_TEST_MODEL

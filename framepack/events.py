@@ -1,6 +1,8 @@
-"""Typed events a running generation emits, and the cancel command faces send back.
+"""Typed events a running generation emits through its `on_event` callback, and the cancel token faces set.
 
-Faces (CLI, UI, API) subscribe to events and render them; none of them polls engine internals.
+The CLI renders the events as they come (`framepack.progress`). The job queue (`framepack.jobs`) turns them into
+job progress, which the tab and the REST API's event stream subscribe to, and keeps the latest section previews
+for the faces that ask for one (`preview`).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, Callable, Union
 
 import numpy as np
 import torch
@@ -45,6 +45,7 @@ logger = logging.getLogger(__name__)
 
 START = "start"  # key of the start-frame latent among the section latents
 LatentKey = Union[str, int]
+LatentCallback = Callable[[LatentKey, torch.Tensor], None]  # (START or section index, the section's latents)
 
 
 @dataclass
@@ -98,10 +99,6 @@ class WindowDecoder:
             window = torch.cat([latents[key] for key in keys], dim=2)
             self.joiner.add(vae_decode(self.components, window))
             self.next_window += 1
-
-    @property
-    def finished(self) -> bool:
-        return self.next_window == self.plan.num_sections
 
 
 def encode_prompts(
@@ -188,7 +185,7 @@ class SectionSampler:
         self.sample = get_sampler(plan.sampler)
         scale = components.spatial_scale
         self.latent_height, self.latent_width = plan.height // scale, plan.width // scale
-        self.total_steps = plan.steps * (plan.num_sections + int(plan.start_frame_pass))
+        self.total_steps = plan.total_steps
         self.done_steps = 0
         self.started = time.perf_counter()
 
@@ -220,9 +217,9 @@ class SectionSampler:
         def on_step(step: int, steps: int, _x: torch.Tensor, _x0: torch.Tensor) -> None:
             self.done_steps += 1
             elapsed = time.perf_counter() - self.started
-            rate = elapsed / max(1, self.done_steps)
+            eta = elapsed / max(1, self.done_steps) * (self.total_steps - self.done_steps)
             self.on_event(
-                StepProgress(section, order, step + 1, steps, self.done_steps, self.total_steps, elapsed, rate * (self.total_steps - self.done_steps))
+                StepProgress(section, order, step + 1, steps, self.done_steps, self.total_steps, elapsed, eta)
             )
             self.cancel.check()
 
@@ -238,6 +235,191 @@ class SectionSampler:
         return self.cache.section_stats.calls, self.cache.section_stats.skipped
 
 
+@dataclass
+class EncodedInputs:
+    """The job's prompts and images, encoded once before the sections."""
+
+    prompts: dict[str, PromptEmbeds]  # by section prompt text
+    negative: PromptEmbeds | None  # only with real CFG
+    images: ImageConditioning
+
+
+@dataclass
+class LoopState:
+    """What the loop has produced so far."""
+
+    latents: dict[LatentKey, torch.Tensor] = field(default_factory=dict)  # START and finished sections
+    written: int = 0  # frames handed to the sinks
+    decode_seconds: float = 0.0  # decoding windows between sections
+
+
+class SectionLoop:
+    """One generation: encode the conditioning, sample the T2V start frame when there is no init image, then every
+    section in the plan's generation order, decoding windows into the sinks as soon as their latents exist.
+
+    The two variants share this loop; they differ in data: the generation order and paddings (the plan), the side
+    of the section its history lies on (`history_context`) and the latents a window decodes (`window_keys`).
+    """
+
+    def __init__(
+        self,
+        components: Components,
+        request: GenerateRequest,
+        plan: Plan,
+        sinks: list[FrameSink],
+        on_event: EventCallback,
+        cancel: CancelToken,
+        restored: dict[LatentKey, torch.Tensor],
+        on_section_latents: LatentCallback | None,
+        cache: TransformerCache | None,
+    ):
+        self.components, self.request, self.plan, self.sinks = components, request, plan, sinks
+        self.on_event, self.cancel, self.cache = on_event, cancel, cache
+        self.restored, self.on_section_latents = restored, on_section_latents
+        self.timings: dict[str, float] = {}
+        self.state = LoopState()
+        self.generator = torch.Generator("cpu").manual_seed(plan.seed)  # the job's one random stream
+        self.joiner = OverlapJoiner(overlap_frames(plan.latent_window_size, components.temporal_scale), self.write)
+        self.decoder = WindowDecoder(components, plan, self.joiner, cancel)
+
+    def run(self) -> GenerationResult:
+        inputs = self.encode()
+        sampler = SectionSampler(self.components, self.plan, self.request, self.on_event, self.cancel, self.cache)
+        if self.plan.start_frame_pass:
+            self.start_frame(inputs, sampler)
+        else:
+            self.state.latents[START] = inputs.images.start_latent
+        plan = self.plan
+        self.on_event(StageStarted("sample", f"{plan.num_sections} sections, {plan.steps} steps each"))
+        for order, index in enumerate(plan.generation_order):
+            self.section(inputs, sampler, order, index)
+        return self.finish()
+
+    def encode(self) -> EncodedInputs:
+        clock = time.perf_counter()
+        unique = len(set(section.prompt for section in self.plan.sections))
+        self.on_event(StageStarted("encode prompts", f"{unique} unique"))
+        prompts, negative = encode_prompts(self.components, self.plan, self.request)
+        self.timings["encode_prompts"] = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        self.on_event(StageStarted("encode images", self.plan.mode))
+        images = encode_images(self.components, self.plan, self.request, self.generator)
+        self.timings["encode_images"] = time.perf_counter() - clock
+        return EncodedInputs(prompts, negative, images)
+
+    def write(self, frames: np.ndarray) -> None:
+        for sink in self.sinks:
+            sink.write(frames)
+        self.state.written += frames.shape[0]
+        self.on_event(FramesWritten(self.state.written, self.plan.generated_frames))
+
+    def conditioning(
+        self, inputs: EncodedInputs, prompt: str, vision: torch.Tensor
+    ) -> tuple[Conditioning, Conditioning | None]:
+        device, dtype = self.components.device, self.components.transformer.dtype
+        positive = Conditioning(inputs.prompts[prompt].to(device, dtype), vision.to(device, dtype))
+        if inputs.negative is None:
+            return positive, None
+        return positive, Conditioning(inputs.negative.to(device, dtype), vision.to(device, dtype))
+
+    def preview(self, section_latents: torch.Tensor) -> np.ndarray | None:
+        if not self.request.preview:
+            return None
+        middle = section_latents.shape[2] // 2
+        return to_uint8(vae_decode(self.components, section_latents[:, :, middle : middle + 1])[0, :, 0])
+
+    def start_frame(self, inputs: EncodedInputs, sampler: SectionSampler) -> None:
+        """T2V: the first frame from the prompt (one latent frame, empty context); it then acts as the init image."""
+        self.on_event(StageStarted("start frame", "T2V: generating the first frame from the prompt"))
+        clock = time.perf_counter()
+        latents, images = self.state.latents, inputs.images
+        noise = sampler.noise(1, self.generator)
+        if START in self.restored:
+            latents[START] = self.restored[START]
+            sampler.skip()
+        else:
+            empty = torch.zeros_like(noise)
+            no_history = empty[:, :, :0]
+            if self.plan.variant == "bidirectional":
+                context = bidirectional_context(empty, no_history, 0, 1)
+            else:
+                context = forward_context(empty, no_history, 1)
+            positive, negative = self.conditioning(inputs, self.plan.sections[0].prompt, zero_vision(self.components))
+            latents[START] = sampler.run(noise, context, positive, negative, -1, -1)
+            if self.on_section_latents:
+                self.on_section_latents(START, latents[START])
+        images.start_latent = latents[START]
+        start_pixels = vae_decode(self.components, latents[START])[:, :, 0]
+        dtype = self.components.transformer.dtype
+        images.start_vision = encode_vision(self.components, start_pixels.cpu().clamp(-1, 1), dtype)
+        self.timings["start_frame"] = time.perf_counter() - clock
+        preview = to_uint8(start_pixels[0]) if self.request.preview else None
+        self.on_event(SectionFinished(-1, -1, self.timings["start_frame"], preview, *sampler.section_calls()))
+
+    def history_context(
+        self, images: ImageConditioning, section: SectionPlan, order: int, noise: torch.Tensor
+    ) -> SectionContext:
+        """The section's clean context: its keyframe (else the start latent) and the neighbouring sections' latents
+        already generated, after it for bi-directional (plus the end frame on the first generated section), before
+        it for F1 (from the start latent on)."""
+        plan, latents, index = self.plan, self.state.latents, section.index
+        window = plan.latent_window_size
+        span = -(-HISTORY_FRAMES // window)  # neighbouring sections that fill the history slots
+        prefix = images.keyframe_latents[section.keyframe] if section.keyframe is not None else images.start_latent
+        if plan.variant == "bidirectional":
+            after = [latents[i] for i in range(index + 1, min(plan.num_sections, index + 1 + span))]
+            history = torch.cat(after, dim=2) if after else noise[:, :, :0]
+            end = end_context(images, self.request) if images.end_latent is not None and order == 0 else None
+            return bidirectional_context(prefix, history, section.latent_padding, window, end)
+        history = torch.cat([latents[START]] + [latents[i] for i in range(max(0, index - span), index)], dim=2)
+        return forward_context(prefix, history, window)
+
+    def section(self, inputs: EncodedInputs, sampler: SectionSampler, order: int, index: int) -> None:
+        """Sample (or restore) one section, report it, and decode every window its latents complete (those of the
+        last section in the decode stage)."""
+        section, latents = self.plan.sections[index], self.state.latents
+        clock = time.perf_counter()
+        noise = sampler.noise(self.plan.latent_window_size, self.generator)  # drawn for restored sections too
+        calls = (0, 0)
+        if index in self.restored:
+            latents[index] = self.restored[index]
+            sampler.skip()
+        else:
+            context = self.history_context(inputs.images, section, order, noise)
+            vision = section_vision(inputs.images, section, self.request)
+            positive, negative = self.conditioning(inputs, section.prompt, vision)
+            latents[index] = sampler.run(noise, context, positive, negative, index, order)
+            calls = sampler.section_calls()
+            if self.on_section_latents:
+                self.on_section_latents(index, latents[index])
+        seconds = time.perf_counter() - clock
+        self.timings[f"section_{index}"] = seconds
+        self.on_event(SectionFinished(index, order, seconds, self.preview(latents[index]), *calls))
+        if order < self.plan.num_sections - 1:  # what the last section completes is decoded in the decode stage
+            clock = time.perf_counter()
+            self.decoder.pump(latents)
+            self.state.decode_seconds += time.perf_counter() - clock
+
+    def finish(self) -> GenerationResult:
+        """Decode the windows the last section completed (bi-directional: all of them, its start is generated
+        last), check the frame count against the plan, close the sinks."""
+        self.on_event(StageStarted("decode", "writing frames in time order"))
+        clock = time.perf_counter()
+        self.decoder.pump(self.state.latents)
+        self.joiner.finish()
+        self.timings["decode"] = self.state.decode_seconds + time.perf_counter() - clock
+        written, planned = self.state.written, self.plan.generated_frames
+        if written != planned:
+            raise RuntimeError(f"internal error: wrote {written} frames, the plan announced {planned}")
+        if self.cache is not None:
+            self.timings["transformer_calls"] = self.cache.stats.calls
+            self.timings["cache_skipped_calls"] = self.cache.stats.skipped
+        self.on_event(StageStarted("finish", "closing outputs"))
+        outputs = [str(path) for path in close_sinks(self.sinks)]
+        return GenerationResult(plan=self.plan, outputs=outputs, frames=written)
+
+
 def generate(
     components: Components,
     request: GenerateRequest,
@@ -246,7 +428,7 @@ def generate(
     on_event: EventCallback = ignore_events,
     cancel: CancelToken | None = None,
     finished_sections: dict[LatentKey, torch.Tensor] | None = None,
-    on_section_latents=None,
+    on_section_latents: LatentCallback | None = None,
     cache: TransformerCache | None = None,
 ) -> GenerationResult:
     """Run `plan` and stream its frames into `sinks`; on any error or cancel the sinks are aborted.
@@ -258,133 +440,17 @@ def generate(
     sampled again, and the random stream is consumed exactly as in an uninterrupted run, so the result is the
     same. `on_section_latents(key, latents)` is called after each sampled section (for checkpoints).
     """
-    cancel = cancel or CancelToken()
-    timings: dict[str, float] = {}
     started = time.perf_counter()
+    loop = SectionLoop(
+        components, request, plan, sinks, on_event, cancel or CancelToken(), finished_sections or {},
+        on_section_latents, cache,
+    )  # fmt: skip
     try:
         with torch.no_grad():
-            result = _generate(
-                components, request, plan, sinks, on_event, cancel, finished_sections or {}, on_section_latents, timings, cache
-            )
+            result = loop.run()
     except BaseException:
         abort_sinks(sinks)
         raise
-    timings["total"] = time.perf_counter() - started
-    result.timings = timings
+    loop.timings["total"] = time.perf_counter() - started
+    result.timings = loop.timings
     return result
-
-
-def _generate(components, request, plan, sinks, on_event, cancel, restored, on_section_latents, timings, cache) -> GenerationResult:
-    generator = torch.Generator("cpu").manual_seed(plan.seed)
-    dtype, device = components.transformer.dtype, components.device
-    clock = time.perf_counter()
-
-    on_event(StageStarted("encode prompts", f"{len(set(s.prompt for s in plan.sections))} unique"))
-    prompts, negative_prompt = encode_prompts(components, plan, request)
-    timings["encode_prompts"] = time.perf_counter() - clock
-
-    clock = time.perf_counter()
-    on_event(StageStarted("encode images", plan.mode))
-    images = encode_images(components, plan, request, generator)
-    timings["encode_images"] = time.perf_counter() - clock
-
-    written = 0
-
-    def write(frames: np.ndarray) -> None:
-        nonlocal written
-        for sink in sinks:
-            sink.write(frames)
-        written += frames.shape[0]
-        on_event(FramesWritten(written, plan.generated_frames))
-
-    joiner = OverlapJoiner(overlap_frames(plan.latent_window_size, components.temporal_scale), write)
-    decoder = WindowDecoder(components, plan, joiner, cancel)
-    sampler = SectionSampler(components, plan, request, on_event, cancel, cache)
-    latents: dict[LatentKey, torch.Tensor] = {}
-    bidirectional = plan.variant == "bidirectional"
-    decode_seconds = 0.0
-
-    def conditioning(prompt: str, vision: torch.Tensor) -> tuple[Conditioning, Conditioning | None]:
-        positive = Conditioning(prompts[prompt].to(device, dtype), vision.to(device, dtype))
-        negative = Conditioning(negative_prompt.to(device, dtype), vision.to(device, dtype)) if negative_prompt else None
-        return positive, negative
-
-    def preview(section_latents: torch.Tensor) -> np.ndarray | None:
-        if not request.preview:
-            return None
-        middle = section_latents.shape[2] // 2
-        return to_uint8(vae_decode(components, section_latents[:, :, middle : middle + 1])[0, :, 0])
-
-    if plan.start_frame_pass:
-        on_event(StageStarted("start frame", "T2V: generating the first frame from the prompt"))
-        clock = time.perf_counter()
-        noise = sampler.noise(1, generator)
-        if START in restored:
-            latents[START] = restored[START]
-            sampler.skip()
-        else:
-            empty = torch.zeros_like(noise)
-            no_history = empty[:, :, :0]
-            context = (
-                bidirectional_context(empty, no_history, 0, 1) if bidirectional else forward_context(empty, no_history, 1)
-            )
-            positive, negative = conditioning(plan.sections[0].prompt, zero_vision(components))
-            latents[START] = sampler.run(noise, context, positive, negative, -1, -1)
-            if on_section_latents:
-                on_section_latents(START, latents[START])
-        images.start_latent = latents[START]
-        start_pixels = vae_decode(components, latents[START])[:, :, 0]
-        images.start_vision = encode_vision(components, start_pixels.cpu().clamp(-1, 1), dtype)
-        timings["start_frame"] = time.perf_counter() - clock
-        start_preview = to_uint8(start_pixels[0]) if request.preview else None
-        on_event(SectionFinished(-1, -1, timings["start_frame"], start_preview, *sampler.section_calls()))
-    else:
-        latents[START] = images.start_latent
-
-    on_event(StageStarted("sample", f"{plan.num_sections} sections, {plan.steps} steps each"))
-    window = plan.latent_window_size
-    span = -(-HISTORY_FRAMES // window)  # neighbouring sections that fill the history slots
-    for order, index in enumerate(plan.generation_order):
-        section = plan.sections[index]
-        clock = time.perf_counter()
-        noise = sampler.noise(window, generator)
-        calls = (0, 0)
-        if index in restored:
-            latents[index] = restored[index]
-            sampler.skip()
-        else:
-            prefix = images.keyframe_latents[section.keyframe] if section.keyframe is not None else images.start_latent
-            if bidirectional:
-                after = [latents[i] for i in range(index + 1, min(plan.num_sections, index + 1 + span))]
-                history = torch.cat(after, dim=2) if after else noise[:, :, :0]
-                end = end_context(images, request) if images.end_latent is not None and order == 0 else None
-                context = bidirectional_context(prefix, history, section.latent_padding, window, end)
-            else:
-                history = torch.cat([latents[START]] + [latents[i] for i in range(max(0, index - span), index)], dim=2)
-                context = forward_context(prefix, history, window)
-            positive, negative = conditioning(section.prompt, section_vision(images, section, request))
-            latents[index] = sampler.run(noise, context, positive, negative, index, order)
-            calls = sampler.section_calls()
-            if on_section_latents:
-                on_section_latents(index, latents[index])
-        seconds = time.perf_counter() - clock
-        timings[f"section_{index}"] = seconds
-        on_event(SectionFinished(index, order, seconds, preview(latents[index]), *calls))
-        if order < plan.num_sections - 1:  # what the last section completes is decoded in the decode stage
-            clock = time.perf_counter()
-            decoder.pump(latents)
-            decode_seconds += time.perf_counter() - clock
-
-    on_event(StageStarted("decode", "writing frames in time order"))
-    clock = time.perf_counter()
-    decoder.pump(latents)
-    joiner.finish()
-    timings["decode"] = decode_seconds + time.perf_counter() - clock
-    if written != plan.generated_frames:
-        raise RuntimeError(f"internal error: wrote {written} frames, the plan announced {plan.generated_frames}")
-
-    if cache is not None:
-        timings["transformer_calls"], timings["cache_skipped_calls"] = cache.stats.calls, cache.stats.skipped
-    on_event(StageStarted("finish", "closing outputs"))
-    outputs = [str(path) for path in close_sinks(sinks)]
-    return GenerationResult(plan=plan, outputs=outputs, frames=written)

@@ -1,4 +1,8 @@
-"""Input images: decode a path or base64 string, normalise its mode, fit it to the bucket."""
+"""Input images: decode a path or base64 string, normalise its mode, fit it to the bucket.
+
+Decoding and fitting need only PIL and numpy, so planning reads images without torch; the two conversions to and
+from model tensors import torch inside themselves (their callers hold tensors, so torch is loaded by then).
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,16 @@ import base64
 import binascii
 import io
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from framepack.errors import FieldError
 from framepack.request import PATH_CHECK_LENGTH
+
+if TYPE_CHECKING:
+    import torch
 
 MAX_IMAGE_PIXELS = 64_000_000
 
@@ -86,10 +93,14 @@ def fit_to_bucket(image: Image.Image, width: int, height: int) -> np.ndarray:
 
 def to_tensor(pixels: np.ndarray) -> torch.Tensor:
     """uint8 [H, W, 3] -> float32 [1, 3, H, W] in [-1, 1]."""
+    import torch
+
     return torch.from_numpy(np.array(pixels, dtype=np.uint8)).float().div(127.5).sub(1.0).permute(2, 0, 1)[None]
 
 
 def to_uint8(pixels: torch.Tensor) -> np.ndarray:
     """float [..., 3, H, W] in [-1, 1] -> uint8 [..., H, W, 3] (rounded, clipped)."""
+    import torch
+
     array = ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return array.movedim(-3, -1).cpu().numpy()

@@ -19,14 +19,18 @@ import logging
 import os
 import shutil
 import sys
+import typing
 from pathlib import Path
+from typing import Literal
 
 from framepack.errors import UserError
 
 logger = logging.getLogger(__name__)
 
 TEMPORARY_MARK = ".partial"
-VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".mov")  # one per container of the request model
+Container = Literal["mp4", "webm", "mkv", "mov"]  # the video containers a request may choose, by file suffix
+CONTAINERS: tuple[str, ...] = typing.get_args(Container)
+VIDEO_SUFFIXES = tuple(f".{container}" for container in CONTAINERS)
 RAW_SUFFIX = ".safetensors"
 SIDECAR_SUFFIX = ".json"
 FINAL_SUFFIXES = (*VIDEO_SUFFIXES, RAW_SUFFIX, SIDECAR_SUFFIX)

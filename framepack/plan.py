@@ -1,8 +1,11 @@
-"""Plan before you compute: a pure function from a request to what will run.
+"""Plan before you compute: a function from a request to what will run.
 
-The plan fixes the bucket size, the sections, the exact frame counts, each section's prompt and keyframe and
-the generation order. It needs no model and no GPU, the UI shows it before anything runs, and the section loop
-executes exactly this plan, so the frame count it announces is the frame count the file has.
+The plan fixes the bucket size, the sections, the exact frame counts, each section's prompt and keyframe, the
+seed and the generation order. It needs no model and no GPU, the UI shows it before anything runs, and the section
+loop executes exactly this plan, so the frame count it announces is the frame count the file has.
+
+`make_plan` is pure but for one input: a request with seed -1 gets a seed from its `draw_seed` argument (by default
+Python's `random` module), and the plan records that seed, so the plan, not the request, fixes the video.
 """
 
 from __future__ import annotations
@@ -10,13 +13,13 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal
 
 from pydantic import BaseModel
 
 from framepack.errors import FieldError
 from framepack.models.lora import check_weights, merge_refs, parse_lora_tags
-from framepack.request import GenerateRequest
+from framepack.request import SELF_TEST_MODEL, GenerateRequest
 
 # (height, width) buckets of the original FramePack at the trained 640 scale.
 BUCKETS_640: tuple[tuple[int, int], ...] = (
@@ -163,6 +166,11 @@ class Plan(BaseModel):
     loras: list[tuple[str, float]] = []  # `<lora:name:weight>` tags of the prompt and section prompts
     self_test_model: bool = False  # the request's model is the random-weight self-test model ('tiny')
 
+    @property
+    def total_steps(self) -> int:
+        """Denoising steps of the whole job: every section's, plus the T2V start frame's."""
+        return self.steps * (self.num_sections + int(self.start_frame_pass))
+
     def summary(self) -> str:
         order = " -> ".join(str(index) for index in self.generation_order)
         return (
@@ -173,9 +181,16 @@ class Plan(BaseModel):
         )
 
 
-def make_plan(request: GenerateRequest, image_size: tuple[int, int] | None = None) -> Plan:
+def random_seed() -> int:
+    """A seed for a request that asks for a random one (seed -1), from Python's `random` module."""
+    return random.randrange(2**32)
+
+
+def make_plan(
+    request: GenerateRequest, image_size: tuple[int, int] | None = None, draw_seed: Callable[[], int] = random_seed
+) -> Plan:
     """Plan a request. `image_size` is the init image's (width, height); needed for I2V/FLF2V with an
-    'auto' aspect ratio, ignored otherwise."""
+    'auto' aspect ratio, ignored otherwise. `draw_seed` is called for seed -1 only."""
     explicit = request.aspect()
     if explicit is not None:
         aspect_w, aspect_h = explicit
@@ -253,7 +268,7 @@ def make_plan(request: GenerateRequest, image_size: tuple[int, int] | None = Non
     if lines and not prompt.strip():
         warnings.append("prompt is empty; sections use their section prompt alone")
 
-    seed = request.seed if request.seed >= 0 else random.randrange(2**32)
+    seed = request.seed if request.seed >= 0 else draw_seed()
     start_frame_pass = request.mode == "t2v"
     calls_per_step = 2 if request.cfg_scale > 1.0 else 1
     model_calls = request.steps * calls_per_step * (sections + (1 if start_frame_pass else 0))
@@ -280,5 +295,5 @@ def make_plan(request: GenerateRequest, image_size: tuple[int, int] | None = Non
         unused_prompt_lines=unused,
         warnings=warnings,
         loras=[(ref.name, ref.weight) for ref in loras],
-        self_test_model=request.model == "tiny",
+        self_test_model=request.model == SELF_TEST_MODEL,
     )

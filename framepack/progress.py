@@ -16,8 +16,7 @@ class ConsoleProgress:
         self.bar: tqdm | None = None
 
     def __enter__(self) -> "ConsoleProgress":
-        total = self.plan.steps * (self.plan.num_sections + int(self.plan.start_frame_pass))
-        self.bar = tqdm(total=total, unit="step", dynamic_ncols=True, desc="starting")
+        self.bar = tqdm(total=self.plan.total_steps, unit="step", dynamic_ncols=True, desc="starting")
         return self
 
     def __exit__(self, *_exc) -> None:

@@ -13,13 +13,17 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from framepack.outputs import MAX_NAME_BYTES, MAX_STEM_BYTES, TEMPORARY_MARK
+from framepack.outputs import MAX_NAME_BYTES, MAX_STEM_BYTES, TEMPORARY_MARK, Container
 
 Variant = Literal["bidirectional", "f1"]
 Sampler = Literal["unipc", "euler"]
 Offload = Literal["none", "model", "balanced", "blocks"]
 Attention = Literal["sdpa", "flash", "flash3", "sage", "xformers"]
 Cache = Literal["none", "teacache", "magcache", "fbc"]
+BuiltinModel = Literal["default", "tiny"]  # any other `model` value is the path of a recipe file
+BUILTIN_MODELS: tuple[str, ...] = typing.get_args(BuiltinModel)
+PUBLISHED_MODEL: BuiltinModel = "default"  # the published FramePack weights of the request's variant
+SELF_TEST_MODEL: BuiltinModel = "tiny"  # the random-weight self-test model (its videos are noise)
 
 ASPECT_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*[:x/]\s*(\d+(?:\.\d+)?)\s*$")
 
@@ -142,7 +146,7 @@ class GenerateRequest(BaseModel):
 
     # Output
     codec: str = Field("libx264", description="Video encoder (PyAV/FFmpeg name); 'none' writes no video.")
-    container: Literal["mp4", "webm", "mkv", "mov"] = Field("mp4", description="Video container.")
+    container: Container = Field("mp4", description="Video container.")
     codec_options: str = Field("crf:16", description="Encoder options, e.g. 'crf:16' or 'crf=16,preset=slow'.")
     save_raw: bool = Field(
         False, description="Also save the frames as raw safetensors (uint8 [T, H, W, 3]) for encode-video.py."
@@ -196,10 +200,10 @@ class GenerateRequest(BaseModel):
 
     # Model
     model: str = Field(
-        "default",
-        description="'default' (the published FramePack weights), 'tiny' (random-weight SELF-TEST model: noise) "
-        "or a path to a recipe file. Left out: the face's default model ($FRAMEPACK_MODEL, serve --model, "
-        "SD.Next's FramePack setting), else 'default'.",
+        PUBLISHED_MODEL,
+        description=f"'{PUBLISHED_MODEL}' (the published FramePack weights), '{SELF_TEST_MODEL}' (random-weight "
+        "SELF-TEST model: noise) or a path to a recipe file. Left out: the face's default model ($FRAMEPACK_MODEL, "
+        f"serve --model, SD.Next's FramePack setting), else '{PUBLISHED_MODEL}'.",
     )
 
     @field_validator("aspect_ratio")

@@ -1,35 +1,34 @@
-"""From a request to a finished file: resolve and load the model, plan, build the sinks, generate.
+"""From a planned request to finished files: check it on this machine, load the model, build the sinks, generate,
+write the record.
 
-The faces (CLI, UI, API) call `Runner.run`; the runner owns the one loaded model so repeated jobs with the
-same recipe do not reload it.
+`Runner.run` is called by the CLI's `generate` and `calibrate-magcache` and by the job queue's worker
+(`framepack.jobs`); the tab and the REST API reach it only through the queue. The runner owns the one loaded model,
+so repeated jobs with the same recipe do not reload it. Planning and model resolution, which need no torch, are
+in `framepack.planning`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 from pathlib import Path
 
 import torch
 
-from framepack import __version__
-from framepack.errors import FieldError
 from framepack.events import CancelToken, EventCallback, StageStarted, ignore_events
 from framepack.generate import GenerationResult, generate
 from framepack.home import data_home
-from framepack.images import is_file_path, load_image
 from framepack.models.attention import check_attention, set_attention
 from framepack.models.caches import TransformerCache, load_mag_ratios, save_mag_ratios
 from framepack.models.components import Components
 from framepack.models.loader import DEFAULT_HUB, HubCache, load_components
 from framepack.models.lora import LoraFolders, LoraRef, check_loras, ensure_loras, lora_folders, parse_lora_tags
 from framepack.models.offload import HostOffload, Offloader
-from framepack.models.recipe import Recipe, default_recipe, load_recipe, tiny_recipe
-from framepack.models.tiny import write_tiny_model
-from framepack.outputs import OutputCommit, OutputExists, disk_full, existing_names, partial_path
-from framepack.plan import Plan, make_plan
+from framepack.models.recipe import Recipe
+from framepack.outputs import OutputCommit, OutputExists, disk_full, existing_names
+from framepack.plan import Plan
+from framepack.planning import plan_request, resolve_recipe
+from framepack.record import GenerationRecord, sidecar_path
 from framepack.request import GenerateRequest
 from framepack.video.codecs import check_output_settings
 from framepack.video.encoder import VideoEncoderSink
@@ -40,52 +39,6 @@ from framepack.video.raw import RawFramesSink
 from framepack.video.sink import FrameSink, abort_sinks
 
 logger = logging.getLogger(__name__)
-
-TINY_FOLDER = "tiny-self-test"
-
-
-def resolve_recipe(model: str, variant: str, home: Path | None = None) -> Recipe:
-    """'default' -> the published weights for the variant, 'tiny' -> the self-test model (written on first
-    use, in seconds), anything else -> a recipe file (JSON or text) on top of the variant's default."""
-    if model == "default":
-        return default_recipe(variant)
-    if model == "tiny":
-        folder = (home or data_home()) / TINY_FOLDER
-        if not (folder / "model_index.json").is_file():
-            logger.info("writing the tiny SELF-TEST model (random weights, output is noise) to %s", folder)
-            write_tiny_model(folder)
-        return tiny_recipe(folder)
-    path = Path(model)
-    if not path.is_file():
-        raise FieldError("model", f"{model!r} is not 'default', 'tiny' or an existing recipe file")
-    return load_recipe(path.read_text(), base=default_recipe(variant))
-
-
-def plan_request(request: GenerateRequest) -> Plan:
-    """Plan with the init image's real (EXIF-upright) size; bad images fail here, before any model loads."""
-    size = None
-    if request.init_image:
-        size = load_image(request.init_image, "init_image").size
-    if request.end_image:
-        load_image(request.end_image, "end_image")
-    for index, source in request.keyframes.items():
-        load_image(source, f"keyframes.{index}")
-    plan = make_plan(request, size)
-    if not plan.self_test_model and declares_self_test(request.model):
-        plan = plan.model_copy(update={"self_test_model": True})
-    return plan
-
-
-def declares_self_test(model: str) -> bool:
-    """Whether `model` is a recipe file that says `self_test: true` (a file that cannot be read says no here; it
-    fails with its reason when the model is resolved)."""
-    if model in ("default", "tiny") or not Path(model).is_file():
-        return False
-    try:
-        return load_recipe(Path(model)).self_test
-    except Exception:  # noqa: BLE001
-        return False
-
 
 def output_path(request: GenerateRequest, plan: Plan, default_dir: Path) -> Path:
     """The video's path; the other outputs take its stem (raw .safetensors, sidecar .json, frames folder)."""
@@ -104,29 +57,6 @@ def planned_outputs(request: GenerateRequest, path: Path) -> list[Path]:
     return [*paths, path.with_suffix(".json")]
 
 
-def request_record(request: GenerateRequest, plan: Plan) -> dict:
-    """What outputs record about the generation: a request that re-creates it (the seed as resolved) and the
-    plan. Images are kept when given as file paths; embedded base64 images are left out and listed."""
-    fields = request.model_dump(mode="json")
-    fields["seed"] = plan.seed
-    left_out = []
-    for name in ("init_image", "end_image"):
-        if fields[name] and not is_file_path(fields[name]):
-            fields[name] = None
-            left_out.append(name)
-    for index, source in list(fields["keyframes"].items()):
-        if not is_file_path(source):
-            del fields["keyframes"][index]
-            left_out.append(f"keyframes.{index}")
-    return {
-        "generator": f"framepack {__version__}",
-        "request": fields,
-        "images_not_stored": left_out,
-        "plan": plan.summary(),
-        "self_test_model": plan.self_test_model,
-    }
-
-
 def check_outputs(request: GenerateRequest, plan: Plan, prober: EncoderProber | None = None) -> None:
     """Encoder, container and options are checked by the encoder's allowlist and tried in memory (by `prober`, in
     a child process in an empty folder) before any model work."""
@@ -139,10 +69,12 @@ def build_sinks(
     path: Path,
     model_dir: Path | None = None,
     commit: OutputCommit | None = None,
+    record: GenerationRecord | None = None,
 ) -> list[FrameSink]:
     """Video, raw frames and image export, behind the interpolator when frames are interpolated. With `commit`
-    the sinks leave their finished outputs under temporary names, staged for `commit.commit()`."""
-    record = request_record(request, plan)
+    the sinks leave their finished outputs under temporary names, staged for `commit.commit()`. The video and the
+    raw file carry `record` (default: the record of `request` and `plan`)."""
+    record = record or GenerationRecord.of(request, plan)
     sinks: list[FrameSink] = []
     try:
         if request.codec != "none":
@@ -155,7 +87,7 @@ def build_sinks(
                     request.codec,
                     request.container,
                     request.codec_options,
-                    record,
+                    record.embed(),
                     commit,
                 )
             )
@@ -164,7 +96,14 @@ def build_sinks(
             raw_path = path.with_suffix(".safetensors")
             sinks.append(
                 RawFramesSink(
-                    raw_path, plan.fps, plan.width, plan.height, plan.output_frames, settings, request=record, commit=commit
+                    raw_path,
+                    plan.fps,
+                    plan.width,
+                    plan.height,
+                    plan.output_frames,
+                    settings,
+                    request=record.embedded(),
+                    commit=commit,
                 )
             )
         if request.save_frames != "none":
@@ -178,20 +117,6 @@ def build_sinks(
         interpolator = load_interpolator(request.interpolation, model_dir)
         return [InterpolatingSink(sinks, interpolator, request.interpolate)]
     return sinks
-
-
-def write_sidecar(path: Path, record: dict, result: GenerationResult, commit: OutputCommit | None = None) -> Path:
-    """`<video stem>.json` beside the outputs: the request record, the plan, timings and output paths. Written
-    under its temporary name, then renamed (with `commit`: staged for `commit.commit()`)."""
-    sidecar = path.with_suffix(".json")
-    payload = {**record, "plan_detail": result.plan.model_dump(), "timings": result.timings, "outputs": result.outputs}
-    temporary = partial_path(sidecar)
-    if commit is not None:
-        commit.stage(temporary, sidecar)  # staged first, so a failed write is discarded with the rest
-    temporary.write_text(json.dumps(payload, indent=2))
-    if commit is None:
-        os.replace(temporary, sidecar)
-    return sidecar
 
 
 def mean_ratios(calibration: list[list[float]], steps: int) -> list[float]:
@@ -309,9 +234,10 @@ class Runner:
         if taken:
             raise OutputExists(path.parent, taken)
         recipe = resolve_recipe(request.model, request.variant, self.home)
+        record = GenerationRecord.of(request, plan)
         commit = OutputCommit()
         try:
-            sinks = build_sinks(request, plan, path, self.home or data_home(), commit)
+            sinks = build_sinks(request, plan, path, self.home or data_home(), commit, record)
             try:
                 components = self.components_for(request, recipe, on_event)
                 if plan.loras:
@@ -339,7 +265,8 @@ class Runner:
                 saved = save_mag_ratios(components.variant, result.mag_ratios, self.home or data_home())
                 logger.info("MagCache ratios for %s saved to %s", components.variant, saved)
             # every output is complete under its temporary name (the sidecar last); now they appear together
-            result.outputs.append(str(write_sidecar(path, request_record(request, plan), result, commit)))
+            sidecar = record.finished(result.plan, result.timings, result.outputs).write(sidecar_path(path), commit)
+            result.outputs.append(str(sidecar))
             commit.commit()
         except BaseException as error:
             commit.discard()

@@ -29,7 +29,8 @@ from api.server import create_app
 from framepack.errors import UserError
 from framepack.jobs.manager import JobManager
 from framepack.models.tiny import write_tiny_model
-from framepack.runner import TINY_FOLDER, Runner
+from framepack.planning import TINY_FOLDER
+from framepack.runner import Runner
 
 CHECKS = [status_code_conformance, content_type_conformance, response_schema_conformance]
 ROOT = Path(tempfile.mkdtemp(prefix="framepack-fuzz-"))

@@ -400,11 +400,6 @@ def remove_loras(transformer) -> None:
     setattr(transformer, RECORD_ATTR, ())
 
 
-def lora_set_key(refs: list[LoraRef], lora_dir: LoraFolders) -> tuple:
-    """What `apply_loras` would record, to skip re-applying an identical set."""
-    return tuple(_lora_record(ref, lora_dir)[1] for ref in refs)
-
-
 def ensure_loras(
     transformer,
     refs: list[LoraRef],

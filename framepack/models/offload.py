@@ -154,11 +154,6 @@ def group_offload_kwargs(
     )
 
 
-def is_group_offloaded(module: torch.nn.Module) -> bool:
-    """Whether diffusers' group offload hooks are on the module or any submodule."""
-    return any(_registry_hooks(sub) & set(_GROUP_OFFLOAD_HOOKS) for sub in module.modules())
-
-
 def offload_hooks(module: torch.nn.Module) -> list[str]:
     """Names of the offloading hooks under a module: accelerate hooks as "path:_hf_hook", diffusers hooks
     (group offload, our transformer hook) as "path:<hook name>"; other diffusers hooks, such as caches, are not

@@ -21,7 +21,7 @@ from pydantic.fields import FieldInfo
 
 from framepack.errors import validation_message
 from framepack.images import load_image
-from framepack.request import GenerateRequest, field_kind
+from framepack.request import BUILTIN_MODELS, GenerateRequest, field_kind
 
 # Fields with no control: the host decides them.
 HOST_CHOSEN: dict[str, str] = {
@@ -43,7 +43,7 @@ LABELS = {
     "jpeg_quality": "JPEG quality",
     "preview": "Section previews",
 }
-MODEL_CHOICES = ["default", "tiny"]
+MODEL_CHOICES = list(BUILTIN_MODELS)
 
 CONTROL_FIELDS: tuple[str, ...] = tuple(name for name in GenerateRequest.model_fields if name not in HOST_CHOSEN)
 

@@ -17,11 +17,11 @@ from typing import Any, Iterator
 import gradio as gr
 from PIL import Image
 
-from framepack.cli import read_record
 from framepack.defaults import DEFAULTABLE
 from framepack.jobs.models import Job, JobState
 from framepack.models.loader import DEFAULT_HUB, check_available
 from framepack.models.recipe import default_recipe, recipe_from_text, recipe_to_text
+from framepack.record import read_record
 from framepack.request import GenerateRequest
 from framepack.runner import plan_request, resolve_recipe
 from framepack.ui import compat

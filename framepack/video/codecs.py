@@ -14,10 +14,12 @@ import numpy as np
 from av.codec import Codec
 from av.codec.codec import Capabilities
 
+from framepack.outputs import CONTAINERS
 from framepack.video.codec_options import HARDWARE_MARKERS, EncoderError, parse_codec_options
 from framepack.video.probe import EncoderProber
 
-CONTAINER_FORMATS = {"mp4": "mp4", "webm": "webm", "mkv": "matroska", "mov": "mov"}
+# FFmpeg's format name of each container the request model offers (its file suffix, except Matroska's)
+CONTAINER_FORMATS = {container: {"mkv": "matroska"}.get(container, container) for container in CONTAINERS}
 # Delivery and mastering encoders worth offering; hardware encoders are added from what FFmpeg reports.
 SOFTWARE_CANDIDATES = (
     "libx264", "libx265", "libsvtav1", "libaom-av1", "libvpx-vp9", "libvpx", "prores_ks",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -19,6 +18,7 @@ logger = logging.getLogger(__name__)
 class VideoEncoderSink:
     """Streams uint8 RGB frames into a video: H.264 yuv420p by default, each encoder's best pixel format.
 
+    `comment` is the text of the container's comment tag (FramePack's outputs: `GenerationRecord.embed()`).
     Writes to a hidden partial file; `close()` renames it into place (with `commit`: stages it there, for
     `OutputCommit.commit` to rename with the job's other outputs), `abort()` deletes it.
     """
@@ -32,7 +32,7 @@ class VideoEncoderSink:
         codec: str = "libx264",
         container: str = "mp4",
         options: str = "crf:16",
-        metadata: dict | None = None,
+        comment: str | None = None,
         commit: OutputCommit | None = None,
     ):
         if width % 2 or height % 2:
@@ -46,8 +46,8 @@ class VideoEncoderSink:
         self.frames = 0
         self._container = av.open(str(self.partial), mode="w", format=CONTAINER_FORMATS[container])
         try:
-            if metadata:
-                self._container.metadata["comment"] = json.dumps(metadata, separators=(",", ":"))
+            if comment:
+                self._container.metadata["comment"] = comment
             self._stream = self._container.add_stream(codec, rate=fps)
             self._stream.width, self._stream.height = width, height
             self._stream.pix_fmt = pixel_format(codec)

@@ -4,7 +4,8 @@ A raw file holds one tensor, "frames", uint8 [T, H, W, 3] (RGB, time order), and
 
     format   "framepack-raw-frames"     version  "1"
     fps      "30" (a number)            width, height, frames (T)
-    request  the job's request as JSON  plus any extra strings the writer passed (codec settings, ...)
+    request  a JSON object: in FramePack's outputs the job's record (framepack/record.py, its embedded part)
+    plus any extra strings the writer passed (codec settings, ...)
 
 It is a standard safetensors file (`safetensors.safe_open`, `safetensors.numpy.load_file`), so frames can be
 re-encoded later with other settings without generating again. Because the frame count is known before the first

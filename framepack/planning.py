@@ -1,0 +1,69 @@
+"""A request's plan and model, as a face submits it: no torch, diffusers or PyAV is imported here.
+
+`plan_request` reads the request's images (PIL: the init image's upright size picks the bucket, and an image that
+cannot be decoded is refused here) and whether its model is a self-test model, then calls the pure `make_plan`.
+`resolve_recipe` turns the request's model into a recipe; only for the self-test model on its first use does it
+write that model, importing its writer (torch, diffusers) then.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from framepack.errors import FieldError
+from framepack.home import data_home
+from framepack.images import load_image
+from framepack.models.recipe import Recipe, default_recipe, load_recipe, tiny_recipe
+from framepack.plan import Plan, make_plan
+from framepack.request import BUILTIN_MODELS, PUBLISHED_MODEL, SELF_TEST_MODEL, GenerateRequest
+
+logger = logging.getLogger(__name__)
+
+TINY_FOLDER = "tiny-self-test"  # the self-test model's folder in the data folder
+
+
+def plan_request(request: GenerateRequest) -> Plan:
+    """Plan with the init image's real (EXIF-upright) size; bad images fail here, before any model loads."""
+    size = None
+    if request.init_image:
+        size = load_image(request.init_image, "init_image").size
+    if request.end_image:
+        load_image(request.end_image, "end_image")
+    for index, source in request.keyframes.items():
+        load_image(source, f"keyframes.{index}")
+    plan = make_plan(request, size)
+    if not plan.self_test_model and declares_self_test(request.model):
+        plan = plan.model_copy(update={"self_test_model": True})
+    return plan
+
+
+def declares_self_test(model: str) -> bool:
+    """Whether `model` is a recipe file that says `self_test: true` (a file that cannot be read says no here; it
+    fails with its reason when the model is resolved)."""
+    if model in BUILTIN_MODELS or not Path(model).is_file():
+        return False
+    try:
+        return load_recipe(Path(model)).self_test
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def resolve_recipe(model: str, variant: str, home: Path | None = None) -> Recipe:
+    """'default' -> the published weights for the variant, 'tiny' -> the self-test model (written on first
+    use, in seconds), anything else -> a recipe file (JSON or text) on top of the variant's default."""
+    if model == PUBLISHED_MODEL:
+        return default_recipe(variant)
+    if model == SELF_TEST_MODEL:
+        folder = (home or data_home()) / TINY_FOLDER
+        if not (folder / "model_index.json").is_file():
+            from framepack.models.tiny import write_tiny_model  # torch and diffusers, needed only to write it
+
+            logger.info("writing the tiny SELF-TEST model (random weights, output is noise) to %s", folder)
+            write_tiny_model(folder)
+        return tiny_recipe(folder)
+    path = Path(model)
+    if not path.is_file():
+        allowed = f"'{PUBLISHED_MODEL}', '{SELF_TEST_MODEL}' or an existing recipe file"
+        raise FieldError("model", f"{model!r} is not {allowed}")
+    return load_recipe(path.read_text(), base=default_recipe(variant))
