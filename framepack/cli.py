@@ -79,42 +79,9 @@ def given_request(args: argparse.Namespace) -> GenerateRequest:
     return GenerateRequest(**values)
 
 
-def read_record(path: Path) -> dict:
-    """The generation record of an output: a sidecar JSON itself, a raw file's metadata, or a video's metadata
-    (else its sidecar)."""
-    from framepack.video.raw import RawFrames
-
-    if not path.is_file():
-        raise FieldError("video", f"{path} does not exist")
-    if path.suffix == ".json":
-        try:
-            record = json.loads(path.read_text())
-        except ValueError:
-            record = None
-        if not isinstance(record, dict) or "request" not in record:
-            raise FieldError("video", f"{path.name} is not a FramePack sidecar")
-        return record
-    if path.suffix == ".safetensors":
-        with RawFrames(path) as raw:
-            if raw.request:
-                return raw.request
-        raise FieldError("video", f"{path} carries no FramePack request metadata")
-    import av
-
-    try:
-        with av.open(str(path)) as container:
-            comment = container.metadata.get("comment") or container.metadata.get("COMMENT")
-        if comment:
-            return json.loads(comment)
-    except (av.error.FFmpegError, ValueError):
-        pass
-    sidecar = path.with_suffix(".json")
-    if sidecar.is_file():
-        return json.loads(sidecar.read_text())
-    raise FieldError("video", f"{path} carries no FramePack metadata and has no sidecar {sidecar.name}")
-
-
 def command_info(args: argparse.Namespace) -> int:
+    from framepack.record import read_record
+
     record = read_record(Path(args.video))
     print(json.dumps(record.get("request", record) if args.request else record, indent=2))
     return 0
@@ -243,14 +210,27 @@ def command_recipe(args: argparse.Namespace) -> int:
 
 
 def command_serve(args: argparse.Namespace) -> int:
-    from api.server import serve
+    from framepack.serve import ServeSettings, serve
 
     quiet_library_progress()
     if not args.verbose:  # a server should say what it runs; the libraries stay at WARNING
         for name in ("framepack", "api"):
             logging.getLogger(name).setLevel(logging.INFO)
+    settings = ServeSettings(
+        host=args.host,
+        port=args.port,
+        data_dir=Path(args.data_dir) if args.data_dir else None,
+        output_dir=Path(args.output_dir) if args.output_dir else None,
+        auth=args.auth,
+        token=args.token,
+        device=args.device,
+        model=args.model,
+        max_queued=args.max_queued,
+        max_streams=args.max_streams,
+        verbose=args.verbose,
+    )
     try:
-        return serve(args)
+        return serve(settings)
     except ValueError as error:  # bad --auth / --token
         return _error(str(error))
 
