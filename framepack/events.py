@@ -1,6 +1,7 @@
-"""Typed events a running generation emits, and the cancel command faces send back.
+"""Typed events a running generation emits, and the cancel command sent back to it.
 
-Faces (CLI, UI, API) subscribe to events and render them; none of them polls engine internals.
+The CLI renders them as they come (`framepack.progress`); the job service turns them into the job events the
+tab, the API and SD.Next subscribe to (`framepack.jobs.events`).
 """
 
 from __future__ import annotations
@@ -68,13 +69,7 @@ class FramesWritten:
     total: int
 
 
-@dataclass
-class FileWritten:
-    path: str
-    kind: str  # "video", ...
-
-
-Event = Union[StageStarted, StepProgress, SectionFinished, FramesWritten, FileWritten]
+Event = Union[StageStarted, StepProgress, SectionFinished, FramesWritten]
 EventCallback = Callable[[Event], Any]
 
 

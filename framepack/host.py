@@ -25,7 +25,7 @@ What a host provides:
 - `balanced_offload()`: the host's own balanced offload as a function of the model's modules, or None to use
   FramePack's (SD.Next: `apply_balanced_offload` when its offload mode setting is "balanced")
 - `job_hooks(on_interrupt)`: all of the task state around the jobs, as the `JobHooks` that
-  `JobManager(hooks=...)` takes.
+  `JobManager(host_hooks=...)` takes.
 """
 
 from __future__ import annotations

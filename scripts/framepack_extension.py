@@ -26,9 +26,12 @@ import sys
 import threading
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modules import script_callbacks  # the host's callback registry
+
+if TYPE_CHECKING:
+    from framepack.jobs.service import JobService
 
 EXTENSION_ROOT = Path(__file__).resolve().parent.parent
 API_PACKAGE = "framepack_extension_api"  # the project's `api/` folder, under a name no one else uses
@@ -114,7 +117,7 @@ class _Extension:
     def __init__(self, problems: list[str]) -> None:
         self._lock = threading.Lock()
         self._host: Any = None
-        self._service: Any = None  # a framepack.jobs.service.JobService once built
+        self._service: JobService | None = None
         self.problems = list(problems)
 
     @property
@@ -131,7 +134,7 @@ class _Extension:
         host_log().error(f"FramePack: {what} failed; the tab and routes say why", exc_info=error)
         self.problems.append(f"{what} failed: {type(error).__name__}: {error}")
 
-    def service(self) -> Any:
+    def service(self) -> JobService:
         """The job service the tab and the routes share (built and started on first use)."""
         host = self.host
         with self._lock:

@@ -49,7 +49,7 @@ DATA_MODELS = ("framepack.request", "framepack.plan", "framepack.errors")
 FACE_ALLOWED = {
     "api": (*DATA_MODELS, *SERVICE_SIDE),
     "framepack.ui": ("framepack.ui", *DATA_MODELS, *SERVICE_SIDE, "framepack.images", "framepack.defaults"),
-    "scripts": ("framepack.compose", "framepack.host", "framepack.ui", "framepack.defaults"),
+    "scripts": ("framepack.compose", "framepack.host", "framepack.ui", "framepack.defaults", *SERVICE_SIDE),
     "create_video": ("framepack.cli", *DATA_MODELS, "framepack.jobs.models", "framepack.jobs.events",
                      "framepack.video.frames"),
 }  # fmt: skip
