@@ -5,7 +5,7 @@
 - `prepare`: a request checked once at submit, as the `PreparedJob` the worker runs
 - `executor`: where a job runs (`LocalExecutor`: in this process)
 - `events`: the job events, one pydantic model per kind; `bus`: their subscribers
-- `errors`: exception -> error kind -> HTTP status, for jobs and the API
+- `errors`: exception -> error kind -> HTTP status, for jobs and the API; `names`: output names reserved at submit
 - `store`: the SQLite job database; `checkpoints`: section latents for resume; `backup`: the database backup
 - `models`: `Job` and its parts; `hooks`: what a host sees of the jobs
 """

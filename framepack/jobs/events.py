@@ -17,7 +17,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.json_schema import SkipJsonSchema
 
-from framepack.jobs.models import Job
+from framepack.events import Event, FramesWritten, SectionFinished, StageStarted, StepProgress
+from framepack.jobs.models import Job, JobProgress
 
 
 class StateEvent(Job):
@@ -90,6 +91,45 @@ JobEvent = Union[StateEvent, StageEvent, ProgressEvent, SectionEvent, FramesEven
 EVENT_MODELS: dict[str, type[BaseModel]] = {
     model.event: model for model in (StateEvent, StageEvent, ProgressEvent, SectionEvent, FramesEvent, EndEvent)
 }
+
+
+def from_engine(event: Event, progress: JobProgress) -> JobEvent | None:
+    """The job event of an engine event, with `progress` (the running job's) brought up to date; None for an
+    engine event faces do not see."""
+    if isinstance(event, StageStarted):
+        progress.stage = event.stage
+        return StageEvent(stage=event.stage, detail=event.detail)
+    if isinstance(event, StepProgress):
+        progress.done_steps, progress.total_steps = event.done_steps, event.total_steps
+        progress.section, progress.eta_seconds = event.section, round(event.eta, 3)
+        return ProgressEvent(
+            section=event.section,
+            order=event.order,
+            step=event.step,
+            steps=event.steps,
+            done_steps=event.done_steps,
+            total_steps=event.total_steps,
+            elapsed=event.elapsed,
+            eta=event.eta,
+        )
+    if isinstance(event, SectionFinished):
+        if event.section >= 0:
+            progress.sections_done += 1
+        return SectionEvent(
+            section=event.section,
+            order=event.order,
+            seconds=event.seconds,
+            sections_done=progress.sections_done,
+            sections=progress.sections,
+            preview=event.preview is not None,
+            model_calls=event.model_calls,
+            skipped_calls=event.skipped_calls,
+            pixels=event.preview,
+        )
+    if isinstance(event, FramesWritten):
+        progress.frames_written = event.frames
+        return FramesEvent(frames=event.frames, total=event.total)
+    return None
 
 
 def parse_event(name: str, data: Any) -> JobEvent | None:

@@ -28,40 +28,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import shutil
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import torch
 
-from framepack.events import Cancelled, CancelToken, Event, FramesWritten, SectionFinished, StageStarted, StepProgress
+from framepack.events import Cancelled, CancelToken, Event
 from framepack.generate import START
 from framepack.jobs.bus import AsyncSubscription, EventBus, Subscriber, loop_waker
 from framepack.jobs.checkpoints import CheckpointStore, SectionKey
 from framepack.jobs.errors import classify, internal_error
-from framepack.jobs.events import (
-    EndEvent,
-    FramesEvent,
-    Heartbeat,
-    JobEvent,
-    ProgressEvent,
-    SectionEvent,
-    StageEvent,
-    StateEvent,
-)
+from framepack.jobs.events import EndEvent, Heartbeat, JobEvent, SectionEvent, StageEvent, StateEvent, from_engine
 from framepack.jobs.executor import Executor, LocalExecutor
 from framepack.jobs.hooks import JobHooks
 from framepack.jobs.models import Job, JobConflict, JobErrorInfo, JobNotFound, JobProgress, JobState, QueueFull
+from framepack.jobs.names import check_output_name, remove_partial_outputs
 from framepack.jobs.prepare import PreparedJob, Preparer
 from framepack.jobs.service import MissingComponent
-from framepack.jobs.store import STORE_FILE, JobStore
-from framepack.outputs import existing_names, output_names
+from framepack.jobs.store import STORE_FILE, FolderLock, JobStore
 from framepack.plan import Plan
 from framepack.record import read_record
 from framepack.request import GenerateRequest
@@ -123,7 +112,7 @@ class JobManager:
         self._keep_partial = False
         self._stopping = False
         self._thread: threading.Thread | None = None
-        self._jobs_dir_lock: IO[str] | None = None  # open lock file while the worker owns jobs_dir (POSIX)
+        self._folder_lock = FolderLock(self.jobs_dir, "job manager")  # held while the worker runs
         self._last_persist = 0.0
         self._previews: dict[str, dict[int, np.ndarray]] = {}  # job -> the last PREVIEWS_KEPT section previews
         for job in self._store.queued():
@@ -144,7 +133,7 @@ class JobManager:
                 if self._stopping:
                     raise RuntimeError("the worker is still finishing a stop(); call stop() again before start()")
                 return
-            self._claim_jobs_dir()
+            self._folder_lock.acquire()
             self._stopping = False
             recovered = self._store.running()
             self._running, self._token = None, None
@@ -158,7 +147,7 @@ class JobManager:
                     stage="queued", sections=job.progress.sections, total_steps=job.progress.total_steps
                 )
                 self._store.update(job)
-                self._remove_partial_outputs(job)
+                remove_partial_outputs(job.request, self.output_dir)
                 self._jobs[job.id] = job
             recovered_ids = [job.id for job in recovered]
             self._queue = recovered_ids + [job_id for job_id in self._queue if job_id not in recovered_ids]
@@ -186,7 +175,7 @@ class JobManager:
         stopped = thread is None or not thread.is_alive()
         if stopped:
             with self._lock:
-                self._release_jobs_dir()
+                self._folder_lock.release()
                 self._bus.close_all()
         return stopped
 
@@ -201,32 +190,6 @@ class JobManager:
             logger.warning("the job worker did not stop within %s s; %s stays open for it", timeout, self._store.path)
             self._store.checkpoint()
         return stopped
-
-    def _claim_jobs_dir(self) -> None:
-        """One running manager per jobs_dir: two would both resume (and run) the same jobs. Enforced with an
-        exclusive lock on `jobs_dir/manager.lock` where the OS has flock (POSIX); documented elsewhere."""
-        try:
-            import fcntl
-        except ImportError:  # Windows: not enforced
-            return
-        if self._jobs_dir_lock is not None:
-            return
-        self.jobs_dir.mkdir(parents=True, exist_ok=True)
-        handle = open(self.jobs_dir / "manager.lock", "a+")  # noqa: SIM115 (held open while the worker runs)
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.close()
-            raise RuntimeError(
-                f"another job manager (this or another process) is running over {self.jobs_dir}; "
-                "only one may run jobs from a data folder"
-            ) from None
-        self._jobs_dir_lock = handle
-
-    def _release_jobs_dir(self) -> None:
-        if self._jobs_dir_lock is not None:
-            self._jobs_dir_lock.close()  # closing the file releases the flock
-            self._jobs_dir_lock = None
 
     # ------------------------------------------------------------------------------------------- commands
 
@@ -254,8 +217,9 @@ class JobManager:
         )
         with self._lock:
             self._check_room()
-            if request.filename:
-                self._check_output_name(job.request)  # under the lock: two submits cannot both take a name
+            if request.filename:  # under the lock: two submits cannot both take a name
+                live = list(self._jobs.values()) + [job for job in self._store.running() if job.id not in self._jobs]
+                check_output_name(job.request, live, self.output_dir)
             self._store.insert(job, prepared.image_digests)
             self._jobs[job_id] = job
             self._prepared[job_id] = prepared
@@ -471,59 +435,23 @@ class JobManager:
 
     def _on_event(self, job: Job, event: Event) -> None:
         """Engine event -> job progress (persisted at stage changes, sections and at most every 0.5 s), a job event
-        for the subscribers and the host's progress. Called in the worker thread."""
+        for the subscribers, the section's preview kept for `preview`, and the host's progress. Called in the
+        worker thread."""
         now = time.monotonic()
         with self._lock:
-            progress = job.progress
-            persist = False
-            published: JobEvent
-            if isinstance(event, StageStarted):
-                progress.stage = event.stage
-                persist = True
-                published = StageEvent(stage=event.stage, detail=event.detail)
-            elif isinstance(event, StepProgress):
-                progress.done_steps, progress.total_steps = event.done_steps, event.total_steps
-                progress.section, progress.eta_seconds = event.section, round(event.eta, 3)
-                published = ProgressEvent(
-                    section=event.section,
-                    order=event.order,
-                    step=event.step,
-                    steps=event.steps,
-                    done_steps=event.done_steps,
-                    total_steps=event.total_steps,
-                    elapsed=event.elapsed,
-                    eta=event.eta,
-                )
-            elif isinstance(event, SectionFinished):
-                if event.section >= 0:
-                    progress.sections_done += 1
-                if event.preview is not None:
-                    previews = self._previews.setdefault(job.id, {})
-                    previews[event.section] = event.preview
-                    while len(previews) > PREVIEWS_KEPT:
-                        del previews[next(iter(previews))]
-                persist = True
-                published = SectionEvent(
-                    section=event.section,
-                    order=event.order,
-                    seconds=event.seconds,
-                    sections_done=progress.sections_done,
-                    sections=progress.sections,
-                    preview=event.preview is not None,
-                    model_calls=event.model_calls,
-                    skipped_calls=event.skipped_calls,
-                    pixels=event.preview,
-                )
-            elif isinstance(event, FramesWritten):
-                progress.frames_written = event.frames
-                published = FramesEvent(frames=event.frames, total=event.total)
-            else:
+            published = from_engine(event, job.progress)
+            if published is None:
                 return
+            if isinstance(published, SectionEvent) and published.pixels is not None:
+                previews = self._previews.setdefault(job.id, {})
+                previews[published.section] = published.pixels
+                while len(previews) > PREVIEWS_KEPT:
+                    del previews[next(iter(previews))]
             self._bus.publish(job.id, published)
-            if persist or now - self._last_persist >= PERSIST_INTERVAL_S:
+            if isinstance(published, (StageEvent, SectionEvent)) or now - self._last_persist >= PERSIST_INTERVAL_S:
                 self._store.update(job)
                 self._last_persist = now
-            if not isinstance(event, SectionFinished):
+            if not isinstance(published, SectionEvent):
                 self._hook("progress", job)
 
     def _hook(self, name: str, *args: Any) -> None:
@@ -607,47 +535,6 @@ class JobManager:
         except ValueError:
             return str(resolved)
 
-    def _output_folder(self, request: dict) -> Path:
-        """The folder a job's outputs go to (its request's output_dir, else the manager's)."""
-        return Path(request["output_dir"]) if request.get("output_dir") else self.output_dir
-
-    def _check_output_name(self, request: dict) -> None:
-        """JobConflict naming "filename" when a queued or running job will write the request's output name in the
-        same folder, or a file or folder of that name (any output: video, raw, sidecar, frames) exists there."""
-        stem, folder = request["filename"], self._output_folder(request)
-        key = _name_key(folder, stem)
-        live = list(self._jobs.values()) + [job for job in self._store.running() if job.id not in self._jobs]
-        for job in live:
-            other = job.request.get("filename")
-            if other and _name_key(self._output_folder(job.request), other) == key:
-                raise JobConflict(
-                    f"filename: {stem!r} is taken by job {job.id} ({job.state.value}), which will write it; choose "
-                    "another filename or leave it out",
-                    field="filename",
-                )
-        taken = existing_names(folder, output_names(stem))
-        if taken:
-            raise JobConflict(
-                f"filename: an output named {taken[0]!r} exists already; choose another filename or leave it out",
-                field="filename",
-            )
-
-    def _remove_partial_outputs(self, job: Job) -> None:
-        """Hidden partial outputs (".<stem>.partial*") a killed process left in the job's output folder."""
-        request = job.request
-        stem = request.get("filename")
-        folder = self._output_folder(request)
-        if not stem or not folder.is_dir():
-            return
-        for path in folder.iterdir():
-            if path.name.startswith(f".{stem}.partial"):
-                logger.info("removing stale partial output %s", path)
-                if path.is_dir() and not path.is_symlink():
-                    shutil.rmtree(path, ignore_errors=True)
-                else:
-                    path.unlink(missing_ok=True)
-
-
 class _JobSink:
     """The head side of one running job, for the executor (`framepack.jobs.executor.RunSink`)."""
 
@@ -671,11 +558,6 @@ class _JobSink:
 def _event(kind: type[StateEvent] | type[EndEvent], job: Job) -> Any:
     """A state or end event of `job` (a copy for faces: nothing the worker changes later is shared)."""
     return kind(**dict(job))
-
-
-def _name_key(folder: Path, stem: str) -> tuple[str, str]:
-    """What makes two output names the same: the real folder and the stem (case-folded where the OS folds)."""
-    return os.path.normcase(os.path.realpath(folder)), os.path.normcase(stem)
 
 
 def _total_steps(plan: Plan) -> int:

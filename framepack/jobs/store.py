@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import IO
 
 from framepack.errors import UserError
 from framepack.jobs.models import Job, JobErrorInfo, JobProgress, JobState
@@ -254,3 +255,38 @@ class JobStore:
         with self._lock:
             rows = self._db.execute(query, parameters).fetchall()
         return [_job(row) for row in rows]
+
+
+class FolderLock:
+    """One owner of a folder at a time, across processes: an exclusive lock on `<folder>/manager.lock` where the OS
+    has flock (POSIX; not enforced elsewhere). Two job managers over one folder would both resume, and run, the
+    same jobs, so the second one's `acquire()` raises RuntimeError naming the folder."""
+
+    def __init__(self, folder: Path, owner: str):
+        self.folder, self.owner = Path(folder), owner
+        self._handle: IO[str] | None = None  # the open lock file while held
+
+    def acquire(self) -> None:
+        """Take the lock (nothing when this object holds it already)."""
+        try:
+            import fcntl
+        except ImportError:  # Windows: not enforced
+            return
+        if self._handle is not None:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        handle = open(self.folder / "manager.lock", "a+")  # noqa: SIM115 (held open while the lock is held)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            raise RuntimeError(
+                f"another {self.owner} (this or another process) is running over {self.folder}; "
+                "only one may run jobs from a data folder"
+            ) from None
+        self._handle = handle
+
+    def release(self) -> None:
+        if self._handle is not None:
+            self._handle.close()  # closing the file releases the flock
+            self._handle = None
