@@ -377,9 +377,7 @@ def route_table(
     max_streams: int = DEFAULT_MAX_STREAMS,
 ) -> list[RouteSpec]:
     """The routes of a new `FramePackRoutes` over `service` (see there)."""
-    routes = FramePackRoutes(
-        service, output_dir, prefix=prefix, max_body_bytes=max_body_bytes, max_streams=max_streams
-    )
+    routes = FramePackRoutes(service, output_dir, prefix=prefix, max_body_bytes=max_body_bytes, max_streams=max_streams)
     return routes.table()
 
 

@@ -78,6 +78,20 @@ def test_store_round_trips_jobs_in_insertion_order(tmp_path):
     reopened.close()
 
 
+def test_a_database_from_before_image_digests_gets_the_column_and_its_jobs_run(make_manager, tmp_path):
+    import sqlite3
+
+    before = make_manager(start=False)
+    job = before.submit(request(init_image=str(pattern_image(tmp_path / "start.png", 96, 64))))
+    before.close()
+    with sqlite3.connect(tmp_path / "data" / "jobs.db") as db:  # the table as the first release made it
+        db.execute("ALTER TABLE jobs DROP COLUMN image_digests_json")
+    store = JobStore(tmp_path / "data" / "jobs.db")
+    assert store.image_digests(job.id) is None and store.get(job.id).state == JobState.QUEUED
+    store.close()
+    assert make_manager().wait(job.id, WAIT_S).state == JobState.FINISHED
+
+
 # ---------------------------------------------------------------------------------------------- running
 
 

@@ -113,4 +113,3 @@ class LocalExecutor:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-

@@ -535,6 +535,7 @@ class JobManager:
         except ValueError:
             return str(resolved)
 
+
 class _JobSink:
     """The head side of one running job, for the executor (`framepack.jobs.executor.RunSink`)."""
 

@@ -115,12 +115,14 @@ class Preparer:
         )
         return PreparedJob(job_id, fixed, plan, recipe, image_digests(fixed))
 
-    def restore(self, job: Job, digests: Mapping[str, str]) -> PreparedJob:
+    def restore(self, job: Job, digests: Mapping[str, str] | None) -> PreparedJob:
         """A stored job, prepared again from its stored request, plan and image digests (nothing re-checked; the
-        recipe is resolved again; a job stored without a plan is planned again)."""
+        recipe is resolved again). A job stored by an earlier version, without digests, takes its images as they
+        are now; one without a plan is planned again."""
         request = GenerateRequest.model_validate(job.request)
         plan = Plan.model_validate(job.plan) if job.plan is not None else plan_request(request)
-        return PreparedJob(job.id, request, plan, self.recipe(request.model, request.variant), dict(digests))
+        digests = dict(digests) if digests is not None else image_digests(request)
+        return PreparedJob(job.id, request, plan, self.recipe(request.model, request.variant), digests)
 
     @staticmethod
     def check_unchanged(job: PreparedJob) -> None:
@@ -130,8 +132,9 @@ class Preparer:
         except OSError as error:
             raise PlanChanged(f"an image of the job cannot be read any more ({error}); submit it again") from None
         if current != job.image_digests:
-            changed = sorted(name for name in current.keys() | job.image_digests.keys()
-                             if current.get(name) != job.image_digests.get(name))
-            raise PlanChanged(
-                f"the job's images changed since it was queued ({', '.join(changed)}); submit it again"
+            changed = sorted(
+                name
+                for name in current.keys() | job.image_digests.keys()
+                if current.get(name) != job.image_digests.get(name)
             )
+            raise PlanChanged(f"the job's images changed since it was queued ({', '.join(changed)}); submit it again")

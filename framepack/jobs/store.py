@@ -199,11 +199,11 @@ class JobStore:
         with self._lock:
             self._db.execute(INSERT, (job.id, *_fixed_values(job, image_digests or {}), *_changing_values(job)))
 
-    def image_digests(self, job_id: str) -> dict[str, str]:
-        """The image digests stored with the job ({} for a job stored before they were)."""
+    def image_digests(self, job_id: str) -> dict[str, str] | None:
+        """The image digests stored with the job; None for a job stored before they were kept."""
         with self._lock:
             row = self._db.execute("SELECT image_digests_json FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return json.loads(row[0]) if row is not None and row[0] else {}
+        return json.loads(row[0]) if row is not None and row[0] is not None else None
 
     def update(self, job: Job) -> None:
         """Write what a run changes (state, progress, outputs, timings, error, times) of an existing job."""
