@@ -556,8 +556,8 @@ class _JobSink:
         self._manager._hook("outputs", self._job, paths)
 
 
-def _event(kind: type[StateEvent] | type[EndEvent], job: Job) -> Any:
-    """A state or end event of `job` (a copy for faces: nothing the worker changes later is shared)."""
+def _event(kind: type[StateEvent] | type[EndEvent], job: Job) -> StateEvent | EndEvent:
+    """A state or end event of `job`, which must be a copy (`_public`): the event shares its parts."""
     return kind(**dict(job))
 
 
