@@ -39,6 +39,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the framepack packag
 from framepack import cli as framepack_cli  # noqa: E402
 from framepack.cli import given_request
 from framepack.errors import FieldError, validation_message
+from framepack.jobs.events import (
+    EndEvent,
+    FramesEvent,
+    JobEvent,
+    ProgressEvent,
+    SectionEvent,
+    StageEvent,
+    StateEvent,
+    parse_event,
+)
 from framepack.jobs.models import JobProgress, JobState
 from framepack.request import PATH_CHECK_LENGTH
 
@@ -242,8 +252,9 @@ class FramePackClient:
     def cancel(self, job_id: str) -> None:
         self._request("POST", f"{API}/jobs/{quote(job_id)}/cancel")
 
-    def events(self, job_id: str) -> Iterator[tuple[str, Any]]:
-        """(event name, decoded data) from the job's server-sent event stream until the server closes it.
+    def events(self, job_id: str) -> Iterator[JobEvent]:
+        """The job's events (`framepack.jobs.events` models) from its server-sent event stream until the server
+        closes it; events this client does not know, or whose data does not fit their model, are skipped.
 
         Raises httpx errors (and RequestRefused for an error status) for the caller to fall back on polling.
         """
@@ -257,13 +268,9 @@ class FramePackClient:
             name, data_lines = "message", []
             for line in response.iter_lines():
                 if not line:  # blank line: dispatch
-                    if data_lines:
-                        text = "\n".join(data_lines)
-                        try:
-                            data: Any = json.loads(text)
-                        except ValueError:
-                            data = text
-                        yield name, data
+                    event = parse_event(name, _json_or_none("\n".join(data_lines))) if data_lines else None
+                    if event is not None:
+                        yield event
                     name, data_lines = "message", []
                 elif line.startswith(":"):
                     continue  # comment / keep-alive
@@ -300,6 +307,13 @@ class FramePackClient:
             ) from None
         partial.replace(target)
         return target
+
+
+def _json_or_none(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
 
 
 def local_path(folder: Path, relative: str) -> Path:
@@ -341,76 +355,73 @@ class ProgressBar:
 
     def __init__(self, enabled: bool = True):
         self.bar = tqdm(total=0, unit="step", dynamic_ncols=True, desc="queued", disable=not enabled)
-        self.progress: dict[str, Any] = {}
+        self.progress = JobProgress()
 
-    def update(self, progress: dict[str, Any], queue_position: int | None = None) -> None:
-        self.progress.update({key: value for key, value in progress.items() if value is not None or key == "section"})
-        p = self.progress
-        total, done = int(p.get("total_steps") or 0), int(p.get("done_steps") or 0)
+    def update(self, progress: JobProgress, queue_position: int | None = None) -> None:
+        self.progress = p = progress
+        total, done = p.total_steps, p.done_steps
         if total and total != self.bar.total:
             self.bar.total = total
         if done != self.bar.n:
             self.bar.n = min(done, total) if total else done
-        stage = str(p.get("stage") or "")
-        sections = int(p.get("sections") or 0)
         parts = []
-        if p.get("section") == -1:
+        if p.section == -1:
             parts.append("start frame")
-        elif sections:
-            parts.append(f"section {min(int(p.get('sections_done') or 0) + 1, sections)}/{sections}")
-        if stage:
-            parts.append(stage if queue_position is None else f"{stage} (position {queue_position})")
+        elif p.sections:
+            parts.append(f"section {min(p.sections_done + 1, p.sections)}/{p.sections}")
+        if p.stage:
+            parts.append(p.stage if queue_position is None else f"{p.stage} (position {queue_position})")
         self.bar.set_description(" ".join(parts) or "waiting", refresh=False)
         self.bar.refresh()
+
+    def change(self, **fields: Any) -> None:
+        """Update some fields of the progress."""
+        self.update(self.progress.model_copy(update=fields))
 
     def close(self) -> None:
         self.bar.close()
 
 
-PROGRESS_KEYS = tuple(JobProgress.model_fields)  # the fields of a job's progress, as events carry them
+def apply_event(bar: ProgressBar, event: JobEvent) -> str | None:
+    """Update the bar from one event; the job's state when the event says it ended, else None.
 
-
-def apply_event(bar: ProgressBar, name: str, data: Any) -> str | None:
-    """Update the bar from one server-sent event; the job's state when the event says it ended, else None.
-
-    `state` and `end` carry the whole job; `progress` the step ({section, order, done_steps, total_steps, eta});
-    `section`, `stage` and `frames` the fields of the job's progress they change.
+    State and end events carry the whole job; the others the fields of the job's progress they change.
     """
-    if not isinstance(data, dict):
-        return None
-    if isinstance(data.get("progress"), dict):  # a whole job
-        bar.update(data["progress"], data.get("queue_position"))
-        state = data.get("state")
-        if state in ENDED_STATES:
-            return str(state)
-    else:
-        fields = {key: data[key] for key in PROGRESS_KEYS if key in data}
-        if name == "progress" and isinstance(data.get("order"), int) and (data.get("section") or 0) >= 0:
-            fields["sections_done"] = data["order"]  # sections generated before this one
-        if name == "frames" and "frames" in data:
-            fields["frames_written"] = data["frames"]
-        if fields:
-            bar.update(fields)
-    return "ended" if name == "end" else None
+    if isinstance(event, (StateEvent, EndEvent)):
+        bar.update(event.progress, event.queue_position)
+        if event.state.ended:
+            return event.state.value
+    elif isinstance(event, ProgressEvent):
+        fields = {"section": event.section, "done_steps": event.done_steps, "total_steps": event.total_steps}
+        if event.section >= 0:
+            fields["sections_done"] = event.order  # sections generated before this one
+        bar.change(**fields)
+    elif isinstance(event, SectionEvent):
+        bar.change(section=event.section, sections_done=event.sections_done, sections=event.sections)
+    elif isinstance(event, StageEvent):
+        bar.change(stage=event.stage)
+    elif isinstance(event, FramesEvent):
+        bar.change(frames_written=event.frames)
+    return "ended" if isinstance(event, EndEvent) else None
 
 
 def follow(client: FramePackClient, job: dict[str, Any], bar: ProgressBar) -> dict[str, Any]:
     """Follow a job to its end on the event stream, polling once a second when the stream is unavailable;
     the final job record."""
     job_id = job["id"]
-    bar.update(job.get("progress") or {}, job.get("queue_position"))
+    bar.update(JobProgress.model_validate(job.get("progress") or {}), job.get("queue_position"))
     if job.get("state") in ENDED_STATES:
         return job
     try:
         with contextlib.closing(client.events(job_id)) as events:
-            for name, data in events:
-                if apply_event(bar, name, data):
+            for event in events:
+                if apply_event(bar, event):
                     break
     except (httpx.HTTPError, RequestRefused):
         pass  # no (or a broken) event stream: polling below finds the end
     while True:
         job = client.job(job_id)
-        bar.update(job.get("progress") or {}, job.get("queue_position"))
+        bar.update(JobProgress.model_validate(job.get("progress") or {}), job.get("queue_position"))
         if job.get("state") in ENDED_STATES:
             return job
         time.sleep(POLL_INTERVAL_S)

@@ -1,8 +1,9 @@
-"""The one error shape of the API and the mapping from engine errors to HTTP statuses.
+"""The one error shape of the API.
 
 Every failure answers JSON ``{"error": {"kind": ..., "field": ..., "message": ...}}`` with a 4xx/5xx status,
 never 200 and never HTML. ``kind`` is one of ``ERROR_KINDS``; ``field`` names the request field at fault when
-there is one (dotted for nested fields, e.g. ``keyframes.2``).
+there is one (dotted for nested fields, e.g. ``keyframes.2``). The engine's and the queue's errors get their kind
+and status from `framepack.jobs.errors` (the classification jobs use too); the kinds only the API has are below.
 
 Routes are wrapped with `json_errors` so they answer in this shape even when mounted on a host app whose own
 exception handlers differ (SD.Next); `install_error_handlers` covers what happens outside a route (unknown
@@ -22,31 +23,22 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from framepack.errors import FieldError, UserError
-from framepack.jobs.models import JobConflict, JobNotFound, QueueFull
-from framepack.outputs import DiskFull, OutputExists
+from framepack.errors import UserError
+from framepack.jobs.errors import STATUS, classify
 
 logger = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = 10  # what a 429 suggests; a queued job takes at least this long to make room
 
-ERROR_KINDS = (
-    "invalid",  # 422: bad input; `field` names it
+API_KINDS = (
     "unauthorized",  # 401
-    "not_found",  # 404: unknown job, file or route
     "method_not_allowed",  # 405
-    "conflict",  # 409: e.g. cancelling a finished job, or an output name a job or a file has taken (field filename)
     "too_large",  # 413: request body over the limit
-    "queue_full",  # 429: try again after Retry-After seconds
     "too_many_streams",  # 429: too many event streams open on this server; retry after Retry-After seconds
     "rate_limited",  # 429: too many failed logins from this client; retry after Retry-After seconds
-    "model_unavailable",  # 503: model files missing; the message says where we looked and how to get them
-    "out_of_memory",  # 503: the job ran out of (GPU) memory
-    "disk_full",  # 507: no space left for the outputs; the message names the folder and its free space
     "not_installed",  # 503: the SD.Next extension lacks a requirement; the message says how to install it
-    "cancelled",  # 409: the job was cancelled before it finished
-    "internal",  # 500: a bug; details are in the server log
 )
+ERROR_KINDS = (*STATUS, *API_KINDS)  # STATUS: the kinds of `framepack.jobs.errors`, with their statuses
 STATUS_KINDS = {
     401: "unauthorized",
     404: "not_found",
@@ -57,15 +49,6 @@ STATUS_KINDS = {
     429: "queue_full",
     503: "model_unavailable",
     507: "disk_full",
-}
-JOB_ERROR_STATUS = {
-    "invalid": 422,
-    "conflict": 409,
-    "model_unavailable": 503,
-    "out_of_memory": 503,
-    "disk_full": 507,
-    "cancelled": 409,
-    "internal": 500,
 }
 
 
@@ -127,34 +110,20 @@ def validation_response(errors: list[dict[str, Any]]) -> JSONResponse:
 
 def response_for(error: BaseException) -> JSONResponse | None:
     """The JSON error response for a known exception, None for a bug."""
-    from framepack.models.loader import ModelUnavailableError  # heavy import (diffusers), only when needed
-
     if isinstance(error, ApiError):
         return error_response(error.status, error.kind, error.message, error.field, error.headers)
-    if isinstance(error, QueueFull):
-        return error_response(
-            429, "queue_full", str(error) or "the queue is full", None, {"Retry-After": str(RETRY_AFTER_SECONDS)}
-        )
-    if isinstance(error, JobNotFound):
-        return error_response(404, "not_found", str(error) or "no such job", "id")
-    if isinstance(error, (JobConflict, OutputExists)):
-        return error_response(409, "conflict", str(error), error.field)
-    if isinstance(error, DiskFull):
-        return error_response(507, "disk_full", str(error))
-    if isinstance(error, ModelUnavailableError):
-        return error_response(503, "model_unavailable", str(error), "model")
-    if isinstance(error, FieldError):
-        return error_response(422, "invalid", str(error), error.field)
     if isinstance(error, ValidationError):
         return validation_response(error.errors(include_url=False))
     if isinstance(error, RequestValidationError):
         return validation_response(list(error.errors()))
-    if isinstance(error, UserError):
-        return error_response(422, "invalid", str(error))
     if isinstance(error, StarletteHTTPException):
         kind = STATUS_KINDS.get(error.status_code, "internal" if error.status_code >= 500 else "invalid")
         return error_response(error.status_code, kind, str(error.detail), None, getattr(error, "headers", None))
-    return None
+    known = classify(error)
+    if known is None:
+        return None
+    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if known.kind == "queue_full" else None
+    return error_response(STATUS[known.kind], known.kind, known.message, known.field, headers)
 
 
 def response_or_internal(error: BaseException, log_message: str, *log_args: Any) -> JSONResponse:

@@ -18,13 +18,13 @@ from typing import Any
 from fastapi import Request
 
 from framepack.errors import FieldError
-from framepack.request import PATH_CHECK_LENGTH, GenerateRequest
+from framepack.request import BUILTIN_MODELS, PATH_CHECK_LENGTH, GenerateRequest
 
 from .aliases import translate
 from .errors import ApiError
 from .limits import DEFAULT_MAX_BODY_BYTES, read_json_body
 
-API_MODELS = ("default", "tiny")
+API_MODELS = BUILTIN_MODELS
 
 
 def api_image(value: Any, field: str) -> Any:

@@ -1,10 +1,10 @@
-"""The FramePack REST routes, built by a factory over a job manager and the output folder.
+"""The FramePack REST routes: `FramePackRoutes`, one method per endpoint over a `JobService` and its output folder.
 
-The same routes serve the standalone server (`api.server.create_app`) and SD.Next: `route_table` returns plain
-endpoint functions with their FastAPI options, so a host can register them one by one (SD.Next:
-`shared.api.add_api_route(spec.path, spec.endpoint, methods=spec.methods, **spec.options)`, which adds the host's
-own auth), and `create_router` puts them on an `APIRouter` for `app.include_router`. Nothing here is global: each
-call builds fresh closures over its manager.
+The same routes serve the standalone server (`api.server.create_app`) and SD.Next: `FramePackRoutes.table()` (or
+`route_table`) lists each endpoint with its FastAPI options as a `RouteSpec`, so a host can register them one by
+one (SD.Next: `shared.api.add_api_route(spec.path, spec.endpoint, methods=spec.methods, **spec.options)`, which
+adds the host's own auth), and `create_router` puts them on an `APIRouter` for `app.include_router`. Nothing here
+is global: each `FramePackRoutes` holds its own service, stream slots and codec list.
 
 Errors answer JSON `{"error": {"kind", "field", "message"}}` (see `api.errors`) with 4xx/5xx statuses, never
 200. Limits: bodies over `max_body_bytes` (64 MiB by default) get 413; images must be base64 (no server paths)
@@ -28,12 +28,15 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from framepack.jobs.errors import STATUS
+from framepack.jobs.events import EVENT_MODELS, JobEvent
 from framepack.jobs.models import Job, JobState
+from framepack.jobs.service import JobService
 from framepack.request import GenerateRequest
 
 from . import streams
 from .aliases import ALIAS_TABLE
-from .errors import JOB_ERROR_STATUS, ApiError, error_response, error_responses, json_errors
+from .errors import ApiError, error_response, error_responses, json_errors
 from .intake import read_generate_request, redact_images
 from .limits import DEFAULT_MAX_BODY_BYTES
 from .schemas import CodecInfo, CodecList, GenerateResponse, JobList, PlanResponse
@@ -91,7 +94,7 @@ def job_view(job: Job) -> Job:
 
 def main_output(job: Job) -> str | None:
     """The video when there is one, else the first output that is not the sidecar JSON."""
-    container = str(job.request.get("container", "mp4"))
+    container = str(job.request.get("container", GenerateRequest.model_fields["container"].default))
     for output in job.outputs:
         if output.endswith("." + container):
             return output
@@ -124,125 +127,122 @@ def resolve_output_file(output_dir: Path, relative: str, raw_path: bytes = b"") 
     return Path(target)
 
 
-def route_table(
-    manager: Any,
-    output_dir: Path | str,
-    *,
-    prefix: str = PREFIX,
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-    max_streams: int = DEFAULT_MAX_STREAMS,
-) -> list[RouteSpec]:
-    """The API's routes over `manager` (a `framepack.jobs.manager.JobManager`) and the folder its runner
-    writes to. `prefix` is where the routes live; the download URLs in responses use it. At most `max_streams`
-    event streams are open at once (429 past it)."""
-    output_dir = Path(output_dir)
-    stream_slots = StreamSlots(max_streams)
-    codec_list: CodecList | None = None  # this router's probe result; ?refresh=true probes again
+EVENTS_DOC = (
+    "Server-sent events: `event: NAME` and `data: JSON` lines, the JSON being the model of that name "
+    "(state: StateEvent, stage: StageEvent, progress: ProgressEvent, section: SectionEvent, frames: FramesEvent, "
+    "end: EndEvent); a `: ping` comment after 15 quiet seconds. The stream ends after `end`."
+)
 
-    def file_url(relative: str) -> str:
-        return f"{prefix}/files/{quote(relative)}"
 
-    def output_urls(job: Job) -> list[str]:
-        return [file_url(rel) for rel in job.outputs if (output_dir / rel).is_file()]
+class FramePackRoutes:
+    """The API's endpoints over `service`, whose outputs lie in `output_dir` (default: the service's). `prefix` is
+    where the routes live; the download URLs in responses use it. Bodies over `max_body_bytes` get 413; at most
+    `max_streams` event streams are open at once (429 past it)."""
 
-    def generate_response(job: Job) -> GenerateResponse:
-        filename = main_output(job)
-        total = job.timings.get("total")
-        took = f" in {total:.1f} s" if total is not None else ""
-        return GenerateResponse(
-            id=job.id,
-            filename=filename,
-            url=file_url(filename) if filename else None,
-            message=f"finished{took}: {job.summary or ''}".strip(),
-            state=job.state,
-            summary=job.summary,
-            plan=job.plan,
-            outputs=job.outputs,
-            urls=output_urls(job),
-            timings=job.timings,
-            resumed_sections=job.resumed_sections,
-        )
+    def __init__(
+        self,
+        service: JobService,
+        output_dir: Path | str | None = None,
+        *,
+        prefix: str = PREFIX,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        max_streams: int = DEFAULT_MAX_STREAMS,
+    ):
+        self.service = service
+        self.output_dir = Path(output_dir) if output_dir is not None else service.output_dir
+        self.prefix = prefix
+        self.max_body_bytes = max_body_bytes
+        self.stream_slots = StreamSlots(max_streams)
+        self._codecs: CodecList | None = None  # this object's probe result; ?refresh=true probes again
 
-    def failure_response(job: Job) -> Response:
-        error = job.error
-        kind = error.kind if error else ("cancelled" if job.state == JobState.CANCELLED else "internal")
-        message = f"job {job.id} {job.state.value}: {error.message if error else 'no reason recorded'}"
-        field = error.field if error else None
-        return error_response(JOB_ERROR_STATUS.get(kind, 500), kind, message, field, job_id=job.id)
+    def table(self) -> list[RouteSpec]:
+        """Every route, for `APIRouter.add_api_route` or a host's `add_api_route`."""
+        p, job = self.prefix, f"{self.prefix}/jobs/{{job_id}}"
+        return [
+            _route("POST", p, self.generate, "Generate a video (blocks until done)", GenerateResponse,
+                   errors=(409, 413, 429, 503, 507), body=True),
+            _route("POST", f"{p}/jobs", self.submit_job, "Queue a generation", Job, errors=(409, 413, 429, 503),
+                   body=True, status_code=202),
+            _route("GET", f"{p}/jobs", self.list_jobs, "List jobs", JobList),
+            _route("GET", job, self.get_job, "Get a job", Job, errors=(404,)),
+            _route("DELETE", job, self.cancel_job, "Cancel a job", Job, errors=(404, 409), name="cancel_job_delete"),
+            _route("POST", f"{job}/cancel", self.cancel_job, "Cancel a job", Job, errors=(404, 409)),
+            _route("GET", f"{job}/events", self.job_events, "Job events (SSE)", JobEvent, errors=(404, 429),
+                   response_class=StreamingResponse, ok=_event_stream()),
+            _route("GET", f"{job}/preview", self.job_preview, "Latest section preview (PNG)", errors=(404,),
+                   response_class=Response, ok=_binary("image/png", "PNG image")),
+            _route("GET", f"{p}/files/{{file_path:path}}", self.download, "Download an output file", errors=(404,),
+                   response_class=FileResponse,
+                   ok=_binary("*/*", "the file, with the media type of its extension")),
+            _route("GET", f"{p}/codecs", self.codecs, "Available video encoders", CodecList),
+            _route("POST", f"{p}/plan", self.plan, "Plan a request without running it", PlanResponse, errors=(413,),
+                   body=True),
+        ]  # fmt: skip
 
-    async def submit(request: Request) -> Job:
-        """Read, validate and queue a request (in the threadpool: the queue touches the disk). A filename that a
-        queued or running job or an existing output has taken is a 409 from the manager, as for every face."""
-        generate_request = await read_generate_request(request, max_body_bytes)
-        return await run_in_threadpool(manager.submit, generate_request)
-
-    async def wait_until_ended(job_id: str) -> Job:
-        while True:
-            job = await run_in_threadpool(manager.wait, job_id, WAIT_SLICE_SECONDS)
-            if job.state.ended:
-                return job
-            await asyncio.sleep(0)
+    # ------------------------------------------------------------------------------------------- endpoints
 
     @json_errors
-    async def generate(request: Request) -> Any:
+    async def generate(self, request: Request) -> Any:
         """Generate a video and answer when it exists (SD.Next's route). The job runs in the server's queue like
         any other; the request only waits for it, so other requests are served meanwhile (a client that goes away
         leaves the job running; it stays listed). A failed job answers its error status (422 invalid, 409
         cancelled or an output name taken meanwhile, 503 model unavailable or out of memory, 507 disk full, 500 bug)
         with the error shape and the job id, never 200."""
-        job = await wait_until_ended((await submit(request)).id)
+        job = await self._wait_until_ended((await self._submit(request)).id)
         if job.state != JobState.FINISHED:
-            return failure_response(job)
-        return generate_response(job)
+            return _failure_response(job)
+        return self._generate_response(job)
 
     @json_errors
-    async def submit_job(request: Request, response: Response) -> Any:
+    async def submit_job(self, request: Request, response: Response) -> Any:
         """Queue a generation and answer at once with 202, the job (id, state, queue_position) and its Location.
         Follow it with GET .../jobs/{id} or the .../events stream. Queue full: 429 with Retry-After."""
-        job = await submit(request)
-        response.headers["Location"] = f"{request.scope.get('root_path', '')}{prefix}/jobs/{job.id}"
+        job = await self._submit(request)
+        response.headers["Location"] = f"{request.scope.get('root_path', '')}{self.prefix}/jobs/{job.id}"
         return job_view(job)
 
     @json_errors
-    async def list_jobs() -> Any:
+    async def list_jobs(self) -> Any:
         """Every job the server knows (queued, running, ended), oldest first."""
-        return JobList(jobs=[job_view(job) for job in await run_in_threadpool(manager.list_jobs)])
+        return JobList(jobs=[job_view(job) for job in await run_in_threadpool(self.service.list_jobs)])
 
     @json_errors
-    async def get_job(job_id: str) -> Any:
+    async def get_job(self, job_id: str) -> Any:
         """One job: state, plan, progress, outputs (relative to the output folder), timings, error."""
-        return job_view(await run_in_threadpool(manager.get, job_id))
+        return job_view(await run_in_threadpool(self.service.get, job_id))
 
     @json_errors
-    async def cancel_job(job_id: str, keep_partial: KeepPartial = False) -> Any:
+    async def cancel_job(self, job_id: str, keep_partial: KeepPartial = False) -> Any:
         """Cancel a queued or running job (409 when it has already ended)."""
-        return job_view(await run_in_threadpool(manager.cancel, job_id, keep_partial))
+        return job_view(await run_in_threadpool(self.service.cancel, job_id, keep_partial))
 
     @json_errors
-    async def job_events(job_id: str) -> Any:
+    async def job_events(self, job_id: str) -> Any:
         """Server-sent events of a job: `event: state|progress|section|stage|frames|end` lines, each with a
-        `data:` JSON object, and a `: ping` comment after 15 quiet seconds. The stream ends after `end` (sent at
-        once for a job that has already ended). Too many open streams: 429 with Retry-After."""
-        stream_slots.take()  # before the first await, so concurrent requests cannot all pass the check
+        `data:` JSON object (the event models in this document's schemas), and a `: ping` comment after 15 quiet
+        seconds. The stream ends after `end` (sent at once for a job that has already ended). Too many open
+        streams: 429 with Retry-After."""
+        slots = self.stream_slots
+        slots.take()  # before the first await, so concurrent requests cannot all pass the check
         try:
             # JobNotFound (404) comes now, before the stream starts; no thread waits on the events afterwards
             subscription = await run_in_threadpool(
-                manager.subscribe_async, job_id, asyncio.get_running_loop(), heartbeat=streams.HEARTBEAT_SECONDS
+                self.service.subscribe_async, job_id, asyncio.get_running_loop(), streams.HEARTBEAT_SECONDS
             )
         except BaseException:
-            stream_slots.give_back()
+            slots.give_back()
             raise
 
         def closed() -> None:
             subscription.close()
-            stream_slots.give_back()
+            slots.give_back()
 
         return EventStreamResponse(sse_events(subscription, job_id, redact_images), on_close=closed)
 
     @json_errors
-    async def job_preview(job_id: str) -> Any:
+    async def job_preview(self, job_id: str) -> Any:
         """The latest section preview as PNG; 404 until the first section is done (or when previews are off)."""
-        pixels = await run_in_threadpool(manager.preview, job_id)
+        pixels = await run_in_threadpool(self.service.preview, job_id)
         if pixels is None:
             raise ApiError(404, "not_found", f"job {job_id} has no preview yet", "id")
 
@@ -256,179 +256,140 @@ def route_table(
         return Response(await run_in_threadpool(encode), media_type="image/png", headers={"Cache-Control": "no-store"})
 
     @json_errors
-    async def download(file_path: str, request: Request) -> Any:
+    async def download(self, file_path: str, request: Request) -> Any:
         """Download an output. Only regular files inside the output folder are served: traversal ('..',
         absolute paths, backslashes, NUL, their percent-encoded forms), hidden/partial files, folders and
         symlinks leading outside all answer 404."""
-        path = resolve_output_file(output_dir, file_path, request.scope.get("raw_path") or b"")
+        path = resolve_output_file(self.output_dir, file_path, request.scope.get("raw_path") or b"")
         return FileResponse(path)
 
     @json_errors
-    async def codecs(refresh: Refresh = False) -> Any:
+    async def codecs(self, refresh: Refresh = False) -> Any:
         """Video encoders that really open on this machine (hardware first), with the containers each fits."""
-        nonlocal codec_list
-        if refresh or codec_list is None:
-            from framepack.video.codecs import list_video_encoders
-
-            infos = await run_in_threadpool(list_video_encoders)
-            codec_list = CodecList(codecs=[CodecInfo.model_validate(info, from_attributes=True) for info in infos])
-        return codec_list
+        if refresh or self._codecs is None:
+            infos = await run_in_threadpool(self.service.codecs)
+            self._codecs = CodecList(codecs=[CodecInfo.model_validate(info, from_attributes=True) for info in infos])
+        return self._codecs
 
     @json_errors
-    async def plan(request: Request) -> Any:
+    async def plan(self, request: Request) -> Any:
         """The plan of a request without running it: bucket size, sections, exact frame count, per-section
         prompts and generation order. Checks images and encoder settings like a submit would; loads no model."""
-        generate_request = manager.complete(await read_generate_request(request, max_body_bytes))  # its defaults
+        generate_request = await read_generate_request(request, self.max_body_bytes)
+        result = await run_in_threadpool(self.service.plan, generate_request, True)  # the service's defaults
+        return PlanResponse(summary=result.summary(), plan=result)
 
-        def make() -> PlanResponse:
-            from framepack.runner import check_outputs, plan_request
+    # ------------------------------------------------------------------------------------------- helpers
 
-            result = plan_request(generate_request)
-            check_outputs(generate_request, result, manager.runner.encoder_prober)  # the runner's probe process
-            return PlanResponse(summary=result.summary(), plan=result)
+    async def _submit(self, request: Request) -> Job:
+        """Read, validate and queue a request (in the threadpool: the queue touches the disk). A filename that a
+        queued or running job or an existing output has taken is a 409 from the service, as for every face."""
+        generate_request = await read_generate_request(request, self.max_body_bytes)
+        return await run_in_threadpool(self.service.submit, generate_request)
 
-        return await run_in_threadpool(make)
+    async def _wait_until_ended(self, job_id: str) -> Job:
+        while True:
+            job = await run_in_threadpool(self.service.wait, job_id, WAIT_SLICE_SECONDS)
+            if job.state.ended:
+                return job
+            await asyncio.sleep(0)
 
-    body = _request_body_openapi()
-    common = {"tags": ["framepack"]}
-    return [
-        RouteSpec(
-            prefix,
-            generate,
-            ["POST"],
-            {
-                **common,
-                "response_model": GenerateResponse,
-                "openapi_extra": body,
-                "summary": "Generate a video (blocks until done)",
-                "responses": error_responses(409, 413, 429, 503, 507),
-            },
-        ),
-        RouteSpec(
-            f"{prefix}/jobs",
-            submit_job,
-            ["POST"],
-            {
-                **common,
-                "status_code": 202,
-                "response_model": Job,
-                "openapi_extra": body,
-                "summary": "Queue a generation",
-                "responses": error_responses(409, 413, 429, 503),
-            },
-        ),
-        RouteSpec(
-            f"{prefix}/jobs",
-            list_jobs,
-            ["GET"],
-            {**common, "response_model": JobList, "summary": "List jobs", "responses": error_responses()},
-        ),
-        RouteSpec(
-            f"{prefix}/jobs/{{job_id}}",
-            get_job,
-            ["GET"],
-            {**common, "response_model": Job, "summary": "Get a job", "responses": error_responses(404)},
-        ),
-        RouteSpec(
-            f"{prefix}/jobs/{{job_id}}",
-            cancel_job,
-            ["DELETE"],
-            {
-                **common,
-                "response_model": Job,
-                "summary": "Cancel a job",
-                "name": "cancel_job_delete",
-                "responses": error_responses(404, 409),
-            },
-        ),
-        RouteSpec(
-            f"{prefix}/jobs/{{job_id}}/cancel",
-            cancel_job,
-            ["POST"],
-            {**common, "response_model": Job, "summary": "Cancel a job", "responses": error_responses(404, 409)},
-        ),
-        RouteSpec(
-            f"{prefix}/jobs/{{job_id}}/events",
-            job_events,
-            ["GET"],
-            {
-                **common,
-                "summary": "Job events (SSE)",
-                "response_class": StreamingResponse,
-                "responses": {
-                    **error_responses(404, 429),
-                    200: {
-                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
-                        "description": "event stream",
-                    },
-                },
-            },
-        ),
-        RouteSpec(
-            f"{prefix}/jobs/{{job_id}}/preview",
-            job_preview,
-            ["GET"],
-            {
-                **common,
-                "summary": "Latest section preview (PNG)",
-                "response_class": Response,
-                "responses": {
-                    **error_responses(404),
-                    200: {
-                        "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
-                        "description": "PNG image",
-                    },
-                },
-            },
-        ),
-        RouteSpec(
-            f"{prefix}/files/{{file_path:path}}",
-            download,
-            ["GET"],
-            {
-                **common,
-                "summary": "Download an output file",
-                "response_class": FileResponse,
-                "responses": {
-                    **error_responses(404),
-                    200: {
-                        "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
-                        "description": "the file, with the media type of its extension",
-                    },
-                },
-            },
-        ),
-        RouteSpec(
-            f"{prefix}/codecs",
-            codecs,
-            ["GET"],
-            {
-                **common,
-                "response_model": CodecList,
-                "summary": "Available video encoders",
-                "responses": error_responses(),
-            },
-        ),
-        RouteSpec(
-            f"{prefix}/plan",
-            plan,
-            ["POST"],
-            {
-                **common,
-                "response_model": PlanResponse,
-                "openapi_extra": body,
-                "summary": "Plan a request without running it",
-                "responses": error_responses(413),
-            },
-        ),
-    ]
+    def _file_url(self, relative: str) -> str:
+        return f"{self.prefix}/files/{quote(relative)}"
+
+    def _generate_response(self, job: Job) -> GenerateResponse:
+        filename = main_output(job)
+        total = job.timings.get("total")
+        took = f" in {total:.1f} s" if total is not None else ""
+        return GenerateResponse(
+            id=job.id,
+            filename=filename,
+            url=self._file_url(filename) if filename else None,
+            message=f"finished{took}: {job.summary or ''}".strip(),
+            state=job.state,
+            summary=job.summary,
+            plan=job.plan,
+            outputs=job.outputs,
+            urls=[self._file_url(rel) for rel in job.outputs if (self.output_dir / rel).is_file()],
+            timings=job.timings,
+            resumed_sections=job.resumed_sections,
+        )
+
+
+def _failure_response(job: Job) -> Response:
+    """A failed or cancelled job as the error shape with its status and id."""
+    error = job.error
+    kind = error.kind if error else ("cancelled" if job.state == JobState.CANCELLED else "internal")
+    message = f"job {job.id} {job.state.value}: {error.message if error else 'no reason recorded'}"
+    return error_response(STATUS.get(kind, 500), kind, message, error.field if error else None, job_id=job.id)
+
+
+def _event_stream() -> dict[str, Any]:
+    """The OpenAPI 200 response of the events route: text/event-stream whose items (OpenAPI 3.2's `itemSchema`)
+    carry one of the event models as data. The route's response model (`JobEvent`) puts the models in the
+    document's schemas; the route answers a stream, so nothing is validated against it."""
+    events = [{"$ref": f"#/components/schemas/{model.__name__}"} for model in EVENT_MODELS.values()]
+    item = {
+        "type": "object",
+        "required": ["event", "data"],
+        "properties": {"event": {"enum": list(EVENT_MODELS)}, "data": {"anyOf": events}},
+    }
+    stream = {"schema": {"type": "string"}, "itemSchema": item}
+    return {"description": EVENTS_DOC, "content": {"text/event-stream": stream}}
+
+
+def _binary(media_type: str, description: str) -> dict[str, Any]:
+    """The OpenAPI 200 response of a route that answers bytes of `media_type`."""
+    return {"content": {media_type: {"schema": {"type": "string", "format": "binary"}}}, "description": description}
+
+
+def _route(
+    method: str,
+    path: str,
+    endpoint: Callable[..., Any],
+    summary: str,
+    response_model: Any = None,
+    *,
+    errors: tuple[int, ...] = (),
+    body: bool = False,
+    ok: dict[str, Any] | None = None,
+    **options: Any,
+) -> RouteSpec:
+    """One route: `errors` are its error statuses beyond the common ones (`error_responses`), `body` declares
+    the request body (read by hand), `ok` its 200 response when that is not `response_model`."""
+    responses = error_responses(*errors)
+    if ok is not None:
+        responses[200] = ok
+    spec = {"tags": ["framepack"], "summary": summary, "responses": responses, **options}
+    if response_model is not None:
+        spec["response_model"] = response_model
+    if body:
+        spec["openapi_extra"] = _request_body_openapi()
+    return RouteSpec(path, endpoint, [method], spec)
+
+
+def route_table(
+    service: JobService,
+    output_dir: Path | str | None = None,
+    *,
+    prefix: str = PREFIX,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    max_streams: int = DEFAULT_MAX_STREAMS,
+) -> list[RouteSpec]:
+    """The routes of a new `FramePackRoutes` over `service` (see there)."""
+    routes = FramePackRoutes(service, output_dir, prefix=prefix, max_body_bytes=max_body_bytes, max_streams=max_streams)
+    return routes.table()
 
 
 def create_router(
-    manager: Any, output_dir: Path | str, *, dependencies: list[Any] | None = None, **options: Any
+    service: JobService,
+    output_dir: Path | str | None = None,
+    *,
+    dependencies: list[Any] | None = None,
+    **options: Any,
 ) -> APIRouter:
-    """An APIRouter with every route of `route_table` (options: prefix, max_body_bytes)."""
+    """An APIRouter with every route of `route_table` (options: prefix, max_body_bytes, max_streams)."""
     router = APIRouter(dependencies=dependencies or [])
-    for spec in route_table(manager, output_dir, **options):
+    for spec in route_table(service, output_dir, **options):
         router.add_api_route(spec.path, spec.endpoint, methods=spec.methods, **spec.options)
     return router

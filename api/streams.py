@@ -1,10 +1,10 @@
 """Server-sent event streams of jobs that cost no thread, with a cap on how many are open at once.
 
-Each stream is an `AsyncSubscription` of the job manager read on the event loop: a quiet stream is an idle
-coroutine, not a worker thread blocked on a queue (a threadpool of 40 threads used to freeze the whole API at
-about 40 open streams). A stream sends an SSE comment (`: ping`) after `heartbeat` quiet seconds, so proxies keep
-it open. When the client goes away the response notices at once (it listens for `http.disconnect`) and the
-subscription is closed, so the manager stops queueing events for it.
+Each stream is an asynchronous subscription of the job service (events as `framepack.jobs.events` models) read
+on the event loop: a quiet stream is an idle coroutine, not a worker thread blocked on a queue (a threadpool of 40
+threads used to freeze the whole API at about 40 open streams). A stream sends an SSE comment (`: ping`) after
+`heartbeat` quiet seconds, so proxies keep it open. When the client goes away the response notices at once (it
+listens for `http.disconnect`) and the subscription is closed, so the service stops queueing events for it.
 
 `StreamSlots` caps the open streams of one server: past the cap a new stream gets 429 with Retry-After. The
 default, 128, leaves room for a hundred clients following jobs (the benchmark's load, `docs/performance.md`)
@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 import anyio
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
+
+from framepack.jobs.events import EndEvent, Heartbeat, JobEvent, StateEvent
 
 from .errors import RETRY_AFTER_SECONDS, ApiError
 
@@ -57,41 +57,30 @@ class StreamSlots:
         self.open -= 1
 
 
-def _finite(value: Any) -> Any:
-    """JSON has no NaN/Infinity (browsers' JSON.parse rejects them): such floats become null."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(item) for item in value]
-    return value
-
-
-def sse_lines(name: str, data: Any) -> str:
-    return f"event: {name}\ndata: {json.dumps(_finite(data), default=str)}\n\n"
+def sse_message(name: str, data_json: str) -> str:
+    return f"event: {name}\ndata: {data_json}\n\n"
 
 
 async def sse_events(
-    events: AsyncIterator[dict], job_id: str, redact: Callable[[dict], dict]
+    events: AsyncIterator[JobEvent | Heartbeat], job_id: str, redact: Callable[[dict], dict]
 ) -> AsyncIterator[str]:
-    """The SSE text of a job's events: `event: NAME` / `data: JSON` pairs, `: ping` comments for heartbeats, ending
-    after `end`. `redact` cleans the request echoed in state and end events (embedded images)."""
+    """The SSE text of a job's events: `event: NAME` / `data: <the event model as JSON>` pairs (JSON has no NaN or
+    Infinity: such numbers are null), `: ping` comments for heartbeats, ending after the end event. `redact`
+    cleans the request echoed in state and end events (embedded images)."""
     try:
         async for event in events:
-            name = str(event.get("event", "message"))
-            if name == "ping":
+            if isinstance(event, Heartbeat):
                 yield ": ping\n\n"  # an SSE comment: keeps proxies from closing a quiet stream
                 continue
-            data = event.get("data", {})
-            if name in ("state", "end") and isinstance(data, dict) and isinstance(data.get("request"), dict):
-                data = {**data, "request": redact(data["request"])}
-            yield sse_lines(name, data)
-            if name == "end":
+            if isinstance(event, (StateEvent, EndEvent)):
+                event = event.model_copy(update={"request": redact(event.request)})
+            yield sse_message(event.event, event.model_dump_json())
+            if isinstance(event, EndEvent):
                 return
     except Exception as error:
         logger.exception("event stream of job %s failed", job_id)
-        yield sse_lines("error", {"kind": "internal", "message": f"event stream failed ({type(error).__name__})"})
+        failure = {"kind": "internal", "message": f"event stream failed ({type(error).__name__})"}
+        yield sse_message("error", json.dumps(failure))
 
 
 class EventStreamResponse(StreamingResponse):

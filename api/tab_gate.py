@@ -1,4 +1,4 @@
-"""The guard in front of the Gradio tab that the standalone server mounts at "/" (`api.server.mount_tab`).
+"""The guard in front of the Gradio tab that the standalone server mounts at "/" (`framepack.serve.mount_tab`).
 
 Every request routed to the mounted Gradio app passes through `TabGate` first:
 

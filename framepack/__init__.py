@@ -1,11 +1,10 @@
-"""FramePack video generation: the engine (request, plan, models, sampling, generate, video, jobs, record) and
-three of its faces, the CLI (`framepack.cli`), the Gradio tab (`framepack.ui`) and the host adapter
-(`framepack.host`).
+"""FramePack video generation: the engine (request, plan, models, sampling, generate, video, runner) and the job
+service over it (`framepack.jobs`).
 
-The engine modules import neither Gradio, FastAPI nor SD.Next's `modules.*`. Those are imported by the faces:
-`framepack.ui` (Gradio), `framepack.host` (SD.Next's modules and Gradio, inside its SD.Next adapter's methods),
-`framepack.degraded` (Gradio or Starlette, inside its functions), the CLI's `serve` command (`api/`, FastAPI,
-when it runs), and `api/` and `scripts/` outside this package.
+Neither imports Gradio, FastAPI or SD.Next (tests/test_imports.py checks it). Those are imported by the faces,
+`framepack.ui` (Gradio), `api/` (FastAPI) and `scripts/` (SD.Next), and by the modules that wire the faces to
+the engine: `framepack.host` (SD.Next's `modules`, and Gradio for its settings page), `framepack.degraded` (the
+extension's stand-in tab and routes) and `framepack.serve` (the standalone server).
 """
 
 __version__ = "0.1.0"

@@ -218,14 +218,27 @@ def command_recipe(args: argparse.Namespace) -> int:
 
 
 def command_serve(args: argparse.Namespace) -> int:
-    from api.server import serve
+    from framepack.serve import ServeSettings, serve
 
     quiet_library_progress()
     if not args.verbose:  # a server should say what it runs; the libraries stay at WARNING
         for name in ("framepack", "api"):
             logging.getLogger(name).setLevel(logging.INFO)
+    settings = ServeSettings(
+        host=args.host,
+        port=args.port,
+        data_dir=Path(args.data_dir) if args.data_dir else None,
+        output_dir=Path(args.output_dir) if args.output_dir else None,
+        auth=args.auth,
+        token=args.token,
+        device=args.device,
+        model=args.model,
+        max_queued=args.max_queued,
+        max_streams=args.max_streams,
+        verbose=args.verbose,
+    )
     try:
-        return serve(args)
+        return serve(settings)
     except ValueError as error:  # bad --auth / --token
         return _error(str(error))
 

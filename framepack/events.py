@@ -1,8 +1,7 @@
-"""Typed events a running generation emits through its `on_event` callback, and the cancel token faces set.
+"""Typed events a running generation emits, and the cancel command sent back to it.
 
-The CLI renders the events as they come (`framepack.progress`). The job queue (`framepack.jobs`) turns them into
-job progress, which the tab and the REST API's event stream subscribe to, and keeps the latest section previews
-for the faces that ask for one (`preview`).
+The CLI renders them as they come (`framepack.progress`); the job service turns them into the job events the
+tab, the API and SD.Next subscribe to (`framepack.jobs.events`).
 """
 
 from __future__ import annotations
@@ -70,13 +69,7 @@ class FramesWritten:
     total: int
 
 
-@dataclass
-class FileWritten:
-    path: str
-    kind: str  # "video", ...
-
-
-Event = Union[StageStarted, StepProgress, SectionFinished, FramesWritten, FileWritten]
+Event = Union[StageStarted, StepProgress, SectionFinished, FramesWritten]
 EventCallback = Callable[[Event], Any]
 
 

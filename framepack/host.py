@@ -1,13 +1,15 @@
 """The host adapter: what FramePack takes from the program it runs in, behind one small interface.
 
 Two hosts exist: `SDNextHost` (the SD.Next extension, `scripts/framepack_extension.py`) and `StandaloneHost`
-(what `detect_host()` returns outside SD.Next; the `python -m framepack` server and CLI build their `JobManager`
-without a host). This is the ONLY module of the project that touches SD.Next's `modules.*`, and only inside
-`SDNextHost` methods: importing it imports nothing of SD.Next, so it is safe everywhere.
+(`python -m framepack serve`, and what `detect_host()` returns outside SD.Next); `framepack.compose` builds the job
+service over either. Apart from SD.Next's entry itself (`scripts/`, which registers its callbacks with
+`modules.script_callbacks` and finds the host's log and API in `modules.shared`), this is the only module of the
+project that touches SD.Next's `modules.*`, and only inside `SDNextHost` methods: importing it imports nothing of
+SD.Next, so it is safe everywhere.
 
 What a host provides:
 
-- `name`, `logger`
+- `name`, `logger`, `shows_tasks` (whether jobs appear as the host's tasks, through `job_hooks`)
 - `output_dir()`: where videos go (SD.Next: `shared.opts.outdir_video`, else `outputs/video`)
 - `data_dir()`: FramePack's own data (self-test model, RIFE weights, job database)
 - `gpu_lock()`: a reusable context manager held while a job uses the GPU (SD.Next: `modules.call_queue.queue_lock`,
@@ -23,7 +25,7 @@ What a host provides:
 - `balanced_offload()`: the host's own balanced offload as a function of the model's modules, or None to use
   FramePack's (SD.Next: `apply_balanced_offload` when its offload mode setting is "balanced")
 - `job_hooks(on_interrupt)`: all of the task state around the jobs, as the `JobHooks` that
-  `JobManager(hooks=...)` takes.
+  `JobManager(host_hooks=...)` takes.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ class Host(ABC):
     """The services FramePack takes from its host (see the module docstring)."""
 
     name: str = "host"
+    shows_tasks: bool = False  # jobs are the host's tasks: its progress, history and Interrupt (see job_hooks)
 
     @property
     @abstractmethod
@@ -289,6 +292,7 @@ class SDNextHost(Host):
     `/sdapi/v1/progress` and the progress bar show)."""
 
     name = "sdnext"
+    shows_tasks = True
 
     def __init__(self, data_dir: Path | str | None = None):
         self._data_dir = Path(data_dir) if data_dir else None

@@ -215,8 +215,13 @@ class Runner:
         finished_sections: dict | None = None,
         on_section_latents=None,
         calibrate_magcache: bool = False,
+        recipe: Recipe | None = None,
+        checked: bool = False,
     ) -> GenerationResult:
         """Validate everything, load the model, generate; outputs plus a sidecar JSON appear only on success.
+
+        `checked=True`: `preflight` passed for this request and `plan` already (a queued job is checked when it is
+        submitted, see `framepack.jobs.prepare`), so it is not repeated; `recipe` is the model resolved then.
 
         All outputs are written complete under temporary names, then renamed into place together (`OutputCommit`):
         they appear together or none remains. An output name that exists already is refused before any work
@@ -228,12 +233,13 @@ class Runner:
         magcache jobs use them) and returns them as `result.mag_ratios`.
         """
         plan = plan or plan_request(request)
-        self.preflight(request, plan)
+        if not checked:
+            self.preflight(request, plan)
         path = output_path(request, plan, self.output_dir)
         taken = existing_names(path.parent, [planned.name for planned in planned_outputs(request, path)])
         if taken:
             raise OutputExists(path.parent, taken)
-        recipe = resolve_recipe(request.model, request.variant, self.home)
+        recipe = recipe or resolve_recipe(request.model, request.variant, self.home)
         record = GenerationRecord.of(request, plan)
         commit = OutputCommit()
         try:

@@ -12,13 +12,13 @@ then stay in `sys.modules` under their bare names. So:
   (`framepack.degraded`), and SD.Next's log says it too.
 
 Everything the host offers comes through `framepack.host.SDNextHost`; the tab and the routes share one job
-manager, built on first use (never at import time, which neither downloads nor loads anything).
+service (`framepack.compose.build_job_service`), built on first use (never at import time, which neither
+downloads nor loads anything).
 """
 
 from __future__ import annotations
 
 import atexit
-import contextlib
 import importlib
 import importlib.util
 import logging
@@ -26,9 +26,12 @@ import sys
 import threading
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modules import script_callbacks  # the host's callback registry
+
+if TYPE_CHECKING:
+    from framepack.jobs.service import JobService
 
 EXTENSION_ROOT = Path(__file__).resolve().parent.parent
 API_PACKAGE = "framepack_extension_api"  # the project's `api/` folder, under a name no one else uses
@@ -109,12 +112,12 @@ def startup_problems() -> list[str]:
 
 
 class _Extension:
-    """Holds the one JobManager of this process, built lazily over the SD.Next host adapter."""
+    """Holds the one job service of this process, built lazily over the SD.Next host adapter."""
 
     def __init__(self, problems: list[str]) -> None:
         self._lock = threading.Lock()
         self._host: Any = None
-        self._manager: Any = None
+        self._service: JobService | None = None
         self.problems = list(problems)
 
     @property
@@ -131,53 +134,21 @@ class _Extension:
         host_log().error(f"FramePack: {what} failed; the tab and routes say why", exc_info=error)
         self.problems.append(f"{what} failed: {type(error).__name__}: {error}")
 
-    def manager(self) -> Any:
+    def service(self) -> JobService:
+        """The job service the tab and the routes share (built and started on first use)."""
         host = self.host
         with self._lock:
-            if self._manager is None:
+            if self._service is None:
+                from framepack.compose import build_job_service
                 from framepack.defaults import SELF_TEST_NOTICE, uses_self_test
-                from framepack.jobs.manager import JobManager
-                from framepack.jobs.models import JobConflict, JobNotFound
-                from framepack.runner import Runner
 
-                output_dir = host.output_dir()
-                data_dir = host.data_dir()
-                output_dir.mkdir(parents=True, exist_ok=True)
-                data_dir.mkdir(parents=True, exist_ok=True)
-                runner = Runner(
-                    device=host.device(),
-                    output_dir=output_dir,
-                    home=data_dir,
-                    lora_dir=[data_dir / "loras", *host.lora_dirs()],
-                    host_offload=host.balanced_offload(),
-                    hub=host.hub_cache(),
-                )
-
-                def cancel(job_id: str) -> None:  # the host's Interrupt/Skip; the job may have ended meanwhile
-                    with contextlib.suppress(JobConflict, JobNotFound):
-                        manager.cancel(job_id)
-
-                manager = JobManager(
-                    data_dir / "jobs",
-                    runner,
-                    gpu_lock=host.gpu_lock(),
-                    hooks=host.job_hooks(on_interrupt=cancel),
-                    defaults=host.request_defaults,
-                )
-                manager.start()
-                atexit.register(manager.close, STOP_TIMEOUT_SECONDS)  # stop, checkpoint and close jobs.db
-                where = ", ".join(str(folder) for folder in runner.lora_dir)
-                host.logger.info(
-                    f"FramePack: jobs in {data_dir / 'jobs'}, videos in {output_dir}, models in "
-                    f"{runner.hub.cache_dir()}{' (offline)' if runner.hub.offline else ''}, LoRAs in {where}"
-                )
+                service = build_job_service(host, host.data_dir() / "jobs")
+                service.start()
+                atexit.register(service.close, STOP_TIMEOUT_SECONDS)  # stop, checkpoint and close jobs.db
                 if uses_self_test(host.request_defaults()):
                     host.logger.warning(f"FramePack: {SELF_TEST_NOTICE}")
-                self._manager = manager
-            return self._manager
-
-    def output_dir(self) -> Path:
-        return Path(self.manager().runner.output_dir)
+                self._service = service
+            return self._service
 
 
 extension = _Extension(startup_problems())
@@ -190,9 +161,9 @@ def on_ui_tabs() -> list[tuple[Any, str, str]]:
         try:
             from framepack.ui.tab import create_tab
 
-            manager = extension.manager()
+            service = extension.service()
             presets = extension.host.data_dir() / "presets.json"
-            blocks = create_tab(manager, extension.output_dir(), presets, host_name=extension.host.name)
+            blocks = create_tab(service, service.output_dir, presets)
             return [(blocks, TAB_TITLE, TAB_ELEM_ID)]
         except Exception as error:  # noqa: BLE001 - a tab that says why, never no tab
             extension.fail("building the FramePack tab", error)
@@ -208,7 +179,7 @@ def on_app_started(demo: Any, app: Any) -> None:
     if not extension.problems:
         try:
             routes = importlib.import_module(f"{API_PACKAGE}.routes")
-            for spec in routes.route_table(extension.manager(), extension.output_dir()):
+            for spec in routes.route_table(extension.service()):
                 add(spec.path, spec.endpoint, methods=spec.methods, **spec.options)
             extension.host.logger.info(f"FramePack: REST routes registered on {how}")
             return

@@ -26,7 +26,9 @@ from api.intake import api_request
 from api.routes import PREFIX, resolve_output_file
 from api.server import create_app
 from framepack.errors import FieldError, UserError
+from framepack.jobs.events import EVENT_MODELS, EndEvent, ProgressEvent, parse_event
 from framepack.jobs.manager import JobManager
+from framepack.jobs.models import JobState
 from framepack.runner import Runner
 
 FAST = {"model": "tiny", "resolution": 128, "latent_window_size": 3, "steps": 2, "duration": 0.4, "prompt": "a kite"}
@@ -494,6 +496,44 @@ def test_codecs_and_openapi(idle):
     assert schema["paths"][f"{PREFIX}/jobs"]["post"]["responses"]["422"]["content"]["application/json"]["schema"][
         "$ref"
     ].endswith("ErrorResponse")
+
+
+def sse_pairs(response) -> list[tuple[str, dict]]:
+    """(event, decoded data) of a text/event-stream response, read until it ends."""
+    pairs, name = [], None
+    for line in response.iter_lines():
+        if line.startswith("event: "):
+            name = line[len("event: ") :]
+        elif line.startswith("data: ") and name is not None:
+            pairs.append((name, json.loads(line[len("data: ") :])))
+            name = None
+    return pairs
+
+
+def test_the_event_models_are_in_openapi_and_every_streamed_event_parses_into_its_model(server):
+    schema = server.client.get("/openapi.json").json()
+    stream = schema["paths"][f"{PREFIX}/jobs/{{job_id}}/events"]["get"]["responses"]["200"]["content"]
+    item = stream["text/event-stream"]["itemSchema"]
+    models = [ref["$ref"].removeprefix("#/components/schemas/") for ref in item["properties"]["data"]["anyOf"]]
+    assert models == ["StateEvent", "StageEvent", "ProgressEvent", "SectionEvent", "FramesEvent", "EndEvent"]
+    assert item["properties"]["event"]["enum"] == ["state", "stage", "progress", "section", "frames", "end"]
+    components = schema["components"]["schemas"]
+    assert {"done_steps", "total_steps", "step", "steps", "section", "order", "eta"} <= set(
+        components["ProgressEvent"]["required"]
+    )
+    assert "pixels" not in components["SectionEvent"]["properties"]  # the preview travels by its own route
+    assert {"id", "state", "progress"} <= set(components["EndEvent"]["properties"])
+
+    job = server.client.post(f"{PREFIX}/jobs", json=FAST).json()
+    with server.client.stream("GET", f"{PREFIX}/jobs/{job['id']}/events") as response:
+        pairs = sse_pairs(response)
+    events = [parse_event(name, data) for name, data in pairs]
+    assert len(events) == len(pairs) > 6 and None not in events  # every data fits the model of its name
+    assert [event.event for event in events] == [name for name, _ in pairs]
+    assert {type(event) for event in events} == set(EVENT_MODELS.values())
+    assert isinstance(events[-1], EndEvent) and events[-1].state == JobState.FINISHED
+    progress = [event for event in events if isinstance(event, ProgressEvent)]
+    assert progress[-1].done_steps == progress[-1].total_steps == events[-1].progress.total_steps
 
 
 def test_plan_route_matches_the_generated_frame_count(server):

@@ -146,9 +146,9 @@ def test_async_subscription_delivers_a_running_jobs_events_and_sync_subscribers_
     manager = make_manager(start=False)
     job = manager.submit(GenerateRequest(**{**TINY, "steps": 3}))
     synchronous = manager.subscribe(job.id)
-    assert next(synchronous)["event"] == "state"
+    assert next(synchronous).event == "state"
 
-    async def read() -> list[dict]:
+    async def read() -> list:
         subscription = await asyncio.to_thread(manager.subscribe_async, job.id, asyncio.get_running_loop(), 30.0)
         await asyncio.to_thread(manager.start)
         events = [event async for event in subscription]
@@ -156,32 +156,32 @@ def test_async_subscription_delivers_a_running_jobs_events_and_sync_subscribers_
         return events
 
     events = asyncio.run(asyncio.wait_for(read(), 120))
-    kinds = [event["event"] for event in events]
+    kinds = [event.event for event in events]
     assert kinds[0] == "state" and kinds[-1] == "end" and "ping" not in kinds
     assert {"stage", "progress", "section"} <= set(kinds)
-    last = [event["data"] for event in events if event["event"] == "progress"][-1]
-    assert last["done_steps"] == last["total_steps"] == job.progress.total_steps == 6  # start frame + 1 section
-    assert events[-1]["data"]["state"] == "finished"
-    assert [event["event"] for event in synchronous][-1] == "end"
+    last = [event for event in events if event.event == "progress"][-1]
+    assert last.done_steps == last.total_steps == job.progress.total_steps == 6  # start frame + 1 section
+    assert events[-1].state == "finished"
+    assert [event.event for event in synchronous][-1] == "end"
     assert manager.subscriber_count() == 0
 
     ended = asyncio.run(_collect(manager, job.id))  # an ended job: state and end at once, nothing registered
-    assert [event["event"] for event in ended] == ["state", "end"]
+    assert [event.event for event in ended] == ["state", "end"]
     assert manager.subscriber_count() == 0
 
 
-async def _collect(manager, job_id: str) -> list[dict]:
+async def _collect(manager, job_id: str) -> list:
     return [event async for event in manager.subscribe_async(job_id, asyncio.get_running_loop())]
 
 
 def test_closing_an_async_subscription_unsubscribes_and_a_stop_ends_the_others(manager, tmp_path: Path):
     job = manager.submit(GenerateRequest(**TINY))
 
-    async def scenario() -> list[dict]:
+    async def scenario() -> list:
         loop = asyncio.get_running_loop()
         first, second = manager.subscribe_async(job.id, loop), manager.subscribe_async(job.id, loop)
         assert manager.subscriber_count(job.id) == 2
-        assert (await first.__anext__())["event"] == "state"
+        assert (await first.__anext__()).event == "state"
         first.close()
         first.close()  # idempotent
         assert manager.subscriber_count(job.id) == 1
@@ -191,5 +191,5 @@ def test_closing_an_async_subscription_unsubscribes_and_a_stop_ends_the_others(m
         return [event async for event in second]
 
     events = asyncio.run(asyncio.wait_for(scenario(), 30))
-    assert [event["event"] for event in events] == ["state"]
+    assert [event.event for event in events] == ["state"]
     assert manager.subscriber_count() == 0

@@ -175,7 +175,7 @@ def test_follow_reads_the_event_stream_and_falls_back_to_polling(tmp_path, monke
     with cv.FramePackClient("http://test", transport=transport) as client:
         final = cv.follow(client, job("queued", 0), bar)
     assert final["state"] == "finished" and calls == [f"GET {PREFIX}/jobs/j1/events", f"GET {PREFIX}/jobs/j1"]
-    assert bar.progress["stage"] == "sample" and bar.bar.n == 4 and bar.bar.total == 4
+    assert bar.progress.stage == "sample" and bar.bar.n == 4 and bar.bar.total == 4
 
     transport, calls = mock_server(None, [job("running", 1), job("running", 3), job("failed", 3)], {})
     with cv.FramePackClient("http://test", transport=transport) as client:

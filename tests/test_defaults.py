@@ -50,7 +50,7 @@ def test_default_model_names_and_a_bad_one_named_by_its_source(tmp_path):
 
 
 def test_the_manager_applies_its_defaults_at_submit(make_manager):
-    manager = make_manager(defaults=lambda: {"model": "tiny", "cache": "none"})
+    manager = make_manager(request_defaults=lambda: {"model": "tiny", "cache": "none"})
     job = manager.submit(GenerateRequest(**FAST))
     assert (job.request["model"], job.request["cache"]) == ("tiny", "none")
     assert "SELF-TEST model" in job.summary

@@ -14,7 +14,7 @@ import huggingface_hub
 import numpy as np
 import pytest
 import torch
-from helpers import TransformerCalls, decode_video, read_raw_frames
+from helpers import TransformerCalls, decode_video, pattern_image, read_raw_frames
 
 from framepack.errors import FieldError
 from framepack.events import SectionFinished, StepProgress
@@ -78,6 +78,20 @@ def test_store_round_trips_jobs_in_insertion_order(tmp_path):
     reopened.close()
 
 
+def test_a_database_from_before_image_digests_gets_the_column_and_its_jobs_run(make_manager, tmp_path):
+    import sqlite3
+
+    before = make_manager(start=False)
+    job = before.submit(request(init_image=str(pattern_image(tmp_path / "start.png", 96, 64))))
+    before.close()
+    with sqlite3.connect(tmp_path / "data" / "jobs.db") as db:  # the table as the first release made it
+        db.execute("ALTER TABLE jobs DROP COLUMN image_digests_json")
+    store = JobStore(tmp_path / "data" / "jobs.db")
+    assert store.image_digests(job.id) is None and store.get(job.id).state == JobState.QUEUED
+    store.close()
+    assert make_manager().wait(job.id, WAIT_S).state == JobState.FINISHED
+
+
 # ---------------------------------------------------------------------------------------------- running
 
 
@@ -117,7 +131,7 @@ def test_jobs_run_in_fifo_order_and_write_playable_videos(make_manager, tmp_path
             make_manager()
 
 
-def test_submit_validates_before_queueing(make_manager, tmp_path, monkeypatch):
+def test_submit_validates_before_queueing(make_manager, runner, tmp_path, monkeypatch):
     manager = make_manager(start=False)
     with pytest.raises(FieldError) as missing:
         manager.submit(request(init_image=str(tmp_path / "missing.png")))
@@ -136,7 +150,71 @@ def test_submit_validates_before_queueing(make_manager, tmp_path, monkeypatch):
     assert "not available" in str(unavailable.value) and str(tmp_path / "empty-hf-cache") in str(unavailable.value)
 
     assert manager.list_jobs() == [] and JobStore(tmp_path / "data" / "jobs.db").list() == []
-    assert manager.runner._components is None  # nothing was loaded to find this out
+    assert runner._components is None  # nothing was loaded to find this out
+
+
+class CallCounts:
+    """Counts, per job, the plans made (`make_plan` runs), the runner's preflights, the encoder probes and the
+    image decodes (`PIL.Image.open`)."""
+
+    def __init__(self, runner, monkeypatch):
+        import PIL.Image
+
+        import framepack.plan
+
+        self.counts = {"plans": 0, "preflights": 0, "probes": 0, "decodes": 0}
+        for owner, name, key in [
+            (framepack.plan, "section_count", "plans"),  # called once by every make_plan
+            (runner, "preflight", "preflights"),
+            (runner.encoder_prober, "probe", "probes"),
+            (PIL.Image, "open", "decodes"),
+        ]:
+            monkeypatch.setattr(owner, name, self._counting(getattr(owner, name), key))
+
+    def _counting(self, function, key):
+        def counted(*args, **kwargs):
+            self.counts[key] += 1
+            return function(*args, **kwargs)
+
+        return counted
+
+
+def test_a_job_is_planned_and_checked_once_and_its_image_decoded_twice(make_manager, runner, tmp_path, monkeypatch):
+    """Validation once: submit plans (decoding the image for its size), preflights (probing the encoder) and
+    checks the model; the worker runs that prepared job as it is, and only the engine decodes the image again
+    (to condition on it). Before this, a job was planned twice, preflighted and probed twice and its images
+    decoded three times."""
+    image = pattern_image(tmp_path / "start.png", 96, 64)
+    manager = make_manager(start=False)
+    calls = CallCounts(runner, monkeypatch)
+    job = manager.submit(request(init_image=str(image)))
+    assert calls.counts == {"plans": 1, "preflights": 1, "probes": 1, "decodes": 1}
+    manager.start()
+    assert manager.wait(job.id, WAIT_S).state == JobState.FINISHED
+    assert calls.counts == {"plans": 1, "preflights": 1, "probes": 1, "decodes": 2}
+
+
+def test_a_job_whose_image_file_changed_is_refused_before_it_runs(make_manager, runner, tmp_path, monkeypatch):
+    """The digests of the image files a job names are taken at submit and stored; a job whose image changed
+    meanwhile fails (nothing is run), whether this manager submitted it or a restarted one reads it back."""
+    image = pattern_image(tmp_path / "start.png", 96, 64)
+    first = make_manager(start=False)
+    earlier = [first.submit(request(init_image=str(image))) for _ in range(2)]
+    first.close()
+    after_restart = make_manager(start=False)
+    submitted_here = after_restart.submit(request(init_image=str(image)))
+    pattern_image(image, 96, 64, seed=1)  # the same size, other pixels: the same plan, another video
+    runs = []
+    original = runner.run
+    monkeypatch.setattr(runner, "run", lambda *args, **kwargs: runs.append(args) or original(*args, **kwargs))
+    after_restart.start()
+    for job in [*earlier, submitted_here]:
+        ended = after_restart.wait(job.id, WAIT_S)
+        assert (ended.state, ended.error.kind) == (JobState.FAILED, "invalid")
+        assert ended.error.message == "the job's images changed since it was queued (init_image); submit it again"
+    assert runs == []
+    fresh = after_restart.wait(after_restart.submit(request(init_image=str(image))).id, WAIT_S)
+    assert fresh.state == JobState.FINISHED and len(runs) == 1
 
 
 def test_queue_full_refuses_until_room_is_made(make_manager):
@@ -170,7 +248,7 @@ def test_shutdown_leaves_the_running_job_to_resume(make_manager, runner, tmp_pat
     reached = threading.Event()
     original = runner.run
 
-    def run_until_stopped(request, *, on_event, cancel, plan, finished_sections, on_section_latents):
+    def run_until_stopped(request, *, on_event, cancel, plan, finished_sections, on_section_latents, **prepared):
         def save(key, latents):
             on_section_latents(key, latents)
             if key != START:
@@ -184,6 +262,7 @@ def test_shutdown_leaves_the_running_job_to_resume(make_manager, runner, tmp_pat
             plan=plan,
             finished_sections=finished_sections,
             on_section_latents=save,
+            **prepared,
         )
 
     monkeypatch.setattr(runner, "run", run_until_stopped)
@@ -342,7 +421,7 @@ def test_a_failing_job_does_not_stop_the_worker(make_manager, runner, monkeypatc
 
 
 def test_subscribers_get_state_progress_and_end_without_blocking_the_job(make_manager, runner, monkeypatch):
-    manager = make_manager(start=False, subscriber_queue_size=4)
+    manager = make_manager(start=False, event_queue_size=4)
     job = manager.submit(request())
     previews = []
     original = runner.run
@@ -358,9 +437,9 @@ def test_subscribers_get_state_progress_and_end_without_blocking_the_job(make_ma
     monkeypatch.setattr(runner, "run", run_watching_previews)
     stream = manager.subscribe(job.id)
     never_read = manager.subscribe(job.id)
-    assert next(never_read)["event"] == "state"  # subscribed, then never read while the job runs
+    assert next(never_read).event == "state"  # subscribed, then never read while the job runs
     first = next(stream)
-    assert first["event"] == "state" and first["data"]["state"] == "queued" and first["data"]["queue_position"] == 0
+    assert first.event == "state" and first.state == "queued" and first.queue_position == 0
 
     manager.start()
     received = [first]
@@ -370,15 +449,15 @@ def test_subscribers_get_state_progress_and_end_without_blocking_the_job(make_ma
     reader.join(WAIT_S)
     assert not reader.is_alive()
 
-    kinds = [item["event"] for item in received]
-    assert kinds[-1] == "end" and received[-1]["data"]["state"] == "finished"
+    kinds = [item.event for item in received]
+    assert kinds[-1] == "end" and received[-1].state == "finished"
     assert {"state", "stage", "progress", "section", "frames", "end"} <= set(kinds)
-    json.dumps(received)  # everything is JSON-able: no numpy
-    steps = [item["data"]["done_steps"] for item in received if item["event"] == "progress"]
+    json.dumps([item.model_dump(mode="json") for item in received])  # everything is JSON-able: no numpy
+    steps = [item.done_steps for item in received if item.event == "progress"]
     assert steps == sorted(steps) and steps[-1] == 4
-    assert [item["data"]["section"] for item in received if item["event"] == "section"] == [-1, 0]
+    assert [item.section for item in received if item.event == "section"] == [-1, 0]
     assert len(previews) == 2 and all(p.shape == (128, 128, 3) and p.dtype == np.uint8 for p in previews)
 
     late = list(never_read)  # the slow reader's bounded queue dropped progress events but kept the end
-    assert late[-1]["event"] == "end" and len(late) <= 4 + 1
-    assert [item["event"] for item in manager.subscribe(job.id)] == ["state", "end"]  # an ended job
+    assert late[-1].event == "end" and len(late) <= 4 + 1
+    assert [item.event for item in manager.subscribe(job.id)] == ["state", "end"]  # an ended job

@@ -114,7 +114,7 @@ def test_a_name_is_taken_while_a_queued_job_will_write_it_and_free_once_that_job
     # default names (the job id) never clash; another folder is another name
     unnamed = [manager.submit(request()) for _ in range(2)]
     assert unnamed[0].request["filename"] != unnamed[1].request["filename"]
-    elsewhere = manager.submit(request(filename="race", output_dir=str(manager.runner.output_dir / "sub")))
+    elsewhere = manager.submit(request(filename="race", output_dir=str(manager.output_dir / "sub")))
     manager.cancel(first.id)
     assert manager.submit(request(filename="race")).request["filename"] == "race"
     assert elsewhere.state == JobState.QUEUED
@@ -123,7 +123,7 @@ def test_a_name_is_taken_while_a_queued_job_will_write_it_and_free_once_that_job
 @pytest.mark.parametrize("existing", ["race.mp4", "race.webm", "race.safetensors", "race.json", "race"])
 def test_a_name_is_taken_by_an_existing_output_of_any_kind(make_manager, existing):
     manager = make_manager(start=False)
-    folder = manager.runner.output_dir
+    folder = manager.output_dir
     folder.mkdir(parents=True)
     if existing == "race":
         (folder / existing).mkdir()  # a frames folder
@@ -407,9 +407,9 @@ def test_lora_weights_are_finite_and_bounded_in_the_plan():
 
 
 @pytest.mark.parametrize(("prompt", "field", "message"), LORA_REFUSALS, ids=[case[2][:28] for case in LORA_REFUSALS])
-def test_lora_tags_are_checked_at_submit_before_queueing(make_manager, tmp_path, prompt, field, message):
+def test_lora_tags_are_checked_at_submit_before_queueing(make_manager, runner, tmp_path, prompt, field, message):
     manager = make_manager(start=False)
-    manager.runner.lora_dir = lora_folder(tmp_path / "loras", tmp_path / "outside.safetensors")
+    runner.lora_dir = lora_folder(tmp_path / "loras", tmp_path / "outside.safetensors")
     with pytest.raises(FieldError) as refused:
         manager.submit(request(prompt=prompt))
     assert refused.value.field == field and message in str(refused.value)

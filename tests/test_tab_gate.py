@@ -21,9 +21,10 @@ from starlette.routing import Mount
 
 from api.auth import Credentials
 from api.routes import PREFIX
-from api.server import create_app, mount_tab
+from api.server import create_app
 from api.tab_gate import LOGIN_PATHS, PUBLIC_PATHS, PUBLIC_PREFIXES, LoginLimiter, TabGate, hidden_file
 from framepack.jobs.manager import JobManager
+from framepack.serve import mount_tab
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 USER, PASSWORD = "ada", "s3cret-pass"

@@ -243,9 +243,8 @@ def test_recipe_view_and_edit_selects_a_recipe_file(tab):
     assert request_from_values({"model": str(path)}).model == str(path)
 
 
-def test_load_and_unload_the_model(tab):
+def test_load_and_unload_the_model(tab, runner):
     _, handlers = tab
-    runner = handlers.manager.runner
     status = handlers.load(*handlers.ordered({**default_values(), "model": "tiny"}))
     assert "Loaded the SELF-TEST model" in status and runner._components is not None and runner._components.self_test
     assert "unloaded" in handlers.unload() and runner._components is None

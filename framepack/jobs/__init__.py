@@ -1,1 +1,11 @@
-"""The job queue: one GPU worker, FIFO, persisted in SQLite, resumable after a crash."""
+"""The job service: a FIFO queue with one worker, persisted in SQLite, resumable after a crash.
+
+- `service`: `JobService`, the protocol every face uses; `manager`: `JobManager`, its implementation (the queue
+  and the worker)
+- `prepare`: a request checked once at submit, as the `PreparedJob` the worker runs
+- `executor`: where a job runs (`LocalExecutor`: in this process)
+- `events`: the job events, one pydantic model per kind; `bus`: their subscribers
+- `errors`: exception -> error kind -> HTTP status, for jobs and the API; `names`: output names reserved at submit
+- `store`: the SQLite job database; `checkpoints`: section latents for resume; `backup`: the database backup
+- `models`: `Job` and its parts; `hooks`: what a host sees of the jobs
+"""

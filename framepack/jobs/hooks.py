@@ -1,4 +1,4 @@
-"""What a host program sees of the job queue: `JobHooks`, which `JobManager(hooks=...)` calls.
+"""What a host program sees of the job queue: `JobHooks`, which `JobManager(host_hooks=...)` calls.
 
 The manager calls, for each job:
 

@@ -1,5 +1,6 @@
 """SQLite persistence of jobs: one table, one row per job. An update writes only what a run changes: the request
-(which can hold megabytes of base64 images), plan, summary and creation time are written once, at insert.
+(which can hold megabytes of base64 images), plan, summary, creation time and the digests of the image files the
+request names (see `framepack.jobs.prepare`; no face sees them) are written once, at insert.
 
 The store knows nothing about running jobs; the `JobManager` is the only writer. `seq` is a monotonic insertion
 number that gives the FIFO order of the queue (timestamps can tie or go backwards).
@@ -17,7 +18,9 @@ import shlex
 import sqlite3
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import IO
 
 from framepack.errors import UserError
 from framepack.jobs.models import Job, JobErrorInfo, JobProgress, JobState
@@ -41,11 +44,14 @@ CREATE TABLE IF NOT EXISTS jobs (
     created_at REAL NOT NULL,
     started_at REAL,
     finished_at REAL,
-    resumed_sections INTEGER NOT NULL DEFAULT 0
+    resumed_sections INTEGER NOT NULL DEFAULT 0,
+    image_digests_json TEXT
 )
 """
+# Columns added after the first release, with their definition: a database made before them gets them on open.
+ADDED_COLUMNS = {"image_digests_json": "TEXT"}
 
-FIXED_COLUMNS = ("request_json", "plan_json", "summary", "created_at")
+FIXED_COLUMNS = ("request_json", "plan_json", "summary", "created_at", "image_digests_json")
 CHANGING_COLUMNS = (
     "state", "progress_json", "outputs_json", "timings_json", "error_json", "started_at", "finished_at",
     "resumed_sections",
@@ -57,13 +63,14 @@ INSERT = (
 UPDATE = f"UPDATE jobs SET {', '.join(f'{column} = ?' for column in CHANGING_COLUMNS)} WHERE id = ?"
 
 
-def _fixed_values(job: Job) -> tuple:
+def _fixed_values(job: Job, image_digests: Mapping[str, str]) -> tuple:
     """The values in `FIXED_COLUMNS` order."""
     return (
         json.dumps(job.request),
         json.dumps(job.plan) if job.plan is not None else None,
         job.summary,
         job.created_at,
+        json.dumps(dict(image_digests)),
     )
 
 
@@ -161,6 +168,7 @@ class JobStore:
                     self._db.execute("PRAGMA journal_mode=WAL")
                     self._db.execute("PRAGMA synchronous=NORMAL")
                     self._db.execute(SCHEMA)
+                    self._add_columns()
                     counts = dict(self._db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall())
         except sqlite3.DatabaseError as error:
             if not is_damage(error):
@@ -178,10 +186,24 @@ class JobStore:
             states = ", ".join(f"{count} {state}" for state, count in sorted(counts.items()))
             logger.info("opened the job database %s: %d jobs (%s)", self.path, sum(counts.values()), states or "none")
 
-    def insert(self, job: Job) -> None:
-        """Add a new job at the end of the insertion order."""
+    def _add_columns(self) -> None:
+        """Give a database made by an earlier version the columns added since (`ADDED_COLUMNS`)."""
+        present = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)").fetchall()}
+        for column, definition in ADDED_COLUMNS.items():
+            if column not in present:
+                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {definition}")
+
+    def insert(self, job: Job, image_digests: Mapping[str, str] | None = None) -> None:
+        """Add a new job at the end of the insertion order, with the digests of the image files its request names
+        (`framepack.jobs.prepare.image_digests`)."""
         with self._lock:
-            self._db.execute(INSERT, (job.id, *_fixed_values(job), *_changing_values(job)))
+            self._db.execute(INSERT, (job.id, *_fixed_values(job, image_digests or {}), *_changing_values(job)))
+
+    def image_digests(self, job_id: str) -> dict[str, str] | None:
+        """The image digests stored with the job; None for a job stored before they were kept."""
+        with self._lock:
+            row = self._db.execute("SELECT image_digests_json FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return json.loads(row[0]) if row is not None and row[0] is not None else None
 
     def update(self, job: Job) -> None:
         """Write what a run changes (state, progress, outputs, timings, error, times) of an existing job."""
@@ -233,3 +255,38 @@ class JobStore:
         with self._lock:
             rows = self._db.execute(query, parameters).fetchall()
         return [_job(row) for row in rows]
+
+
+class FolderLock:
+    """One owner of a folder at a time, across processes: an exclusive lock on `<folder>/manager.lock` where the OS
+    has flock (POSIX; not enforced elsewhere). Two job managers over one folder would both resume, and run, the
+    same jobs, so the second one's `acquire()` raises RuntimeError naming the folder."""
+
+    def __init__(self, folder: Path, owner: str):
+        self.folder, self.owner = Path(folder), owner
+        self._handle: IO[str] | None = None  # the open lock file while held
+
+    def acquire(self) -> None:
+        """Take the lock (nothing when this object holds it already)."""
+        try:
+            import fcntl
+        except ImportError:  # Windows: not enforced
+            return
+        if self._handle is not None:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        handle = open(self.folder / "manager.lock", "a+")  # noqa: SIM115 (held open while the lock is held)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            raise RuntimeError(
+                f"another {self.owner} (this or another process) is running over {self.folder}; "
+                "only one may run jobs from a data folder"
+            ) from None
+        self._handle = handle
+
+    def release(self) -> None:
+        if self._handle is not None:
+            self._handle.close()  # closing the file releases the flock
+            self._handle = None

@@ -1,4 +1,5 @@
-"""The Gradio face of FramePack. The only package of the engine that imports gradio (import it lazily)."""
+"""The Gradio face of FramePack: the tab over a `JobService` (`framepack.ui.tab`, which imports gradio: import it
+lazily where gradio may be missing)."""
 
 from __future__ import annotations
 

@@ -2,8 +2,8 @@
 shared job queue, presets, load-from-video and the model recipe. Works on Gradio 3.43 (SD.Next) and current
 Gradio (standalone) through `compat`; it never imports SD.Next modules.
 
-`FramePackTab` holds the python handlers (plain functions and generators, testable without a browser);
-`create_tab` builds the Blocks around them.
+`FramePackTab` holds the python handlers (plain functions and generators, testable without a browser) over a
+`JobService`, the only way it reaches jobs, plans, models and records; `create_tab` builds the Blocks around them.
 """
 
 from __future__ import annotations
@@ -18,12 +18,11 @@ import gradio as gr
 from PIL import Image
 
 from framepack.defaults import DEFAULTABLE
+from framepack.jobs.events import EndEvent, FramesEvent, ProgressEvent, SectionEvent, StageEvent, StateEvent
 from framepack.jobs.models import Job, JobState
-from framepack.models.loader import DEFAULT_HUB, check_available
-from framepack.models.recipe import default_recipe, recipe_from_text, recipe_to_text
-from framepack.record import read_record
-from framepack.request import GenerateRequest
-from framepack.runner import plan_request, resolve_recipe
+from framepack.jobs.service import JobService
+from framepack.outputs import FINAL_SUFFIXES, VIDEO_SUFFIXES
+from framepack.request import SELF_TEST_MODEL, GenerateRequest
 from framepack.ui import compat
 from framepack.ui.controls import (
     CONTROL_FIELDS,
@@ -45,7 +44,6 @@ from framepack.ui.timeline import render_timeline
 
 logger = logging.getLogger(__name__)
 
-VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".mov")
 PROGRESS_INTERVAL_S = 0.25  # progress lines are yielded at most this often (sections and the end always)
 HEARTBEAT_S = 1.0
 ENCODED_PICTURES_KEPT = 4  # pictures kept as PNG data URLs by FramePackTab.request (init and end image, twice)
@@ -59,14 +57,13 @@ def _format_eta(seconds: float | None) -> str:
 
 
 class FramePackTab:
-    """Handlers of the tab over a JobManager; `values` arguments come in CONTROL_FIELDS order."""
+    """Handlers of the tab over a job service; `values` arguments come in CONTROL_FIELDS order."""
 
-    def __init__(self, manager: Any, output_dir: Path | str, presets_path: Path | str, host_name: str = "standalone"):
-        self.manager = manager
+    def __init__(self, service: JobService, output_dir: Path | str, presets_path: Path | str):
+        self.service = service
         self.output_dir = Path(output_dir)
         self.presets = PresetStore(presets_path)
         self.recipes_dir = Path(presets_path).parent / "recipes"
-        self.host_name = host_name
         self._encoded: dict[bytes, str] = {}  # picture digest -> PNG data URL, oldest first (see `request`)
 
     # ---------------------------------------------------------------------------------------------- values
@@ -103,14 +100,14 @@ class FramePackTab:
         """(plan line in Markdown, timeline picture) for the current control values."""
         try:
             request = self.request(values)
-            plan = plan_request(request)
+            plan = self.service.plan(request)
         except Exception as error:  # noqa: BLE001 - every refusal is shown, not raised
             return f"**Cannot plan:** {describe_error(error)}", None
         lines = [f"**Plan:** {plan.summary()}", f"{plan.model_calls} model calls, {plan.steps} steps per section, seed {plan.seed}"]
-        if request.model == "tiny":
+        if request.model == SELF_TEST_MODEL:
             lines.append("SELF-TEST model: random weights, the video is noise.")
         else:
-            lines += model_availability(request, self.manager.runner.hub)
+            lines += model_availability(self.service, request)
         lines += [f"Warning: {warning}" for warning in plan.warnings]
         return "\n\n".join(lines), render_timeline(plan)
 
@@ -125,7 +122,7 @@ class FramePackTab:
         pictures again with every progress line; the last update sends everything."""
         try:
             request = self.request(values)
-            job = self.manager.submit(request)
+            job = self.service.submit(request)
         except Exception as error:  # noqa: BLE001
             yield "", f"**Not started:** {describe_error(error)}", None, [], None, ""
             return
@@ -139,40 +136,35 @@ class FramePackTab:
         yield job.id, status, None, [], None, ""
         last_yield = 0.0
         pictures_changed = False  # preview or storyboard changed since they were last sent
-        for event in self.manager.subscribe(job.id, heartbeat=HEARTBEAT_S):
-            kind, data = event["event"], event["data"]
+        for event in self.service.subscribe(job.id, heartbeat=HEARTBEAT_S):
             force = False
-            if kind == "state":
-                status = f"{data['state']}: {data.get('summary') or ''}"
-            elif kind == "stage":
-                status = f"Stage: {data['stage']} {data.get('detail') or ''}".strip()
+            if isinstance(event, EndEvent):
+                yield self._finish(event, preview, storyboard(board))
+                return
+            if isinstance(event, StateEvent):
+                status = f"{event.state.value}: {event.summary or ''}"
+            elif isinstance(event, StageEvent):
+                status = f"Stage: {event.stage} {event.detail}".strip()
                 force = True
-            elif kind == "progress":
-                section = "start frame" if data["section"] < 0 else f"section {data['order'] + 1}/{job.progress.sections} (#{data['section']})"
+            elif isinstance(event, ProgressEvent):
+                section = "start frame" if event.section < 0 else f"section {event.order + 1}/{job.progress.sections} (#{event.section})"
                 status = (
-                    f"{section}, step {data['step']}/{data['steps']} — total {data['done_steps']}/{data['total_steps']}, "
-                    f"ETA {_format_eta(data['eta'])}"
+                    f"{section}, step {event.step}/{event.steps} — total {event.done_steps}/{event.total_steps}, "
+                    f"ETA {_format_eta(event.eta)}"
                 )
-            elif kind == "section":
-                status = f"finished {data['sections_done']}/{data['sections']} sections"
-                if data.get("skipped_calls"):
-                    status += f" (cache skipped {data['skipped_calls']}/{data['model_calls']} model calls of the last)"
-                if data.get("preview"):
-                    try:
-                        preview = self.manager.preview(job.id, data["section"])
-                    except Exception:  # noqa: BLE001 - the job may have ended in between
-                        preview = None
-                    if preview is not None:
-                        board[data["section"]] = thumbnail(preview)
+            elif isinstance(event, SectionEvent):
+                status = f"finished {event.sections_done}/{event.sections} sections"
+                if event.skipped_calls:
+                    status += f" (cache skipped {event.skipped_calls}/{event.model_calls} model calls of the last)"
+                if event.pixels is not None:  # the section's preview comes with its event
+                    preview = event.pixels
+                    board[event.section] = thumbnail(preview)
                     pictures_changed = True
                 force = True
-            elif kind == "frames":
-                status = f"encoding: {data['frames']}/{data['total']} frames"
-            elif kind == "end":
-                yield self._finish(Job.model_validate(data), preview, storyboard(board))
-                return
+            elif isinstance(event, FramesEvent):
+                status = f"encoding: {event.frames}/{event.total} frames"
             else:
-                continue
+                continue  # a heartbeat
             now = time.monotonic()
             if force or now - last_yield >= PROGRESS_INTERVAL_S:
                 last_yield = now
@@ -181,7 +173,7 @@ class FramePackTab:
                     yield job.id, status, preview, storyboard(board), None, ""
                 else:
                     yield job.id, status, compat.update(), compat.update(), None, ""
-        # the stream ended without "end" (the manager stopped)
+        # the stream ended without an end event (the job service stopped)
         yield job.id, "The job manager stopped; the job resumes when it starts again.", preview, storyboard(board), None, ""
 
     def _finish(self, job: Job, preview: Any, board: list) -> tuple[str, str, Any, list, Any, str]:
@@ -203,7 +195,7 @@ class FramePackTab:
         if not job_id:
             return "Nothing to cancel."
         try:
-            job = self.manager.cancel(job_id, keep_partial=bool(keep_partial))
+            job = self.service.cancel(job_id, keep_partial=bool(keep_partial))
         except Exception as error:  # noqa: BLE001
             return f"Cannot cancel: {describe_error(error)}"
         return f"Cancel requested for {job.id} ({'keeping' if keep_partial else 'discarding'} finished sections)."
@@ -275,7 +267,7 @@ class FramePackTab:
         default (model, cache, offload: SD.Next's FramePack settings, `serve --model`, FRAMEPACK_MODEL), read now."""
         values = default_values()
         try:
-            completed = self.manager.complete(GenerateRequest())
+            completed = self.service.complete(GenerateRequest())
         except Exception as error:  # noqa: BLE001 - a bad setting is reported when a job is submitted
             logger.warning("the default settings are not usable: %s", error)
             return values
@@ -295,7 +287,7 @@ class FramePackTab:
         if path is None:
             return unchanged + ["", compat.update()]
         try:
-            record = read_record(path)
+            record = self.service.read_record(path)
             fields = record["request"]
         except Exception as error:  # noqa: BLE001
             return unchanged + [f"Cannot read {path.name}: {describe_error(error)}", compat.update()]
@@ -315,14 +307,14 @@ class FramePackTab:
 
     def show_recipe(self, model: str, variant: str) -> str:
         try:
-            return recipe_to_text(resolve_recipe(model or "default", variant, self.manager.runner.home))
+            return self.service.recipe_text(model or "default", variant)
         except Exception as error:  # noqa: BLE001
             return f"# cannot resolve model {model!r}: {describe_error(error)}"
 
     def use_recipe(self, text: str, variant: str) -> tuple[Any, str]:
         """Validate an edited recipe, save it as a file and select it as the model (applies to the next job)."""
         try:
-            recipe_from_text(text, base=default_recipe(variant))
+            self.service.check_recipe(text, variant)
         except Exception as error:  # noqa: BLE001
             return compat.update(), f"Recipe not valid: {describe_error(error)}"
         self.recipes_dir.mkdir(parents=True, exist_ok=True)
@@ -337,14 +329,14 @@ class FramePackTab:
         """Load the chosen model now (after any running job), so the first Generate starts sampling at once."""
         try:
             request = self.request(values)
-            self_test = self.manager.load_model(request)
+            self_test = self.service.load_model(request)
         except Exception as error:  # noqa: BLE001 - shown to the user, the tab keeps working
             return f"**Cannot load:** {describe_error(error)}"
         label = "the SELF-TEST model (random weights: the video is noise)" if self_test else f"model '{request.model}'"
         return f"Loaded {label} ({request.variant})."
 
     def unload(self) -> str:
-        self.manager.unload_model()
+        self.service.unload_model()
         return "Model unloaded; the next job loads it again."
 
 
@@ -360,25 +352,25 @@ def storyboard(board: dict[int, Any]) -> list[tuple[Any, str]]:
     return [(image, "start" if index < 0 else f"#{index}") for index, image in sorted(board.items())]
 
 
-def model_availability(request: Any, hub: Any = DEFAULT_HUB) -> list[str]:
-    """A note when the chosen model's files are not on this machine (a file check in `hub`'s cache, no loading),
-    offering the self-test model so the app can still be tried."""
+def model_availability(service: JobService, request: GenerateRequest) -> list[str]:
+    """A note when the chosen model's files are not on this machine (a file check in the model cache, no
+    loading), offering the self-test model so the app can still be tried."""
     try:
-        missing = check_available(resolve_recipe(request.model, request.variant), hub)
+        missing = service.missing_components(request)
     except Exception as error:  # noqa: BLE001 - a bad recipe file is reported the same way
         return [f"**Model:** {describe_error(error)}"]
     if not missing:
         return []
-    names = ", ".join(error.component for error in missing)
+    names = ", ".join(item.component for item in missing)
     return [
-        f"**Model not on this machine** ({names} missing): {missing[0]}",
+        f"**Model not on this machine** ({names} missing): {missing[0].message}",
         "Choose model **tiny** to try everything with the SELF-TEST model (random weights: the video is noise).",
     ]
 
 
-def create_tab(manager: Any, output_dir: Path | str, presets_path: Path | str, host_name: str = "standalone") -> gr.Blocks:
-    """The tab's Blocks over `manager` (the shared JobManager); the handler object is `blocks.framepack`."""
-    return build_tab(FramePackTab(manager, output_dir, presets_path, host_name))
+def create_tab(service: JobService, output_dir: Path | str, presets_path: Path | str) -> gr.Blocks:
+    """The tab's Blocks over `service` (the shared job service); the handler object is `blocks.framepack`."""
+    return build_tab(FramePackTab(service, output_dir, presets_path))
 
 
 def build_tab(tab: FramePackTab) -> gr.Blocks:
@@ -435,7 +427,7 @@ def build_tab(tab: FramePackTab) -> gr.Blocks:
                         preset_delete = c(gr.Button, value="Delete", elem_id="framepack_preset_delete")
                     preset_status = c(gr.Markdown, value="", elem_id="framepack_preset_status")
                 with gr.Accordion("Load settings from a video", open=False):
-                    video_file = c(gr.File, label="A video, raw .safetensors or sidecar .json made by FramePack", file_types=[".mp4", ".webm", ".mkv", ".mov", ".safetensors", ".json"], elem_id="framepack_load_file")
+                    video_file = c(gr.File, label="A video, raw .safetensors or sidecar .json made by FramePack", file_types=list(FINAL_SUFFIXES), elem_id="framepack_load_file")
                     load_status = c(gr.Markdown, value="", elem_id="framepack_load_status")
             with gr.Column(scale=2):
                 plan_line = c(gr.Markdown, value="", elem_id="framepack_plan")

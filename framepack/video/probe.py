@@ -12,24 +12,20 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import weakref
 from pathlib import Path
-from typing import IO
 
-from framepack.video.codec_options import FILES, EncoderError
+from framepack.video.codec_options import EncoderError
 
 logger = logging.getLogger(__name__)
 
 REPLY = "framepack-probe-reply "  # marks the child's reply among whatever an encoder library prints to stdout
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder holding the framepack package
 # `-c` puts the working folder first on sys.path: the package root takes its place
-CHILD = "import sys; sys.path[0] = {root!r}; from framepack.video.probe import serve; serve()"
+CHILD = "import sys; sys.path[0] = {root!r}; from framepack.video.probe_child import serve; serve()"
 TIMEOUT_S = 60.0
 
 
@@ -124,35 +120,3 @@ def _end(process: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
-
-
-def serve(requests: IO[str] | None = None, replies: IO[str] | None = None) -> None:
-    """The child's loop: one JSON request per line in, one marked JSON reply per line out, in an empty folder."""
-    from framepack.video.codecs import open_in_memory
-
-    requests, replies = requests or sys.stdin, replies or sys.stdout
-    folder = tempfile.mkdtemp(prefix="framepack-probe-")
-    os.chdir(folder)
-    try:
-        for line in requests:
-            settings = json.loads(line)
-            try:
-                open_in_memory(**settings)
-                reply = {}
-            except EncoderError as error:
-                reply = {"field": error.field, "message": str(error).removeprefix(f"{error.field}: ")}
-            left = sorted(os.listdir(folder))
-            if left:
-                for name in left:
-                    path = os.path.join(folder, name)
-                    shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
-                codec, options = settings["codec"], settings["options"]
-                reply = {
-                    "field": "codec_options",
-                    "message": f"{codec} wrote files ({', '.join(left)}) with {options}: {FILES}",
-                }
-            replies.write(f"\n{REPLY}{json.dumps(reply)}\n")
-            replies.flush()
-    finally:
-        os.chdir(tempfile.gettempdir())
-        shutil.rmtree(folder, ignore_errors=True)

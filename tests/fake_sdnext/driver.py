@@ -47,7 +47,7 @@ report["callbacks"] = [
     len(script_callbacks.callbacks_ui_tabs), len(script_callbacks.callbacks_app_started),
     len(script_callbacks.callbacks_ui_settings),
 ]  # fmt: skip
-report["manager_built_at_import"] = module.extension._manager is not None
+report["manager_built_at_import"] = module.extension._service is not None
 if not module.extension.problems:
     import framepack
 
@@ -185,5 +185,5 @@ report["one_press"] = [wait_state(running["id"], ENDED)["state"], wait_state(beh
 
 report["lock_held_after"] = call_queue.queue_lock.locked()
 report["outdir_files"] = sorted(p.name for p in (host_root / "outputs" / "video").iterdir())
-module.extension.manager().stop(10)
+module.extension.service().stop(10)
 print("REPORT " + json.dumps(report))

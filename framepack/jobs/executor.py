@@ -1,0 +1,116 @@
+"""Where a prepared job runs: the executor seam of the job queue.
+
+The queue's worker hands each `PreparedJob` to an `Executor` together with a `RunSink`, the head side of the run:
+the sink receives the engine's events and each sampled section's latents (checkpoints), holds the cancel token,
+and is told the outputs. `LocalExecutor` runs jobs in this process on the runner's device, one at a time, under
+the host's GPU lock. A distributed executor (Ray actors, see the project's scale-out notes) implements the same
+four methods and sends events and latents back to the sink on the head, where the database and the event bus
+live.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+from framepack.events import CancelToken, Event
+from framepack.jobs.checkpoints import SectionKey
+from framepack.jobs.prepare import PreparedJob
+from framepack.planning import resolve_recipe
+from framepack.request import GenerateRequest
+from framepack.runner import Runner
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    """What a finished run wrote (paths as written) and how long its parts took."""
+
+    outputs: list[str]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class RunSink(Protocol):
+    """The head side of one running job."""
+
+    cancel: CancelToken  # checked between denoising steps; set by a cancel or a shutdown
+
+    def running(self) -> contextlib.AbstractContextManager:
+        """Entered once the job holds its device (the host shows it as its task), left when it ends."""
+
+    def event(self, event: Event) -> None:
+        """An engine event of the run."""
+
+    def section_latents(self, key: SectionKey, latents: torch.Tensor) -> None:
+        """A section was sampled: its latents, to checkpoint."""
+
+    def outputs(self, paths: list[str]) -> None:
+        """The run wrote these files (inside `running`, after a successful run)."""
+
+
+class Executor(Protocol):
+    """Runs prepared jobs and owns the loaded model."""
+
+    def run(self, job: PreparedJob, restored: dict[SectionKey, torch.Tensor], sink: RunSink) -> RunResult:
+        """Run `job` with the sections in `restored` already sampled; raises what the engine raises (Cancelled
+        when `sink.cancel` was set)."""
+
+    def load_model(self, request: GenerateRequest) -> bool:
+        """Load the request's model before its first job (waits while a job runs); True for the self-test model."""
+
+    def unload_model(self) -> None:
+        """Free the loaded model (waits while a job runs)."""
+
+    def free_memory(self) -> None:
+        """After an out-of-memory error: drop the model and cached memory so the next job has room."""
+
+
+class LocalExecutor:
+    """Runs jobs in this process with `runner`. `gpu_lock` (optional, reusable) is held while a job runs or a
+    model loads, so that a host (SD.Next) can share the GPU with its own work."""
+
+    def __init__(self, runner: Runner, gpu_lock: contextlib.AbstractContextManager | None = None):
+        self.runner = runner
+        self._gpu_lock = gpu_lock if gpu_lock is not None else contextlib.nullcontext()
+        self._model_lock = threading.Lock()  # around a job's run and a face's load/unload
+
+    def run(self, job: PreparedJob, restored: dict[SectionKey, torch.Tensor], sink: RunSink) -> RunResult:
+        with self._model_lock, self._gpu_lock, sink.running():
+            sink.cancel.check()
+            result = self.runner.run(
+                job.request,
+                on_event=sink.event,
+                cancel=sink.cancel,
+                plan=job.plan,
+                recipe=job.recipe,
+                checked=True,
+                finished_sections=restored,
+                on_section_latents=sink.section_latents,
+            )
+            sink.outputs(list(result.outputs))
+        return RunResult(list(result.outputs), dict(result.timings))
+
+    def load_model(self, request: GenerateRequest) -> bool:
+        recipe = resolve_recipe(request.model, request.variant, self.runner.home)
+        with self._model_lock, self._gpu_lock:
+            return self.runner.components_for(request, recipe).self_test
+
+    def unload_model(self) -> None:
+        with self._model_lock:
+            self.runner.unload()
+
+    def free_memory(self) -> None:
+        try:
+            self.runner.unload()
+        except Exception:
+            logger.exception("unloading the model after an out-of-memory error failed")
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()

@@ -1,0 +1,141 @@
+"""Requests become prepared jobs once: defaults applied, planned, checked on this machine, seed and name fixed.
+
+`Preparer.prepare` runs every check a request needs before it may be queued (images decoded for the plan, encoder
+settings probed, attention kernel, LoRA files, the model's files) and returns the `PreparedJob` the worker runs
+as it is: nothing is planned or checked a second time. A job read back from the database (after a restart) is
+prepared again from what was stored (`Preparer.restore`); before a job runs, `check_unchanged` compares the
+digests of the image files it names with those taken at submit, so a job whose images changed is refused
+instead of making another video than the one planned.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from framepack.defaults import apply_defaults
+from framepack.errors import UserError
+from framepack.images import is_file_path
+from framepack.jobs.models import Job
+from framepack.jobs.service import MissingComponent
+from framepack.models.loader import check_available
+from framepack.models.recipe import Recipe, default_recipe, recipe_from_text, recipe_to_text
+from framepack.plan import Plan
+from framepack.planning import plan_request, resolve_recipe
+from framepack.request import GenerateRequest
+from framepack.runner import Runner, check_outputs
+
+
+class PlanChanged(UserError):
+    """An image file of a queued job changed since it was submitted (its digest differs)."""
+
+
+@dataclass(frozen=True)
+class PreparedJob:
+    """A request checked once, as the worker runs it: the request (defaults applied, seed and filename fixed), its
+    plan and model recipe, and the digests of the image files it names (field -> sha256)."""
+
+    id: str
+    request: GenerateRequest
+    plan: Plan
+    recipe: Recipe
+    image_digests: dict[str, str] = field(default_factory=dict)
+
+
+def image_sources(request: GenerateRequest) -> list[tuple[str, str]]:
+    """(field, source) of every image of the request: init, end and keyframe images."""
+    sources = [(name, getattr(request, name)) for name in ("init_image", "end_image") if getattr(request, name)]
+    return sources + [(f"keyframes.{index}", source) for index, source in sorted(request.keyframes.items())]
+
+
+def image_digests(request: GenerateRequest) -> dict[str, str]:
+    """sha256 of each image given as a file path (embedded images are part of the request itself)."""
+    return {
+        name: hashlib.sha256(Path(source).read_bytes()).hexdigest()
+        for name, source in image_sources(request)
+        if is_file_path(source)
+    }
+
+
+class Preparer:
+    """Checks requests with the runner's view of this machine (device, encoder prober, LoRA folders, model cache)
+    and the face's defaults: `defaults()` returns the values for the fields a request leaves out, read at every
+    call so that a changed setting applies at once (`framepack.defaults`)."""
+
+    def __init__(self, runner: Runner, defaults: Callable[[], Mapping[str, Any]] | None = None):
+        self.runner = runner
+        self._defaults = defaults
+
+    def complete(self, request: GenerateRequest) -> GenerateRequest:
+        """The request with the face's defaults for the fields it left out."""
+        return apply_defaults(request, self._defaults()) if self._defaults is not None else request
+
+    def plan(self, request: GenerateRequest, check_encoder: bool = False) -> Plan:
+        """The plan of the completed request (images decoded for their size); with `check_encoder` the output
+        settings are probed as a submit would."""
+        request = self.complete(request)
+        plan = plan_request(request)
+        if check_encoder:
+            check_outputs(request, plan, self.runner.encoder_prober)
+        return plan
+
+    def recipe(self, model: str, variant: str) -> Recipe:
+        return resolve_recipe(model, variant, self.runner.home)
+
+    def missing(self, request: GenerateRequest) -> list[MissingComponent]:
+        """The components of the request's model that are not on this machine (a file check, nothing loaded)."""
+        request = self.complete(request)
+        missing = check_available(self.recipe(request.model, request.variant), self.runner.hub)
+        return [MissingComponent(error.component, str(error)) for error in missing]
+
+    def recipe_text(self, model: str, variant: str) -> str:
+        return recipe_to_text(self.recipe(model, variant))
+
+    @staticmethod
+    def check_recipe(text: str, variant: str) -> None:
+        """A recipe edited as text is valid over the variant's default recipe (else the parser's error)."""
+        recipe_from_text(text, base=default_recipe(variant))
+
+    def prepare(self, request: GenerateRequest, job_id: str) -> PreparedJob:
+        """Every check before a job is queued, without loading a model. Raises FieldError (a bad field or image,
+        encoder settings that do not open, a LoRA tag whose weight, file or header is wrong) or
+        ModelUnavailableError (a component is not on this machine). A request without a filename is named
+        `job_id`."""
+        request = self.complete(request)
+        plan = plan_request(request)
+        self.runner.preflight(request, plan)
+        recipe = self.recipe(request.model, request.variant)
+        missing = check_available(recipe, self.runner.hub)
+        if missing:
+            raise missing[0]
+        fixed = GenerateRequest.model_validate(
+            {**request.model_dump(), "seed": plan.seed, "filename": request.filename or job_id}
+        )
+        return PreparedJob(job_id, fixed, plan, recipe, image_digests(fixed))
+
+    def restore(self, job: Job, digests: Mapping[str, str] | None) -> PreparedJob:
+        """A stored job, prepared again from its stored request, plan and image digests (nothing re-checked; the
+        recipe is resolved again). A job stored by an earlier version, without digests, takes its images as they
+        are now; one without a plan is planned again."""
+        request = GenerateRequest.model_validate(job.request)
+        plan = Plan.model_validate(job.plan) if job.plan is not None else plan_request(request)
+        digests = dict(digests) if digests is not None else image_digests(request)
+        return PreparedJob(job.id, request, plan, self.recipe(request.model, request.variant), digests)
+
+    @staticmethod
+    def check_unchanged(job: PreparedJob) -> None:
+        """PlanChanged when an image file of the job is gone or differs from the one checked at submit."""
+        try:
+            current = image_digests(job.request)
+        except OSError as error:
+            raise PlanChanged(f"an image of the job cannot be read any more ({error}); submit it again") from None
+        if current != job.image_digests:
+            changed = sorted(
+                name
+                for name in current.keys() | job.image_digests.keys()
+                if current.get(name) != job.image_digests.get(name)
+            )
+            raise PlanChanged(f"the job's images changed since it was queued ({', '.join(changed)}); submit it again")

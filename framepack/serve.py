@@ -1,0 +1,134 @@
+"""`python -m framepack serve`: the standalone server, one process with the REST API and the tab at "/".
+
+This module is the standalone composition root: it builds the job service over `StandaloneHost`
+(`framepack.compose`), the API app over it (`api.server.create_app`) and mounts the Gradio tab beside the routes
+(`mount_tab`). The faces (`api/`, `framepack.ui`) only ever see the service.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from api.auth import Credentials
+from framepack.defaults import SELF_TEST_NOTICE, env_defaults, model_default, uses_self_test
+from framepack.home import server_data_dir
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from framepack.jobs.service import JobService
+
+logger = logging.getLogger(__name__)
+
+GRACEFUL_SHUTDOWN_SECONDS = 5  # open event streams and blocking requests are cut after this on Ctrl-C
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """What `serve` is told (the CLI's flags; see `framepack.cli.add_serve_flags` for each one's help)."""
+
+    host: str = "127.0.0.1"
+    port: int = 7860
+    data_dir: Path | None = None  # job database and checkpoints (default: FRAMEPACK_HOME/server)
+    output_dir: Path | None = None  # default: <data_dir>/outputs
+    auth: str | None = None  # USER:PASSWORD for HTTP Basic
+    token: str | None = None  # a bearer token
+    device: str | None = None
+    model: str | None = None  # the model of requests that name none (else FRAMEPACK_MODEL)
+    max_queued: int = 100
+    max_streams: int = 128
+    verbose: bool = False
+
+
+def serve_defaults(model: str | None) -> dict[str, str]:
+    """The values requests take for the fields they leave out: `--model`, else FRAMEPACK_MODEL."""
+    chosen = model_default(model, "--model")
+    return {"model": chosen} if chosen is not None else env_defaults()
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def mount_tab(
+    app: FastAPI, service: JobService, output_dir: Path, data_dir: Path, auth: Credentials | None = None
+) -> FastAPI:
+    """The Gradio tab at "/" of the same app (the REST routes stay where they are); skipped without gradio.
+    The tab has its own login (Gradio's) with --auth; with a bearer token only, the tab is not served.
+
+    `api.tab_gate.TabGate` stands in front of it: the API's error shape for unknown paths, nothing but the login
+    page without a session, a limit on failed logins, and no hidden or temporary file through Gradio's file
+    route."""
+    from starlette.routing import Mount
+
+    from api.tab_gate import TabGate
+
+    if auth is not None and auth.basic is None:
+        logger.warning("--token protects the REST API only; the Gradio tab is not served (use --auth to get it)")
+        return app
+    try:
+        from framepack.ui import compat
+        from framepack.ui.tab import create_tab
+    except ImportError as error:
+        logger.warning("gradio is not installed (%s): serving the REST API only", error)
+        return app
+    blocks = compat.enable_queue(create_tab(service, output_dir, data_dir / "presets.json"))
+    own_routes = list(app.routes)
+    app = compat.mount(app, blocks, "/", allowed_paths=[str(output_dir)], auth=auth.basic if auth else None)
+    mount = next(route for route in app.routes if isinstance(route, Mount) and route not in own_routes)
+    gradio_app = mount.app
+    mount.app = TabGate(
+        gradio_app,
+        routes=lambda: gradio_app.routes,
+        other_routes=lambda: own_routes,
+        session_user=compat.session_user_reader(gradio_app) if auth else None,
+        file_roots=[output_dir],
+    )
+    return app
+
+
+def serve(settings: ServeSettings) -> int:
+    """Run the server until interrupted."""
+    credentials = Credentials.from_options(settings.auth, settings.token)  # bad values fail before heavy imports
+    defaults = serve_defaults(settings.model)
+
+    import uvicorn
+
+    from api.server import create_app
+    from framepack.compose import build_job_service
+    from framepack.host import StandaloneHost
+
+    data_dir = server_data_dir(settings.data_dir)
+    output_dir = Path(settings.output_dir) if settings.output_dir else data_dir / "outputs"
+    if credentials is None and not _is_loopback(settings.host):
+        logger.warning("serving on %s without --auth or --token: anyone who can reach it can use it", settings.host)
+
+    host = StandaloneHost(output_dir=output_dir, device=settings.device)
+    service = build_job_service(host, data_dir, max_queued=settings.max_queued, request_defaults=lambda: defaults)
+    # The lifespan closes the store: after SIGTERM uvicorn re-raises the signal, so no code after run() runs.
+    app = create_app(service, output_dir, credentials, max_streams=settings.max_streams, close_on_shutdown=True)
+    app = mount_tab(app, service, output_dir, data_dir, credentials)
+    logger.info(
+        "FramePack API on http://%s:%d (data %s, outputs %s)", settings.host, settings.port, data_dir, output_dir
+    )
+    if "model" in defaults:
+        logger.info("requests that name no model use %r", defaults["model"])
+    if uses_self_test(defaults):
+        logger.warning("%s; requests that name no model get noise", SELF_TEST_NOTICE)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="debug" if settings.verbose else "info",
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+    )
+    return 0
