@@ -37,15 +37,46 @@ def build_parser() -> argparse.ArgumentParser:
         prog="encode-video.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("input", nargs="?", type=Path, help="raw frames file (.safetensors) written with save_raw")
-    parser.add_argument("--output", type=Path, help="video path (default: the input's name with the container's suffix)")
-    parser.add_argument("--codec", default=DEFAULTS["codec"].default, help="video encoder, or 'none' for no video (default: %(default)s)")
-    parser.add_argument("--container", default=DEFAULTS["container"].default, choices=choices("container"), help="(default: %(default)s)")
-    parser.add_argument("--codec-options", default=DEFAULTS["codec_options"].default, help="encoder options such as crf:16 or crf=16,preset=slow (default: %(default)s)")
-    parser.add_argument("--fps", type=float, help="frames per second of the output (default: the file's fps times interpolate+1)")
-    parser.add_argument("--interpolate", type=int, default=0, help="frames to insert between each pair, 0..10 (default: %(default)s)")
-    parser.add_argument("--interpolation", default="auto", choices=choices("interpolation"), help="interpolation method (default: %(default)s)")
-    parser.add_argument("--frames", default="none", choices=choices("save_frames"), help="also write every frame as an image (default: %(default)s)")
-    parser.add_argument("--jpeg-quality", type=int, default=DEFAULTS["jpeg_quality"].default, help="1..100 (default: %(default)s)")
+    parser.add_argument(
+        "--output", type=Path, help="video path (default: the input's name with the container's suffix)"
+    )
+    parser.add_argument(
+        "--codec",
+        default=DEFAULTS["codec"].default,
+        help="video encoder, or 'none' for no video (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--container",
+        default=DEFAULTS["container"].default,
+        choices=choices("container"),
+        help="(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--codec-options",
+        default=DEFAULTS["codec_options"].default,
+        help="encoder options such as crf:16 or crf=16,preset=slow (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--fps", type=float, help="frames per second of the output (default: the file's fps times interpolate+1)"
+    )
+    parser.add_argument(
+        "--interpolate", type=int, default=0, help="frames to insert between each pair, 0..10 (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--interpolation",
+        default="auto",
+        choices=choices("interpolation"),
+        help="interpolation method (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--frames",
+        default="none",
+        choices=choices("save_frames"),
+        help="also write every frame as an image (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--jpeg-quality", type=int, default=DEFAULTS["jpeg_quality"].default, help="1..100 (default: %(default)s)"
+    )
     parser.add_argument("--frames-dir", type=Path, help="folder for the image folder (default: beside the output)")
     parser.add_argument("--model-dir", type=Path, help="folder holding rife/ weights (default: FRAMEPACK_HOME)")
     parser.add_argument("--list-codecs", action="store_true", help="list the encoders that really open here and exit")
@@ -78,14 +109,31 @@ def encode(args: argparse.Namespace) -> list[Path]:
         sinks = []
         try:
             if args.codec != "none":
-                sinks.append(VideoEncoderSink(output, round(fps), raw.width, raw.height, args.codec, args.container, args.codec_options, record and record.embed()))
+                sinks.append(
+                    VideoEncoderSink(
+                        output,
+                        round(fps),
+                        raw.width,
+                        raw.height,
+                        args.codec,
+                        args.container,
+                        args.codec_options,
+                        record and record.embed(),
+                    )
+                )
             if args.frames != "none":
-                sinks.append(FrameExportSink(args.frames_dir or output.parent, output.stem, args.frames, args.jpeg_quality))
+                sinks.append(
+                    FrameExportSink(args.frames_dir or output.parent, output.stem, args.frames, args.jpeg_quality)
+                )
         except BaseException:
             abort_sinks(sinks)
             raise
         if args.interpolate:
-            sinks = [InterpolatingSink(sinks, load_interpolator(args.interpolation, args.model_dir or data_home()), args.interpolate)]
+            sinks = [
+                InterpolatingSink(
+                    sinks, load_interpolator(args.interpolation, args.model_dir or data_home()), args.interpolate
+                )
+            ]
         try:
             with tqdm(total=raw.count, unit="frame", desc="encoding") as bar:
                 for chunk in raw.iter_chunks():

@@ -208,7 +208,8 @@ def fix_for(requirement: Requirement, host: Host | None) -> str:
             f"`{_shell(pip_command(f'{requirement.name}{acceptable_spec(requirement, host)}', host))}`"
         )
     if host is None and owned_by_host(requirement, host):
-        return f"install the {requirement.name} build for this machine first (see README), e.g. `{_shell(pip_command('torch==2.13.0', None))}`"
+        example = _shell(pip_command("torch==2.13.0", None))
+        return f"install the {requirement.name} build for this machine first (see README), e.g. `{example}`"
     return f"`{_shell(pip_command(str(requirement), host))}`"
 
 

@@ -4,8 +4,8 @@ Clients written for `POST /sdapi/v1/framepack` of SD.Next (`modules/framepack/fr
 `ReqFramepack` also serves the extension's `create-video.py`) keep working: each of their fields that means
 something here is renamed or converted to the one request model's field (`use_teacache` -> `cache`, the peer's
 attention names -> ours). Peer fields whose features do not exist here (CFGZero, VLM prompt enhancing, styles, VAE
-choices, system prompts) are accepted only with their "off" value; any other value is refused with 422 naming the field, as is any unknown field --
-nothing is ignored silently.
+choices, system prompts) are accepted only with their "off" value; any other value is refused with 422 naming the
+field, as is any unknown field -- nothing is ignored silently.
 
 Null values: the peer declares every field optional, so a null peer field means "the default" (a null `seed`
 means random, as in the peer).
@@ -58,7 +58,13 @@ def _teacache(value: Any) -> tuple[str, Any]:
 
 
 # the peer's attention names (SD.Next's choices, any case) -> ours; ours pass through unchanged
-ATTENTION_VALUES = {"default": "sdpa", "scaled-dot-product": "sdpa", "sdp": "sdpa", "flash attention": "flash", "sage attention": "sage"}
+ATTENTION_VALUES = {
+    "default": "sdpa",
+    "scaled-dot-product": "sdpa",
+    "sdp": "sdpa",
+    "flash attention": "flash",
+    "sage attention": "sage",
+}
 
 
 def _attention(value: Any) -> tuple[str, Any]:

@@ -206,9 +206,7 @@ class TabGate:
         if wait is not None:
             logger.warning("login attempts from %s refused for %d s: too many failures", client, wait)
             message = f"too many failed logins; try again in {wait} s"
-            await error_response(429, "rate_limited", message, headers={"Retry-After": str(wait)})(
-                scope, receive, send
-            )
+            await error_response(429, "rate_limited", message, headers={"Retry-After": str(wait)})(scope, receive, send)
             return
 
         async def watching_send(message: Message) -> None:

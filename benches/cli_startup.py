@@ -56,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=ROOT, help="the checkout to time (default: this one)")
     parser.add_argument("--python", default=sys.executable, help="interpreter (default: this one)")
     parser.add_argument("--runs", type=int, default=7, help="measured runs per case (default: %(default)s)")
-    parser.add_argument("--target-s", type=float, default=1.5, help="median a case must stay under (default: %(default)s)")
+    parser.add_argument(
+        "--target-s", type=float, default=1.5, help="median a case must stay under (default: %(default)s)"
+    )
     args = parser.parse_args(argv)
 
     rows, failed = [], False
@@ -87,7 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     print("| case | min s | median s | exit |")
     print("| --- | ---: | ---: | --- |")
     for row in rows:
-        print(f"| {row['case']} | {row['min_s']:.2f} | {row['median_s']:.2f} | {','.join(map(str, row['exit_codes']))} |")
+        print(
+            f"| {row['case']} | {row['min_s']:.2f} | {row['median_s']:.2f} | {','.join(map(str, row['exit_codes']))} |"
+        )
     return 1 if failed else 0
 
 

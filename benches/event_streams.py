@@ -146,7 +146,7 @@ async def open_streams(port: int, job_id: str, count: int, timeout: float) -> tu
     readers = [asyncio.create_task(drain(reader, seen)) for (reader, _), seen in zip(connections, first)]
     try:
         await asyncio.wait_for(asyncio.gather(*(seen.wait() for seen in first)), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         pass
     return connections, readers, sum(seen.is_set() for seen in first)
 
@@ -169,9 +169,7 @@ async def run(args: argparse.Namespace, url: str, port: int, running: str, queue
 
 
 def machine() -> str:
-    return (
-        f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}, Python {platform.python_version()}"
-    )
+    return f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}, Python {platform.python_version()}"
 
 
 def main() -> int:

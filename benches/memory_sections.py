@@ -129,19 +129,34 @@ def main() -> None:
         return
 
     print(f"machine: {platform.machine()} {os.cpu_count()} cores, python {platform.python_version()}, CPU only")
-    print(f"command: python benches/memory_sections.py --sections {' '.join(map(str, args.sections))} --steps {args.steps}")
+    sections = " ".join(map(str, args.sections))
+    print(f"command: python benches/memory_sections.py --sections {sections} --steps {args.steps}")
     print(f"{'engine':<10} {'sections':>8} {'frames':>7} {'peak RSS MB':>12} {'seconds':>8}")
     peaks: dict[str, list[float]] = {"ours": [], "diffusers": []}
     for which in ("ours", "diffusers"):
         for sections in args.sections:
-            command = [sys.executable, __file__, "--child", which, "--sections", str(sections), "--steps", str(args.steps)]
+            command = [
+                sys.executable,
+                __file__,
+                "--child",
+                which,
+                "--sections",
+                str(sections),
+                "--steps",
+                str(args.steps),
+            ]
             output = subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
             result = json.loads(output)
             peaks[which].append(result["peak_mb"])
-            print(f"{which:<10} {sections:>8} {result['frames']:>7} {result['peak_mb']:>12.1f} {result['seconds']:>8.1f}")
+            print(
+                f"{which:<10} {sections:>8} {result['frames']:>7} {result['peak_mb']:>12.1f} {result['seconds']:>8.1f}"
+            )
     for which, values in peaks.items():
         growth = (values[-1] - values[0]) / values[0] * 100
-        print(f"{which}: peak RSS {values[0]:.0f} -> {values[-1]:.0f} MB ({growth:+.1f}%) from {args.sections[0]} to {args.sections[-1]} sections")
+        print(
+            f"{which}: peak RSS {values[0]:.0f} -> {values[-1]:.0f} MB ({growth:+.1f}%) "
+            f"from {args.sections[0]} to {args.sections[-1]} sections"
+        )
 
 
 if __name__ == "__main__":

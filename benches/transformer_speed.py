@@ -32,8 +32,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple
+from typing import Any, NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -230,7 +231,9 @@ def build_models(config: dict, dtype, tiny_folder: Path, device):
     from diffusers import AutoencoderKLHunyuanVideo, HunyuanVideoFramepackTransformer3DModel
 
     if config["transformer"] == "tiny":
-        transformer = HunyuanVideoFramepackTransformer3DModel.from_pretrained(tiny_folder / "transformer", torch_dtype=dtype)
+        transformer = HunyuanVideoFramepackTransformer3DModel.from_pretrained(
+            tiny_folder / "transformer", torch_dtype=dtype
+        )
         vae = AutoencoderKLHunyuanVideo.from_pretrained(tiny_folder / "vae", torch_dtype=dtype)
         return transformer.eval().requires_grad_(False), vae.eval().requires_grad_(False)
     with torch.device("meta"):
@@ -317,7 +320,9 @@ def run_case(
         torch.ones(1, config["text_tokens"]),
         randn(1, transformer.config.pooled_projection_dim),
     ).to(device, dtype)
-    positive = Conditioning(prompt, randn(1, config["image_tokens"], transformer.config.image_proj_dim).to(device, dtype))
+    positive = Conditioning(
+        prompt, randn(1, config["image_tokens"], transformer.config.image_proj_dim).to(device, dtype)
+    )
     start, history = randn(1, channels, 1, height, width), randn(1, channels, 2 + 16 + 1, height, width)
     context = bidirectional_context(start, history, 1, window)
     seq_len = sequence_length(window, height, width)
@@ -443,8 +448,9 @@ def markdown(rows: list[dict]) -> str:
             vram = f"{row['peak_vram_gb']:.2f} ({row['peak_vram_sampling_gb']:.2f} / {row['peak_vram_decode_gb']:.2f})"
         mfu = "-" if row["mfu"] is None else f"{row['mfu']:.1%}"
         lines.append(
-            f"| {row['case']} | {row['offload']} | {row['quantize']} | {row['cache']} | {row['seconds_per_step']:.3f} | "
-            f"{row['seconds_per_frame']:.3f} | {mfu} | {vram} | {row['skipped_calls']}/{row['model_calls']} |"
+            f"| {row['case']} | {row['offload']} | {row['quantize']} | {row['cache']} | "
+            f"{row['seconds_per_step']:.3f} | {row['seconds_per_frame']:.3f} | {mfu} | {vram} | "
+            f"{row['skipped_calls']}/{row['model_calls']} |"
         )
     return "\n".join(lines)
 

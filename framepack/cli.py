@@ -23,7 +23,9 @@ from framepack.request import PUBLISHED_MODEL, SELF_TEST_MODEL, GenerateRequest,
 FIELD_FLAGS_SKIP = {"keyframes"}  # given as repeated --keyframe INDEX=IMAGE
 
 
-def add_request_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, skip: frozenset[str] = frozenset()) -> None:
+def add_request_flags(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup, skip: frozenset[str] = frozenset()
+) -> None:
     """One flag per request field (help and default from the model) plus --request-file and --keyframe;
     `skip` leaves out fields the caller does not offer (create-video.py: the server's own choices)."""
     for name, info in GenerateRequest.model_fields.items():
@@ -257,9 +259,13 @@ def command_jobs_backup(args: argparse.Namespace) -> int:
 def add_serve_flags(parser: argparse.ArgumentParser) -> None:
     import os
 
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind; anything but loopback deserves --auth or --token")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to bind; anything but loopback deserves --auth or --token"
+    )
     parser.add_argument("--port", type=int, default=7860, help="default: 7860")
-    parser.add_argument("--data-dir", default=None, help="job database and checkpoints (default: FRAMEPACK_HOME/server)")
+    parser.add_argument(
+        "--data-dir", default=None, help="job database and checkpoints (default: FRAMEPACK_HOME/server)"
+    )
     parser.add_argument("--output-dir", default=None, help="where videos are written (default: <data-dir>/outputs)")
     parser.add_argument(
         "--auth",
@@ -279,7 +285,9 @@ def add_serve_flags(parser: argparse.ArgumentParser) -> None:
         help="the model of requests that name none: published (or default), self-test (or tiny: random weights, "
         "noise) or a recipe file (default: $FRAMEPACK_MODEL, else published); a request's own model wins",
     )
-    parser.add_argument("--max-queued", type=int, default=100, help="jobs allowed to wait; more get HTTP 429 (default: 100)")
+    parser.add_argument(
+        "--max-queued", type=int, default=100, help="jobs allowed to wait; more get HTTP 429 (default: 100)"
+    )
     parser.add_argument(
         "--max-streams", type=int, default=128, help="job event streams open at once; more get HTTP 429 (default: 128)"
     )
@@ -290,20 +298,35 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    generate = commands.add_parser("generate", help="generate a video", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    generate = commands.add_parser(
+        "generate", help="generate a video", formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     add_request_flags(generate)
     generate.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    generate.add_argument("--default-output-dir", dest="output_dir_default", default="outputs", help="folder used when --output-dir is not given")
+    generate.add_argument(
+        "--default-output-dir",
+        dest="output_dir_default",
+        default="outputs",
+        help="folder used when --output-dir is not given",
+    )
     generate.set_defaults(handler=command_generate)
 
     calibrate = commands.add_parser(
         "calibrate-magcache",
-        help="measure MagCache's magnitude ratios on this model with one generation (saved per variant in FRAMEPACK_HOME)",
+        help=(
+            "measure MagCache's magnitude ratios on this model with one generation (saved per variant in "
+            "FRAMEPACK_HOME)"
+        ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_request_flags(calibrate)
     calibrate.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    calibrate.add_argument("--default-output-dir", dest="output_dir_default", default="outputs", help="folder used when --output-dir is not given")
+    calibrate.add_argument(
+        "--default-output-dir",
+        dest="output_dir_default",
+        default="outputs",
+        help="folder used when --output-dir is not given",
+    )
     calibrate.set_defaults(handler=command_calibrate_magcache)
 
     plan = commands.add_parser("plan", help="print the plan of a request without running it")
@@ -353,7 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         return args.handler(args)
     except ValidationError as error:

@@ -37,7 +37,7 @@ class PromptEmbeds:
     mask: torch.Tensor
     pooled: torch.Tensor
 
-    def to(self, device: torch.device | str, dtype: torch.dtype) -> "PromptEmbeds":
+    def to(self, device: torch.device | str, dtype: torch.dtype) -> PromptEmbeds:
         return PromptEmbeds(self.llama.to(device, dtype), self.mask.to(device, dtype), self.pooled.to(device, dtype))
 
 

@@ -7,8 +7,9 @@ tab, the API and SD.Next subscribe to (`framepack.jobs.events`).
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Union
+from typing import Any
 
 import numpy as np
 
@@ -69,7 +70,7 @@ class FramesWritten:
     total: int
 
 
-Event = Union[StageStarted, StepProgress, SectionFinished, FramesWritten]
+Event = StageStarted | StepProgress | SectionFinished | FramesWritten
 EventCallback = Callable[[Event], Any]
 
 

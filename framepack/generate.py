@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Union
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 START = "start"  # key of the start-frame latent among the section latents
-LatentKey = Union[str, int]
+LatentKey = str | int
 LatentCallback = Callable[[LatentKey, torch.Tensor], None]  # (START or section index, the section's latents)
 
 

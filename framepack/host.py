@@ -490,7 +490,9 @@ class SDNextHost(Host):
         if state is None or mark is None:
             return False
         history, flag = mark
-        return bool(getattr(state, "interrupted", False)) and not flag and getattr(state, "job_history", None) == history
+        return (
+            bool(getattr(state, "interrupted", False)) and not flag and getattr(state, "job_history", None) == history
+        )
 
     def balanced_offload(self) -> Callable[[dict[str, Any]], None] | None:
         """SD.Next's balanced offload when its setting says "balanced" (`modules.sd_offload` in current

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Literal
 
 from pydantic import BaseModel
 
@@ -176,8 +177,7 @@ class Plan(BaseModel):
         return (
             f"{self.output_frames} frames ({self.duration:.2f} s at {self.fps} fps) in {self.num_sections} "
             f"section{'s' if self.num_sections != 1 else ''}, {self.width}x{self.height}, {self.mode.upper()} "
-            f"{self.variant}, generation order {order}"
-            + (f", {SELF_TEST_LABEL}" if self.self_test_model else "")
+            f"{self.variant}, generation order {order}" + (f", {SELF_TEST_LABEL}" if self.self_test_model else "")
         )
 
 
@@ -206,8 +206,9 @@ def make_plan(
     sections = section_count(request.duration, request.fps, request.interpolate, window)
     if sections > MAX_SECTIONS:
         raise PlanError(
-            "duration", f"{sections} sections exceed the limit of {MAX_SECTIONS}; shorten the video, lower fps, "
-            "raise interpolate or latent_window_size"
+            "duration",
+            f"{sections} sections exceed the limit of {MAX_SECTIONS}; shorten the video, lower fps, "
+            "raise interpolate or latent_window_size",
         )
     generated = generated_frame_count(sections, window)
     output = output_frame_count(generated, request.interpolate)
@@ -221,7 +222,9 @@ def make_plan(
     order = list(reversed(range(sections))) if bidirectional else list(range(sections))
     paddings = bidirectional_paddings(sections) if bidirectional else [0] * sections
 
-    spans = [(0 if i == 0 else VAE_TEMPORAL * window * i + 1, VAE_TEMPORAL * window * (i + 1) + 1) for i in range(sections)]
+    spans = [
+        (0 if i == 0 else VAE_TEMPORAL * window * i + 1, VAE_TEMPORAL * window * (i + 1) + 1) for i in range(sections)
+    ]
     midpoints = [(first + end) / 2 / generated_fps for first, end in spans]
     lora_warnings: list[str] = []
     prompt, prompt_loras = parse_lora_tags(request.prompt, lora_warnings)

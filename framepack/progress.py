@@ -15,7 +15,7 @@ class ConsoleProgress:
         self.plan = plan
         self.bar: tqdm | None = None
 
-    def __enter__(self) -> "ConsoleProgress":
+    def __enter__(self) -> ConsoleProgress:
         self.bar = tqdm(total=self.plan.total_steps, unit="step", dynamic_ncols=True, desc="starting")
         return self
 
@@ -29,9 +29,15 @@ class ConsoleProgress:
         if isinstance(event, StageStarted):
             self.bar.set_description(event.stage)
         elif isinstance(event, StepProgress):
-            where = "start frame" if event.section < 0 else f"section {event.section} ({event.order + 1}/{self.plan.num_sections})"
+            where = (
+                "start frame"
+                if event.section < 0
+                else f"section {event.section} ({event.order + 1}/{self.plan.num_sections})"
+            )
             self.bar.set_description(where)
             self.bar.update(event.done_steps - self.bar.n)
         elif isinstance(event, SectionFinished) and event.section >= 0:
-            skipped = f", cache skipped {event.skipped_calls}/{event.model_calls} model calls" if event.skipped_calls else ""
+            skipped = (
+                f", cache skipped {event.skipped_calls}/{event.model_calls} model calls" if event.skipped_calls else ""
+            )
             self.bar.write(f"section {event.section} done in {event.seconds:.2f} s{skipped}")

@@ -112,7 +112,10 @@ class GenerateRequest(BaseModel):
         1.0, ge=0.0, le=1.0, description="Weight of the start image against noise (1 = exact image, like img2img)."
     )
     end_strength: float = Field(
-        1.0, ge=0.0, le=1.0, description="Weight of the end frame against the start frame in the last section's context."
+        1.0,
+        ge=0.0,
+        le=1.0,
+        description="Weight of the end frame against the start frame in the last section's context.",
     )
     vision_strength: float = Field(1.0, ge=0.0, le=2.0, description="Scale of the SigLIP image conditioning.")
     end_vision_weight: float = Field(
@@ -126,20 +129,25 @@ class GenerateRequest(BaseModel):
     variant: Variant = Field("bidirectional", description="bidirectional (inverted anti-drifting) or f1 (forward).")
     resolution: int = Field(640, ge=128, le=1536, description="Bucket scale in pixels; 640 is the trained size.")
     aspect_ratio: str = Field(
-        "auto", description="'auto' (the init image's, 1:1 without one) or W:H such as 16:9; the nearest bucket is used."
+        "auto",
+        description="'auto' (the init image's, 1:1 without one) or W:H such as 16:9; the nearest bucket is used.",
     )
     duration: float = Field(5.0, gt=0.0, le=MAX_DURATION_S, description="Video length in seconds.")
     fps: int = Field(30, ge=1, le=120, description="Frames per second of the output video.")
     interpolate: int = Field(
         0, ge=0, le=10, description="Frames interpolated between generated pairs; fps and duration stay the same."
     )
-    latent_window_size: int = Field(9, ge=1, le=33, description="Latent frames per section (the model is trained on 9).")
+    latent_window_size: int = Field(
+        9, ge=1, le=33, description="Latent frames per section (the model is trained on 9)."
+    )
 
     # Sampling
     sampler: Sampler = Field("unipc", description="unipc (flow-matching UniPC bh1, the original) or euler.")
     steps: int = Field(25, ge=1, le=100, description="Denoising steps per section.")
     guidance: float = Field(10.0, ge=0.0, le=32.0, description="Distilled guidance scale (fed to the model x1000).")
-    cfg_scale: float = Field(1.0, ge=1.0, le=32.0, description="Real classifier-free guidance; > 1 doubles model calls.")
+    cfg_scale: float = Field(
+        1.0, ge=1.0, le=32.0, description="Real classifier-free guidance; > 1 doubles model calls."
+    )
     cfg_rescale: float = Field(0.0, ge=0.0, le=1.0, description="Rescale of the CFG result towards the positive std.")
     shift: float = Field(0.0, ge=0.0, le=100.0, description="Sigma shift; 0 = automatic from the sequence length.")
     seed: int = Field(31337, ge=-1, le=2**63 - 1, description="Random seed; -1 picks one (recorded in the plan).")
@@ -154,7 +162,8 @@ class GenerateRequest(BaseModel):
     save_frames: Literal["none", "png", "jpeg"] = Field("none", description="Also save every frame as an image.")
     jpeg_quality: int = Field(90, ge=1, le=100, description="JPEG quality of saved frames.")
     interpolation: Literal["auto", "rife", "flow"] = Field(
-        "auto", description="Interpolation method: rife (needs its weights), flow (optical flow), auto (rife if present)."
+        "auto",
+        description="Interpolation method: rife (needs its weights), flow (optical flow), auto (rife if present).",
     )
     output_dir: str | None = Field(None, description="Folder for outputs; default is the host's video folder.")
     filename: str | None = Field(
@@ -195,7 +204,9 @@ class GenerateRequest(BaseModel):
         0.0,
         ge=0.0,
         le=1.0,
-        description="Cache threshold; higher skips more. 0 = the method's default (teacache 0.15, magcache 0.06, fbc 0.05).",
+        description=(
+            "Cache threshold; higher skips more. 0 = the method's default (teacache 0.15, magcache 0.06, fbc 0.05)."
+        ),
     )
 
     # Model
@@ -235,7 +246,7 @@ class GenerateRequest(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _check_images(self) -> "GenerateRequest":
+    def _check_images(self) -> GenerateRequest:
         if self.end_image and not self.init_image:
             raise ValueError("end_image needs init_image (FLF2V); for text-to-video leave both empty")
         if self.codec == "none" and not self.save_raw and self.save_frames == "none":

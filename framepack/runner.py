@@ -40,6 +40,7 @@ from framepack.video.sink import FrameSink, abort_sinks
 
 logger = logging.getLogger(__name__)
 
+
 def output_path(request: GenerateRequest, plan: Plan, default_dir: Path) -> Path:
     """The video's path; the other outputs take its stem (raw .safetensors, sidecar .json, frames folder)."""
     folder = Path(request.output_dir) if request.output_dir else default_dir
@@ -169,7 +170,9 @@ class Runner:
             fields = {name: "prompt" if name in in_prompt else "section_prompts" for name, _weight in plan.loras}
             check_loras([LoraRef(name, weight) for name, weight in plan.loras], self.lora_dir, fields)
 
-    def components_for(self, request: GenerateRequest, recipe: Recipe, on_event: EventCallback = ignore_events) -> Components:
+    def components_for(
+        self, request: GenerateRequest, recipe: Recipe, on_event: EventCallback = ignore_events
+    ) -> Components:
         """The loaded model for `recipe`, placed per the request's offload settings (reloaded only when the
         recipe changed, re-placed only when the offload settings changed)."""
         if self._components is None or recipe != self._recipe:

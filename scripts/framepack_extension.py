@@ -42,7 +42,6 @@ TAB_ELEM_ID = "framepack_studio_tab"  # not the host's built-in names (its JS de
 STOP_TIMEOUT_SECONDS = 10.0
 
 
-
 def host_log() -> Any:
     """SD.Next's log (what its console and log file show), else the `framepack` logger."""
     from modules import shared
@@ -54,7 +53,9 @@ def load_package(name: str, folder: Path) -> ModuleType:
     """The package in `folder` imported as `name` (its submodules then import as `name.<module>`)."""
     if name in sys.modules:
         return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, folder / "__init__.py", submodule_search_locations=[str(folder)])
+    spec = importlib.util.spec_from_file_location(
+        name, folder / "__init__.py", submodule_search_locations=[str(folder)]
+    )
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot load {folder} as a package")
     module = importlib.util.module_from_spec(spec)

@@ -89,7 +89,7 @@ class LiveServer:
             return self.process.wait(timeout)
         except subprocess.TimeoutExpired:
             self.kill()
-            raise AssertionError(f"server did not stop within {timeout} s:\n{self.log_text()}")
+            raise AssertionError(f"server did not stop within {timeout} s:\n{self.log_text()}") from None
         finally:
             self.log.close()
 

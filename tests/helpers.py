@@ -59,12 +59,14 @@ class TransformerCalls:
         self._handle = transformer.register_forward_pre_hook(self._record, with_kwargs=True)
 
     def _record(self, _module, _args, kwargs):
-        self.calls.append({key: value.detach().clone() if torch.is_tensor(value) else value for key, value in kwargs.items()})
+        self.calls.append(
+            {key: value.detach().clone() if torch.is_tensor(value) else value for key, value in kwargs.items()}
+        )
 
     def remove(self) -> None:
         self._handle.remove()
 
-    def __enter__(self) -> "TransformerCalls":
+    def __enter__(self) -> TransformerCalls:
         return self
 
     def __exit__(self, *_exc) -> None:
@@ -76,7 +78,13 @@ def decode_video(path: Path) -> tuple[int, int, int, str, str]:
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         frames = sum(1 for _ in container.decode(stream))
-        return frames, stream.codec_context.width, stream.codec_context.height, stream.codec_context.name, stream.codec_context.pix_fmt
+        return (
+            frames,
+            stream.codec_context.width,
+            stream.codec_context.height,
+            stream.codec_context.name,
+            stream.codec_context.pix_fmt,
+        )
 
 
 def read_raw_frames(path: Path) -> np.ndarray:
@@ -100,7 +108,9 @@ REPO = Path(__file__).resolve().parents[1]
 def host_like_python() -> str | None:
     """A Python with SD.Next's Gradio 3.43.2 and the project's requirements (`.ci/host-env.sh` makes `.venv-host`;
     FRAMEPACK_HOST_PYTHON names another), or None."""
-    for candidate in filter(None, [os.environ.get("FRAMEPACK_HOST_PYTHON"), str(REPO / ".venv-host" / "bin" / "python")]):
+    for candidate in filter(
+        None, [os.environ.get("FRAMEPACK_HOST_PYTHON"), str(REPO / ".venv-host" / "bin" / "python")]
+    ):
         if not Path(candidate).is_file():
             continue
         probe = subprocess.run(

@@ -49,7 +49,9 @@ def test_a_missing_kernel_is_refused_with_the_install_hint(name, monkeypatch):
 
 def test_an_installed_kernel_still_needs_a_cuda_device(monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda module, *a: object() if module == "sageattention" else real(module, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda module, *a: object() if module == "sageattention" else real(module, *a)
+    )
     with pytest.raises(FieldError, match="only on a CUDA GPU"):
         check_attention("sage", "cpu")
 
@@ -60,7 +62,9 @@ def test_set_attention_routes_every_attention_layer_and_sdpa_keeps_the_output(ti
 
     transformer = load_component("transformer", tiny_recipe(tiny_model_dir).transformer)
     processors = [
-        module.processor for module in transformer.modules() if hasattr(getattr(module, "processor", None), "_attention_backend")
+        module.processor
+        for module in transformer.modules()
+        if hasattr(getattr(module, "processor", None), "_attention_backend")
     ]  # the dispatcher's layers (the text token refiner's plain attention has no backend)
     assert processors
     inputs = fixed_transformer_inputs(transformer)

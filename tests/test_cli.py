@@ -19,7 +19,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def cli(*args: str, home: Path, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "FRAMEPACK_HOME": str(home), "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "framepack", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "framepack", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=300
+    )
 
 
 def test_every_request_field_has_a_flag_with_its_help():
@@ -33,10 +35,29 @@ def test_every_request_field_has_a_flag_with_its_help():
 
 def test_flags_build_the_request():
     args = build_parser().parse_args(
-        ["generate", "--prompt", "p", "--variant", "f1", "--steps", "7", "--no-preview", "--keyframe", "2=k.png", "--init-strength", "0.5"]
+        [
+            "generate",
+            "--prompt",
+            "p",
+            "--variant",
+            "f1",
+            "--steps",
+            "7",
+            "--no-preview",
+            "--keyframe",
+            "2=k.png",
+            "--init-strength",
+            "0.5",
+        ]
     )
     request = request_from_args(args)
-    assert (request.prompt, request.variant, request.steps, request.preview, request.init_strength) == ("p", "f1", 7, False, 0.5)
+    assert (request.prompt, request.variant, request.steps, request.preview, request.init_strength) == (
+        "p",
+        "f1",
+        7,
+        False,
+        0.5,
+    )
     assert request.keyframes == {2: "k.png"}
     assert request.duration == GenerateRequest.model_fields["duration"].default  # unset flags keep the model's default
 
@@ -72,7 +93,10 @@ def test_plan_command_prints_the_plan_without_a_model(tmp_path):
     "args,message",
     [
         (["--steps", "0"], "steps: Input should be greater than or equal to 1"),
-        (["--variant", "f1", "--init-image", "a.png", "--end-image", "b.png"], "end_image works only with variant 'bidirectional'"),
+        (
+            ["--variant", "f1", "--init-image", "a.png", "--end-image", "b.png"],
+            "end_image works only with variant 'bidirectional'",
+        ),
         (["--init-image", "missing.png"], "init_image: not an existing file path nor valid base64 image data"),
         (["--duration", "2", "--keyframe", "5=a.png"], "keyframes"),
         (["--model", "nowhere.json"], "model: 'nowhere.json' is not 'default', 'tiny' or an existing recipe file"),
@@ -88,7 +112,13 @@ def test_bad_input_gives_one_line_and_exit_2_before_any_model_loads(tmp_path, ar
 
 def test_default_model_offline_names_the_missing_component(tmp_path):
     empty_cache = tmp_path / "hf"
-    env = {**os.environ, "HF_HUB_CACHE": str(empty_cache), "HF_HOME": str(empty_cache), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        "HF_HUB_CACHE": str(empty_cache),
+        "HF_HOME": str(empty_cache),
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(ROOT),
+    }
     result = subprocess.run(
         [sys.executable, "-m", "framepack", "generate", "--prompt", "x", "--duration", "1"],
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,

@@ -62,18 +62,41 @@ def run_cli(*args: str, home: Path, cwd: Path, model: str | None) -> subprocess.
     env.update({"FRAMEPACK_HOME": str(home), "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"})
     if model is not None:
         env[MODEL_ENV] = model
-    return subprocess.run([sys.executable, "-m", "framepack", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "framepack", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=300
+    )
 
 
 def test_cli_plan_and_generate_take_framepack_model(tmp_path, tiny_model_dir):
     home = tiny_home(tiny_model_dir, tmp_path / "home")
-    flags = ["--prompt", "a boat", "--resolution", "128", "--duration", "0.4", "--steps", "2", "--latent-window-size", "3"]
+    flags = [
+        "--prompt",
+        "a boat",
+        "--resolution",
+        "128",
+        "--duration",
+        "0.4",
+        "--steps",
+        "2",
+        "--latent-window-size",
+        "3",
+    ]
     plan = run_cli("plan", *flags, home=home, cwd=tmp_path, model="tiny")
     assert plan.returncode == 0, plan.stderr
     assert plan.stdout.splitlines()[0].endswith(", SELF-TEST model (random weights: the video is noise)")
     explicit = run_cli("plan", *flags, "--model", "default", home=home, cwd=tmp_path, model="tiny")
     assert "SELF-TEST" not in explicit.stdout.splitlines()[0]
-    generated = run_cli("generate", *flags, "--output-dir", str(tmp_path), "--filename", "boat", home=home, cwd=tmp_path, model="self-test")
+    generated = run_cli(
+        "generate",
+        *flags,
+        "--output-dir",
+        str(tmp_path),
+        "--filename",
+        "boat",
+        home=home,
+        cwd=tmp_path,
+        model="self-test",
+    )
     assert generated.returncode == 0, generated.stderr
     assert "model: tiny SELF-TEST model" in generated.stdout and (tmp_path / "boat.mp4").is_file()
     bad = run_cli("plan", *flags, home=home, cwd=tmp_path, model="missing.json")
@@ -84,10 +107,14 @@ def test_cli_plan_and_generate_take_framepack_model(tmp_path, tiny_model_dir):
     )
 
 
-def test_serve_with_framepack_model_tiny_renders_requests_without_a_model_with_the_self_test_model(tmp_path, tiny_model_dir):
+def test_serve_with_framepack_model_tiny_renders_requests_without_a_model_with_the_self_test_model(
+    tmp_path, tiny_model_dir
+):
     home = tiny_home(tiny_model_dir, tmp_path / "home")
     log = tmp_path / "server.log"
-    server = LiveServer(home, tmp_path / "data", log, env={MODEL_ENV: "tiny", "HF_HUB_CACHE": str(tmp_path / "empty-hf-cache")}).start()
+    server = LiveServer(
+        home, tmp_path / "data", log, env={MODEL_ENV: "tiny", "HF_HUB_CACHE": str(tmp_path / "empty-hf-cache")}
+    ).start()
     try:
         with httpx.Client(base_url=server.url, timeout=120) as client:
             planned = client.post(f"{PREFIX}/plan", json=FAST)
@@ -108,7 +135,14 @@ def test_serve_with_framepack_model_tiny_renders_requests_without_a_model_with_t
 
 def test_serve_model_flag_wins_over_the_environment_and_a_bad_one_stops_it(tmp_path, tiny_model_dir):
     home = tiny_home(tiny_model_dir, tmp_path / "home")
-    server = LiveServer(home, tmp_path / "data", tmp_path / "server.log", "--model", "published", env={MODEL_ENV: "tiny", "HF_HUB_CACHE": str(tmp_path / "empty-hf-cache")}).start()
+    server = LiveServer(
+        home,
+        tmp_path / "data",
+        tmp_path / "server.log",
+        "--model",
+        "published",
+        env={MODEL_ENV: "tiny", "HF_HUB_CACHE": str(tmp_path / "empty-hf-cache")},
+    ).start()
     try:
         with httpx.Client(base_url=server.url, timeout=60) as client:
             answer = client.post(f"{PREFIX}/jobs", json=FAST)
@@ -117,4 +151,10 @@ def test_serve_model_flag_wins_over_the_environment_and_a_bad_one_stops_it(tmp_p
     assert answer.status_code == 503 and answer.json()["error"]["field"] == "model"
     bad = run_cli("serve", "--model", "nowhere.txt", "--port", "1", home=home, cwd=tmp_path, model=None)
     assert bad.returncode == 2
-    assert bad.stderr.strip().splitlines()[-1].endswith("--model is 'nowhere.txt': allowed 'published' (or 'default'), 'self-test' (or 'tiny') or the path of an existing recipe file")
+    assert (
+        bad.stderr.strip()
+        .splitlines()[-1]
+        .endswith(
+            "--model is 'nowhere.txt': allowed 'published' (or 'default'), 'self-test' (or 'tiny') or the path of an existing recipe file"
+        )
+    )

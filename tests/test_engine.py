@@ -112,13 +112,22 @@ def test_init_strength_mixes_the_start_latent_with_noise(tiny_components, images
 
 
 def test_end_strength_and_vision_weights_in_flf2v(tiny_components, images):
-    fields = dict(init_image=images["start"], end_image=images["end"], end_strength=0.7, vision_strength=1.3, end_vision_weight=0.25)
+    fields = dict(
+        init_image=images["start"],
+        end_image=images["end"],
+        end_strength=0.7,
+        vision_strength=1.3,
+        end_vision_weight=0.25,
+    )
     plan, _, calls, latents = run(tiny_components, **fields)
     generator = torch.Generator().manual_seed(plan.seed)
     start_pixels, end_pixels = pixels_of(images["start"], plan), pixels_of(images["end"], plan)
     start = vae_encode(tiny_components, start_pixels, generator)
     end = vae_encode(tiny_components, end_pixels, generator)
-    vision = 1.3 * (0.75 * encode_vision(tiny_components, start_pixels, torch.float32) + 0.25 * encode_vision(tiny_components, end_pixels, torch.float32))
+    vision = 1.3 * (
+        0.75 * encode_vision(tiny_components, start_pixels, torch.float32)
+        + 0.25 * encode_vision(tiny_components, end_pixels, torch.float32)
+    )
     by_section = section_calls(calls, plan)
     last = plan.num_sections - 1  # generated first, next to the end frame
     for call in by_section[last]:
@@ -140,7 +149,9 @@ def test_section_prompts_reach_their_sections_and_are_encoded_once(tiny_componen
     encodes = []
     handle = tiny_components.text_encoder.register_forward_hook(lambda *_: encodes.append(1))
     try:
-        plan, _, calls, _ = run(tiny_components, init_image=images["start"], duration=1.6, section_prompts="walking\njumping")
+        plan, _, calls, _ = run(
+            tiny_components, init_image=images["start"], duration=1.6, section_prompts="walking\njumping"
+        )
     finally:
         handle.remove()
     assert plan.num_sections == 4 and len(encodes) == 2

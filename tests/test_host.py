@@ -194,7 +194,9 @@ def make_job(job_id: str, total_steps: int = 4, frames: int = 10):
     from framepack.jobs.models import Job, JobProgress, JobState
 
     progress = JobProgress(stage="queued", total_steps=total_steps, sections=2)
-    return Job(id=job_id, state=JobState.QUEUED, request={}, plan={"generated_frames": frames}, progress=progress, created_at=0)
+    return Job(
+        id=job_id, state=JobState.QUEUED, request={}, plan={"generated_frames": frames}, progress=progress, created_at=0
+    )
 
 
 def test_sdnext_task_shows_the_job_id_progress_through_decode_and_its_outputs(sdnext_state):
@@ -353,6 +355,8 @@ def test_sdnext_balanced_offload_is_the_hosts_when_its_setting_says_balanced(mon
 
     shared.opts.diffusers_offload_mode = "model"
     assert SDNextHost().balanced_offload() is None
+
+
 # ------------------------------------------------------------------------------------------ install.py
 
 
@@ -451,14 +455,20 @@ def write_host_lora(tiny_model_dir: Path, path: Path) -> None:
     layer = transformer.get_submodule("transformer_blocks.0.attn.to_q")
     generator = torch.Generator().manual_seed(3)
     state = {
-        "transformer.transformer_blocks.0.attn.to_q.lora_A.weight": torch.randn(2, layer.in_features, generator=generator),
-        "transformer.transformer_blocks.0.attn.to_q.lora_B.weight": torch.randn(layer.out_features, 2, generator=generator),
+        "transformer.transformer_blocks.0.attn.to_q.lora_A.weight": torch.randn(
+            2, layer.in_features, generator=generator
+        ),
+        "transformer.transformer_blocks.0.attn.to_q.lora_B.weight": torch.randn(
+            layer.out_features, 2, generator=generator
+        ),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(path))
 
 
-def test_extension_in_sdnext_defaults_models_loras_progress_history_and_interrupts(fake_sdnext, tiny_model_dir, host_python):
+def test_extension_in_sdnext_defaults_models_loras_progress_history_and_interrupts(
+    fake_sdnext, tiny_model_dir, host_python
+):
     root = fake_sdnext["root"]
     hub = root / "models" / "huggingface"
     hub_cache_with(tiny_model_dir, hub, "framepack-test/tiny")
@@ -478,7 +488,11 @@ def test_extension_in_sdnext_defaults_models_loras_progress_history_and_interrup
     extension = root / "extensions" / EXTENSION_NAME
     assert report["problems"] == []
     assert Path(report["framepack_from"]) == extension
-    assert report["api_taken_by"] == report["api_still"] == str(root / "extensions" / "other-extension" / "api" / "__init__.py")
+    assert (
+        report["api_taken_by"]
+        == report["api_still"]
+        == str(root / "extensions" / "other-extension" / "api" / "__init__.py")
+    )
     assert report["callbacks"] == [1, 1, 1] and report["manager_built_at_import"] is False
     assert report["settings"] == {
         "framepack_default_model": [
@@ -496,7 +510,11 @@ def test_extension_in_sdnext_defaults_models_loras_progress_history_and_interrup
         ],
     }  # fmt: skip
     routes = {(path, method) for path, methods in report["routes"] for method in methods}
-    assert {("/sdapi/v1/framepack", "POST"), ("/sdapi/v1/framepack/jobs", "POST"), ("/sdapi/v1/framepack/jobs/{job_id}", "GET")} <= routes
+    assert {
+        ("/sdapi/v1/framepack", "POST"),
+        ("/sdapi/v1/framepack/jobs", "POST"),
+        ("/sdapi/v1/framepack/jobs/{job_id}", "GET"),
+    } <= routes
 
     # 1. no model in the request: the setting's self-test model, and the plan says so
     status, body = report["first"]
@@ -554,7 +572,9 @@ def test_extension_in_sdnext_defaults_models_loras_progress_history_and_interrup
 
 def test_extension_tab_and_settings_under_the_hosts_gradio(fake_sdnext, host_python):
     if host_python is None:
-        pytest.skip("no host-like Python with Gradio 3.43.2 (create it with .ci/host-env.sh or set FRAMEPACK_HOST_PYTHON)")
+        pytest.skip(
+            "no host-like Python with Gradio 3.43.2 (create it with .ci/host-env.sh or set FRAMEPACK_HOST_PYTHON)"
+        )
     given = {"settings": {"framepack_default_model": "self-test", "framepack_default_cache": "magcache"}}
     report = run_driver(host_python, fake_sdnext["root"], fake_sdnext["home"], "tabs", given)
     assert report["gradio"] == "3.43.2" and report["problems"] == []
@@ -566,7 +586,9 @@ def test_extension_tab_and_settings_under_the_hosts_gradio(fake_sdnext, host_pyt
     }  # fmt: skip
 
 
-def test_extension_with_a_missing_requirement_shows_a_tab_and_routes_that_say_how_to_fix_it(tmp_path, tiny_model_dir, host_python):
+def test_extension_with_a_missing_requirement_shows_a_tab_and_routes_that_say_how_to_fix_it(
+    tmp_path, tiny_model_dir, host_python
+):
     root = tmp_path / "sdnext"
     make_host(root, "framepack-probe-missing>=1\n")
     home = tiny_home(tiny_model_dir, tmp_path / "framepack-home")
@@ -584,5 +606,3 @@ def test_extension_with_a_missing_requirement_shows_a_tab_and_routes_that_say_ho
     expected = {"error": {"kind": "not_installed", "field": None, "message": message}}
     assert report["degraded_answers"] == [[503, expected], [503, expected]]
     assert report["settings"]  # the settings section is there too
-
-

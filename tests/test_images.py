@@ -60,7 +60,9 @@ def test_exif_rotation_is_applied():
     assert loaded.size == (20, 40)
 
 
-@pytest.mark.parametrize("source", ["not-an-image-or-path", base64.b64encode(b"plain text").decode(), "data:image/png;base64,@@@"])
+@pytest.mark.parametrize(
+    "source", ["not-an-image-or-path", base64.b64encode(b"plain text").decode(), "data:image/png;base64,@@@"]
+)
 def test_bad_sources_name_the_field(source):
     with pytest.raises(ImageInputError, match="^end_image: ") as error:
         load_image(source, "end_image")

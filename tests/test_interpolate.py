@@ -54,7 +54,10 @@ def render_scene(t: float) -> np.ndarray:
     cx, cy = 110 + t * OBJECT_MOTION[0], 96 + t * OBJECT_MOTION[1]
     place = np.float32([[1, 0, 48 - cx], [0, 1, 48 - cy]])
     disc = cv2.warpAffine(
-        np.clip(disc_texture, 0, 1), place, (WIDTH, HEIGHT), flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
+        np.clip(disc_texture, 0, 1),
+        place,
+        (WIDTH, HEIGHT),
+        flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
         borderMode=cv2.BORDER_REFLECT,
     )
     ys, xs = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float32)
@@ -290,9 +293,7 @@ def test_download_refuses_offline_without_touching_the_network(tmp_path: Path, m
         interp.download_rife_weights(tmp_path)
 
 
-def test_download_extracts_and_checks_flownet_from_the_release_archive(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-):
+def test_download_extracts_and_checks_flownet_from_the_release_archive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """The hub call is faked with a local archive laid out like the Practical-RIFE release."""
     import huggingface_hub
 

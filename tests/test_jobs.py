@@ -326,7 +326,9 @@ def test_a_killed_job_resumes_from_its_checkpoints_with_identical_frames(make_ma
     assert resumed.state == JobState.FINISHED and resumed.resumed_sections == 2
     assert len(calls.calls) == 2  # only the missing section was sampled (2 steps, one call each)
     assert resumed.outputs == [f"{job.id}.safetensors", f"{job.id}.json"]
-    np.testing.assert_array_equal(read_raw_frames(out / resumed.outputs[0]), read_raw_frames(out / "reference.safetensors"))
+    np.testing.assert_array_equal(
+        read_raw_frames(out / resumed.outputs[0]), read_raw_frames(out / "reference.safetensors")
+    )
     assert sorted(path.name for path in out.iterdir() if path.name.startswith(".")) == [".someone-else.partial.mp4"]
     assert checkpoints(tmp_path, job.id) == []
 

@@ -29,7 +29,9 @@ RANK = 2
 def transformer(tiny_model_dir: Path):
     from diffusers import HunyuanVideoFramepackTransformer3DModel
 
-    model = HunyuanVideoFramepackTransformer3DModel.from_pretrained(tiny_model_dir / "transformer", torch_dtype=torch.float32)
+    model = HunyuanVideoFramepackTransformer3DModel.from_pretrained(
+        tiny_model_dir / "transformer", torch_dtype=torch.float32
+    )
     return model.eval()
 
 
@@ -46,7 +48,9 @@ def lora_pair(module: torch.nn.Linear, seed: int, out_features: int | None = Non
 
 def diffusers_lora(transformer) -> dict:
     state = {}
-    for seed, name in enumerate(["transformer_blocks.0.attn.to_q", "transformer_blocks.0.ff.net.2", "single_transformer_blocks.0.proj_out"]):
+    for seed, name in enumerate(
+        ["transformer_blocks.0.attn.to_q", "transformer_blocks.0.ff.net.2", "single_transformer_blocks.0.proj_out"]
+    ):
         down, up = lora_pair(transformer.get_submodule(name), seed)
         state[f"transformer.{name}.lora_A.weight"] = down
         state[f"transformer.{name}.lora_B.weight"] = up
@@ -62,12 +66,21 @@ def original_lora(transformer) -> dict:
     block = transformer.transformer_blocks[0]
     single = transformer.single_transformer_blocks[0]
     down, up = lora_pair(block.attn.to_q, 10, 3 * h)
-    state = {"diffusion_model.double_blocks.0.img_attn.qkv.lora_A.weight": down, "diffusion_model.double_blocks.0.img_attn.qkv.lora_B.weight": up}
+    state = {
+        "diffusion_model.double_blocks.0.img_attn.qkv.lora_A.weight": down,
+        "diffusion_model.double_blocks.0.img_attn.qkv.lora_B.weight": up,
+    }
     down, up = lora_pair(block.ff.net[0].proj, 11)
-    state |= {"diffusion_model.double_blocks.0.img_mlp.fc1.lora_A.weight": down, "diffusion_model.double_blocks.0.img_mlp.fc1.lora_B.weight": up}
+    state |= {
+        "diffusion_model.double_blocks.0.img_mlp.fc1.lora_A.weight": down,
+        "diffusion_model.double_blocks.0.img_mlp.fc1.lora_B.weight": up,
+    }
     mlp_out = single.proj_mlp.out_features
     down, up = lora_pair(single.attn.to_q, 12, 3 * h + mlp_out)
-    state |= {"diffusion_model.single_blocks.0.linear1.lora_A.weight": down, "diffusion_model.single_blocks.0.linear1.lora_B.weight": up}
+    state |= {
+        "diffusion_model.single_blocks.0.linear1.lora_A.weight": down,
+        "diffusion_model.single_blocks.0.linear1.lora_B.weight": up,
+    }
     return state
 
 
@@ -76,11 +89,13 @@ def kohya_lora(transformer) -> dict:
     block = transformer.transformer_blocks[0]
     single = transformer.single_transformer_blocks[0]
     state = {}
-    for seed, (name, module, out) in enumerate([
-        ("double_blocks_0_img_attn_qkv", block.attn.to_q, 3 * h),
-        ("double_blocks_0_txt_mlp_fc2", block.ff_context.net[2], None),
-        ("single_blocks_0_linear2", single.proj_out, None),
-    ]):
+    for seed, (name, module, out) in enumerate(
+        [
+            ("double_blocks_0_img_attn_qkv", block.attn.to_q, 3 * h),
+            ("double_blocks_0_txt_mlp_fc2", block.ff_context.net[2], None),
+            ("single_blocks_0_linear2", single.proj_out, None),
+        ]
+    ):
         down, up = lora_pair(module, 20 + seed, out)
         state[f"lora_unet_{name}.lora_down.weight"] = down
         state[f"lora_unet_{name}.lora_up.weight"] = up
@@ -166,7 +181,9 @@ def test_unknown_keys_are_reported(transformer, tmp_path):
 
 def test_parse_lora_tags():
     warnings: list[str] = []
-    text, refs = parse_lora_tags("a cat <lora:style:0.8> running, <lora:motion> <lora:neg:-1.5> fast <lora:d:.25>", warnings)
+    text, refs = parse_lora_tags(
+        "a cat <lora:style:0.8> running, <lora:motion> <lora:neg:-1.5> fast <lora:d:.25>", warnings
+    )
     assert text == "a cat running, fast"
     assert refs == [LoraRef("style", 0.8), LoraRef("motion", 1.0), LoraRef("neg", -1.5), LoraRef("d", 0.25)]
     assert warnings == []
@@ -181,7 +198,12 @@ def test_plan_strips_tags_and_lists_loras():
     from framepack.plan import make_plan
     from framepack.request import GenerateRequest
 
-    request = GenerateRequest(prompt="a cat <lora:a:0.8>", section_prompts="sits <lora:b>\nruns <lora:a:0.5>", duration=2.0, latent_window_size=2)
+    request = GenerateRequest(
+        prompt="a cat <lora:a:0.8>",
+        section_prompts="sits <lora:b>\nruns <lora:a:0.5>",
+        duration=2.0,
+        latent_window_size=2,
+    )
     plan = make_plan(request)
     assert plan.loras == [("a", 0.5), ("b", 1.0)]
     assert all("<lora" not in section.prompt for section in plan.sections)
@@ -229,8 +251,17 @@ def test_runner_applies_and_unloads_between_jobs(runner, tmp_path):
 
     def frames(prompt: str, name: str) -> np.ndarray:
         request = GenerateRequest(
-            model="tiny", prompt=prompt, duration=0.5, fps=8, latent_window_size=2, steps=2, resolution=128, seed=7,
-            codec="none", save_raw=True, filename=name,
+            model="tiny",
+            prompt=prompt,
+            duration=0.5,
+            fps=8,
+            latent_window_size=2,
+            steps=2,
+            resolution=128,
+            seed=7,
+            codec="none",
+            save_raw=True,
+            filename=name,
         )
         result = runner.run(request)
         return read_raw_frames(next(path for path in result.outputs if path.endswith(".safetensors")))

@@ -132,7 +132,10 @@ def test_short_form_is_not_applied_to_an_existing_local_folder(tmp_path: Path, m
         ("self_test: maybe", ["line 1", "true or false"]),
         ("transformer: a/b quantize=nf4", ["line 1", "'nf4'", "allowed: int8, float8, int4"]),
         ("transformer: a/b quantize=INT8", ["'INT8'", "int8, float8, int4"]),
-        ("tokenizer: a/b quantize=int8", ["tokenizer", "no quantize", "transformer, vae, text_encoder, text_encoder_2, image_encoder"]),
+        (
+            "tokenizer: a/b quantize=int8",
+            ["tokenizer", "no quantize", "transformer, vae, text_encoder, text_encoder_2, image_encoder"],
+        ),
         ("feature_extractor: a/b quantize=float8", ["feature_extractor", "allowed on transformer"]),
         ("vae: a/b quantize=", ["'quantize' has no value"]),
         ("vae: a/b dtype=float8", ["float32, float16, bfloat16", "quantize=float8"]),
@@ -183,9 +186,7 @@ def test_load_recipe_picks_json_or_text_and_reads_files(tmp_path: Path) -> None:
 
 def test_with_dtype_changes_only_weighted_components() -> None:
     recipe = default_recipe("bidirectional").with_dtype("float32")
-    assert {recipe.component(n).dtype for n in ("transformer", "vae", "text_encoder", "image_encoder")} == {
-        "float32"
-    }
+    assert {recipe.component(n).dtype for n in ("transformer", "vae", "text_encoder", "image_encoder")} == {"float32"}
     assert recipe.tokenizer.dtype is None and recipe.feature_extractor.dtype is None
 
 
@@ -422,11 +423,17 @@ def test_quantize_option_parses_in_text_and_json_and_round_trips() -> None:
     assert json.loads(as_json)["transformer"]["quantize"] == "float8" and json.loads(as_json)["vae"]["quantize"] is None
     assert recipe_from_json(as_json) == recipe and recipe_to_json(recipe_from_json(as_json)) == as_json
     assert load_recipe(as_json) == load_recipe(text) == recipe
-    assert recipe_from_json('{"vae": {"source": "/m/vae", "quantize": "int4"}}').vae == ComponentSource("/m/vae", None, None, "int4")
-    assert recipe_from_json('{"vae": "/m/vae dtype=float16 quantize=int8"}').vae == ComponentSource("/m/vae", None, "float16", "int8")
+    assert recipe_from_json('{"vae": {"source": "/m/vae", "quantize": "int4"}}').vae == ComponentSource(
+        "/m/vae", None, None, "int4"
+    )
+    assert recipe_from_json('{"vae": "/m/vae dtype=float16 quantize=int8"}').vae == ComponentSource(
+        "/m/vae", None, "float16", "int8"
+    )
     # with_dtype changes the dtype only; a tiny recipe with a quantized transformer round-trips too
     assert recipe.with_dtype("float32").transformer.quantize == "float8"
-    tiny = tiny_recipe("/models/tiny").replace(transformer=ComponentSource("/models/tiny", "transformer", "float32", "int8"))
+    tiny = tiny_recipe("/models/tiny").replace(
+        transformer=ComponentSource("/models/tiny", "transformer", "float32", "int8")
+    )
     assert recipe_from_text(recipe_to_text(tiny)) == tiny and recipe_from_json(recipe_to_json(tiny)) == tiny
 
 

@@ -54,7 +54,9 @@ def pipeline(tiny_components):
     ],
     ids=["i2v-bidirectional", "i2v-f1", "flf2v-bidirectional", "flf2v-bidirectional-8", "i2v-f1-8"],
 )
-def test_frames_match_the_diffusers_pipeline(tiny_components, pipeline, tmp_path, variant, sampling_type, with_end, sections):
+def test_frames_match_the_diffusers_pipeline(
+    tiny_components, pipeline, tmp_path, variant, sampling_type, with_end, sections
+):
     request = GenerateRequest(
         prompt=PROMPT,
         init_image=str(pattern_image(tmp_path / "start.png", 128, 128, seed=1)),
@@ -95,7 +97,9 @@ def test_frames_match_the_diffusers_pipeline(tiny_components, pipeline, tmp_path
     expected = np.round(np.clip(reference * 255.0, 0, 255))  # the same rounding our uint8 frames had
     assert ours.frames.shape == expected.shape == (plan.generated_frames, 128, 128, 3)
     difference = np.abs(ours.frames.astype(np.float64) - expected)
-    print(f"parity {variant} end={with_end} sections={sections}: max {difference.max():.0f} mean {difference.mean():.5f} levels")
+    print(
+        f"parity {variant} end={with_end} sections={sections}: max {difference.max():.0f} mean {difference.mean():.5f} levels"
+    )
     assert difference.max() <= 1.0, f"max difference {difference.max():.3f} levels of 255 (tolerance 1)"
     assert difference.mean() < 0.05, f"mean difference {difference.mean():.4f} levels (tolerance 0.05)"
     assert expected.std() > 1.0  # a real comparison: the frames are not flat

@@ -110,7 +110,9 @@ def test_the_cli_calibrates_magcache_into_the_data_folder(tiny_model_dir, tmp_pa
         "--resolution", "128", "--latent-window-size", "3", "--duration", "0.8", "--steps", "4", "--device", "cpu",
         "--codec", "none", "--save-raw", "--default-output-dir", str(tmp_path / "out"),
     ]  # fmt: skip
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "FRAMEPACK_HOME": str(home)})
+    done = subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "FRAMEPACK_HOME": str(home)}
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     ratios = json.loads(done.stdout.strip().splitlines()[-1])
     assert len(ratios) == 4 and load_mag_ratios("bidirectional", home) == ratios
@@ -118,7 +120,18 @@ def test_the_cli_calibrates_magcache_into_the_data_folder(tiny_model_dir, tmp_pa
 
 def test_the_benchmark_runs_every_case_on_the_small_config(tmp_path):
     out = tmp_path / "bench.json"
-    command = [sys.executable, "benches/transformer_speed.py", "--config", "small", "--device", "cpu", "--sections", "1", "--out", str(out)]
+    command = [
+        sys.executable,
+        "benches/transformer_speed.py",
+        "--config",
+        "small",
+        "--device",
+        "cpu",
+        "--sections",
+        "1",
+        "--out",
+        str(out),
+    ]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rows = {row["case"]: row for row in json.loads(out.read_text())["rows"]}

@@ -114,12 +114,20 @@ def test_info_of_a_sidecar_or_raw_file_needs_no_torch(tmp_path, name):
 @pytest.mark.parametrize("init", [False, True], ids=["t2v", "i2v"])
 def test_total_steps_counts_every_denoising_step_of_the_job(tiny_components, tmp_path, init):
     image = str(pattern_image(tmp_path / "start.png", 128, 128)) if init else None
-    request = GenerateRequest(prompt="a kite", init_image=image, resolution=128, latent_window_size=2, duration=0.9, steps=3)
+    request = GenerateRequest(
+        prompt="a kite", init_image=image, resolution=128, latent_window_size=2, duration=0.9, steps=3
+    )
     plan = plan_request(request)
     sections = round(0.9 * 30 / (4 * 2))  # independently: 4*window frames per section
     assert plan.total_steps == 3 * (sections + (0 if init else 1))  # T2V adds the start frame's pass
     steps = []
-    generate(tiny_components, request, plan, [MemorySink()], on_event=lambda e: isinstance(e, StepProgress) and steps.append(e))
+    generate(
+        tiny_components,
+        request,
+        plan,
+        [MemorySink()],
+        on_event=lambda e: isinstance(e, StepProgress) and steps.append(e),
+    )
     assert len(steps) == plan.total_steps and steps[-1].done_steps == plan.total_steps
     assert {event.total_steps for event in steps} == {plan.total_steps}
 

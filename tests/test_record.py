@@ -70,7 +70,10 @@ def test_main_records_read_as_main_printed_them(name, capsys):
 def test_a_main_sidecar_reads_typed():
     sidecar = json.loads((FIXTURES / "clip.json").read_text())
     record = GenerationRecord.read(FIXTURES / "clip.json")
-    assert isinstance(record.plan_detail, Plan) and record.plan_detail.output_frames == sidecar["plan_detail"]["output_frames"]
+    assert (
+        isinstance(record.plan_detail, Plan)
+        and record.plan_detail.output_frames == sidecar["plan_detail"]["output_frames"]
+    )
     assert record.plan_detail.summary() == sidecar["plan"]  # the whole plan and its summary agree
     assert record.timings["transformer_calls"] == 4 and isinstance(record.timings["transformer_calls"], int)
     assert record.images_not_stored == ["keyframes.1"] and record.self_test_model is True
@@ -130,7 +133,9 @@ def test_unknown_fields_of_a_later_version_are_kept(record, tmp_path):
 
 def test_a_video_without_a_record_falls_back_to_its_sidecar(record, tmp_path):
     video = write_video(tmp_path / "clip.mp4", None)
-    with pytest.raises(FieldError, match=r"^video: .*clip.mp4 carries no FramePack metadata and has no sidecar clip.json$"):
+    with pytest.raises(
+        FieldError, match=r"^video: .*clip.mp4 carries no FramePack metadata and has no sidecar clip.json$"
+    ):
         GenerationRecord.read(video)
     record.finished(plan_request(GenerateRequest()), {}, [str(video)]).write(tmp_path / "clip.json")
     assert GenerationRecord.read(video).outputs == [str(video)]
@@ -173,7 +178,10 @@ def test_request_file_takes_a_record_or_its_request(tmp_path, source):
 def test_request_file_must_hold_an_object(tmp_path, capsys):
     (tmp_path / "r.json").write_text("[1, 2]")
     assert main(["plan", "--request-file", str(tmp_path / "r.json")]) == 2
-    assert capsys.readouterr().err == "error: request_file: must hold a JSON object: a request, or a record whose request is used\n"
+    assert (
+        capsys.readouterr().err
+        == "error: request_file: must hold a JSON object: a request, or a record whose request is used\n"
+    )
 
 
 # encode-video.py

@@ -335,7 +335,9 @@ def test_unipc_is_higher_order_than_euler():
     err_euler_20, err_unipc_20 = _state_errors(20, 0.2)
     assert err_euler_10 > 1e-2  # the problem is not trivially solved by a first-order method
     assert err_unipc_10 * 10 < err_euler_10, f"UniPC error {err_unipc_10:.3g} not 10x below Euler {err_euler_10:.3g}"
-    assert 1.5 < err_euler_10 / err_euler_20 < 2.5, f"Euler should be first order: {err_euler_10:.3g} -> {err_euler_20:.3g}"
+    assert 1.5 < err_euler_10 / err_euler_20 < 2.5, (
+        f"Euler should be first order: {err_euler_10:.3g} -> {err_euler_20:.3g}"
+    )
     assert err_unipc_10 / err_unipc_20 > 6, f"UniPC 10 -> 20 steps only {err_unipc_10:.3g} -> {err_unipc_20:.3g}"
 
 

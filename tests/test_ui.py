@@ -38,7 +38,13 @@ from framepack.ui.timeline import render_timeline  # noqa: E402
 FAST = {"model": "tiny", "resolution": 128, "latent_window_size": 3, "steps": 2, "duration": 0.4, "prompt": "a kite"}
 
 # Text fields whose free value must satisfy a validator.
-TEXT_VALUES = {"aspect_ratio": "16:9", "codec": "libx265", "codec_options": "crf:20", "filename": "clip", "model": "tiny"}
+TEXT_VALUES = {
+    "aspect_ratio": "16:9",
+    "codec": "libx265",
+    "codec_options": "crf:20",
+    "filename": "clip",
+    "model": "tiny",
+}
 
 
 @pytest.fixture
@@ -133,7 +139,13 @@ def test_a_bad_value_names_its_field(tab):
 
 def test_plan_line_is_the_plan_the_job_runs(tab):
     _, handlers = tab
-    values = {**default_values(), "duration": 3.0, "section_prompts": "walk\njump", "variant": "f1", "aspect_ratio": "16:9"}
+    values = {
+        **default_values(),
+        "duration": 3.0,
+        "section_prompts": "walk\njump",
+        "variant": "f1",
+        "aspect_ratio": "16:9",
+    }
     text, timeline = handlers.plan(*handlers.ordered(values))
     expected = make_plan(request_from_values(values))
     assert f"**Plan:** {expected.summary()}" in text
@@ -155,9 +167,13 @@ def test_the_plan_line_encodes_a_picture_once_while_the_user_types(tab, monkeypa
     assert handlers.request(handlers.ordered(values)) == request_from_values(values)  # the same data URL
     encoded = []
     save = Image.Image.save
-    monkeypatch.setattr(Image.Image, "save", lambda self, *args, **kwargs: (encoded.append(self.size), save(self, *args, **kwargs))[1])
+    monkeypatch.setattr(
+        Image.Image, "save", lambda self, *args, **kwargs: (encoded.append(self.size), save(self, *args, **kwargs))[1]
+    )
     for prompt in ("a", "a k", "a kite"):  # keystrokes: the same picture each time (a new object, as Gradio sends)
-        text, _ = handlers.plan(*handlers.ordered({**values, "prompt": prompt, "init_image": values["init_image"].copy()}))
+        text, _ = handlers.plan(
+            *handlers.ordered({**values, "prompt": prompt, "init_image": values["init_image"].copy()})
+        )
         assert f"**Plan:** {expected}" in text, text
     assert encoded == []  # encoded once above, kept since
     text, _ = handlers.plan(*handlers.ordered(changed))  # another picture is encoded, and planned by its size
@@ -280,7 +296,13 @@ def test_generate_streams_progress_and_ends_with_a_playable_video_that_loads_bac
     assert any("step" in update[1] for update in streamed if unchanged(update[2]))
     assert all(max(image.size) <= 160 for image, _ in board)
     frames, width, height, codec, pixel_format = decode_video(Path(video))
-    assert (frames, width, height, codec, pixel_format) == (plan.output_frames, plan.width, plan.height, "h264", "yuv420p")
+    assert (frames, width, height, codec, pixel_format) == (
+        plan.output_frames,
+        plan.width,
+        plan.height,
+        "h264",
+        "yuv420p",
+    )
     assert video in outputs.splitlines() and video.endswith(".mp4")
 
     # last-used settings were saved on Generate
@@ -359,13 +381,19 @@ BUILD_SCRIPT = textwrap.dedent(
 def test_tab_builds_on_gradio_3_43():
     python = host_like_python()
     if python is None:
-        pytest.skip("no host-like Python with Gradio 3.43.2 (create it with .ci/host-env.sh or set FRAMEPACK_HOST_PYTHON)")
-    result = subprocess.run([python, "-c", BUILD_SCRIPT, str(REPO)], capture_output=True, text=True, timeout=300, cwd=REPO)
+        pytest.skip(
+            "no host-like Python with Gradio 3.43.2 (create it with .ci/host-env.sh or set FRAMEPACK_HOST_PYTHON)"
+        )
+    result = subprocess.run(
+        [python, "-c", BUILD_SCRIPT, str(REPO)], capture_output=True, text=True, timeout=300, cwd=REPO
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     assert "BUILT 3.43.2" in result.stdout
 
 
 def test_tab_builds_on_the_current_gradio():
-    result = subprocess.run([sys.executable, "-c", BUILD_SCRIPT, str(REPO)], capture_output=True, text=True, timeout=300, cwd=REPO)
+    result = subprocess.run(
+        [sys.executable, "-c", BUILD_SCRIPT, str(REPO)], capture_output=True, text=True, timeout=300, cwd=REPO
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     assert "BUILT" in result.stdout

@@ -198,11 +198,14 @@ def test_cancel_mid_run_shows_the_cancelled_state(playwright_api, page, server, 
     )
     try:
         page.wait_for_function(
-            "() => /cancel requested/i.test(document.querySelector('#framepack_cancel_status').innerText)", timeout=30_000
+            "() => /cancel requested/i.test(document.querySelector('#framepack_cancel_status').innerText)",
+            timeout=30_000,
         )
     except playwright_api.TimeoutError:
         status = page.locator("#framepack_cancel_status").inner_text()
-        pytest.fail(f"the cancel answer is {status!r}, progress {progress_text(page)!r}, page errors {page.framepack_errors}")
+        pytest.fail(
+            f"the cancel answer is {status!r}, progress {progress_text(page)!r}, page errors {page.framepack_errors}"
+        )
     page.wait_for_timeout(1_000)  # the cancel answer must not overwrite the final state
     assert "cancelled" in progress_text(page).lower(), progress_text(page)
     assert set(server["outputs"].glob("*.mp4")) == before  # nothing half-written is left

@@ -66,7 +66,9 @@ def test_every_listed_software_codec_round_trips(encoders, tiny_clip, tmp_path):
 
 def test_default_output_is_browser_playable_h264(tiny_clip, tmp_path):
     defaults = GenerateRequest()
-    sink = VideoEncoderSink(tmp_path / "a.mp4", 30, 128, 128, defaults.codec, defaults.container, defaults.codec_options)
+    sink = VideoEncoderSink(
+        tmp_path / "a.mp4", 30, 128, 128, defaults.codec, defaults.container, defaults.codec_options
+    )
     sink.write(tiny_clip)
     sink.close()
     assert decode_video(tmp_path / "a.mp4")[3:] == ("h264", "yuv420p")
@@ -113,7 +115,13 @@ def test_request_refuses_saving_nothing():
 def test_all_outputs_with_interpolation_and_metadata(runner, tmp_path):
     image = pattern_image(tmp_path / "start.png", 128, 128)
     request = GenerateRequest(
-        **FAST, init_image=str(image), interpolate=1, interpolation="flow", save_raw=True, save_frames="png", filename="all"
+        **FAST,
+        init_image=str(image),
+        interpolate=1,
+        interpolation="flow",
+        save_raw=True,
+        save_frames="png",
+        filename="all",
     )
     result = runner.run(request)
     plan = result.plan
@@ -125,7 +133,9 @@ def test_all_outputs_with_interpolation_and_metadata(runner, tmp_path):
         assert json.loads(raw.metadata["request"])["request"]["seed"] == plan.seed
     assert len(sorted((out / "all").glob("all-*.png"))) == plan.output_frames
     sidecar = json.loads((out / "all.json").read_text())
-    assert sidecar["request"]["init_image"] == str(image) and sidecar["plan_detail"]["output_frames"] == plan.output_frames
+    assert (
+        sidecar["request"]["init_image"] == str(image) and sidecar["plan_detail"]["output_frames"] == plan.output_frames
+    )
     assert sorted(Path(p).name for p in result.outputs) == ["all", "all.json", "all.mp4", "all.safetensors"]
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no partial files left
 
@@ -138,7 +148,9 @@ def cli(*args, cwd: Path, home: Path) -> subprocess.CompletedProcess:
 def test_info_recreates_the_request(runner, tmp_path):
     request = GenerateRequest(**FAST, seed=-1, filename="first", section_prompts="rises\nfalls", save_raw=True)
     first = runner.run(request)
-    info = cli("-m", "framepack", "info", str(tmp_path / "out" / "first.mp4"), "--request", cwd=tmp_path, home=runner.home)
+    info = cli(
+        "-m", "framepack", "info", str(tmp_path / "out" / "first.mp4"), "--request", cwd=tmp_path, home=runner.home
+    )
     assert info.returncode == 0, info.stderr
     recorded = json.loads(info.stdout)
     assert recorded["seed"] == first.plan.seed and recorded["section_prompts"] == "rises\nfalls"
@@ -146,7 +158,10 @@ def test_info_recreates_the_request(runner, tmp_path):
     again = cli("-m", "framepack", "generate", "--request-file", "request.json", "--filename", "second",
                 "--output-dir", str(tmp_path / "out"), cwd=tmp_path, home=runner.home)  # fmt: skip
     assert again.returncode == 0, again.stderr
-    with RawFrames(tmp_path / "out" / "first.safetensors") as a, RawFrames(tmp_path / "out" / "second.safetensors") as b:
+    with (
+        RawFrames(tmp_path / "out" / "first.safetensors") as a,
+        RawFrames(tmp_path / "out" / "second.safetensors") as b,
+    ):
         assert np.array_equal(np.concatenate(list(a.iter_chunks())), np.concatenate(list(b.iter_chunks())))
 
 

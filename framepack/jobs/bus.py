@@ -173,7 +173,7 @@ class AsyncSubscription:
             if item is None:
                 try:
                     await asyncio.wait_for(self._ready.wait(), self._heartbeat)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     return Heartbeat()
                 continue
             if isinstance(item, (_Closed, EndEvent)):

@@ -11,7 +11,7 @@ turns them back into these models (create-video.py does). `StateEvent` and `EndE
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -87,7 +87,7 @@ class Heartbeat(BaseModel):
     event: ClassVar[str] = "ping"
 
 
-JobEvent = Union[StateEvent, StageEvent, ProgressEvent, SectionEvent, FramesEvent, EndEvent]
+JobEvent = StateEvent | StageEvent | ProgressEvent | SectionEvent | FramesEvent | EndEvent
 EVENT_MODELS: dict[str, type[BaseModel]] = {
     model.event: model for model in (StateEvent, StageEvent, ProgressEvent, SectionEvent, FramesEvent, EndEvent)
 }

@@ -56,9 +56,10 @@ CHANGING_COLUMNS = (
     "state", "progress_json", "outputs_json", "timings_json", "error_json", "started_at", "finished_at",
     "resumed_sections",
 )  # fmt: skip
+_COLUMNS = FIXED_COLUMNS + CHANGING_COLUMNS
 INSERT = (
-    f"INSERT INTO jobs (id, seq, {', '.join(FIXED_COLUMNS + CHANGING_COLUMNS)}) "
-    f"VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs), {', '.join('?' * len(FIXED_COLUMNS + CHANGING_COLUMNS))})"
+    f"INSERT INTO jobs (id, seq, {', '.join(_COLUMNS)}) "
+    f"VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs), {', '.join('?' * len(_COLUMNS))})"
 )
 UPDATE = f"UPDATE jobs SET {', '.join(f'{column} = ?' for column in CHANGING_COLUMNS)} WHERE id = ?"
 

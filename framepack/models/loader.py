@@ -21,9 +21,10 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import huggingface_hub
 import torch
@@ -243,7 +244,9 @@ def _check_before_loading(name: str, source: ComponentSource, hub: HubCache) -> 
 def _check_after_loading(name: str, source: ComponentSource, component: Any, hub: HubCache) -> None:
     """Catch loads that "succeed" with nothing in them, and a tokenizer that lost its spaces (the trap)."""
     if name in ("tokenizer", "tokenizer_2") and len(component) <= 3:
-        raise _unavailable(name, source, f"the tokenizer loaded empty ({len(component)} tokens): no vocabulary found", hub)
+        raise _unavailable(
+            name, source, f"the tokenizer loaded empty ({len(component)} tokens): no vocabulary found", hub
+        )
     if name == "tokenizer":
         sample = "a cat walks"
         decoded = component.decode(component(sample, add_special_tokens=False).input_ids)
@@ -266,9 +269,7 @@ def _is_self_test_source(source: ComponentSource) -> bool:
 def check_available(recipe: Recipe, hub: HubCache = DEFAULT_HUB) -> list[ModelUnavailableError]:
     """One error per component whose files are not on this machine (hub repos: in `hub`'s cache folder), or whose
     quantization cannot be done here (optimum-quanto missing); no weights loaded, no network used."""
-    errors = [
-        check_component(name, source, hub) or check_quantization(name, source) for name, source in recipe.items()
-    ]
+    errors = [check_component(name, source, hub) or check_quantization(name, source) for name, source in recipe.items()]
     return [error for error in errors if error is not None]
 
 

@@ -200,7 +200,8 @@ ORIGINAL_DOTTED = {
     "img_attn_qkv": "img_attn_qkv", "img_attn_proj": "img_attn_proj", "img_mlp_fc1": "img_mlp.fc1",
     "img_mlp_fc2": "img_mlp.fc2", "img_mod_linear": "img_mod.linear", "txt_attn_qkv": "txt_attn_qkv",
     "txt_attn_proj": "txt_attn_proj", "txt_mlp_fc1": "txt_mlp.fc1", "txt_mlp_fc2": "txt_mlp.fc2",
-    "txt_mod_linear": "txt_mod.linear", "linear1": "linear1", "linear2": "linear2", "modulation_linear": "modulation.linear",
+    "txt_mod_linear": "txt_mod.linear", "linear1": "linear1", "linear2": "linear2",
+    "modulation_linear": "modulation.linear",
 }  # fmt: skip
 LORA_SUFFIX = re.compile(r"\.(lora_A|lora_B|lora_down|lora_up)\.(weight|bias)$")
 
@@ -213,7 +214,9 @@ def _lora_modules(transformer) -> dict[str, object]:
     return {
         name: module
         for name, module in transformer.named_modules()
-        if (isinstance(module, layers) or hasattr(module, "base_layer")) and ".base_layer" not in name and ".lora_" not in name
+        if (isinstance(module, layers) or hasattr(module, "base_layer"))
+        and ".base_layer" not in name
+        and ".lora_" not in name
     }
 
 
@@ -241,7 +244,9 @@ def detect_format(state: dict) -> str:
     keys = list(state)
     if any(key.startswith("lora_unet_") for key in keys):
         return "kohya"
-    original = re.compile(r"(^|\.)(double_blocks|single_blocks|img_in|txt_in|final_layer|time_in|vector_in|guidance_in)\.")
+    original = re.compile(
+        r"(^|\.)(double_blocks|single_blocks|img_in|txt_in|final_layer|time_in|vector_in|guidance_in)\."
+    )
     if any(original.search(key) for key in keys):
         return "hunyuan"
     return "diffusers"
@@ -289,7 +294,11 @@ def _original_to_diffusers(state: dict, hidden_size: int) -> dict:
             parts = value.split([hidden_size] * 3 + [value.shape[0] - 3 * hidden_size], dim=0)
         for target, part in zip(targets, parts):
             done[f"{base}.{target}.{match.group(2)}.{match.group(3)}"] = part
-    passthrough = {key: state.pop(key) for key in list(state) if not re.match(r"(double_blocks|single_blocks|img_in|txt_in|final_layer|time_in|vector_in|guidance_in)\.", key)}
+    passthrough = {
+        key: state.pop(key)
+        for key in list(state)
+        if not re.match(r"(double_blocks|single_blocks|img_in|txt_in|final_layer|time_in|vector_in|guidance_in)\.", key)
+    }
     converted = _convert_hunyuan_video_lora_to_diffusers(state) if state else {}
     converted = {key.removeprefix("transformer."): value for key, value in converted.items()}
     return {**converted, **done, **passthrough}

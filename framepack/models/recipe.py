@@ -137,14 +137,14 @@ class Recipe:
         """(name, source) pairs in COMPONENT_NAMES order."""
         return [(name, getattr(self, name)) for name in COMPONENT_NAMES]
 
-    def replace(self, **changes: Any) -> "Recipe":
+    def replace(self, **changes: Any) -> Recipe:
         """A copy with some components (or self_test) replaced."""
         for name in changes:
             if name != "self_test":
                 check_component_name(name)
         return dataclasses.replace(self, **changes)
 
-    def with_dtype(self, dtype: str | None) -> "Recipe":
+    def with_dtype(self, dtype: str | None) -> Recipe:
         """A copy with every weighted component in `dtype` (e.g. float32 to run on a CPU)."""
         changes = {name: dataclasses.replace(getattr(self, name), dtype=dtype) for name in WEIGHTED_COMPONENTS}
         return self.replace(**changes)
@@ -282,7 +282,7 @@ def _parse_value(name: str, value: str, where: str) -> ComponentSource:
     match = _OPTION_RE.fullmatch(" " + value)
     source = match.group("source").strip() if match else ""
     options: dict[str, str] = {}
-    for option in (match.group("options").split() if match else []):
+    for option in match.group("options").split() if match else []:
         key, _, option_value = option.partition("=")
         if key not in OPTIONS:
             raise RecipeError(f"{where} ({name}): unknown option {key!r}; allowed: {', '.join(OPTIONS)}")

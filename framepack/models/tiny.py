@@ -53,14 +53,45 @@ CLIP_BOS, CLIP_EOS = "<|startoftext|>", "<|endoftext|>"
 # A few merges so the vocabulary is real BPE (multi-byte tokens) while staying tiny. "Ġ" is the byte-level
 # symbol for a space: merges that start with it make words that carry their leading space, like Llama-3's.
 LLAMA_MERGES = (
-    ("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("Ġ", "a"), ("i", "n"), ("e", "r"), ("o", "n"), ("Ġ", "c"),
-    ("Ġ", "s"), ("a", "t"), ("e", "n"), ("o", "r"), ("Ġa", "n"), ("Ġan", "d"), ("Ġ", "o"), ("Ġo", "f"),
-    ("in", "g"), ("r", "e"), ("Ġ", "m"), ("i", "o"), ("io", "n"), ("Ġ", "p"), ("Ġ", "d"), ("e", "s"),
+    ("Ġ", "t"),
+    ("h", "e"),
+    ("Ġt", "he"),
+    ("Ġ", "a"),
+    ("i", "n"),
+    ("e", "r"),
+    ("o", "n"),
+    ("Ġ", "c"),
+    ("Ġ", "s"),
+    ("a", "t"),
+    ("e", "n"),
+    ("o", "r"),
+    ("Ġa", "n"),
+    ("Ġan", "d"),
+    ("Ġ", "o"),
+    ("Ġo", "f"),
+    ("in", "g"),
+    ("r", "e"),
+    ("Ġ", "m"),
+    ("i", "o"),
+    ("io", "n"),
+    ("Ġ", "p"),
+    ("Ġ", "d"),
+    ("e", "s"),
 )
 # CLIP's BPE marks the end of a word with "</w>" instead of a leading space.
 CLIP_MERGES = (
-    ("t", "h"), ("th", "e</w>"), ("a", "t</w>"), ("c", "at</w>"), ("i", "n"), ("o", "n</w>"),
-    ("a", "n"), ("an", "d</w>"), ("o", "f</w>"), ("in", "g</w>"), ("e", "r"), ("o", "r"),
+    ("t", "h"),
+    ("th", "e</w>"),
+    ("a", "t</w>"),
+    ("c", "at</w>"),
+    ("i", "n"),
+    ("o", "n</w>"),
+    ("a", "n"),
+    ("an", "d</w>"),
+    ("o", "f</w>"),
+    ("in", "g</w>"),
+    ("e", "r"),
+    ("o", "r"),
 )
 
 README = """# FramePack SELF-TEST model

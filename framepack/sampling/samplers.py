@@ -7,8 +7,8 @@ estimate is x0 = x - sigma * v and the probability-flow ODE is dx/dsigma = v = (
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Callable, Mapping
 
 import torch
 from torch import Tensor
@@ -30,9 +30,7 @@ def _prepare_sigmas(x: Tensor, sigmas: Tensor) -> Tensor:
     return sigmas.to(device=x.device, dtype=torch.float32)
 
 
-def sample_euler(
-    velocity_fn: VelocityFn, x: Tensor, sigmas: Tensor, callback: StepCallback | None = None
-) -> Tensor:
+def sample_euler(velocity_fn: VelocityFn, x: Tensor, sigmas: Tensor, callback: StepCallback | None = None) -> Tensor:
     """First-order Euler: x_{i+1} = x_i + (sigma_{i+1} - sigma_i) * v_i, one model call per step.
 
     The update is written exactly like diffusers' FlowMatchEulerDiscreteScheduler.step (upcast the sample

@@ -46,7 +46,16 @@ def component(cls: type, **kwargs: Any) -> Any:
     return cls(**kwargs)
 
 
-def on(event: Any, fn: Any, inputs: Any = None, outputs: Any = None, *, js: str | None = None, queue: bool | None = None, **kwargs: Any) -> Any:
+def on(
+    event: Any,
+    fn: Any,
+    inputs: Any = None,
+    outputs: Any = None,
+    *,
+    js: str | None = None,
+    queue: bool | None = None,
+    **kwargs: Any,
+) -> Any:
     """Attach `fn` to an event listener (e.g. `button.click`) on either Gradio; returns what the listener returns
     (a dependency that supports `.then` on both)."""
     arguments: dict[str, Any] = {"fn": fn, "inputs": inputs, "outputs": outputs, **kwargs}
@@ -87,7 +96,13 @@ def file_path(value: Any) -> Path | None:
     return Path(value) if value else None
 
 
-def mount(app: Any, blocks: gr.Blocks, path: str = "/", allowed_paths: list[str] | None = None, auth: tuple[str, str] | None = None) -> Any:
+def mount(
+    app: Any,
+    blocks: gr.Blocks,
+    path: str = "/",
+    allowed_paths: list[str] | None = None,
+    auth: tuple[str, str] | None = None,
+) -> Any:
     """Mount the tab into a FastAPI app (`gr.mount_gradio_app`); `allowed_paths` and `auth` where the version
     has them (a version without `auth` gets the tab unmounted rather than open: RuntimeError)."""
     arguments: dict[str, Any] = {"app": app, "blocks": blocks, "path": path}

@@ -218,11 +218,21 @@ def make_control(name: str, gr: Any, component: Any, value: Any = None) -> Any:
     common = {"label": label(name), "info": help_text, "elem_id": elem_id}
     default = value if value is not None else field_to_control(name, field_default(name))
     if name in IMAGE_FIELDS:
-        return component(gr.Image, label=label(name), type="pil", sources=["upload", "clipboard"], elem_id=elem_id, height=220)
+        return component(
+            gr.Image, label=label(name), type="pil", sources=["upload", "clipboard"], elem_id=elem_id, height=220
+        )
     if name == KEYFRAMES:
         return gr.State(default)
     if name == "model":
-        return component(gr.Dropdown, choices=list(MODEL_CHOICES), value=default, allow_custom_value=True, label="Model (tiny = SELF-TEST, random weights)", info=help_text, elem_id=elem_id)
+        return component(
+            gr.Dropdown,
+            choices=list(MODEL_CHOICES),
+            value=default,
+            allow_custom_value=True,
+            label="Model (tiny = SELF-TEST, random weights)",
+            info=help_text,
+            elem_id=elem_id,
+        )
     choices = field_choices(name)
     kind = field_type(name)
     if choices:
@@ -243,5 +253,10 @@ def make_control(name: str, gr: Any, component: Any, value: Any = None) -> Any:
         )
     lines = TEXT_LINES.get(name, 1)
     return component(
-        gr.Textbox, value=default, lines=lines, max_lines=max(lines, 20) if lines > 1 else 1, max_length=field_max_length(name), **common
+        gr.Textbox,
+        value=default,
+        lines=lines,
+        max_lines=max(lines, 20) if lines > 1 else 1,
+        max_length=field_max_length(name),
+        **common,
     )

@@ -11,8 +11,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import gradio as gr
 from PIL import Image
@@ -103,7 +104,10 @@ class FramePackTab:
             plan = self.service.plan(request)
         except Exception as error:  # noqa: BLE001 - every refusal is shown, not raised
             return f"**Cannot plan:** {describe_error(error)}", None
-        lines = [f"**Plan:** {plan.summary()}", f"{plan.model_calls} model calls, {plan.steps} steps per section, seed {plan.seed}"]
+        lines = [
+            f"**Plan:** {plan.summary()}",
+            f"{plan.model_calls} model calls, {plan.steps} steps per section, seed {plan.seed}",
+        ]
         if request.model == SELF_TEST_MODEL:
             lines.append("SELF-TEST model: random weights, the video is noise.")
         else:
@@ -147,7 +151,11 @@ class FramePackTab:
                 status = f"Stage: {event.stage} {event.detail}".strip()
                 force = True
             elif isinstance(event, ProgressEvent):
-                section = "start frame" if event.section < 0 else f"section {event.order + 1}/{job.progress.sections} (#{event.section})"
+                section = (
+                    "start frame"
+                    if event.section < 0
+                    else f"section {event.order + 1}/{job.progress.sections} (#{event.section})"
+                )
                 status = (
                     f"{section}, step {event.step}/{event.steps} — total {event.done_steps}/{event.total_steps}, "
                     f"ETA {_format_eta(event.eta)}"
@@ -174,7 +182,14 @@ class FramePackTab:
                 else:
                     yield job.id, status, compat.update(), compat.update(), None, ""
         # the stream ended without an end event (the job service stopped)
-        yield job.id, "The job manager stopped; the job resumes when it starts again.", preview, storyboard(board), None, ""
+        yield (
+            job.id,
+            "The job manager stopped; the job resumes when it starts again.",
+            preview,
+            storyboard(board),
+            None,
+            "",
+        )
 
     def _finish(self, job: Job, preview: Any, board: list) -> tuple[str, str, Any, list, Any, str]:
         paths = [self._absolute(path) for path in job.outputs]
@@ -391,26 +406,71 @@ def build_tab(tab: FramePackTab) -> gr.Blocks:
                 with gr.Accordion("Section keyframes", open=False):
                     make(KEYFRAMES)
                     with gr.Row():
-                        keyframe_image = c(gr.Image, label="Keyframe image", type="pil", sources=["upload", "clipboard"], elem_id="framepack_keyframe_image", height=160)
+                        keyframe_image = c(
+                            gr.Image,
+                            label="Keyframe image",
+                            type="pil",
+                            sources=["upload", "clipboard"],
+                            elem_id="framepack_keyframe_image",
+                            height=160,
+                        )
                         with gr.Column():
-                            keyframe_section = c(gr.Number, label="Section (time order, 0 = first)", value=0, precision=0, minimum=0, elem_id="framepack_keyframe_section")
-                            keyframe_add = c(gr.Button, value="Add / replace keyframe", elem_id="framepack_keyframe_add")
+                            keyframe_section = c(
+                                gr.Number,
+                                label="Section (time order, 0 = first)",
+                                value=0,
+                                precision=0,
+                                minimum=0,
+                                elem_id="framepack_keyframe_section",
+                            )
+                            keyframe_add = c(
+                                gr.Button, value="Add / replace keyframe", elem_id="framepack_keyframe_add"
+                            )
                             keyframe_clear = c(gr.Button, value="Clear keyframes", elem_id="framepack_keyframe_clear")
-                    keyframe_gallery = c(gr.Gallery, label="Keyframes", columns=6, height=140, elem_id="framepack_keyframe_gallery")
+                    keyframe_gallery = c(
+                        gr.Gallery, label="Keyframes", columns=6, height=140, elem_id="framepack_keyframe_gallery"
+                    )
                 with gr.Accordion("Strengths", open=False):
                     make("init_strength", "end_strength", "vision_strength", "end_vision_weight")
                 with gr.Accordion("Video", open=True):
-                    make("variant", "resolution", "aspect_ratio", "duration", "fps", "interpolate", "interpolation", "latent_window_size")
+                    make(
+                        "variant",
+                        "resolution",
+                        "aspect_ratio",
+                        "duration",
+                        "fps",
+                        "interpolate",
+                        "interpolation",
+                        "latent_window_size",
+                    )
                 with gr.Accordion("Sampling", open=False):
                     make("seed", "steps", "sampler", "guidance", "cfg_scale", "cfg_rescale", "shift")
                 with gr.Accordion("Speed and memory", open=False):
                     make("cache", "cache_threshold", "attention", "offload", "preserved_memory_gb")
                 with gr.Accordion("Output", open=False):
-                    make("codec", "container", "codec_options", "save_raw", "save_frames", "jpeg_quality", "filename", "preview")
+                    make(
+                        "codec",
+                        "container",
+                        "codec_options",
+                        "save_raw",
+                        "save_frames",
+                        "jpeg_quality",
+                        "filename",
+                        "preview",
+                    )
                 with gr.Accordion("Model", open=False):
                     make("model")
-                    recipe_text = c(gr.Textbox, label="Model recipe", lines=8, max_lines=30, elem_id="framepack_recipe",
-                                    info="One component per line: 'name: source [subfolder=..] [dtype=..]'. Use it to save it as a recipe file and select it; it applies from the next job.")
+                    recipe_text = c(
+                        gr.Textbox,
+                        label="Model recipe",
+                        lines=8,
+                        max_lines=30,
+                        elem_id="framepack_recipe",
+                        info=(
+                            "One component per line: 'name: source [subfolder=..] [dtype=..]'. Use it to save it as "
+                            "a recipe file and select it; it applies from the next job."
+                        ),
+                    )
                     with gr.Row():
                         recipe_show = c(gr.Button, value="Show recipe of the model", elem_id="framepack_recipe_show")
                         recipe_use = c(gr.Button, value="Use edited recipe", elem_id="framepack_recipe_use")
@@ -419,7 +479,9 @@ def build_tab(tab: FramePackTab) -> gr.Blocks:
                     model_status = c(gr.Markdown, value="", elem_id="framepack_model_status")
                 with gr.Accordion("Presets", open=False):
                     with gr.Row():
-                        preset_choice = c(gr.Dropdown, label="Preset", choices=tab.preset_choices(), elem_id="framepack_preset")
+                        preset_choice = c(
+                            gr.Dropdown, label="Preset", choices=tab.preset_choices(), elem_id="framepack_preset"
+                        )
                         preset_name = c(gr.Textbox, label="Save as", elem_id="framepack_preset_name")
                     with gr.Row():
                         preset_load = c(gr.Button, value="Load", elem_id="framepack_preset_load")
@@ -427,21 +489,48 @@ def build_tab(tab: FramePackTab) -> gr.Blocks:
                         preset_delete = c(gr.Button, value="Delete", elem_id="framepack_preset_delete")
                     preset_status = c(gr.Markdown, value="", elem_id="framepack_preset_status")
                 with gr.Accordion("Load settings from a video", open=False):
-                    video_file = c(gr.File, label="A video, raw .safetensors or sidecar .json made by FramePack", file_types=list(FINAL_SUFFIXES), elem_id="framepack_load_file")
+                    video_file = c(
+                        gr.File,
+                        label="A video, raw .safetensors or sidecar .json made by FramePack",
+                        file_types=list(FINAL_SUFFIXES),
+                        elem_id="framepack_load_file",
+                    )
                     load_status = c(gr.Markdown, value="", elem_id="framepack_load_status")
             with gr.Column(scale=2):
                 plan_line = c(gr.Markdown, value="", elem_id="framepack_plan")
-                timeline = c(gr.Image, label="Sections (time order; gen = generation order, L = prompt line, K = keyframe)", type="pil", interactive=False, height=190, elem_id="framepack_timeline")
+                timeline = c(
+                    gr.Image,
+                    label="Sections (time order; gen = generation order, L = prompt line, K = keyframe)",
+                    type="pil",
+                    interactive=False,
+                    height=190,
+                    elem_id="framepack_timeline",
+                )
                 with gr.Row():
                     generate_button = c(gr.Button, value="Generate", variant="primary", elem_id="framepack_generate")
                     cancel_button = c(gr.Button, value="Cancel", variant="stop", elem_id="framepack_cancel")
-                    keep_partial = c(gr.Checkbox, label="keep finished sections", value=False, elem_id="framepack_keep_partial")
+                    keep_partial = c(
+                        gr.Checkbox, label="keep finished sections", value=False, elem_id="framepack_keep_partial"
+                    )
                 cancel_status = c(gr.Markdown, value="", elem_id="framepack_cancel_status")
                 job_id = c(gr.Textbox, label="Job id", interactive=False, elem_id="framepack_job_id")
                 progress = c(gr.Markdown, value="", elem_id="framepack_progress")
-                preview = c(gr.Image, label="Latest section preview", type="numpy", interactive=False, elem_id="framepack_preview")
-                board = c(gr.Gallery, label="Finished sections in time order", columns=8, height=140, object_fit="contain",
-                          allow_preview=True, elem_id="framepack_storyboard")
+                preview = c(
+                    gr.Image,
+                    label="Latest section preview",
+                    type="numpy",
+                    interactive=False,
+                    elem_id="framepack_preview",
+                )
+                board = c(
+                    gr.Gallery,
+                    label="Finished sections in time order",
+                    columns=8,
+                    height=140,
+                    object_fit="contain",
+                    allow_preview=True,
+                    elem_id="framepack_storyboard",
+                )
                 video = c(gr.Video, label="Video", interactive=False, elem_id="framepack_video")
                 outputs = c(gr.Textbox, label="Output files", lines=3, interactive=False, elem_id="framepack_outputs")
 
@@ -455,9 +544,20 @@ def build_tab(tab: FramePackTab) -> gr.Blocks:
             control = controls[name]
             if name != KEYFRAMES and hasattr(control, "change"):
                 compat.on(control.change, tab.plan, inputs, plan_outputs, queue=False)
-        compat.on(keyframe_add.click, tab.add_keyframe, [keyframe_image, keyframe_section, controls[KEYFRAMES], *inputs],
-                  [controls[KEYFRAMES], keyframe_gallery, *plan_outputs], queue=False)
-        compat.on(keyframe_clear.click, tab.clear_keyframes, inputs, [controls[KEYFRAMES], keyframe_gallery, *plan_outputs], queue=False)
+        compat.on(
+            keyframe_add.click,
+            tab.add_keyframe,
+            [keyframe_image, keyframe_section, controls[KEYFRAMES], *inputs],
+            [controls[KEYFRAMES], keyframe_gallery, *plan_outputs],
+            queue=False,
+        )
+        compat.on(
+            keyframe_clear.click,
+            tab.clear_keyframes,
+            inputs,
+            [controls[KEYFRAMES], keyframe_gallery, *plan_outputs],
+            queue=False,
+        )
 
         # clear the last cancel answer, then run: two listeners on one click may run in either order, and a clear
         # that lands after a cancel would hide its answer
@@ -467,13 +567,25 @@ def build_tab(tab: FramePackTab) -> gr.Blocks:
         # must not overwrite the "Cancelled" state the stream already showed
         compat.on(cancel_button.click, tab.cancel, [job_id, keep_partial], [cancel_status], queue=False)
 
-        compat.on(preset_save.click, tab.save_preset, [preset_name, *inputs], [preset_choice, preset_status], queue=False)
+        compat.on(
+            preset_save.click, tab.save_preset, [preset_name, *inputs], [preset_choice, preset_status], queue=False
+        )
         compat.on(preset_load.click, tab.load_preset, [preset_choice], [*inputs, preset_status], queue=False)
         compat.on(preset_delete.click, tab.delete_preset, [preset_choice], [preset_choice, preset_status], queue=False)
-        compat.on(video_file.change, tab.load_from_video, [video_file], [*inputs, load_status, keyframe_gallery], queue=False)
+        compat.on(
+            video_file.change, tab.load_from_video, [video_file], [*inputs, load_status, keyframe_gallery], queue=False
+        )
 
-        compat.on(recipe_show.click, tab.show_recipe, [controls["model"], controls["variant"]], [recipe_text], queue=False)
-        compat.on(recipe_use.click, tab.use_recipe, [recipe_text, controls["variant"]], [controls["model"], model_status], queue=False)
+        compat.on(
+            recipe_show.click, tab.show_recipe, [controls["model"], controls["variant"]], [recipe_text], queue=False
+        )
+        compat.on(
+            recipe_use.click,
+            tab.use_recipe,
+            [recipe_text, controls["variant"]],
+            [controls["model"], model_status],
+            queue=False,
+        )
         compat.on(load_button.click, tab.load, inputs, [model_status])
         compat.on(unload_button.click, tab.unload, None, [model_status])
 

@@ -66,7 +66,9 @@ def check_names(codec: str, container: str) -> None:
     try:
         Codec(codec, "w")
     except Exception:
-        raise EncoderError("codec", f"{codec!r} is not an encoder of this FFmpeg build; run `python -m framepack codecs`") from None
+        raise EncoderError(
+            "codec", f"{codec!r} is not an encoder of this FFmpeg build; run `python -m framepack codecs`"
+        ) from None
 
 
 def open_in_memory(codec: str, container: str, options: dict[str, str], width: int, height: int) -> None:
@@ -88,10 +90,14 @@ def open_in_memory(codec: str, container: str, options: dict[str, str], width: i
             output.mux(stream.encode(None))
         except Exception as error:
             reason = getattr(error, "strerror", None) or error
-            raise EncoderError("codec_options" if options else "codec", f"{codec} refused {options or 'to open'}: {reason}") from None
+            raise EncoderError(
+                "codec_options" if options else "codec", f"{codec} refused {options or 'to open'}: {reason}"
+            ) from None
         unused = sorted(stream.codec_context.options)  # FFmpeg hands back the options nothing consumed
         if unused:
-            raise EncoderError("codec_options", f"{codec} has no option {', '.join(unused)} (see `ffmpeg -h encoder={codec}`)")
+            raise EncoderError(
+                "codec_options", f"{codec} has no option {', '.join(unused)} (see `ffmpeg -h encoder={codec}`)"
+            )
     finally:
         output.close()
 

@@ -7,7 +7,7 @@ memory stays flat however long the video is.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch

@@ -246,9 +246,7 @@ class IFBlock(nn.Module):
         # 4*6 channels at 1/2, shuffled to 6 at full block resolution: 4 flow, 1 mask, 1 unused.
         self.lastconv = nn.Sequential(nn.ConvTranspose2d(channels, 4 * 6, 4, 2, 1), nn.PixelShuffle(2))
 
-    def forward(
-        self, x: torch.Tensor, flow: torch.Tensor | None, scale: float
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, flow: torch.Tensor | None, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
         x = F.interpolate(x, scale_factor=1.0 / scale, mode="bilinear", align_corners=False)
         if flow is not None:
             flow = F.interpolate(flow, scale_factor=1.0 / scale, mode="bilinear", align_corners=False) / scale
@@ -504,4 +502,3 @@ class InterpolatingSink:
         self.frames_out += len(frames)
         for sink in self.downstream:
             sink.write(frames)
-

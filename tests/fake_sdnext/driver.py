@@ -80,7 +80,9 @@ if mode in ("tabs", "degraded"):
         for key, info in shared.opts.data_labels.items():
             if key.startswith("framepack_"):
                 value = getattr(shared.opts, key)
-                component = info.component(label=info.label, value=value, elem_id=f"setting_{key}", **(info.component_args or {}))
+                component = info.component(
+                    label=info.label, value=value, elem_id=f"setting_{key}", **(info.component_args or {})
+                )
                 built[key] = component.value
     report["settings_built"] = built
 
@@ -146,7 +148,9 @@ report["explicit_default"] = [response.status_code, response.json()]
 #    and the default cache setting.
 for key, value in given.get("settings_later", {}).items():
     setattr(shared.opts, key, value)
-response = client.post("/sdapi/v1/framepack", json={**FAST, "prompt": "a kite <lora:host-style:0.7>", "filename": "recipe"})
+response = client.post(
+    "/sdapi/v1/framepack", json={**FAST, "prompt": "a kite <lora:host-style:0.7>", "filename": "recipe"}
+)
 report["recipe"] = [response.status_code, response.json()]
 report["recipe_job"] = job(response.json()["id"]) if response.status_code == 200 else None
 

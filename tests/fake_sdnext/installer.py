@@ -17,7 +17,9 @@ def pip(arg, ignore=False, quiet=True, *, uv=True, constraints=True):
     all_args = [arg]
     if constraints and arg.startswith("install"):
         all_args.append("-c constraints.txt")
-    result = subprocess.run(f'"{sys.executable}" -m pip {" ".join(all_args)}', shell=True, capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        f'"{sys.executable}" -m pip {" ".join(all_args)}', shell=True, capture_output=True, text=True, check=False
+    )
     return result, (result.stdout + result.stderr).strip()
 
 

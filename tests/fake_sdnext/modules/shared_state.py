@@ -141,7 +141,9 @@ class State:
             if prev_job is not None:
                 self.id = prev_job["id"]
                 self.job = prev_job["job"]
-                self.duration = round(time.time() - prev_job["timestamp"], 3) if prev_job["timestamp"] is not None else None
+                self.duration = (
+                    round(time.time() - prev_job["timestamp"], 3) if prev_job["timestamp"] is not None else None
+                )
         self.time_start = time.time()
         if api is not None:
             self.api = api
