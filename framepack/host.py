@@ -384,7 +384,13 @@ class SDNextHost(Host):
         from framepack.request import Cache, GenerateRequest, Offload
 
         shared = self._shared()
-        fields = GenerateRequest.model_fields
+
+        def radio(field: str, choices: tuple[str, ...]) -> Any:
+            """The option of a field whose default comes from the request model, one button per choice."""
+            default = GenerateRequest.model_fields[field].default
+            label = f"Default {field} when a request names none"
+            return shared.OptionInfo(default, label, gr.Radio, {"choices": list(choices)}, section=SETTINGS_SECTION)
+
         initial_model = os.environ.get(MODEL_ENV, "").strip() or MODEL_CHOICES[0]
         options = {
             SETTING_MODEL: shared.OptionInfo(
@@ -395,20 +401,8 @@ class SDNextHost(Host):
                 {"choices": list(MODEL_CHOICES), "allow_custom_value": True},
                 section=SETTINGS_SECTION,
             ),
-            SETTING_CACHE: shared.OptionInfo(
-                fields["cache"].default,
-                "Default cache when a request names none",
-                gr.Radio,
-                {"choices": list(Cache.__args__)},
-                section=SETTINGS_SECTION,
-            ),
-            SETTING_OFFLOAD: shared.OptionInfo(
-                fields["offload"].default,
-                "Default offload when a request names none",
-                gr.Radio,
-                {"choices": list(Offload.__args__)},
-                section=SETTINGS_SECTION,
-            ),
+            SETTING_CACHE: radio("cache", Cache.__args__),
+            SETTING_OFFLOAD: radio("offload", Offload.__args__),
         }
         for key, info in options.items():
             shared.opts.add_option(key, info)

@@ -203,6 +203,16 @@ def remove_path(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def place_output(temporary: Path, final: Path, commit: OutputCommit | None) -> Path:
+    """A sink's finished output: staged for `commit` (renamed later with the job's other outputs) or, without
+    one, renamed into place now; `final` either way."""
+    if commit is not None:
+        commit.stage(temporary, final)
+    else:
+        os.replace(temporary, final)
+    return final
+
+
 class OutputCommit:
     """The outputs of one job, complete under temporary names, renamed into place together.
 

@@ -51,28 +51,15 @@ def host_log() -> Any:
 
 def load_package(name: str, folder: Path) -> ModuleType:
     """The package in `folder` imported as `name` (its submodules then import as `name.<module>`)."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(
-        name, folder / "__init__.py", submodule_search_locations=[str(folder)]
-    )
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {folder} as a package")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[name]
-        raise
-    return module
+    return load_module(name, folder / "__init__.py", package_folder=folder)
 
 
-def load_module(name: str, path: Path) -> ModuleType:
-    """The single file `path` imported as module `name`."""
+def load_module(name: str, path: Path, package_folder: Path | None = None) -> ModuleType:
+    """The single file `path` imported as module `name` (as a package's `__init__.py` with `package_folder`)."""
     if name in sys.modules:
         return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
+    package = {} if package_folder is None else {"submodule_search_locations": [str(package_folder)]}
+    spec = importlib.util.spec_from_file_location(name, path, **package)
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot load {path}")
     module = importlib.util.module_from_spec(spec)

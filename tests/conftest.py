@@ -59,3 +59,44 @@ def make_manager(tmp_path: Path, runner):
     yield make
     for manager in managers:
         manager.close(timeout=30)
+
+
+@pytest.fixture
+def framepack_cli(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch):
+    """`python -m framepack ARGS` run in this process (`framepack.cli.main`): a function of the arguments (and
+    `home` for FRAMEPACK_HOME, `cwd`, `env` where None removes a variable) that returns a `CliResult` with the exit
+    code and what was printed. A `serve` that would really start fails the test instead of serving."""
+    import logging
+
+    import uvicorn
+    from helpers import CliResult
+
+    from framepack.cli import main
+
+    def started(*_args, **_kwargs):
+        raise AssertionError("the server started")
+
+    monkeypatch.setattr(uvicorn, "run", started)
+    levels = {name: logging.getLogger(name).level for name in ("framepack", "api")}  # `serve` sets them to INFO
+
+    def run(*args: str, home: Path | None = None, cwd: Path | None = None, env: dict[str, str | None] | None = None):
+        if home is not None:
+            monkeypatch.setenv("FRAMEPACK_HOME", str(home))
+        if cwd is not None:
+            monkeypatch.chdir(cwd)
+        for name, value in (env or {}).items():
+            if value is None:
+                monkeypatch.delenv(name, raising=False)
+            else:
+                monkeypatch.setenv(name, value)
+        capsys.readouterr()  # what came before is not this command's
+        try:
+            code = main(list(args))
+        except SystemExit as exit:  # argparse refuses a flag
+            code = exit.code
+        printed = capsys.readouterr()
+        return CliResult(code, printed.out, printed.err)
+
+    yield run
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import os
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import av
@@ -14,6 +15,21 @@ import torch
 from PIL import Image
 
 from framepack.video.raw import RawFrames
+
+# The fast settings of the tiny self-test model: one 128 px section of window 3 (13 frames) in 2 steps. Tests that
+# need something else say so as {**FAST, ...}.
+FAST = {"model": "tiny", "resolution": 128, "latent_window_size": 3, "steps": 2, "duration": 0.4, "prompt": "a kite"}
+# The least a job can be: one step of one window-1 section (5 frames), for tests of queues and streams.
+SMALLEST = {**FAST, "latent_window_size": 1, "steps": 1, "duration": 0.1}
+
+
+@dataclass
+class CliResult:
+    """What a command run in this process returned and printed (the fields of `subprocess.CompletedProcess`)."""
+
+    returncode: int
+    stdout: str
+    stderr: str
 
 
 class MemorySink:
@@ -114,7 +130,8 @@ def host_like_python() -> str | None:
         if not Path(candidate).is_file():
             continue
         probe = subprocess.run(
-            [candidate, "-c", "import gradio, fastapi, torch, diffusers, av; print(gradio.__version__, fastapi.__version__)"],
+            [candidate, "-c",
+             "import gradio, fastapi, torch, diffusers, av; print(gradio.__version__, fastapi.__version__)"],
             capture_output=True, text=True, check=False, timeout=300,
         )  # fmt: skip
         if probe.returncode == 0 and probe.stdout.split()[:1] == ["3.43.2"]:

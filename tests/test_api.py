@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from api_live_server import wait_for_job
 from fastapi.testclient import TestClient
-from helpers import decode_video, pattern_image, tiny_home
+from helpers import FAST, decode_video, pattern_image, tiny_home
 from PIL import Image
 
 from api.aliases import translate
@@ -30,8 +30,6 @@ from framepack.jobs.events import EVENT_MODELS, EndEvent, ProgressEvent, parse_e
 from framepack.jobs.manager import JobManager
 from framepack.jobs.models import JobState
 from framepack.runner import Runner
-
-FAST = {"model": "tiny", "resolution": 128, "latent_window_size": 3, "steps": 2, "duration": 0.4, "prompt": "a kite"}
 
 
 def b64_image(image: Image.Image, fmt: str = "PNG", prefix: bool = False, **save) -> str:
@@ -536,9 +534,20 @@ def test_the_event_models_are_in_openapi_and_every_streamed_event_parses_into_it
     assert progress[-1].done_steps == progress[-1].total_steps == events[-1].progress.total_steps
 
 
-def test_plan_route_matches_the_generated_frame_count(server):
-    plan = server.client.post(f"{PREFIX}/plan", json={**FAST, "duration": 1.0}).json()
-    assert plan["summary"].startswith(f"{plan['plan']['output_frames']} frames")
+def test_plan_route_matches_the_generated_frame_count(server, tmp_path):
+    request = {**FAST, "duration": 0.8, "fps": 30}
+    # the README's formula: sections = max(1, round(duration * fps / (4 * window))), frames = 4 * window * sections + 1
+    sections = max(1, round(0.8 * 30 / (4 * 3)))
+    expected = 4 * 3 * sections + 1
+    assert (sections, expected) == (2, 25)
+    plan = server.client.post(f"{PREFIX}/plan", json=request).json()
+    assert plan["plan"]["num_sections"] == sections and plan["plan"]["output_frames"] == expected
+    assert plan["summary"].startswith(f"{expected} frames")
+    body = server.client.post(PREFIX, json=request).json()
+    assert body["state"] == "finished", body
+    video = tmp_path / "planned.mp4"
+    video.write_bytes(server.client.get(body["url"]).content)
+    assert decode_video(video)[0] == expected
 
 
 def test_alias_translation():

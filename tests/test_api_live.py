@@ -15,21 +15,11 @@ import httpx
 import numpy as np
 import pytest
 from api_live_server import PREFIX, LiveServer, wait_for_job
-from helpers import read_raw_frames, tiny_home
+from helpers import FAST, read_raw_frames, tiny_home
 from PIL import Image
 
-FAST = {"model": "tiny", "resolution": 128, "latent_window_size": 3, "steps": 2, "duration": 0.4, "prompt": "a kite"}
 # Six sections of window 1 (25 frames); enough steps that the job is still sampling when two sections are done.
-CRASH = {
-    "model": "tiny",
-    "resolution": 128,
-    "latent_window_size": 1,
-    "steps": 16,
-    "duration": 0.8,
-    "prompt": "a kite",
-    "seed": 1234,
-    "save_raw": True,
-}
+CRASH = {**FAST, "latent_window_size": 1, "steps": 16, "duration": 0.8, "seed": 1234, "save_raw": True}
 
 
 @pytest.fixture
@@ -93,7 +83,8 @@ def test_live_submit_poll_stream_download(home, tmp_path):
             # A literal "../" (httpx would normalise it away, so send the request line by hand)
             with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
                 raw.sendall(
-                    f"GET {PREFIX}/files/../../../../../../etc/passwd HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+                    f"GET {PREFIX}/files/../../../../../../etc/passwd HTTP/1.1\r\nHost: x\r\nConnection: "
+                    f"close\r\n\r\n".encode()
                 )
                 reply = b""
                 while chunk := raw.recv(65536):

@@ -16,11 +16,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 from api_live_server import PREFIX, LiveServer, wait_for_job
-from helpers import tiny_home
+from helpers import SMALLEST, tiny_home
 
 REQUESTS, CLIENTS, MAX_QUEUED = 50, 10, 20
 # One section of window 1, one step: 5 frames; about half a second a job on 2 CPU cores.
-TINY = {"model": "tiny", "resolution": 128, "latent_window_size": 1, "steps": 1, "duration": 0.1, "prompt": "a kite"}
 
 
 def test_fifty_concurrent_submissions(tiny_model_dir, tmp_path):
@@ -36,7 +35,7 @@ def test_fifty_concurrent_submissions(tiny_model_dir, tmp_path):
     def submit(index: int) -> httpx.Response:
         if not hasattr(local, "client"):
             local.client = httpx.Client(base_url=server.url, timeout=60)
-        return local.client.post(f"{PREFIX}/jobs", json={**TINY, "prompt": f"a kite {index}"})
+        return local.client.post(f"{PREFIX}/jobs", json={**SMALLEST, "prompt": f"a kite {index}"})
 
     try:
         with ThreadPoolExecutor(CLIENTS) as pool:
@@ -79,7 +78,7 @@ def test_fifty_concurrent_submissions(tiny_model_dir, tmp_path):
 STREAMS = {"running": 30, "queued": 70}  # streams of a queued job are quiet: nothing but heartbeats
 STATUS_TIMEOUT_S = 10.0  # generous: the answers take well under a second; a server out of threads takes 15 s and more
 # Thirty sections of 100 steps: the job runs (and sends progress events) for minutes, until the test cancels it.
-LONG = {**TINY, "steps": 100, "duration": 4.0, "prompt": "a long kite"}
+LONG = {**SMALLEST, "steps": 100, "duration": 4.0, "prompt": "a long kite"}
 
 
 def read_until(connection: socket.socket, marker: bytes, deadline: float) -> bytes:

@@ -19,6 +19,7 @@ import httpx
 import pytest
 import uvicorn
 from api_live_server import free_port
+from helpers import SMALLEST
 
 from api import streams
 from api.routes import PREFIX
@@ -26,7 +27,6 @@ from api.server import create_app
 from framepack.jobs.manager import JobManager
 from framepack.request import GenerateRequest
 
-TINY = {"model": "tiny", "resolution": 128, "latent_window_size": 1, "steps": 1, "duration": 0.1, "prompt": "a kite"}
 CLEANUP_S = 3.0  # well below the 15 s heartbeat: a stream must be cleaned up by the disconnect itself
 
 
@@ -81,7 +81,7 @@ def manager(runner, tmp_path):
 
 
 def test_a_disconnected_stream_is_unsubscribed_at_once(manager, runner):
-    job = manager.submit(GenerateRequest(**TINY))
+    job = manager.submit(GenerateRequest(**SMALLEST))
     with ThreadServer(create_app(manager, runner.output_dir, manage_lifecycle=False)) as server:
         connection, received = open_raw_stream(server.port, job.id)
         assert received.startswith(b"HTTP/1.1 200") and b"text/event-stream" in received
@@ -93,7 +93,7 @@ def test_a_disconnected_stream_is_unsubscribed_at_once(manager, runner):
 
 
 def test_streams_past_the_cap_get_429_with_retry_after_and_a_closed_one_frees_its_slot(manager, runner):
-    job = manager.submit(GenerateRequest(**TINY))
+    job = manager.submit(GenerateRequest(**SMALLEST))
     with ThreadServer(create_app(manager, runner.output_dir, manage_lifecycle=False, max_streams=3)) as server:
         connections = [open_raw_stream(server.port, job.id)[0] for _ in range(3)]
         refused = httpx.get(f"{server.url}{PREFIX}/jobs/{job.id}/events", timeout=10)
@@ -121,7 +121,7 @@ def test_streams_past_the_cap_get_429_with_retry_after_and_a_closed_one_frees_it
 
 def test_a_quiet_stream_sends_heartbeat_comments_then_the_end(manager, runner, monkeypatch):
     monkeypatch.setattr(streams, "HEARTBEAT_SECONDS", 0.2)
-    job = manager.submit(GenerateRequest(**TINY))
+    job = manager.submit(GenerateRequest(**SMALLEST))
     with ThreadServer(create_app(manager, runner.output_dir, manage_lifecycle=False)) as server:
         with httpx.Client(base_url=server.url, timeout=10) as client:
             with client.stream("GET", f"{PREFIX}/jobs/{job.id}/events") as stream:
@@ -144,7 +144,7 @@ def test_a_quiet_stream_sends_heartbeat_comments_then_the_end(manager, runner, m
 
 def test_async_subscription_delivers_a_running_jobs_events_and_sync_subscribers_still_work(make_manager):
     manager = make_manager(start=False)
-    job = manager.submit(GenerateRequest(**{**TINY, "steps": 3}))
+    job = manager.submit(GenerateRequest(**{**SMALLEST, "steps": 3}))
     synchronous = manager.subscribe(job.id)
     assert next(synchronous).event == "state"
 
@@ -175,7 +175,7 @@ async def _collect(manager, job_id: str) -> list:
 
 
 def test_closing_an_async_subscription_unsubscribes_and_a_stop_ends_the_others(manager, tmp_path: Path):
-    job = manager.submit(GenerateRequest(**TINY))
+    job = manager.submit(GenerateRequest(**SMALLEST))
 
     async def scenario() -> list:
         loop = asyncio.get_running_loop()

@@ -1,4 +1,5 @@
-"""`python -m framepack`: flags from the request model, a real tiny-model render, one-line errors."""
+"""`python -m framepack`: flags from the request model, a real tiny-model render (the one test that starts the real
+entry point in its own process), one-line errors (in this process, through `framepack.cli.main`)."""
 
 from __future__ import annotations
 
@@ -66,7 +67,8 @@ def test_generate_with_the_tiny_model_writes_the_planned_video(tmp_path):
     image = pattern_image(tmp_path / "start.png", 200, 150)
     result = cli(
         "generate", "--model", "tiny", "--prompt", "a boat", "--init-image", str(image), "--resolution", "128",
-        "--duration", "1.2", "--steps", "2", "--latent-window-size", "3", "--output-dir", str(tmp_path), "--filename", "boat",
+        "--duration", "1.2", "--steps", "2", "--latent-window-size", "3", "--output-dir", str(tmp_path),
+        "--filename", "boat",
         home=tmp_path / "home", cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -80,8 +82,8 @@ def test_generate_with_the_tiny_model_writes_the_planned_video(tmp_path):
     assert "section 0:" in result.stdout and "decode:" in result.stdout
 
 
-def test_plan_command_prints_the_plan_without_a_model(tmp_path):
-    result = cli("plan", "--duration", "3", "--section-prompts", "a\nb", home=tmp_path, cwd=tmp_path)
+def test_plan_command_prints_the_plan_without_a_model(framepack_cli, tmp_path):
+    result = framepack_cli("plan", "--duration", "3", "--section-prompts", "a\nb", home=tmp_path, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     plan = json.loads(result.stdout.split("\n", 1)[1])
     assert plan["num_sections"] == 2 and plan["generated_frames"] == 73
@@ -102,27 +104,20 @@ def test_plan_command_prints_the_plan_without_a_model(tmp_path):
         (["--model", "nowhere.json"], "model: 'nowhere.json' is not 'default', 'tiny' or an existing recipe file"),
     ],
 )
-def test_bad_input_gives_one_line_and_exit_2_before_any_model_loads(tmp_path, args, message):
-    result = cli("generate", *args, home=tmp_path, cwd=tmp_path)
+def test_bad_input_gives_one_line_and_exit_2_before_any_model_loads(framepack_cli, tmp_path, args, message):
+    result = framepack_cli("generate", *args, home=tmp_path, cwd=tmp_path)
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "outputs").exists()
 
 
-def test_default_model_offline_names_the_missing_component(tmp_path):
-    empty_cache = tmp_path / "hf"
-    env = {
-        **os.environ,
-        "HF_HUB_CACHE": str(empty_cache),
-        "HF_HOME": str(empty_cache),
-        "HF_HUB_OFFLINE": "1",
-        "PYTHONPATH": str(ROOT),
-    }
-    result = subprocess.run(
-        [sys.executable, "-m", "framepack", "generate", "--prompt", "x", "--duration", "1"],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
-    )  # fmt: skip
+def test_default_model_offline_names_the_missing_component(framepack_cli, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))  # an empty cache
+    offline = {"HF_HUB_OFFLINE": "1", "FRAMEPACK_MODEL": None}
+    result = framepack_cli("generate", "--prompt", "x", "--duration", "1", cwd=tmp_path, env=offline)
     assert result.returncode == 2
     assert "transformer is not available" in result.stderr and "lllyasviel/FramePackI2V_HY" in result.stderr
     assert "hf download" in result.stderr

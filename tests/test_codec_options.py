@@ -12,7 +12,7 @@ import av
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from helpers import decode_video, tiny_home
+from helpers import FAST, decode_video, tiny_home
 
 from api.routes import PREFIX
 from api.server import create_app
@@ -22,7 +22,6 @@ from framepack.video.codecs import SOFTWARE_CANDIDATES, EncoderError, check_outp
 from framepack.video.encoder import VideoEncoderSink
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = {"model": "tiny", "resolution": 128, "latent_window_size": 3, "steps": 2, "duration": 0.4, "prompt": "a kite"}
 HARDWARE_SUFFIXES = ("_nvenc", "_qsv", "_amf", "_vaapi", "_videotoolbox", "_v4l2m2m", "_mf", "_vulkan")
 # Every encoder the project lists that this PyAV build has (hardware ones too: options are refused before any
 # encoder opens, so they are checked here even where no such device exists).

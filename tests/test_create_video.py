@@ -82,7 +82,8 @@ def test_body_has_the_given_fields_and_images_as_data_urls(tmp_path):
         json.dumps({"request": {"prompt": "from file", "seed": 5, "output_dir": "/srv", "keyframes": {"1": str(key)}}})
     )
     args = cv.build_parser().parse_args(
-        ["--request-file", str(request_file), "--init-image", str(image), "--keyframe", f"0={key}", "--steps", "3", "--no-preview",
+        ["--request-file", str(request_file), "--init-image", str(image), "--keyframe", f"0={key}", "--steps", "3",
+         "--no-preview",
          "--output-dir", str(tmp_path / "dl")]
     )  # fmt: skip
     body = cv.build_request_body(args)
@@ -256,7 +257,8 @@ def job_id_of(result: subprocess.CompletedProcess) -> str:
 
 def test_image_to_video_downloads_the_planned_video(server, tmp_path):
     image = pattern_image(tmp_path / "start.png", 200, 150)
-    result = run_client("--server", server, "--prompt", "a boat", "--init-image", str(image), *TINY_ARGS, "--filename", "boat",
+    result = run_client("--server", server, "--prompt", "a boat", "--init-image", str(image), *TINY_ARGS,
+                        "--filename", "boat",
                         "--output-dir", str(tmp_path / "dl"), cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr
     paths = outputs_of(result)
@@ -273,7 +275,8 @@ def test_image_to_video_downloads_the_planned_video(server, tmp_path):
 
 def test_text_to_video_downloads_video_raw_sidecar_and_frames_to_the_default_folder(server, tmp_path):
     result = run_client(
-        "--server", server, "--prompt", "a city at night", *TINY_ARGS, "--save-raw", "--save-frames", "png", "--filename", "city",
+        "--server", server, "--prompt", "a city at night", *TINY_ARGS, "--save-raw", "--save-frames", "png",
+        "--filename", "city",
         cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr

@@ -11,14 +11,14 @@ from pathlib import Path
 import httpx
 import pytest
 from api_live_server import PREFIX, LiveServer
-from helpers import tiny_home
+from helpers import FAST, tiny_home
 
 from framepack.defaults import MODEL_ENV, apply_defaults, env_defaults, model_default
 from framepack.errors import FieldError
 from framepack.request import GenerateRequest
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = {"resolution": 128, "latent_window_size": 3, "steps": 2, "duration": 0.4, "prompt": "a kite"}
+NO_MODEL = {name: value for name, value in FAST.items() if name != "model"}  # the defaults choose the model
 
 
 def test_a_field_left_out_takes_the_default_and_a_field_given_wins():
@@ -51,7 +51,7 @@ def test_default_model_names_and_a_bad_one_named_by_its_source(tmp_path):
 
 def test_the_manager_applies_its_defaults_at_submit(make_manager):
     manager = make_manager(request_defaults=lambda: {"model": "tiny", "cache": "none"})
-    job = manager.submit(GenerateRequest(**FAST))
+    job = manager.submit(GenerateRequest(**NO_MODEL))
     assert (job.request["model"], job.request["cache"]) == ("tiny", "none")
     assert "SELF-TEST model" in job.summary
     assert manager.wait(job.id, 120).state.value == "finished"
@@ -117,10 +117,10 @@ def test_serve_with_framepack_model_tiny_renders_requests_without_a_model_with_t
     ).start()
     try:
         with httpx.Client(base_url=server.url, timeout=120) as client:
-            planned = client.post(f"{PREFIX}/plan", json=FAST)
-            rendered = client.post(PREFIX, json=FAST)
+            planned = client.post(f"{PREFIX}/plan", json=NO_MODEL)
+            rendered = client.post(PREFIX, json=NO_MODEL)
             job = client.get(f"{PREFIX}/jobs/{rendered.json()['id']}").json() if rendered.status_code == 200 else None
-            explicit = client.post(f"{PREFIX}/jobs", json={**FAST, "model": "default"})
+            explicit = client.post(f"{PREFIX}/jobs", json={**NO_MODEL, "model": "default"})
     finally:
         server.stop()
     assert planned.status_code == 200 and "SELF-TEST model" in planned.json()["summary"]
@@ -145,7 +145,7 @@ def test_serve_model_flag_wins_over_the_environment_and_a_bad_one_stops_it(tmp_p
     ).start()
     try:
         with httpx.Client(base_url=server.url, timeout=60) as client:
-            answer = client.post(f"{PREFIX}/jobs", json=FAST)
+            answer = client.post(f"{PREFIX}/jobs", json=NO_MODEL)
     finally:
         server.stop()
     assert answer.status_code == 503 and answer.json()["error"]["field"] == "model"
@@ -155,6 +155,7 @@ def test_serve_model_flag_wins_over_the_environment_and_a_bad_one_stops_it(tmp_p
         bad.stderr.strip()
         .splitlines()[-1]
         .endswith(
-            "--model is 'nowhere.txt': allowed 'published' (or 'default'), 'self-test' (or 'tiny') or the path of an existing recipe file"
+            "--model is 'nowhere.txt': allowed 'published' (or 'default'), 'self-test' (or 'tiny') or the "
+            "path of an existing recipe file"
         )
     )

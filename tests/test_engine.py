@@ -7,7 +7,7 @@ import pytest
 import torch
 from diffusers import HunyuanVideoFramepackPipeline
 from diffusers.utils.torch_utils import randn_tensor
-from helpers import MemorySink, TransformerCalls, decode_video, pattern_image
+from helpers import FAST, MemorySink, TransformerCalls, decode_video, pattern_image
 
 from framepack.encoders import encode_vision, vae_encode
 from framepack.events import Cancelled, CancelToken, FramesWritten, StageStarted, StepProgress
@@ -19,7 +19,7 @@ from framepack.video.decode import OverlapJoiner
 from framepack.video.encoder import partial_path
 
 # window 3 = 12 frames per section: 0.8 s at 30 fps is 2 sections, 1.6 s is 4, 2.0 s is 5
-FAST = dict(resolution=128, latent_window_size=3, steps=2, fps=30, duration=0.8, prompt="a red ball rolls")
+ENGINE = {**FAST, "fps": 30, "duration": 0.8, "prompt": "a red ball rolls"}  # two sections
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def images(tmp_path_factory):
 
 
 def run(components, sinks=None, cancel=None, on_event=None, finished=None, **fields):
-    request = GenerateRequest(**{**FAST, **fields})
+    request = GenerateRequest(**{**ENGINE, **fields})
     plan = plan_request(request)
     memory = MemorySink()
     latents = {}
@@ -75,7 +75,7 @@ def test_every_mode_and_variant_writes_the_planned_frames(tiny_components, image
         fields["init_image"] = images["start"]
     if mode == "flf2v":
         fields["end_image"] = images["end"]
-    request = GenerateRequest(**{**FAST, **fields})
+    request = GenerateRequest(**{**ENGINE, **fields})
     plan = plan_request(request)
     sinks = build_sinks(request, plan, output_path(request, plan, tmp_path))
     plan, memory, calls, _ = run(tiny_components, sinks=sinks, **fields)
@@ -107,6 +107,7 @@ def test_init_strength_mixes_the_start_latent_with_noise(tiny_components, images
     latent = vae_encode(tiny_components, pixels_of(images["start"], plan), generator)
     noise = randn_tensor(latent.shape, generator=generator)
     expected = strength * latent + (1 - strength) * noise
+    assert len(calls) == plan.model_calls > 0
     for call in calls:
         torch.testing.assert_close(call["latents_clean"][:, :, :1], expected, atol=1e-5, rtol=1e-5)
 
@@ -130,6 +131,7 @@ def test_end_strength_and_vision_weights_in_flf2v(tiny_components, images):
     )
     by_section = section_calls(calls, plan)
     last = plan.num_sections - 1  # generated first, next to the end frame
+    assert len(calls) == plan.model_calls and len(by_section[last]) == len(by_section[0]) == plan.steps > 0
     for call in by_section[last]:
         torch.testing.assert_close(call["latents_clean"][:, :, 1:2], 0.7 * end + 0.3 * start, atol=1e-5, rtol=1e-5)
     for call in by_section[0]:  # later sections see the generated frames after them
@@ -141,6 +143,7 @@ def test_end_strength_and_vision_weights_in_flf2v(tiny_components, images):
 def test_i2v_vision_strength_scales_the_siglip_embedding(tiny_components, images):
     plan, _, calls, _ = run(tiny_components, init_image=images["start"], vision_strength=0.4)
     expected = 0.4 * encode_vision(tiny_components, pixels_of(images["start"], plan), torch.float32)
+    assert len(calls) == plan.model_calls > 0
     for call in calls:
         torch.testing.assert_close(call["image_embeds"], expected, atol=1e-5, rtol=1e-5)
 
@@ -193,6 +196,7 @@ def test_f1_history_starts_from_the_start_latent(tiny_components, images):
 def test_t2v_generates_the_first_frame_from_the_prompt(tiny_components):
     plan, memory, calls, latents = run(tiny_components)
     assert plan.start_frame_pass and START in latents
+    assert len(calls) == plan.model_calls > plan.steps  # the start-frame pass, then the sections
     for call in calls[: plan.steps]:
         assert call["hidden_states"].shape[2] == 1 and call["image_embeds"].abs().max() == 0
     assert all(call["image_embeds"].abs().max() > 0 for call in calls[plan.steps :])
@@ -221,7 +225,7 @@ def test_cancel_stops_within_a_step_and_leaves_no_file(tiny_components, images, 
             cancel.cancel()
 
     fields = dict(init_image=images["start"], steps=4, output_dir=str(tmp_path), filename="cancelled")
-    request = GenerateRequest(**{**FAST, **fields})
+    request = GenerateRequest(**{**ENGINE, **fields})
     plan = plan_request(request)
     sinks = build_sinks(request, plan, output_path(request, plan, tmp_path))
     with TransformerCalls(tiny_components.transformer) as calls, pytest.raises(Cancelled):
@@ -242,7 +246,7 @@ def test_cancel_while_decoding_stops_before_the_next_window_and_leaves_no_file(t
             decoded.append(event.frames)
 
     fields = dict(init_image=images["start"], duration=1.6, output_dir=str(tmp_path), filename="cancelled")
-    request = GenerateRequest(**{**FAST, **fields})
+    request = GenerateRequest(**{**ENGINE, **fields})
     plan = plan_request(request)
     assert plan.variant == "bidirectional" and plan.num_sections >= 3
     sinks = build_sinks(request, plan, output_path(request, plan, tmp_path))

@@ -157,7 +157,10 @@ def run_driver(python: str, root: Path, home: Path, mode: str, given: dict | Non
 
 
 def test_importing_the_host_module_imports_nothing_of_sdnext():
-    code = "import sys, framepack.host as h; print(type(h.detect_host()).__name__, any(m == 'modules' or m.startswith('modules.') for m in sys.modules))"
+    code = (
+        "import sys, framepack.host as h; print(type(h.detect_host()).__name__, any(m == 'modules' or "
+        "m.startswith('modules.') for m in sys.modules))"
+    )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=False, timeout=120
     )
@@ -364,7 +367,10 @@ def test_the_fake_installer_fails_from_the_extension_folder_like_sdnext(tmp_path
     """What broke the real install: SD.Next's installer.pip from the extension folder (its relative -c)."""
     root = tmp_path / "sdnext"
     extension = make_host(root, EXTRA_REQUIREMENTS)
-    code = "import installer; result, output = installer.pip('install framepack-probe-b'); print(result.returncode); print(output)"
+    code = (
+        "import installer; result, output = installer.pip('install framepack-probe-b'); "
+        "print(result.returncode); print(output)"
+    )
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=extension, env=pip_env(wheels, tmp_path / "target", root),
         capture_output=True, text=True, check=False, timeout=300,
@@ -474,8 +480,10 @@ def test_extension_in_sdnext_defaults_models_loras_progress_history_and_interrup
     hub_cache_with(tiny_model_dir, hub, "framepack-test/tiny")
     recipe = root / "tiny-from-hub.txt"
     recipe.write_text(
-        "".join(f"{name}: framepack-test/tiny subfolder={name}\n" for name in ("vae", "tokenizer", "tokenizer_2", "feature_extractor"))
-        + "".join(f"{name}: framepack-test/tiny subfolder={name} dtype=float32\n" for name in ("transformer", "text_encoder", "text_encoder_2", "image_encoder"))
+        "".join(f"{name}: framepack-test/tiny subfolder={name}\n"
+                for name in ("vae", "tokenizer", "tokenizer_2", "feature_extractor"))
+        + "".join(f"{name}: framepack-test/tiny subfolder={name} dtype=float32\n"
+                  for name in ("transformer", "text_encoder", "text_encoder_2", "image_encoder"))
         + "self_test: true\n"
     )  # fmt: skip
     write_host_lora(tiny_model_dir, root / "models" / "Lora" / "host-style.safetensors")
@@ -497,7 +505,8 @@ def test_extension_in_sdnext_defaults_models_loras_progress_history_and_interrup
     assert report["settings"] == {
         "framepack_default_model": [
             "published",
-            "Default model when a request names none: published, self-test (random weights: noise) or the path of a recipe file",
+            "Default model when a request names none: published, self-test (random weights: noise) or the "
+            "path of a recipe file",
             "Dropdown", {"choices": ["published", "self-test"], "allow_custom_value": True}, ["framepack", "FramePack"],
         ],
         "framepack_default_cache": [
@@ -582,7 +591,8 @@ def test_extension_tab_and_settings_under_the_hosts_gradio(fake_sdnext, host_pyt
     assert report["tabs"] == [[True, "FramePack", "framepack_studio_tab"]]
     assert (report["model_control"], report["cache_control"]) == ("tiny", "magcache")  # the settings' defaults
     assert report["settings_built"] == {  # as SD.Next's settings page builds them, with the values set
-        "framepack_default_model": "self-test", "framepack_default_cache": "magcache", "framepack_default_offload": "balanced",
+        "framepack_default_model": "self-test", "framepack_default_cache": "magcache",
+        "framepack_default_offload": "balanced",
     }  # fmt: skip
 
 

@@ -14,7 +14,7 @@ import huggingface_hub
 import numpy as np
 import pytest
 import torch
-from helpers import TransformerCalls, decode_video, pattern_image, read_raw_frames
+from helpers import FAST, TransformerCalls, decode_video, pattern_image, read_raw_frames
 
 from framepack.errors import FieldError
 from framepack.events import SectionFinished, StepProgress
@@ -25,7 +25,6 @@ from framepack.jobs.store import JobStore
 from framepack.models.loader import ModelUnavailableError
 from framepack.request import GenerateRequest
 
-FAST = {"model": "tiny", "resolution": 128, "latent_window_size": 3, "steps": 2, "duration": 0.4, "prompt": "a kite"}
 LONG = {**FAST, "duration": 1.2}  # FAST makes 1 section, LONG 3
 WAIT_S = 120
 

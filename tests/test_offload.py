@@ -15,7 +15,7 @@ import torch
 from diffusers.hooks.group_offloading import GroupOffloadingHook, _is_group_offload_enabled
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils.accelerate_utils import apply_forward_hook
-from helpers import MemorySink, TransformerCalls, pattern_image
+from helpers import FAST, MemorySink, TransformerCalls, pattern_image
 
 from framepack.encoders import encode_prompt, encode_vision, vae_decode, vae_encode
 from framepack.generate import generate
@@ -38,7 +38,7 @@ from framepack.runner import plan_request
 
 # one section of one step (VAE decoding dominates the time on a CPU); the eviction tests below drive the
 # components directly, the transformer again after the VAE included
-FAST = dict(resolution=128, latent_window_size=3, steps=1, fps=30, duration=0.4, prompt="a red ball rolls")
+ONE_STEP = {**FAST, "steps": 1, "fps": 30, "prompt": "a red ball rolls"}
 NAMES = ("transformer", "vae", "text_encoder", "text_encoder_2", "image_encoder")
 
 
@@ -57,7 +57,7 @@ def components(recipe):
 def reference(recipe, tmp_path_factory):
     """Mode none: an I2V request, its frames, the first transformer call's inputs and that call's output."""
     image = pattern_image(tmp_path_factory.mktemp("offload") / "start.png", 160, 128)
-    request = GenerateRequest(**FAST, init_image=str(image))
+    request = GenerateRequest(**ONE_STEP, init_image=str(image))
     plan = plan_request(request)
     components = load_components(recipe, device="cpu")
     sink = MemorySink()

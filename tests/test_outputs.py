@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from helpers import decode_video, read_raw_frames, tiny_home
+from helpers import FAST, decode_video, read_raw_frames, tiny_home
 from pydantic import ValidationError
 from safetensors.torch import save_file
 
@@ -37,7 +37,6 @@ from framepack.request import GenerateRequest
 from framepack.runner import Runner
 from framepack.video.raw import RawFramesSink
 
-FAST = {"model": "tiny", "resolution": 128, "latent_window_size": 3, "steps": 2, "duration": 0.4, "prompt": "a kite"}
 ALL_OUTPUTS = {"save_raw": True, "save_frames": "png"}
 WAIT_S = 120
 ROOT = Path(__file__).resolve().parents[1]

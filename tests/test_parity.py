@@ -98,7 +98,8 @@ def test_frames_match_the_diffusers_pipeline(
     assert ours.frames.shape == expected.shape == (plan.generated_frames, 128, 128, 3)
     difference = np.abs(ours.frames.astype(np.float64) - expected)
     print(
-        f"parity {variant} end={with_end} sections={sections}: max {difference.max():.0f} mean {difference.mean():.5f} levels"
+        f"parity {variant} end={with_end} sections={sections}: max {difference.max():.0f} mean "
+        f"{difference.mean():.5f} levels"
     )
     assert difference.max() <= 1.0, f"max difference {difference.max():.3f} levels of 255 (tolerance 1)"
     assert difference.mean() < 0.05, f"mean difference {difference.mean():.4f} levels (tolerance 0.05)"

@@ -18,14 +18,13 @@ from pathlib import Path
 import httpx
 import pytest
 from api_live_server import PREFIX, LiveServer, free_port, wait_for_job
-from helpers import tiny_home
+from helpers import FAST, tiny_home
 
 from framepack.jobs.models import Job, JobState
 from framepack.jobs.store import CorruptStore, JobStore
 from framepack.request import GenerateRequest
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = {"model": "tiny", "resolution": 128, "latent_window_size": 3, "steps": 2, "duration": 0.4, "prompt": "a kite"}
 # Fifteen sections of 100 uncached steps: still sampling long after it starts (the tests stop the server while it
 # runs), writing progress rows all the while. With a cache or fewer steps it could end first on a quiet machine.
 SLOW = {**FAST, "latent_window_size": 1, "steps": 100, "duration": 2.0, "cache": "none", "seed": 7}

@@ -4,6 +4,7 @@ A last test builds the tab under Gradio 3.43.2 (SD.Next's version) in the host-l
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 import textwrap
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import REPO, decode_video, host_like_python
+from helpers import FAST, REPO, decode_video, host_like_python
 from PIL import Image
 
 gr = pytest.importorskip("gradio")
@@ -33,9 +34,7 @@ from framepack.ui.controls import (  # noqa: E402
 )
 from framepack.ui.presets import LAST_USED, PresetError, PresetStore  # noqa: E402
 from framepack.ui.tab import FramePackTab, create_tab  # noqa: E402
-from framepack.ui.timeline import render_timeline  # noqa: E402
-
-FAST = {"model": "tiny", "resolution": 128, "latent_window_size": 3, "steps": 2, "duration": 0.4, "prompt": "a kite"}
+from framepack.ui.timeline import BACKGROUND, BAR_HEIGHT, BAR_TOP, render_timeline, section_colour  # noqa: E402
 
 # Text fields whose free value must satisfy a validator.
 TEXT_VALUES = {
@@ -149,7 +148,9 @@ def test_plan_line_is_the_plan_the_job_runs(tab):
     text, timeline = handlers.plan(*handlers.ordered(values))
     expected = make_plan(request_from_values(values))
     assert f"**Plan:** {expected.summary()}" in text
-    assert timeline.size == render_timeline(expected).size
+    assert expected.num_sections == 2  # 3 s at 30 fps in windows of 9: round(90 / 36)
+    assert bar_runs(timeline) == [section_colour(index, 2) for index in range(2)]  # one box per section, in order
+    assert np.array_equal(np.asarray(timeline), np.asarray(render_timeline(expected)))  # the picture of this plan
 
     values["init_image"] = picture(200, 100)
     values["aspect_ratio"] = "auto"
@@ -192,11 +193,19 @@ def test_plan_line_offers_the_self_test_model_when_weights_are_missing(tab, tmp_
     assert "Model not on this machine" not in text and "SELF-TEST model" in text
 
 
-def bar_colours(image: Image.Image) -> set[tuple[int, int, int]]:
-    from framepack.ui.timeline import BAR_HEIGHT, BAR_TOP
+def bar_row(image: Image.Image) -> list[tuple[int, int, int]]:
+    """The pixels of a row through the section boxes, below their text."""
+    return [tuple(int(channel) for channel in pixel) for pixel in np.asarray(image)[BAR_TOP + BAR_HEIGHT - 2]]
 
-    row = np.asarray(image)[BAR_TOP + BAR_HEIGHT - 2]
-    return {tuple(int(channel) for channel in pixel) for pixel in row}
+
+def bar_colours(image: Image.Image) -> set[tuple[int, int, int]]:
+    return set(bar_row(image))
+
+
+def bar_runs(image: Image.Image) -> list[tuple[int, int, int]]:
+    """The colours of the boxes along the bar, left to right (a run of one colour is one box)."""
+    runs = [colour for colour, _ in itertools.groupby(bar_row(image))]
+    return [colour for colour in runs if colour != BACKGROUND]
 
 
 def test_timeline_shows_one_colour_per_section():
@@ -205,14 +214,14 @@ def test_timeline_shows_one_colour_per_section():
     assert one.num_sections == 1 and four.num_sections == 4
     image_one, image_four = render_timeline(one), render_timeline(four)
     assert image_one.size == image_four.size
-    from framepack.ui.timeline import BACKGROUND, section_colour
-
+    assert bar_runs(image_four) == [section_colour(i, 4) for i in range(4)]
+    assert bar_runs(image_one) == [section_colour(0, 1)]
     assert {section_colour(i, 4) for i in range(4)} <= bar_colours(image_four)
     assert section_colour(0, 1) in bar_colours(image_one)
     assert len(bar_colours(image_four) - {BACKGROUND}) > len(bar_colours(image_one) - {BACKGROUND})
 
 
-# ---------------------------------------------------------------------------------------------- keyframes, presets, recipe
+# ----------------------------------------------------------------------------------------- keyframes, presets, recipe
 
 
 def test_keyframes_add_replace_and_clear(tab):

@@ -161,17 +161,20 @@ def test_generate_shows_progress_preview_and_a_playable_video(page, server, init
     fill_form(page, init_image, steps=2, duration=0.8, resolution=128, prompt="a yellow kite in a blue sky")
     page.click("#framepack_generate button, button#framepack_generate")
     page.wait_for_function(
-        "() => /queued|running|stage|step|section|encoding|finished/i.test(document.querySelector('#framepack_progress').innerText)",
+        "() => /queued|running|stage|step|section|encoding|finished/i"
+        ".test(document.querySelector('#framepack_progress').innerText)",
         timeout=60_000,
     )
     page.wait_for_selector("#framepack_video video", timeout=RUN_TIMEOUT_MS)
     video = page.locator("#framepack_video video").first
     page.wait_for_function(
-        "() => { const v = document.querySelector('#framepack_video video'); return v && v.readyState >= 2 && v.duration > 0; }",
+        "() => { const v = document.querySelector('#framepack_video video'); return v && v.readyState >= 2 && "
+        "v.duration > 0; }",
         timeout=60_000,
     )
     state = video.evaluate(
-        "v => ({ready: v.readyState, duration: v.duration, width: v.videoWidth, height: v.videoHeight, error: v.error && v.error.code})"
+        "v => ({ready: v.readyState, duration: v.duration, width: v.videoWidth, height: v.videoHeight, error: "
+        "v.error && v.error.code})"
     )
     assert state["error"] is None and state["duration"] > 0 and state["width"] > 0, state
     assert "Finished" in progress_text(page), progress_text(page)

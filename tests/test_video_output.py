@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import MemorySink, decode_video, pattern_image
+from helpers import FAST, MemorySink, decode_video, pattern_image
 from safetensors.numpy import save_file
 
 from framepack.errors import FieldError
@@ -22,7 +22,7 @@ from framepack.video.encoder import VideoEncoderSink
 from framepack.video.raw import RawFrames
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = dict(resolution=128, latent_window_size=3, steps=2, duration=0.8, prompt="a kite", model="tiny")
+TWO_SECTIONS = {**FAST, "duration": 0.8}
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def encoders():
 @pytest.fixture(scope="module")
 def tiny_clip(tiny_components):
     """Frames of a short tiny-model video (T2V, 25 frames at 128x128)."""
-    request = GenerateRequest(**FAST)
+    request = GenerateRequest(**TWO_SECTIONS)
     memory = MemorySink()
     generate(tiny_components, request, plan_request(request), [memory])
     return memory.frames
@@ -102,7 +102,7 @@ def test_options_parse_both_spellings_and_nested_values():
 
 def test_bad_codec_is_refused_before_the_model_loads(runner, tmp_path):
     with pytest.raises(FieldError, match="codec_options"):
-        runner.run(GenerateRequest(**FAST, codec_options="bogus=1"))
+        runner.run(GenerateRequest(**TWO_SECTIONS, codec_options="bogus=1"))
     assert runner._components is None
     assert not (tmp_path / "out").exists()
 
@@ -115,14 +115,9 @@ def test_request_refuses_saving_nothing():
 def test_all_outputs_with_interpolation_and_metadata(runner, tmp_path):
     image = pattern_image(tmp_path / "start.png", 128, 128)
     request = GenerateRequest(
-        **FAST,
-        init_image=str(image),
-        interpolate=1,
-        interpolation="flow",
-        save_raw=True,
-        save_frames="png",
+        **TWO_SECTIONS, init_image=str(image), interpolate=1, interpolation="flow", save_raw=True, save_frames="png",
         filename="all",
-    )
+    )  # fmt: skip
     result = runner.run(request)
     plan = result.plan
     assert plan.output_frames == (plan.generated_frames - 1) * 2 + 1
@@ -146,7 +141,7 @@ def cli(*args, cwd: Path, home: Path) -> subprocess.CompletedProcess:
 
 
 def test_info_recreates_the_request(runner, tmp_path):
-    request = GenerateRequest(**FAST, seed=-1, filename="first", section_prompts="rises\nfalls", save_raw=True)
+    request = GenerateRequest(**TWO_SECTIONS, seed=-1, filename="first", section_prompts="rises\nfalls", save_raw=True)
     first = runner.run(request)
     info = cli(
         "-m", "framepack", "info", str(tmp_path / "out" / "first.mp4"), "--request", cwd=tmp_path, home=runner.home
@@ -166,13 +161,14 @@ def test_info_recreates_the_request(runner, tmp_path):
 
 
 def test_encode_video_script_from_raw(runner, tmp_path):
-    runner.run(GenerateRequest(**FAST, codec="none", save_raw=True, filename="raw"))
+    runner.run(GenerateRequest(**TWO_SECTIONS, codec="none", save_raw=True, filename="raw"))
     raw_path = tmp_path / "out" / "raw.safetensors"
     assert not (tmp_path / "out" / "raw.mp4").exists()
     with RawFrames(raw_path) as raw:
         count = raw.count
-    result = cli(str(ROOT / "encode-video.py"), str(raw_path), "--codec", "libvpx-vp9", "--container", "webm", "--codec-options",
-                 "crf=30,b=0", "--interpolate", "2", "--interpolation", "flow", "--frames", "jpeg", cwd=tmp_path, home=runner.home)  # fmt: skip
+    result = cli(str(ROOT / "encode-video.py"), str(raw_path), "--codec", "libvpx-vp9", "--container", "webm",
+                 "--codec-options", "crf=30,b=0", "--interpolate", "2", "--interpolation", "flow", "--frames", "jpeg",
+                 cwd=tmp_path, home=runner.home)  # fmt: skip
     assert result.returncode == 0, result.stderr
     frames, width, height, codec, _ = decode_video(tmp_path / "out" / "raw.webm")
     assert (frames, codec) == ((count - 1) * 3 + 1, "vp9")

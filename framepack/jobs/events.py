@@ -102,16 +102,7 @@ def from_engine(event: Event, progress: JobProgress) -> JobEvent | None:
     if isinstance(event, StepProgress):
         progress.done_steps, progress.total_steps = event.done_steps, event.total_steps
         progress.section, progress.eta_seconds = event.section, round(event.eta, 3)
-        return ProgressEvent(
-            section=event.section,
-            order=event.order,
-            step=event.step,
-            steps=event.steps,
-            done_steps=event.done_steps,
-            total_steps=event.total_steps,
-            elapsed=event.elapsed,
-            eta=event.eta,
-        )
+        return ProgressEvent(**vars(event))  # the same fields, with their schema for the wire
     if isinstance(event, SectionFinished):
         if event.section >= 0:
             progress.sections_done += 1

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import os
 from pathlib import Path
 
 import av
 import numpy as np
 
-from framepack.outputs import OutputCommit, partial_path
+from framepack.outputs import OutputCommit, partial_path, place_output
 from framepack.video.codecs import CONTAINER_FORMATS, EncoderError, check_names, parse_codec_options, pixel_format
 
 logger = logging.getLogger(__name__)
@@ -67,17 +67,10 @@ class VideoEncoderSink:
     def close(self) -> Path:
         self._container.mux(self._stream.encode(None))
         self._container.close()
-        if self.commit is not None:
-            self.commit.stage(self.partial, self.path)
-            logger.info("finished %s (%d frames)", self.partial, self.frames)
-            return self.path
-        os.replace(self.partial, self.path)
-        logger.info("wrote %s (%d frames)", self.path, self.frames)
-        return self.path
+        logger.info("finished %s (%d frames)", self.path, self.frames)
+        return place_output(self.partial, self.path, self.commit)
 
     def abort(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # the file is deleted either way
             self._container.close()
-        except Exception:  # the file is deleted either way
-            pass
         self.partial.unlink(missing_ok=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 from framepack.errors import FieldError
-from framepack.outputs import OutputCommit, partial_name
+from framepack.outputs import OutputCommit, partial_name, place_output
 
 logger = logging.getLogger(__name__)
 
@@ -93,12 +92,8 @@ class FrameExportSink:
             self.frames += 1
 
     def close(self) -> Path:
-        if self.commit is not None:
-            self.commit.stage(self.partial, self.path)
-            return self.path
-        os.replace(self.partial, self.path)
-        logger.info("wrote %d %s frames to %s", self.frames, self.extension.upper(), self.path)
-        return self.path
+        logger.info("finished %d %s frames for %s", self.frames, self.extension.upper(), self.path)
+        return place_output(self.partial, self.path, self.commit)
 
     def abort(self) -> None:
         shutil.rmtree(self.partial, ignore_errors=True)

@@ -18,6 +18,7 @@ Files written by other tools (for example the SD.Next FramePack extension) that 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -29,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from framepack.errors import UserError
-from framepack.outputs import OutputCommit, partial_path
+from framepack.outputs import OutputCommit, partial_path, place_output
 
 logger = logging.getLogger(__name__)
 
@@ -137,18 +138,12 @@ class RawFramesSink:
             self.abort()
             raise ValueError(f"{self.path.name}: {self.frames} of {total} announced frames were written; nothing kept")
         self._file.close()
-        if self.commit is not None:
-            self.commit.stage(self.partial, self.path)
-            return self.path
-        os.replace(self.partial, self.path)
-        logger.info("wrote %s (%d frames, %d bytes)", self.path, total, self.path.stat().st_size)
-        return self.path
+        logger.info("finished %s (%d frames, %d bytes)", self.path, total, self.partial.stat().st_size)
+        return place_output(self.partial, self.path, self.commit)
 
     def abort(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # the file is deleted either way
             self._file.close()
-        except Exception:  # the file is deleted either way
-            pass
         self.partial.unlink(missing_ok=True)
 
 
