@@ -298,36 +298,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    generate = commands.add_parser(
-        "generate", help="generate a video", formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
-    add_request_flags(generate)
-    generate.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    generate.add_argument(
-        "--default-output-dir",
-        dest="output_dir_default",
-        default="outputs",
-        help="folder used when --output-dir is not given",
-    )
-    generate.set_defaults(handler=command_generate)
-
-    calibrate = commands.add_parser(
-        "calibrate-magcache",
-        help=(
+    rendering = {
+        "generate": ("generate a video", command_generate),
+        "calibrate-magcache": (
             "measure MagCache's magnitude ratios on this model with one generation (saved per variant in "
-            "FRAMEPACK_HOME)"
+            "FRAMEPACK_HOME)",
+            command_calibrate_magcache,
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    add_request_flags(calibrate)
-    calibrate.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    calibrate.add_argument(
-        "--default-output-dir",
-        dest="output_dir_default",
-        default="outputs",
-        help="folder used when --output-dir is not given",
-    )
-    calibrate.set_defaults(handler=command_calibrate_magcache)
+    }
+    for name, (help_text, handler) in rendering.items():
+        command = commands.add_parser(name, help=help_text, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        add_request_flags(command)
+        command.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+        command.add_argument(
+            "--default-output-dir",
+            dest="output_dir_default",
+            default="outputs",
+            help="folder used when --output-dir is not given",
+        )
+        command.set_defaults(handler=handler)
 
     plan = commands.add_parser("plan", help="print the plan of a request without running it")
     add_request_flags(plan)
