@@ -15,6 +15,7 @@ import typing
 from pathlib import Path
 
 from pydantic import ValidationError
+from pydantic.fields import FieldInfo
 
 from framepack.errors import FieldError, user_error_message, validation_message
 from framepack.outputs import OutputExists
@@ -32,7 +33,7 @@ def add_request_flags(
         if name in FIELD_FLAGS_SKIP or name in skip:
             continue
         flag = "--" + name.replace("_", "-")
-        help_text = f"{info.description} (default: {info.default})"
+        help_text = f"{info.description}{bounds_text(info)} (default: {default_text(info.default)})"
         kind, choices = field_kind(info.annotation)
         if kind is bool:
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
@@ -42,7 +43,8 @@ def add_request_flags(
         "--request-file",
         default=None,
         metavar="JSON",
-        help="start from a request saved by `info --request` (or any request JSON); flags override its fields",
+        help="start from a request saved by `info --request` (or any request JSON); flags override its fields "
+        "(default: none)",
     )
     parser.add_argument(
         "--keyframe",
@@ -50,8 +52,34 @@ def add_request_flags(
         action="append",
         default=[],
         metavar="SECTION=IMAGE",
-        help="keyframe image for a section (time order, 0-based); repeat for several",
+        help="keyframe image for a section (time order, 0-based); repeat for several (default: none)",
     )
+
+
+def bounds_text(info: FieldInfo) -> str:
+    """The field's numeric bounds as help text (' [1 to 100]', ' [> 0 to 600]'), or ''."""
+    low = high = ""
+    for rule in info.metadata:
+        if getattr(rule, "ge", None) is not None:
+            low = f"{rule.ge}"
+        elif getattr(rule, "gt", None) is not None:
+            low = f"> {rule.gt}"
+        elif getattr(rule, "le", None) is not None:
+            high = f"{rule.le}"
+        elif getattr(rule, "lt", None) is not None:
+            high = f"< {rule.lt}"
+    if not (low or high):
+        return ""
+    return f" [{low or 'any'} to {high or 'any'}]"
+
+
+def default_text(default: object) -> str:
+    """A default as a user would type it ('' shows as "", None as none)."""
+    if default is None:
+        return "none"
+    if default == "" or default == {}:
+        return '""' if default == "" else "none"
+    return str(default)
 
 
 def request_from_args(args: argparse.Namespace) -> GenerateRequest:
@@ -307,14 +335,15 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     }
     for name, (help_text, handler) in rendering.items():
-        command = commands.add_parser(name, help=help_text, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        command = commands.add_parser(name, help=help_text)
         add_request_flags(command)
         command.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
         command.add_argument(
             "--default-output-dir",
             dest="output_dir_default",
             default="outputs",
-            help="folder used when --output-dir is not given",
+            help="the folder for jobs whose request names no output_dir; --output-dir (or a request file's "
+            "output_dir) takes precedence (default: outputs)",
         )
         command.set_defaults(handler=handler)
 

@@ -121,3 +121,16 @@ def test_default_model_offline_names_the_missing_component(framepack_cli, tmp_pa
     assert result.returncode == 2
     assert "transformer is not available" in result.stderr and "lllyasviel/FramePackI2V_HY" in result.stderr
     assert "hf download" in result.stderr
+
+
+def test_help_shows_each_default_once_with_the_fields_bounds(framepack_cli, tmp_path):
+    result = framepack_cli("generate", "--help", cwd=tmp_path)
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())  # argparse wraps lines
+    generate = build_parser()._subparsers._group_actions[0].choices["generate"]
+    options = [action for action in generate._actions if action.dest != "help"]
+    assert text.count("(default:") == len(options)  # one each, none added by a formatter
+    assert "--keyframe SECTION=IMAGE" in text and "(default: None)" not in text
+    assert "--steps STEPS Denoising steps per section. [1 to 100] (default: 25)" in text
+    assert "--duration DURATION Video length in seconds. [> 0.0 to 600.0] (default: 5.0)" in text
+    assert "--prompt PROMPT What the video shows. (default: \"\")" in text

@@ -130,6 +130,10 @@ def test_the_benchmark_runs_every_case_on_the_small_config(tmp_path):
         "cpu",
         "--sections",
         "1",
+        "--steps",
+        "2",
+        "--warmup-steps",
+        "1",
         "--out",
         str(out),
     ]
