@@ -102,7 +102,7 @@ def validation_response(errors: list[dict[str, Any]]) -> JSONResponse:
     problems = []
     for item in errors:
         field = _loc_field(item.get("loc", ()))
-        message = str(item.get("msg", "invalid value"))
+        message = str(item.get("msg", "invalid value")).removeprefix("Value error, ")
         problems.append(f"{field}: {message}" if field else message)
     first = _loc_field(errors[0].get("loc", ())) if errors else None
     return error_response(422, "invalid", "; ".join(problems) or "invalid request", first)

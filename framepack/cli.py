@@ -19,6 +19,7 @@ from pydantic.fields import FieldInfo
 
 from framepack.errors import FieldError, user_error_message, validation_message
 from framepack.outputs import OutputExists
+from framepack.plan import Plan
 from framepack.request import PUBLISHED_MODEL, SELF_TEST_MODEL, GenerateRequest, Variant, field_kind
 
 FIELD_FLAGS_SKIP = {"keyframes"}  # given as repeated --keyframe INDEX=IMAGE
@@ -161,10 +162,19 @@ def output_exists_message(error: OutputExists) -> str:
     )
 
 
-def command_plan(args: argparse.Namespace) -> int:
+def checked_plan(request: GenerateRequest) -> Plan:
+    """The plan of `request`, its codec options checked against the encoder's allowlist too: what can be refused
+    without torch or PyAV is refused before either loads (the encoder itself is tried later, by the runner)."""
     from framepack.planning import plan_request
+    from framepack.video.codec_options import parse_codec_options
 
-    plan = plan_request(request_from_args(args))
+    plan = plan_request(request)
+    parse_codec_options(request.codec_options, None if request.codec == "none" else request.codec)
+    return plan
+
+
+def command_plan(args: argparse.Namespace) -> int:
+    plan = checked_plan(request_from_args(args))
     print(plan.summary())
     print(json.dumps(plan.model_dump(), indent=2))
     return 0
@@ -182,10 +192,8 @@ def quiet_library_progress() -> None:
 
 
 def command_generate(args: argparse.Namespace) -> int:
-    from framepack.planning import plan_request
-
     request = request_from_args(args)
-    plan = plan_request(request)  # bad flags and images stop here, before torch is imported
+    plan = checked_plan(request)  # bad flags, images and codec options stop here, before torch is imported
     print(f"plan: {plan.summary()}")
     for warning in plan.warnings:
         print(f"warning: {warning}")
@@ -211,10 +219,8 @@ def command_generate(args: argparse.Namespace) -> int:
 
 
 def command_calibrate_magcache(args: argparse.Namespace) -> int:
-    from framepack.planning import plan_request
-
     request = request_from_args(args)
-    plan = plan_request(request)  # bad flags and images stop here, before torch is imported
+    plan = checked_plan(request)
     print(f"calibrating MagCache on: {plan.summary()} (no call is skipped)")
 
     from framepack.progress import ConsoleProgress

@@ -29,11 +29,11 @@ def user_error_message(error: BaseException) -> str | None:
     return str(error) if isinstance(error, UserError) else None
 
 
-def validation_message(error: pydantic.ValidationError, strip_value_error: bool = False) -> str:
+def validation_message(error: pydantic.ValidationError) -> str:
     """One line naming each field a pydantic ValidationError refuses: `field.path: message; ...` ('request' for
-    the model as a whole). `strip_value_error` drops pydantic's "Value error, " prefix of a validator's message."""
+    the model as a whole), without pydantic's "Value error, " prefix on a validator's own message."""
     parts = []
     for item in error.errors():
-        message = item["msg"].removeprefix("Value error, ") if strip_value_error else item["msg"]
+        message = item["msg"].removeprefix("Value error, ")
         parts.append(f"{'.'.join(str(p) for p in item['loc']) or 'request'}: {message}")
     return "; ".join(parts)

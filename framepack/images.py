@@ -56,7 +56,9 @@ def load_image(source: str, field: str = "init_image") -> Image.Image:
         if image.width * image.height > MAX_IMAGE_PIXELS:
             raise ImageInputError(field, f"image of {image.width}x{image.height} exceeds {MAX_IMAGE_PIXELS} pixels")
         image.load()
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
+    except UnidentifiedImageError:
+        raise ImageInputError(field, "not a readable image (PNG, JPEG, WebP, ...)") from None
+    except (OSError, Image.DecompressionBombError) as error:
         raise ImageInputError(field, f"cannot decode image ({error})") from None
     image = ImageOps.exif_transpose(image)
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):

@@ -273,6 +273,14 @@ def test_server_file_paths_are_refused_as_images(idle, tmp_path):
         assert "base64" in error["message"]
 
 
+def test_messages_are_plain_sentences_without_library_prefixes(idle):
+    error = assert_error(idle.client.post(f"{PREFIX}/jobs", json={**FAST, "aspect_ratio": "7"}), 422, "invalid")
+    assert error["message"] == "aspect_ratio: aspect_ratio must be 'auto' or W:H with positive numbers, e.g. 16:9"
+    text = base64.b64encode(b"plain text, not a picture").decode()
+    error = assert_error(idle.client.post(f"{PREFIX}/jobs", json={**FAST, "init_image": text}), 422, "invalid")
+    assert error["message"] == "init_image: not a readable image (PNG, JPEG, WebP, ...)"
+
+
 def test_unknown_jobs_and_routes_are_404_json(idle):
     client = idle.client
     assert_error(client.get(f"{PREFIX}/jobs/nope"), 404, "not_found", "id")

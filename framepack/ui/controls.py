@@ -193,7 +193,7 @@ def default_values() -> dict[str, Any]:
 def describe_error(error: Exception) -> str:
     """A user-facing line for a request that does not validate or plan, naming the field."""
     if isinstance(error, ValidationError):
-        return validation_message(error, strip_value_error=True)
+        return validation_message(error)
     field = getattr(error, "field", None)
     return f"{field}: {error}" if field and field not in str(error) else str(error)
 
