@@ -133,4 +133,4 @@ def test_help_shows_each_default_once_with_the_fields_bounds(framepack_cli, tmp_
     assert "--keyframe SECTION=IMAGE" in text and "(default: None)" not in text
     assert "--steps STEPS Denoising steps per section. [1 to 100] (default: 25)" in text
     assert "--duration DURATION Video length in seconds. [> 0.0 to 600.0] (default: 5.0)" in text
-    assert "--prompt PROMPT What the video shows. (default: \"\")" in text
+    assert '--prompt PROMPT What the video shows. (default: "")' in text

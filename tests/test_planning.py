@@ -75,15 +75,22 @@ def test_plan_runs_without_torch_and_matches_the_library(tmp_path, variant):
         (["plan", "--container", "avi"], "argument --container: invalid choice: 'avi'"),
         (["generate", "--init-image", "missing.png"], "error: init_image: not an existing file path nor valid base64"),
         (["generate", "--init-image", "start.png", "--keyframe", "5=start.png"], "keyframes: section 5 does not exist"),
-        (["generate", "--init-image", "not-an-image.png"], "error: init_image: not a readable image (PNG, JPEG, WebP, ...)"),
+        (["generate", "--init-image", "not-an-image.png"], "error: init_image: not a readable image"),
         (["calibrate-magcache", "--duration", "700"], "error: duration: Input should be less than or equal to 600"),
         (["generate", "--request-file", "missing.json"], "error: request_file: cannot read missing.json"),
         (["generate", "--codec-options", "x264-params=qpfile=a"], "error: codec_options: x264-params: qpfile is not"),
         (["plan", "--aspect-ratio", "7"], "error: aspect_ratio: aspect_ratio must be 'auto' or W:H"),
     ],
     ids=[
-        "bound", "choice", "missing-image", "keyframe-section", "not-an-image", "calibrate", "request-file",
-        "codec-option", "validator-message",
+        "bound",
+        "choice",
+        "missing-image",
+        "keyframe-section",
+        "not-an-image",
+        "calibrate",
+        "request-file",
+        "codec-option",
+        "validator-message",
     ],  # fmt: skip
 )
 def test_input_errors_need_no_torch(tmp_path, args, message):
