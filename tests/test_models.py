@@ -330,6 +330,27 @@ def test_uncached_hub_repo_offline_raises_quickly(tiny_model_dir: Path) -> None:
     assert f"hf download {NOT_CACHED_REPO}" in message and "HF_HUB_OFFLINE" in message
 
 
+def test_uncached_hub_repo_without_a_network_raises_at_once_not_after_the_hub_clients_retries(
+    tiny_model_dir: Path, monkeypatch
+) -> None:
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # online mode ...
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")  # ... with no hub to reach
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("nothing is loaded when a component cannot be had")
+
+    for spec in loader_module.LOADERS.values():
+        monkeypatch.setattr(spec.cls, "from_pretrained", forbidden)
+    recipe = tiny_recipe(tiny_model_dir).replace(text_encoder=ComponentSource(NOT_CACHED_REPO, "text_encoder"))
+    start = time.perf_counter()
+    with pytest.raises(ModelUnavailableError) as caught:
+        load_components(recipe)
+    assert time.perf_counter() - start < 5
+    assert caught.value.component == "text_encoder"
+    assert "it is not in the cache and 127.0.0.1:9 cannot be reached from here" in str(caught.value)
+    assert f"hf download {NOT_CACHED_REPO}" in str(caught.value)
+
+
 def test_check_available_reports_missing_components_without_loading(
     tiny_model_dir: Path, tmp_path: Path, monkeypatch
 ) -> None:

@@ -54,7 +54,14 @@ def set_attention(transformer: torch.nn.Module, name: str) -> None:
     backend = ATTENTION_BACKENDS[name][0]
     if getattr(transformer, "framepack_attention", None) == name:
         return
-    transformer.set_attention_backend(backend)
+    # diffusers warns on every call that its backend switch is experimental: the warning says nothing to a user
+    diffusers_logger = logging.getLogger("diffusers.models.modeling_utils")
+    level = diffusers_logger.level
+    diffusers_logger.setLevel(logging.ERROR)
+    try:
+        transformer.set_attention_backend(backend)
+    finally:
+        diffusers_logger.setLevel(level)
     transformer.framepack_attention = name
     logger.info("attention kernel: %s (diffusers backend %r)", name, backend)
 

@@ -25,7 +25,7 @@ class Components:
     text_encoder_2: Any  # CLIPTextModel
     tokenizer_2: Any  # CLIPTokenizer
     image_encoder: Any  # SiglipVisionModel
-    feature_extractor: Any  # SiglipImageProcessor
+    feature_extractor: Any  # SiglipImageProcessorPil
     variant: str = "bidirectional"
     self_test: bool = False
     execution_device: torch.device | None = None  # set by offloading: where the models run, wherever they rest

@@ -26,7 +26,7 @@ from transformers import (
     CLIPTextModel,
     LlamaConfig,
     LlamaModel,
-    SiglipImageProcessor,
+    SiglipImageProcessorPil,
     SiglipVisionConfig,
     SiglipVisionModel,
 )
@@ -244,7 +244,7 @@ def write_image_encoder(folder: Path, seed: int) -> None:
 
 def write_feature_extractor(folder: Path) -> None:
     """SigLIP preprocessing at the tiny image size, normalised to [-1, 1] like the real one."""
-    processor = SiglipImageProcessor(
+    processor = SiglipImageProcessorPil(
         size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5]
     )
     processor.save_pretrained(folder)
