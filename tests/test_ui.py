@@ -189,8 +189,21 @@ def test_plan_line_offers_the_self_test_model_when_weights_are_missing(tab, tmp_
     text, _ = handlers.plan(*handlers.ordered({**default_values(), "model": "default"}))
     assert "Model not on this machine" in text and "transformer" in text and "hf download" in text
     assert "Choose model **tiny**" in text and "SELF-TEST" in text
+    # as a Markdown renderer that passes HTML shows it: the advice is whole, `<folder>` included
+    shown = shown_text(text)
+    assert "point the recipe line 'transformer: <folder>' at a local folder with the files." in shown, shown
     text, _ = handlers.plan(*handlers.ordered({**default_values(), "model": "tiny"}))
     assert "Model not on this machine" not in text and "SELF-TEST model" in text
+
+
+def shown_text(markdown: str) -> str:
+    """What a reader sees of `markdown` rendered with raw HTML allowed (CommonMark), tags dropped."""
+    import html
+    import re
+
+    from markdown_it import MarkdownIt
+
+    return html.unescape(re.sub(r"<[^>]*>", "", MarkdownIt("commonmark").render(markdown)))
 
 
 def bar_row(image: Image.Image) -> list[tuple[int, int, int]]:

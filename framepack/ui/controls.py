@@ -9,6 +9,7 @@ place that turns control values into a request; `values_from_request` is its inv
 from __future__ import annotations
 
 import base64
+import html
 import io
 import typing
 from typing import Any
@@ -191,11 +192,17 @@ def default_values() -> dict[str, Any]:
 
 
 def describe_error(error: Exception) -> str:
-    """A user-facing line for a request that does not validate or plan, naming the field."""
+    """A user-facing line for a request that does not validate or plan, naming the field (plain text)."""
     if isinstance(error, ValidationError):
         return validation_message(error)
     field = getattr(error, "field", None)
     return f"{field}: {error}" if field and field not in str(error) else str(error)
+
+
+def as_markdown(text: str) -> str:
+    """Plain text for a Markdown field: HTML-like parts such as `<folder>` are escaped so they show as typed
+    (unescaped, the renderer takes them for tags and the rest of the sentence disappears)."""
+    return html.escape(text, quote=False)
 
 
 def stored_fields(request: GenerateRequest) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from framepack.ui.controls import (
     IMAGE_FIELDS,
     KEYFRAMES,
     MODEL_CHOICES,
+    as_markdown,
     default_values,
     describe_error,
     field_to_control,
@@ -103,7 +104,7 @@ class FramePackTab:
             request = self.request(values)
             plan = self.service.plan(request)
         except Exception as error:  # noqa: BLE001 - every refusal is shown, not raised
-            return f"**Cannot plan:** {describe_error(error)}", None
+            return f"**Cannot plan:** {as_markdown(describe_error(error))}", None
         lines = [
             f"**Plan:** {plan.summary()}",
             f"{plan.model_calls} model calls, {plan.steps} steps per section, seed {plan.seed}",
@@ -128,7 +129,7 @@ class FramePackTab:
             request = self.request(values)
             job = self.service.submit(request)
         except Exception as error:  # noqa: BLE001
-            yield "", f"**Not started:** {describe_error(error)}", None, [], None, ""
+            yield "", f"**Not started:** {as_markdown(describe_error(error))}", None, [], None, ""
             return
         try:
             self.presets.save_last_used(stored_fields(request))
@@ -198,7 +199,7 @@ class FramePackTab:
             took = (job.finished_at or 0) - (job.started_at or job.created_at)
             status = f"**Finished** in {took:.1f} s: {job.summary}"
         else:
-            message = job.error.message if job.error else ""
+            message = as_markdown(job.error.message) if job.error else ""
             status = f"**{job.state.value.capitalize()}:** {message}"
         return job.id, status, preview, board, video, "\n".join(str(path) for path in paths)
 
@@ -212,7 +213,7 @@ class FramePackTab:
         try:
             job = self.service.cancel(job_id, keep_partial=bool(keep_partial))
         except Exception as error:  # noqa: BLE001
-            return f"Cannot cancel: {describe_error(error)}"
+            return f"Cannot cancel: {as_markdown(describe_error(error))}"
         return f"Cancel requested for {job.id} ({'keeping' if keep_partial else 'discarding'} finished sections)."
 
     # ---------------------------------------------------------------------------------------------- keyframes
@@ -251,7 +252,7 @@ class FramePackTab:
             request = self.request(values)
             saved = self.presets.save(name, stored_fields(request))
         except Exception as error:  # noqa: BLE001
-            return compat.update(), f"Not saved: {describe_error(error)}"
+            return compat.update(), f"Not saved: {as_markdown(describe_error(error))}"
         return compat.update(choices=self.preset_choices(), value=saved), f"Saved preset {saved!r}."
 
     def load_preset(self, name: str) -> list:
@@ -305,7 +306,7 @@ class FramePackTab:
             record = self.service.read_record(path)
             fields = record["request"]
         except Exception as error:  # noqa: BLE001
-            return unchanged + [f"Cannot read {path.name}: {describe_error(error)}", compat.update()]
+            return unchanged + [as_markdown(f"Cannot read {path.name}: {describe_error(error)}"), compat.update()]
         values = self.default_values()
         values.update(values_from_request(fields))
         notes = [f"Loaded the settings of {path.name} ({record.get('plan', '')})."]
@@ -331,7 +332,7 @@ class FramePackTab:
         try:
             self.service.check_recipe(text, variant)
         except Exception as error:  # noqa: BLE001
-            return compat.update(), f"Recipe not valid: {describe_error(error)}"
+            return compat.update(), f"Recipe not valid: {as_markdown(describe_error(error))}"
         self.recipes_dir.mkdir(parents=True, exist_ok=True)
         path = self.recipes_dir / f"recipe-{hashlib.sha256(text.encode()).hexdigest()[:10]}.txt"
         path.write_text(text)
@@ -346,7 +347,7 @@ class FramePackTab:
             request = self.request(values)
             self_test = self.service.load_model(request)
         except Exception as error:  # noqa: BLE001 - shown to the user, the tab keeps working
-            return f"**Cannot load:** {describe_error(error)}"
+            return f"**Cannot load:** {as_markdown(describe_error(error))}"
         label = "the SELF-TEST model (random weights: the video is noise)" if self_test else f"model '{request.model}'"
         return f"Loaded {label} ({request.variant})."
 
@@ -373,12 +374,12 @@ def model_availability(service: JobService, request: GenerateRequest) -> list[st
     try:
         missing = service.missing_components(request)
     except Exception as error:  # noqa: BLE001 - a bad recipe file is reported the same way
-        return [f"**Model:** {describe_error(error)}"]
+        return [f"**Model:** {as_markdown(describe_error(error))}"]
     if not missing:
         return []
     names = ", ".join(item.component for item in missing)
     return [
-        f"**Model not on this machine** ({names} missing): {missing[0].message}",
+        f"**Model not on this machine** ({names} missing): {as_markdown(missing[0].message)}",
         "Choose model **tiny** to try everything with the SELF-TEST model (random weights: the video is noise).",
     ]
 
