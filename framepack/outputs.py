@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 import sys
+import time
 import typing
 from pathlib import Path
 from typing import Literal
@@ -43,6 +44,14 @@ _RENAME_NOREPLACE = 1
 _UNSUPPORTED_ERRNOS = frozenset(
     code for code in (errno.EINVAL, errno.ENOSYS, getattr(errno, "ENOTSUP", None), errno.EOPNOTSUPP) if code
 )
+
+
+def default_stem(seed: int, unique: str, when: float | None = None) -> str:
+    """The one naming rule for outputs a request leaves unnamed, on every face: `framepack-<date>-<time>-<seed>-<id>`,
+    the local time the job was submitted (or the CLI run started), its seed and the first 8 characters of `unique`
+    (the job id in the queue, a random id in the CLI), so that names sort by time and never clash."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(when))
+    return f"framepack-{stamp}-{seed}-{unique[:8]}"
 
 
 def partial_name(stem: str, suffix: str = "") -> str:

@@ -10,7 +10,7 @@ in `framepack.planning`.
 from __future__ import annotations
 
 import logging
-import time
+import uuid
 from pathlib import Path
 
 import torch
@@ -25,7 +25,7 @@ from framepack.models.loader import DEFAULT_HUB, HubCache, load_components
 from framepack.models.lora import LoraFolders, LoraRef, check_loras, ensure_loras, lora_folders, parse_lora_tags
 from framepack.models.offload import HostOffload, Offloader
 from framepack.models.recipe import Recipe
-from framepack.outputs import OutputCommit, OutputExists, disk_full, existing_names
+from framepack.outputs import OutputCommit, OutputExists, default_stem, disk_full, existing_names
 from framepack.plan import Plan
 from framepack.planning import plan_request, resolve_recipe
 from framepack.record import GenerationRecord, sidecar_path
@@ -44,7 +44,7 @@ logger = logging.getLogger(__name__)
 def output_path(request: GenerateRequest, plan: Plan, default_dir: Path) -> Path:
     """The video's path; the other outputs take its stem (raw .safetensors, sidecar .json, frames folder)."""
     folder = Path(request.output_dir) if request.output_dir else default_dir
-    stem = request.filename or f"framepack-{time.strftime('%Y%m%d-%H%M%S')}-{plan.seed}"
+    stem = request.filename or default_stem(plan.seed, uuid.uuid4().hex)
     return folder / f"{stem}.{request.container}"
 
 

@@ -10,6 +10,7 @@ import base64
 import io
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -96,7 +97,7 @@ def test_blocking_route_t2v_returns_a_downloadable_video_with_the_planned_frames
     body = response.json()
     assert body["state"] == "finished" and body["error"] is None
     assert body["plan"]["mode"] == "t2v"
-    assert body["filename"] == f"{body['id']}.mp4"
+    assert re.fullmatch(rf"framepack-\d{{8}}-\d{{6}}-{body['plan']['seed']}-{body['id'][:8]}\.mp4", body["filename"])
     assert body["url"] == f"{PREFIX}/files/{body['filename']}"
     assert body["message"].startswith("finished in") and body["timings"]["total"] > 0
     download = server.client.get(body["url"])
@@ -124,10 +125,11 @@ def test_queued_route_answers_202_with_location_then_the_job_finishes(server, tm
     job = wait_for_job(server.client, job["id"], timeout=60)
     assert job["state"] == "finished", job
     assert sorted(Path(output).suffix for output in job["outputs"]) == [".json", ".mp4", ".safetensors"]
-    sidecar = server.client.get(f"{PREFIX}/files/{job['id']}.json").json()
+    stem = job["request"]["filename"]
+    sidecar = server.client.get(f"{PREFIX}/files/{stem}.json").json()
     assert sidecar["plan"] == job["summary"]
     video = tmp_path / "queued.mp4"
-    video.write_bytes(server.client.get(f"{PREFIX}/files/{job['id']}.mp4").content)
+    video.write_bytes(server.client.get(f"{PREFIX}/files/{stem}.mp4").content)
     assert decode_video(video)[0] == job["plan"]["output_frames"]
     listed = server.client.get(f"{PREFIX}/jobs").json()["jobs"]
     assert job["id"] in [item["id"] for item in listed]

@@ -101,7 +101,9 @@ def test_jobs_run_in_fifo_order_and_write_playable_videos(make_manager, tmp_path
     assert all(job.state == JobState.QUEUED and job.summary for job in submitted)
     # the seed and the output name are fixed at submit time, so a resumed job writes the same video
     assert 0 <= submitted[0].request["seed"] == submitted[0].plan["seed"]
-    assert [job.request["filename"] for job in submitted] == [job.id for job in submitted]
+    for job in submitted:  # the one naming rule: framepack-<date>-<time>-<seed>-<first 8 of the id>
+        stamps = {time.strftime("%Y%m%d-%H%M%S", time.localtime(job.created_at + shift)) for shift in (-1, 0, 1)}
+        assert job.request["filename"] in {f"framepack-{stamp}-{job.request['seed']}-{job.id[:8]}" for stamp in stamps}
 
     manager.start()
     jobs = [manager.wait(job.id, WAIT_S) for job in submitted]
@@ -109,7 +111,8 @@ def test_jobs_run_in_fifo_order_and_write_playable_videos(make_manager, tmp_path
     for earlier, later in itertools.pairwise(jobs):
         assert earlier.started_at < earlier.finished_at <= later.started_at  # one at a time, in order
     for job in jobs:
-        assert job.outputs == [f"{job.id}.mp4", f"{job.id}.json"]
+        stem = job.request["filename"]
+        assert job.outputs == [f"{stem}.mp4", f"{stem}.json"]
         frames, width, height, codec, _ = decode_video(tmp_path / "out" / job.outputs[0])
         assert (frames, width, height, codec) == (job.plan["output_frames"], 128, 128, "h264")
         assert json.loads((tmp_path / "out" / job.outputs[1]).read_text())["request"]["seed"] == job.request["seed"]
@@ -314,8 +317,9 @@ def test_a_killed_job_resumes_from_its_checkpoints_with_identical_frames(make_ma
     assert checkpoints(tmp_path, job.id) == ["1.safetensors", "2.safetensors", "start.safetensors"]
     # what a killed process leaves behind: hidden partial outputs (another job's partial must stay)
     out = tmp_path / "out"
-    (out / f".{job.id}.partial.safetensors").write_bytes(b"half")
-    (out / f".{job.id}.partial").mkdir()
+    stem = job.request["filename"]
+    (out / f".{stem}.partial.safetensors").write_bytes(b"half")
+    (out / f".{stem}.partial").mkdir()
     (out / ".someone-else.partial.mp4").write_bytes(b"other")
 
     monkeypatch.setattr(runner, "run", original)
@@ -324,7 +328,7 @@ def test_a_killed_job_resumes_from_its_checkpoints_with_identical_frames(make_ma
         resumed = second.wait(job.id, WAIT_S)
     assert resumed.state == JobState.FINISHED and resumed.resumed_sections == 2
     assert len(calls.calls) == 2  # only the missing section was sampled (2 steps, one call each)
-    assert resumed.outputs == [f"{job.id}.safetensors", f"{job.id}.json"]
+    assert resumed.outputs == [f"{stem}.safetensors", f"{stem}.json"]
     np.testing.assert_array_equal(
         read_raw_frames(out / resumed.outputs[0]), read_raw_frames(out / "reference.safetensors")
     )
@@ -353,8 +357,10 @@ def test_cancel_queued_running_and_ended_jobs(make_manager, runner, tmp_path, mo
     steps_after_cancel = {running.id: 0, kept.id: 0}
     original = runner.run
 
+    job_of_name = {job.request["filename"]: job.id for job in (running, kept)}
+
     def run_and_cancel(request, *, on_event, **kwargs):
-        job_id = request.filename
+        job_id = job_of_name[request.filename]
         state = {"sections": 0, "cancelled": False}
 
         def events(event):
@@ -431,7 +437,7 @@ def test_subscribers_get_state_progress_and_end_without_blocking_the_job(make_ma
         def events(event):
             on_event(event)
             if isinstance(event, SectionFinished):
-                previews.append(manager.preview(request.filename))
+                previews.append(manager.preview(job.id))
 
         return original(request, on_event=events, **kwargs)
 

@@ -325,7 +325,13 @@ def test_generate_streams_progress_and_ends_with_a_playable_video_that_loads_bac
         "h264",
         "yuv420p",
     )
-    assert video in outputs.splitlines() and video.endswith(".mp4")
+    assert video.endswith(".mp4")
+    # the files as links (the one naming rule: framepack-<date>-<time>-<seed>-<id>), each under Gradio's file route
+    job = job_manager.get(job_id)
+    assert job.outputs == [Path(video).name, Path(video).with_suffix(".json").name]
+    assert Path(video).name.startswith("framepack-") and Path(video).stem.endswith(f"-5-{job_id[:8]}")
+    for name in job.outputs:
+        assert f"[{name}]({compat.file_url(tmp_path / 'out' / name)})" in outputs
 
     # last-used settings were saved on Generate
     named = dict(zip(CONTROL_FIELDS, handlers.restore_last_used()[:-1]))

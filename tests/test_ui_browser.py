@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -179,7 +180,13 @@ def test_generate_shows_progress_preview_and_a_playable_video(page, server, init
     assert state["error"] is None and state["duration"] > 0 and state["width"] > 0, state
     assert "Finished" in progress_text(page), progress_text(page)
     assert page.locator("#framepack_preview img").count() >= 1  # the section preview is shown
-    assert list(server["outputs"].glob("*.mp4")), "the video is in the server's output folder"
+    videos = list(server["outputs"].glob("*.mp4"))
+    assert len(videos) == 1, "the video is in the server's output folder"
+    # the output files are links that download them
+    link = page.locator("#framepack_outputs a", has_text=videos[0].name)
+    assert link.count() == 1, page.locator("#framepack_outputs").inner_text()
+    downloaded = page.request.get(urllib.parse.urljoin(page.url, link.get_attribute("href")))
+    assert downloaded.status == 200 and downloaded.body() == videos[0].read_bytes()
     shot = tmp_path / "ui.png"
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000

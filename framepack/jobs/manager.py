@@ -200,7 +200,7 @@ class JobManager:
         Raises FieldError (a bad field or image; EncoderError for output settings that do not open; a LoRA tag
         whose weight, file or header is wrong), ModelUnavailableError (a component is not on this machine),
         JobConflict naming "filename" (a queued or running job will write that output name, or an output with
-        it exists) or QueueFull. Jobs without a filename get their id as the name: those never clash.
+        it exists) or QueueFull. Jobs without a filename are named by time, seed and id: those never clash.
         """
         self._check_room()
         job_id = uuid.uuid4().hex

@@ -2,7 +2,7 @@
 
 A name is taken while a queued or running job will write it in the same folder, or while any output of that stem
 (a video of any container, the raw file, the sidecar or the frames folder) exists there. Jobs without a filename
-are named by their id and never clash.
+are named by `framepack.outputs.default_stem` (time, seed and job id) and never clash.
 """
 
 from __future__ import annotations

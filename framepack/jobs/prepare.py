@@ -23,6 +23,7 @@ from framepack.jobs.models import Job
 from framepack.jobs.service import MissingComponent
 from framepack.models.loader import check_available
 from framepack.models.recipe import Recipe, default_recipe, recipe_from_text, recipe_to_text
+from framepack.outputs import default_stem
 from framepack.plan import Plan
 from framepack.planning import plan_request, resolve_recipe
 from framepack.request import GenerateRequest
@@ -102,8 +103,8 @@ class Preparer:
     def prepare(self, request: GenerateRequest, job_id: str) -> PreparedJob:
         """Every check before a job is queued, without loading a model. Raises FieldError (a bad field or image,
         encoder settings that do not open, a LoRA tag whose weight, file or header is wrong) or
-        ModelUnavailableError (a component is not on this machine). A request without a filename is named
-        `job_id`."""
+        ModelUnavailableError (a component is not on this machine). A request without a filename is named by
+        `default_stem` (time, seed and `job_id`)."""
         request = self.complete(request)
         plan = plan_request(request)
         self.runner.preflight(request, plan)
@@ -112,7 +113,7 @@ class Preparer:
         if missing:
             raise missing[0]
         fixed = GenerateRequest.model_validate(
-            {**request.model_dump(), "seed": plan.seed, "filename": request.filename or job_id}
+            {**request.model_dump(), "seed": plan.seed, "filename": request.filename or default_stem(plan.seed, job_id)}
         )
         return PreparedJob(job_id, fixed, plan, recipe, image_digests(fixed))
 

@@ -14,6 +14,7 @@ Everything in the tab that differs between the two goes through here:
 from __future__ import annotations
 
 import inspect
+import urllib.parse
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,13 @@ def file_path(value: Any) -> Path | None:
     elif not isinstance(value, (str, Path)):
         value = getattr(value, "name", None) or getattr(value, "path", None)
     return Path(value) if value else None
+
+
+def file_url(path: Path) -> str:
+    """The URL under which Gradio serves a file of an allowed folder (`/gradio_api/file=` since 4.x, `/file=` in
+    3.x), relative to the app's root."""
+    prefix = "file=" if LEGACY else "gradio_api/file="
+    return f"{prefix}{urllib.parse.quote(str(path))}"
 
 
 def mount(

@@ -201,7 +201,7 @@ class FramePackTab:
         else:
             message = as_markdown(job.error.message) if job.error else ""
             status = f"**{job.state.value.capitalize()}:** {message}"
-        return job.id, status, preview, board, video, "\n".join(str(path) for path in paths)
+        return job.id, status, preview, board, video, output_links(paths)
 
     def _absolute(self, path: str) -> Path:
         candidate = Path(path)
@@ -366,6 +366,17 @@ def thumbnail(image: Any, size: int = 160) -> Image.Image:
 def storyboard(board: dict[int, Any]) -> list[tuple[Any, str]]:
     """Gallery value: finished sections in time order, captioned with their index ('start' for the T2V frame)."""
     return [(image, "start" if index < 0 else f"#{index}") for index, image in sorted(board.items())]
+
+
+def output_links(paths: list[Path]) -> str:
+    """The job's files as download links (Markdown), each named by its file name, the folder said once."""
+    if not paths:
+        return ""
+    shown = []
+    for path in paths:
+        name = as_markdown(path.name).replace("[", "\\[").replace("]", "\\]")
+        shown.append(f"[{name}]({compat.file_url(path)})" if path.is_file() else f"{name}/ (folder)")
+    return f"**Files** (in {as_markdown(str(paths[0].parent))}): {' · '.join(shown)}"
 
 
 def model_availability(service: JobService, request: GenerateRequest) -> list[str]:
@@ -533,7 +544,7 @@ def build_tab(tab: FramePackTab) -> gr.Blocks:
                     elem_id="framepack_storyboard",
                 )
                 video = c(gr.Video, label="Video", interactive=False, elem_id="framepack_video")
-                outputs = c(gr.Textbox, label="Output files", lines=3, interactive=False, elem_id="framepack_outputs")
+                outputs = c(gr.Markdown, value="", elem_id="framepack_outputs")
 
         missing = set(CONTROL_FIELDS) - set(controls)
         if missing:
