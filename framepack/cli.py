@@ -1,5 +1,5 @@
-"""`python -m framepack`: generate, calibrate-magcache, plan, make-tiny, recipe, info, codecs, download-rife, serve,
-jobs backup.
+"""`python -m framepack`: generate, enhance, calibrate-magcache, plan, make-tiny, recipe, info, codecs, download-rife,
+serve, jobs backup.
 
 `generate` takes every request field as a flag, built from the request model so help and defaults are the
 model's own.
@@ -20,7 +20,8 @@ from framepack.errors import FieldError, user_error_message, validation_message
 from framepack.outputs import OutputExists
 from framepack.request import PUBLISHED_MODEL, SELF_TEST_MODEL, GenerateRequest, Variant, field_kind
 
-FIELD_FLAGS_SKIP = {"keyframes"}  # given as repeated --keyframe INDEX=IMAGE
+# keyframes: given as repeated --keyframe INDEX=IMAGE; enhanced_prompts: through --request-file (`enhance --json`)
+FIELD_FLAGS_SKIP = {"keyframes", "enhanced_prompts"}
 
 
 def add_request_flags(
@@ -174,12 +175,50 @@ def command_generate(args: argparse.Namespace) -> int:
     print(f"done in {result.timings['total']:.1f} s: {result.frames} frames at {plan.fps} fps")
     for key in sorted(k for k in result.timings if k.startswith("section_")):
         print(f"  {key.replace('_', ' ')}: {result.timings[key]:.2f} s")
-    for name in ("encode_prompts", "encode_images", "start_frame", "decode"):
+    for name in ("enhance", "encode_prompts", "encode_images", "start_frame", "decode"):
         if name in result.timings:
             print(f"  {name.replace('_', ' ')}: {result.timings[name]:.2f} s")
     for path in result.outputs:
         print(f"output: {path}")
     return 0
+
+
+def command_enhance(args: argparse.Namespace) -> int:
+    from framepack.planning import plan_request
+
+    request = request_from_args(args)
+    plan = plan_request(request)  # bad flags and images stop here, before torch is imported
+    if request.enhancer == "tiny":
+        print("enhancer: tiny SELF-TEST model with random weights -- its text is noise")
+
+    from framepack.jobs.events import enhance_result
+    from framepack.runner import Runner
+
+    quiet_library_progress()
+    runner = Runner(device=args.device, output_dir=args.output_dir_default)
+    enhanced, event = runner.enhance(request, plan, everything=True)
+    result = enhance_result(event, plan.num_sections)
+    if args.json:  # a request file: `generate --request-file` encodes these texts
+        print(json.dumps({"request": enhanced.model_dump(mode="json"), **result.model_dump(mode="json")}, indent=2))
+        return 0
+    print(f"enhancer {result.enhancer}, seed {result.seed}: {len(result.prompts)} prompts in {result.seconds:.1f} s")
+    for item in result.prompts:
+        print(f"sections {section_ranges(item.sections)}: {item.prompt}")
+        print(f"  -> {item.enhanced if item.enhanced is not None else '(unchanged)'}")
+    for warning in result.warnings:
+        print(f"warning: {warning}")
+    return 0
+
+
+def section_ranges(indices: list[int]) -> str:
+    """Section indices as ranges: [0, 1, 2, 5] -> '0-2, 5'."""
+    parts: list[str] = []
+    for index in indices:
+        if parts and index == int(parts[-1].rsplit("-", 1)[-1]) + 1:
+            parts[-1] = f"{parts[-1].split('-')[0]}-{index}"
+        else:
+            parts.append(str(index))
+    return ", ".join(parts)
 
 
 def command_calibrate_magcache(args: argparse.Namespace) -> int:
@@ -310,6 +349,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder used when --output-dir is not given",
     )
     generate.set_defaults(handler=command_generate)
+
+    enhance = commands.add_parser(
+        "enhance",
+        help="rewrite the section prompts with the prompt enhancer (a vision-language model), without a video",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_request_flags(enhance)
+    enhance.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    enhance.add_argument(
+        "--json",
+        action="store_true",
+        help="print JSON: the request with the enhanced texts (for generate --request-file) and each prompt's text",
+    )
+    enhance.set_defaults(handler=command_enhance, output_dir_default="outputs")
 
     calibrate = commands.add_parser(
         "calibrate-magcache",
