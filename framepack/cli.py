@@ -192,6 +192,7 @@ def command_enhance(args: argparse.Namespace) -> int:
         print("enhancer: tiny SELF-TEST model with random weights -- its text is noise")
 
     from framepack.jobs.events import enhance_result
+    from framepack.plan import section_ranges
     from framepack.runner import Runner
 
     quiet_library_progress()
@@ -208,17 +209,6 @@ def command_enhance(args: argparse.Namespace) -> int:
     for warning in result.warnings:
         print(f"warning: {warning}")
     return 0
-
-
-def section_ranges(indices: list[int]) -> str:
-    """Section indices as ranges: [0, 1, 2, 5] -> '0-2, 5'."""
-    parts: list[str] = []
-    for index in indices:
-        if parts and index == int(parts[-1].rsplit("-", 1)[-1]) + 1:
-            parts[-1] = f"{parts[-1].split('-')[0]}-{index}"
-        else:
-            parts.append(str(index))
-    return ", ".join(parts)
 
 
 def command_calibrate_magcache(args: argparse.Namespace) -> int:

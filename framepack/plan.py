@@ -202,6 +202,17 @@ def enhance_warnings(request: GenerateRequest, prompts: set[str]) -> list[str]:
     return warnings
 
 
+def section_ranges(indices: list[int]) -> str:
+    """Section indices as ranges for people: [0, 1, 2, 5] -> '0-2, 5'."""
+    runs: list[list[int]] = []
+    for index in indices:
+        if runs and index == runs[-1][-1] + 1:
+            runs[-1].append(index)
+        else:
+            runs.append([index])
+    return ", ".join(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}" for run in runs)
+
+
 def random_seed() -> int:
     """A seed for a request that asks for a random one (seed -1), from Python's `random` module."""
     return random.randrange(2**32)

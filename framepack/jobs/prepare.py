@@ -28,7 +28,7 @@ from framepack.models.loader import check_available
 from framepack.models.recipe import Recipe, default_recipe, recipe_from_text, recipe_to_text
 from framepack.plan import Plan
 from framepack.planning import plan_request, resolve_recipe
-from framepack.request import GenerateRequest
+from framepack.request import SELF_TEST_MODEL, GenerateRequest
 from framepack.runner import Runner, check_outputs
 
 
@@ -92,8 +92,10 @@ class Preparer:
         """The components of the request's model that are not on this machine (a file check, nothing loaded), and
         the enhancer ("enhancer") when the request enhances prompts it has no enhanced text for."""
         request = self.complete(request)
-        missing = check_available(self.recipe(request.model, request.variant), self.runner.hub)
-        found = [MissingComponent(error.component, str(error)) for error in missing]
+        found = []
+        if request.model != SELF_TEST_MODEL:  # the self-test model is written when it is first used: never missing
+            missing = check_available(self.recipe(request.model, request.variant), self.runner.hub)
+            found = [MissingComponent(error.component, str(error)) for error in missing]
         if request.enhance != "off" and pending_prompts(request, plan_request(request)):
             enhancer = check_enhancer(self.enhancer(request), self.runner.hub)
             if enhancer is not None:
