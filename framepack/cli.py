@@ -18,7 +18,14 @@ from pydantic import ValidationError
 
 from framepack.errors import FieldError, user_error_message, validation_message
 from framepack.outputs import OutputExists
-from framepack.request import PUBLISHED_MODEL, SELF_TEST_MODEL, GenerateRequest, Variant, field_kind
+from framepack.request import (
+    PUBLISHED_MODEL,
+    SELF_TEST_ENHANCER,
+    SELF_TEST_MODEL,
+    GenerateRequest,
+    Variant,
+    field_kind,
+)
 
 # keyframes: given as repeated --keyframe INDEX=IMAGE; enhanced_prompts: through --request-file (`enhance --json`)
 FIELD_FLAGS_SKIP = {"keyframes", "enhanced_prompts"}
@@ -188,7 +195,7 @@ def command_enhance(args: argparse.Namespace) -> int:
 
     request = request_from_args(args)
     plan = plan_request(request)  # bad flags and images stop here, before torch is imported
-    if request.enhancer == "tiny":
+    if request.enhancer == SELF_TEST_ENHANCER and not args.json:
         print("enhancer: tiny SELF-TEST model with random weights -- its text is noise")
 
     from framepack.jobs.events import enhance_result

@@ -69,8 +69,10 @@ class LoadedVLM:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def write(self, prompt: str, image: Image.Image | None, instructions: str, seed: int, max_tokens: int) -> str:
-        """The enhanced text for one prompt (cleaned by `prompts.clean_answer`; may be empty)."""
+    def inputs(self, prompt: str, image: Image.Image | None, instructions: str) -> dict[str, Any]:
+        """The model's inputs for one prompt, on its device: the system turn (`instructions`), the user turn (the
+        image, when there is one, and the prompt), the assistant turn opened. Control tokens in the texts stay
+        text."""
         user: list[dict[str, Any]] = [{"type": "image", "image": image}] if image is not None else []
         user.append({"type": "text", "text": user_message(prompt)})
         messages = [
@@ -90,6 +92,12 @@ class LoadedVLM:
         inputs = {name: value.to(device) if torch.is_tensor(value) else value for name, value in inputs.items()}
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        return inputs
+
+    def write(self, prompt: str, image: Image.Image | None, instructions: str, seed: int, max_tokens: int) -> str:
+        """The enhanced text for one prompt (cleaned by `prompts.clean_answer`; may be empty)."""
+        inputs = self.inputs(prompt, image, instructions)
+        device = self.device
         prompt_length = inputs["input_ids"].shape[1]
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
             torch.manual_seed(seed)
