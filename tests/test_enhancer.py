@@ -24,6 +24,7 @@ from api.intake import api_request
 from api.routes import PREFIX
 from api.server import create_app
 from framepack.enhancer import vlm as vlm_module
+from framepack.enhancer.processor import ImageOnlyQwenVLProcessor
 from framepack.enhancer.prompts import (
     DEFAULT_INSTRUCTIONS,
     MAX_IMAGE_PIXELS,
@@ -34,7 +35,7 @@ from framepack.enhancer.prompts import (
 )
 from framepack.enhancer.source import EnhancerUnavailableError, check_enhancer, resolve_enhancer
 from framepack.enhancer.stage import enhance_stage
-from framepack.enhancer.vlm import ImageOnlyQwenVLProcessor, LoadedVLM, load_vlm
+from framepack.enhancer.vlm import LoadedVLM, load_vlm
 from framepack.errors import FieldError
 from framepack.events import StageStarted
 from framepack.jobs.errors import classify

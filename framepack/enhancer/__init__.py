@@ -5,6 +5,7 @@ detailed video prompt, once per distinct section prompt.
   the cleaning of the model's answer; no torch.
 - `source`: which model the request's `enhancer` names (hub repo id, local folder or the self-test model) and
   whether its files are on this machine; no torch.
-- `vlm`: loading a model (the same code for the real and the tiny one), writing the prompts, releasing it.
+- `vlm`: loading a model (the same code for the real and the tiny one), writing the prompts, releasing it;
+  `processor`: the Qwen-VL processor that loads without torchvision.
 - `stage`: the enhance stage of a job, as the runner calls it before the text encoders.
 """

@@ -23,8 +23,9 @@ from typing import Any
 
 import torch
 from PIL import Image
-from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, Qwen3VLProcessor
+from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
+from framepack.enhancer.processor import ImageOnlyQwenVLProcessor
 from framepack.enhancer.prompts import clean_answer, user_message
 from framepack.enhancer.source import EnhancerSource, EnhancerUnavailableError
 from framepack.models.quantize import module_bytes, quantization_missing
@@ -39,19 +40,6 @@ KEEP_IN_FLOAT = ["model.visual", "model.vision_tower", "model.multi_modal_projec
 LOAD_ERRORS = (OSError, ValueError, KeyError)
 SAMPLING = {"do_sample": True, "temperature": 0.7, "top_p": 0.8, "top_k": 20}
 MIN_NEW_TOKENS = 16  # a real answer is longer; it keeps a model from answering nothing
-
-
-class ImageOnlyQwenVLProcessor(Qwen3VLProcessor):
-    """Qwen3VLProcessor without its video processor, so it loads (and saves) without torchvision."""
-
-    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-        super().__init__(
-            image_processor=image_processor,
-            tokenizer=tokenizer,
-            video_processor=None,
-            chat_template=chat_template,
-            **kwargs,
-        )
 
 
 @dataclass

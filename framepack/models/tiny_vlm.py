@@ -19,7 +19,7 @@ import torch
 from transformers import Qwen2Tokenizer, Qwen3VLConfig, Qwen3VLForConditionalGeneration
 from transformers.models.qwen2_vl import Qwen2VLImageProcessorPil
 
-from framepack.enhancer.vlm import ImageOnlyQwenVLProcessor
+from framepack.enhancer.processor import ImageOnlyQwenVLProcessor
 from framepack.models.tiny import SELF_TEST_MARKER, byte_level_alphabet, write_json
 
 logger = logging.getLogger(__name__)
