@@ -27,8 +27,7 @@ from framepack.request import (
     field_kind,
 )
 
-# keyframes: given as repeated --keyframe INDEX=IMAGE; enhanced_prompts: through --request-file (`enhance --json`)
-FIELD_FLAGS_SKIP = {"keyframes", "enhanced_prompts"}
+FIELD_FLAGS_SKIP = {"keyframes"}  # given as repeated --keyframe INDEX=IMAGE
 
 
 def add_request_flags(
@@ -44,6 +43,8 @@ def add_request_flags(
         kind, choices = field_kind(info.annotation)
         if kind is bool:
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif typing.get_origin(kind) is dict:  # enhanced_prompts: `enhance --json` writes them as a request file
+            parser.add_argument(flag, dest=name, type=json_object, default=None, metavar="JSON", help=help_text)
         else:
             parser.add_argument(flag, dest=name, type=kind, choices=choices, default=None, help=help_text)
     parser.add_argument(
@@ -60,6 +61,17 @@ def add_request_flags(
         metavar="SECTION=IMAGE",
         help="keyframe image for a section (time order, 0-based); repeat for several",
     )
+
+
+def json_object(text: str) -> dict:
+    """A flag's JSON object value."""
+    try:
+        value = json.loads(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"not JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return value
 
 
 def request_from_args(args: argparse.Namespace) -> GenerateRequest:
