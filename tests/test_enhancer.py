@@ -377,6 +377,20 @@ def test_enhance_require_with_a_missing_model_fails_before_any_model_loads(
     assert result.returncode == 2 and last.startswith("error: enhancer nobody/missing-vlm is not available")
 
 
+def test_an_enhancer_whose_files_do_not_load_is_missing_too(tiny_vlm_dir, tmp_path):
+    broken = Path(shutil.copytree(tiny_vlm_dir, tmp_path / "broken"))
+    (broken / "config.json").write_text("{not json")
+    request = GenerateRequest(**FAST, enhance="on", enhancer=str(broken))
+    plan = make_plan(request)
+    kept, event = enhance_stage(request, plan, CPU, DEFAULT_HUB)
+    assert kept.enhanced_prompts == {} and [item.by for item in event.prompts] == ["original"]
+    (warning,) = event.warnings
+    assert warning.startswith(f"enhance: enhancer {broken} did not load from local folder {broken}")
+    assert warning.endswith("The original prompts were used.")
+    with pytest.raises(EnhancerUnavailableError, match="did not load"):
+        enhance_stage(request.model_copy(update={"enhance": "require"}), plan, CPU, DEFAULT_HUB)
+
+
 def test_a_resumed_job_encodes_the_texts_its_enhance_stage_wrote_before():
     request = GenerateRequest(**FAST, **ENHANCE, enhanced_prompts={"a boat": "a blue boat"})
     prepared = PreparedJob("job", request, make_plan(request), None)  # type: ignore[arg-type]

@@ -6,10 +6,10 @@ What happens, by the request's `enhance`:
 - every section prompt already in `enhanced_prompts` (a replayed record, the tab's edited texts): nothing loads;
   those texts are encoded;
 - `off`: the other prompts are encoded as they are;
-- `on` / `require`: the enhancer is looked for first (`source.check_enhancer`). Missing, `require` fails (the job
-  was refused at submit already when this could be known then) and `on` goes on with the original prompts and a
-  warning. Found: the runner makes room on the device (`make_room`), the model loads, writes each pending prompt
-  (seeded by `enhance_seed`, else the video's seed), and is released before anything else loads.
+- `on` / `require`: the enhancer is looked for first (`source.check_enhancer`). Missing (or not loading), `require`
+  fails (the job was refused at submit already when this could be known then) and `on` goes on with the original
+  prompts and a warning. Found: the runner makes room on the device (`make_room`), the model loads, writes each
+  pending prompt (seeded by `enhance_seed`, else the video's seed), and is released before anything else loads.
 
 The stage returns the request with the new texts in `enhanced_prompts` (the record keeps them, so replaying it
 needs no enhancer) and the `PromptsEnhanced` event that tells the faces what each section encodes.
@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from framepack.enhancer.prompts import EnhanceItem, distinct_prompts, instructions
-from framepack.enhancer.source import EnhancerSource, check_enhancer, resolve_enhancer
+from framepack.enhancer.source import EnhancerSource, EnhancerUnavailableError, check_enhancer, resolve_enhancer
 from framepack.events import CancelToken, EnhancedPrompt, EventCallback, PromptsEnhanced, StageStarted, ignore_events
 from framepack.plan import Plan
 from framepack.request import GenerateRequest
@@ -64,18 +64,22 @@ def enhance_stage(
             return request, None
         return request, _event(items, given, {}, None, None, start)
     source = resolve_enhancer(request.enhancer, home)
+    strict = everything or request.enhance == "require"
     missing = check_enhancer(source, hub)
     if missing is not None:
-        if everything or request.enhance == "require":
+        if strict:
             raise missing
-        warning = f"enhance: {missing} The original prompts were used."
-        logger.warning("%s", warning)
-        return request, _event(items, given, {}, None, None, start, [warning])
+        return request, _without_enhancer(items, given, missing, start)
     seed = request.enhance_seed if request.enhance_seed >= 0 else plan.seed
     on_event(StageStarted("enhance", f"{len(pending)} prompt{'s' if len(pending) != 1 else ''} by {source.describe()}"))
     if make_room is not None:
         make_room()
-    run = _write(request, pending, source, device, hub, seed, cancel or CancelToken())
+    try:
+        run = _write(request, pending, source, device, hub, seed, cancel or CancelToken())
+    except EnhancerUnavailableError as error:  # its files are there but do not load (or cannot be quantized here)
+        if strict:
+            raise
+        return request, _without_enhancer(items, given, error, start)
     enhanced = {**request.enhanced_prompts, **run.texts} if not everything else run.texts
     request = request.model_copy(update={"enhanced_prompts": enhanced})  # the texts are cleaned: they validate
     event = _event(items, given, run.texts, source.name, seed, start, run.warnings)
@@ -124,6 +128,15 @@ def _write(
         del vlm  # the only reference: the model is freed here, before the FramePack model is placed
         release(device)
     return run
+
+
+def _without_enhancer(
+    items: list[EnhanceItem], given: dict[str, str], error: EnhancerUnavailableError, start: float
+) -> PromptsEnhanced:
+    """enhance 'on' and the enhancer cannot be used: the event that says so; the prompts stay as they are."""
+    warning = f"enhance: {error} The original prompts were used."
+    logger.warning("%s", warning)
+    return _event(items, given, {}, None, None, start, [warning])
 
 
 def _event(
