@@ -477,5 +477,9 @@ def test_the_enhance_command_prints_each_prompt_and_its_json_is_a_request_file(f
     (tmp_path / "enhanced.json").write_text(as_json.stdout)
     plan = framepack_cli("plan", "--request-file", str(tmp_path / "enhanced.json"), home=home)
     assert plan.returncode == 0 and "enhanced_prompts" not in plan.stdout.split("warnings")[-1].split("]")[0]
+    given = framepack_cli("plan", "--prompt", "a kite", "--enhanced-prompts", '{"a boat": "a blue boat"}', home=home)
+    assert given.returncode == 0 and "enhanced_prompts: 1 of 1 entries match no section prompt" in given.stdout
+    refused = framepack_cli("plan", "--enhanced-prompts", "[1]", home=home)
+    assert refused.returncode == 2 and "--enhanced-prompts: must be a JSON object" in refused.stderr
     missing = framepack_cli("enhance", *flags, "--enhancer", "nobody/missing-vlm", home=home)
     assert missing.returncode == 2 and "hf download nobody/missing-vlm" in missing.stderr
