@@ -274,22 +274,22 @@ class GenerateRequest(BaseModel):
     @classmethod
     def _check_enhancer(cls, value: str) -> str:
         if not value.strip() or value != value.strip() or not value.isprintable():
-            raise ValueError("enhancer must be a hub repo id, a folder or 'tiny': printable, no surrounding spaces")
+            raise ValueError("must be a hub repo id, a folder or 'tiny': printable, no surrounding spaces")
         return value
 
     @field_validator("enhanced_prompts")
     @classmethod
     def _check_enhanced_prompts(cls, value: dict[str, str]) -> dict[str, str]:
         if len(value) > MAX_ENHANCED_PROMPTS:
-            raise ValueError(f"enhanced_prompts: at most {MAX_ENHANCED_PROMPTS} entries (one per section prompt)")
+            raise ValueError(f"at most {MAX_ENHANCED_PROMPTS} entries (one per section prompt)")
         longest_key = MAX_PROMPT_LENGTH + MAX_SECTION_PROMPTS_LENGTH + 2  # prompt, separator, section line
         for prompt, text in value.items():
             if len(prompt) > longest_key:
-                raise ValueError(f"enhanced_prompts: a section prompt has at most {longest_key} characters")
+                raise ValueError(f"a section prompt has at most {longest_key} characters")
             if not text.strip():
-                raise ValueError("enhanced_prompts: an enhanced text must not be empty (leave the prompt out instead)")
+                raise ValueError("an enhanced text must not be empty (leave its prompt out instead)")
             if len(text) > MAX_PROMPT_LENGTH:
-                raise ValueError(f"enhanced_prompts: an enhanced text has at most {MAX_PROMPT_LENGTH} characters")
+                raise ValueError(f"an enhanced text has at most {MAX_PROMPT_LENGTH} characters")
         return value
 
     @field_validator("aspect_ratio")
