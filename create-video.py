@@ -41,6 +41,7 @@ from framepack.cli import given_request
 from framepack.errors import FieldError, validation_message
 from framepack.jobs.events import (
     EndEvent,
+    EnhanceEvent,
     FramesEvent,
     JobEvent,
     ProgressEvent,
@@ -378,6 +379,10 @@ class ProgressBar:
         """Update some fields of the progress."""
         self.update(self.progress.model_copy(update=fields))
 
+    def note(self, line: str) -> None:
+        """A line above the bar."""
+        self.bar.write(line)
+
     def close(self) -> None:
         self.bar.close()
 
@@ -402,7 +407,21 @@ def apply_event(bar: ProgressBar, event: JobEvent) -> str | None:
         bar.change(stage=event.stage)
     elif isinstance(event, FramesEvent):
         bar.change(frames_written=event.frames)
+    elif isinstance(event, EnhanceEvent):
+        for line in enhance_lines(event):
+            bar.note(line)
     return "ended" if isinstance(event, EndEvent) else None
+
+
+def enhance_lines(event: EnhanceEvent) -> list[str]:
+    """Each prompt the job encodes enhanced, with its sections and what wrote it (the run's warnings, the stage's
+    among them, are printed when the job ends)."""
+    by = {"enhancer": f"by {event.enhancer}" + (" (SELF-TEST: noise)" if event.self_test else ""), "request": "given"}
+    return [
+        f"prompt of sections {', '.join(map(str, item.sections))} ({by[item.by]}): {item.enhanced}"
+        for item in event.prompts
+        if item.enhanced is not None
+    ]
 
 
 def follow(client: FramePackClient, job: dict[str, Any], bar: ProgressBar) -> dict[str, Any]:
@@ -516,6 +535,8 @@ def run(args: argparse.Namespace) -> int:
             raise ServerUnreachable(f"{error}; job {job['id']} may still be running on the server") from None
         finally:
             bar.close()
+        for warning in (job.get("progress") or {}).get("warnings") or []:
+            print(f"warning: {warning}")
         if job.get("state") != "finished":
             raise JobFailed(job_error_line(job))
         for relative, files in output_files(job):

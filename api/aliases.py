@@ -3,9 +3,9 @@
 Clients written for `POST /sdapi/v1/framepack` of SD.Next (`modules/framepack/framepack_api.py`, whose
 `ReqFramepack` also serves the extension's `create-video.py`) keep working: each of their fields that means
 something here is renamed or converted to the one request model's field (`use_teacache` -> `cache`, the peer's
-attention names -> ours). Peer fields whose features do not exist here (CFGZero, VLM prompt enhancing, styles, VAE
-choices, system prompts) are accepted only with their "off" value; any other value is refused with 422 naming the
-field, as is any unknown field -- nothing is ignored silently.
+attention names -> ours, its VLM prompt enhancer `vlm_*` -> `enhance*`). Peer fields whose features do not exist
+here (CFGZero, styles, VAE choices, system prompts) are accepted only with their "off" value; any other value is
+refused with 422 naming the field, as is any unknown field -- nothing is ignored silently.
 
 Null values: the peer declares every field optional, so a null peer field means "the default" (a null `seed`
 means random, as in the peer).
@@ -73,11 +73,35 @@ def _attention(value: Any) -> tuple[str, Any]:
     return "attention", value  # the request model refuses it by name
 
 
-# peer name -> converter returning (our name, value)
-CONVERTED: dict[str, Callable[[Any], tuple[str, Any]]] = {
+def _vlm_enhance(value: Any) -> tuple[str, Any]:
+    """vlm_enhance: the peer's prompt enhancer switch; ours is enhance off / on / require."""
+    if not isinstance(value, bool):
+        raise FieldError("vlm_enhance", "must be true or false")
+    return "enhance", "on" if value else "off"
+
+
+def _vlm_model(value: Any) -> tuple[str, Any] | None:
+    """vlm_model: the enhancer's model, as a hub repo id here ('' = the default)."""
+    if not isinstance(value, str):
+        raise FieldError("vlm_model", "must be a hub repo id such as 'Qwen/Qwen3-VL-2B-Instruct'")
+    return ("enhancer", value.strip()) if value.strip() else None
+
+
+def _vlm_system_prompt(value: Any) -> tuple[str, Any] | None:
+    """vlm_system_prompt: the enhancer's instructions ('' = the built-in ones)."""
+    if not isinstance(value, str):
+        raise FieldError("vlm_system_prompt", "must be text")
+    return ("enhance_instructions", value) if value.strip() else None
+
+
+# peer name -> converter returning (our name, value), or None when the value means "the default"
+CONVERTED: dict[str, Callable[[Any], tuple[str, Any] | None]] = {
     "mp4_frames": _frames,
     "use_teacache": _teacache,
     "attention": _attention,
+    "vlm_enhance": _vlm_enhance,
+    "vlm_model": _vlm_model,
+    "vlm_system_prompt": _vlm_system_prompt,
 }
 
 # peer features without an equivalent here -> the values that mean "off" (accepted, as they change nothing)
@@ -87,9 +111,6 @@ INERT: dict[str, tuple[Any, ...]] = {
     "styles": ([],),
     "use_cfgzero": (False,),
     "vae_type": ("Local", "Full"),
-    "vlm_enhance": (False,),
-    "vlm_model": ("",),
-    "vlm_system_prompt": ("",),
 }
 
 # fields both APIs share whose null means "the default" in the peer
@@ -112,6 +133,11 @@ ALIAS_TABLE: list[tuple[str, str]] = (
     [(peer, ours) for peer, ours in RENAMES.items()]
     + [("mp4_frames", "save_frames (true -> 'jpeg', false -> 'none')"), ("mp4_video", "codec ('none' when false)")]
     + [("use_teacache", "cache (true -> 'teacache', false -> 'none')"), ("attention 'Default'", "attention 'sdpa'")]
+    + [
+        ("vlm_enhance", "enhance (true -> 'on', false -> 'off')"),
+        ("vlm_model", "enhancer (a hub repo id)"),
+        ("vlm_system_prompt", "enhance_instructions"),
+    ]
     + [
         ("variant 'bi-directional' / 'forward-only'", "variant 'bidirectional' / 'f1'"),
         ("seed null or -1", "seed -1 (random)"),
@@ -136,8 +162,9 @@ def translate(payload: dict[str, Any]) -> dict[str, Any]:
             if value is not None:
                 put(RENAMES[key], value, key)
         elif key in CONVERTED:
-            if value is not None:
-                put(*CONVERTED[key](value), key)
+            converted = CONVERTED[key](value) if value is not None else None
+            if converted is not None:
+                put(*converted, key)
         elif key == "mp4_video":
             if value is not None and not isinstance(value, bool):
                 raise FieldError("mp4_video", "must be true or false")

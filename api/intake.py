@@ -7,12 +7,15 @@ the network they are not: a client must not make the server read or write arbitr
   names an existing path is refused, and accepted values are passed on as `data:` URLs so the engine never tries
   them as paths;
 - `output_dir` is refused (the server chooses the folder; `filename` may name the stem);
-- `model` is 'default' or 'tiny' (recipe files are a local, CLI/UI matter).
+- `model` is 'default' or 'tiny' (recipe files are a local, CLI/UI matter);
+- `enhancer` is a hub repo id or 'tiny', never a folder: a value written like a path, or naming an existing one, is
+  refused.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 from fastapi import Request
@@ -25,6 +28,7 @@ from .errors import ApiError
 from .limits import DEFAULT_MAX_BODY_BYTES, read_json_body
 
 API_MODELS = BUILTIN_MODELS
+WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
 
 
 def api_image(value: Any, field: str) -> Any:
@@ -38,6 +42,18 @@ def api_image(value: Any, field: str) -> Any:
     if len(value) < PATH_CHECK_LENGTH and "\x00" not in value and os.path.lexists(value):
         raise FieldError(field, "images must be sent as base64 (optionally a data: URL), not as a path on the server")
     return "data:;base64," + value
+
+
+def api_enhancer(value: Any) -> Any:
+    """The enhancer of an API request: a hub repo id or 'tiny'; folders on the server are refused."""
+    if not isinstance(value, str):
+        return value  # the request model refuses it with the right message
+    path_like = value.startswith(("/", ".", "~", "\\")) or "\\" in value or WINDOWS_DRIVE.match(value) is not None
+    if path_like or (len(value) < PATH_CHECK_LENGTH and "\x00" not in value and os.path.lexists(value)):
+        raise FieldError(
+            "enhancer", "over the API only a hub repo id ('owner/name') or 'tiny'; local folders are for the CLI and UI"
+        )
+    return value
 
 
 def api_request(payload: Any) -> GenerateRequest:
@@ -54,6 +70,8 @@ def api_request(payload: Any) -> GenerateRequest:
             "model",
             f"over the API only {' or '.join(repr(m) for m in API_MODELS)}; recipe files are for the CLI and UI",
         )
+    if "enhancer" in fields:
+        fields["enhancer"] = api_enhancer(fields["enhancer"])
     for name in ("init_image", "end_image"):
         if name in fields:
             fields[name] = api_image(fields[name], name)

@@ -30,7 +30,7 @@ from starlette.concurrency import run_in_threadpool
 
 from framepack.jobs.errors import STATUS
 from framepack.jobs.events import EVENT_MODELS, JobEvent
-from framepack.jobs.models import Job, JobState
+from framepack.jobs.models import EnhanceResult, Job, JobState
 from framepack.jobs.service import JobService
 from framepack.request import GenerateRequest
 
@@ -53,10 +53,11 @@ REQUEST_BODY_DOC = (
     "model's). SD.Next's FramePack field names are accepted too: "
     + "; ".join(f"{peer} -> {ours}" for peer, ours in ALIAS_TABLE)
     + ". Its TeaCache switch (`use_teacache`) and attention names are converted as listed; its options without "
-    "an equivalent here (CFGZero, VLM enhance, styles, VAE type, system prompts) are accepted only when off; "
+    "an equivalent here (CFGZero, styles, VAE type, system prompts) are accepted only when off; "
     "unknown fields are refused. Images are base64 with or without a `data:` prefix; server file paths are "
     "refused; `output_dir` is the server's; `model` is 'default' or 'tiny' (left out: the server's default "
-    "model; in SD.Next also cache and offload). Bodies over the size limit get 413; NaN/Infinity get 422."
+    "model; in SD.Next also cache and offload); `enhancer` is a hub repo id or 'tiny'. Bodies over the size "
+    "limit get 413; NaN/Infinity get 422."
 )
 
 
@@ -130,7 +131,7 @@ def resolve_output_file(output_dir: Path, relative: str, raw_path: bytes = b"") 
 EVENTS_DOC = (
     "Server-sent events: `event: NAME` and `data: JSON` lines, the JSON being the model of that name "
     "(state: StateEvent, stage: StageEvent, progress: ProgressEvent, section: SectionEvent, frames: FramesEvent, "
-    "end: EndEvent); a `: ping` comment after 15 quiet seconds. The stream ends after `end`."
+    "enhance: EnhanceEvent, end: EndEvent); a `: ping` comment after 15 quiet seconds. The stream ends after `end`."
 )
 
 
@@ -177,6 +178,8 @@ class FramePackRoutes:
             _route("GET", f"{p}/codecs", self.codecs, "Available video encoders", CodecList),
             _route("POST", f"{p}/plan", self.plan, "Plan a request without running it", PlanResponse, errors=(413,),
                    body=True),
+            _route("POST", f"{p}/enhance", self.enhance, "Enhance a request's prompts (no video)", EnhanceResult,
+                   errors=(413, 503), body=True),
         ]  # fmt: skip
 
     # ------------------------------------------------------------------------------------------- endpoints
@@ -218,7 +221,7 @@ class FramePackRoutes:
 
     @json_errors
     async def job_events(self, job_id: str) -> Any:
-        """Server-sent events of a job: `event: state|progress|section|stage|frames|end` lines, each with a
+        """Server-sent events of a job: `event: state|progress|section|stage|frames|enhance|end` lines, each with a
         `data:` JSON object (the event models in this document's schemas), and a `: ping` comment after 15 quiet
         seconds. The stream ends after `end` (sent at once for a job that has already ended). Too many open
         streams: 429 with Retry-After."""
@@ -278,6 +281,17 @@ class FramePackRoutes:
         generate_request = await read_generate_request(request, self.max_body_bytes)
         result = await run_in_threadpool(self.service.plan, generate_request, True)  # the service's defaults
         return PlanResponse(summary=result.summary(), plan=result)
+
+    @json_errors
+    async def enhance(self, request: Request) -> Any:
+        """Each distinct section prompt of a request (the prompt joined with each section line) rewritten by the
+        prompt enhancer, seeing the image its section starts from; no video is made. Every prompt is enhanced anew,
+        whatever the request's `enhance` and `enhanced_prompts` say; `enhancer`, `enhance_instructions`,
+        `enhance_seed` (-1: the request's seed), `enhance_max_tokens` and `enhance_quantize` apply. Put the
+        answer's `enhanced_prompts` into a request to generate with those texts. It runs on the server's device
+        after any running job. The enhancer not on the server: 503 `model_unavailable` naming `enhancer`."""
+        generate_request = await read_generate_request(request, self.max_body_bytes)
+        return await run_in_threadpool(self.service.enhance, generate_request)
 
     # ------------------------------------------------------------------------------------------- helpers
 

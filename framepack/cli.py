@@ -1,5 +1,5 @@
-"""`python -m framepack`: generate, calibrate-magcache, plan, make-tiny, recipe, info, codecs, download-rife, serve,
-jobs backup.
+"""`python -m framepack`: generate, enhance, calibrate-magcache, plan, make-tiny, recipe, info, codecs, download-rife,
+serve, jobs backup.
 
 `generate` takes every request field as a flag, built from the request model so help and defaults are the
 model's own.
@@ -20,7 +20,14 @@ from pydantic.fields import FieldInfo
 from framepack.errors import FieldError, user_error_message, validation_message
 from framepack.outputs import OutputExists
 from framepack.plan import Plan
-from framepack.request import PUBLISHED_MODEL, SELF_TEST_MODEL, GenerateRequest, Variant, field_kind
+from framepack.request import (
+    PUBLISHED_MODEL,
+    SELF_TEST_ENHANCER,
+    SELF_TEST_MODEL,
+    GenerateRequest,
+    Variant,
+    field_kind,
+)
 
 FIELD_FLAGS_SKIP = {"keyframes"}  # given as repeated --keyframe INDEX=IMAGE
 
@@ -38,6 +45,8 @@ def add_request_flags(
         kind, choices = field_kind(info.annotation)
         if kind is bool:
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif typing.get_origin(kind) is dict:  # enhanced_prompts: `enhance --json` writes them as a request file
+            parser.add_argument(flag, dest=name, type=json_object, default=None, metavar="JSON", help=help_text)
         else:
             parser.add_argument(flag, dest=name, type=kind, choices=choices, default=None, help=help_text)
     parser.add_argument(
@@ -81,6 +90,17 @@ def default_text(default: object) -> str:
     if default == "" or default == {}:
         return '""' if default == "" else "none"
     return str(default)
+
+
+def json_object(text: str) -> dict:
+    """A flag's JSON object value."""
+    try:
+        value = json.loads(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"not JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return value
 
 
 def request_from_args(args: argparse.Namespace) -> GenerateRequest:
@@ -210,11 +230,37 @@ def command_generate(args: argparse.Namespace) -> int:
     print(f"done in {result.timings['total']:.1f} s: {result.frames} frames at {plan.fps} fps")
     for key in sorted(k for k in result.timings if k.startswith("section_")):
         print(f"  {key.replace('_', ' ')}: {result.timings[key]:.2f} s")
-    for name in ("encode_prompts", "encode_images", "start_frame", "decode"):
+    for name in ("enhance", "encode_prompts", "encode_images", "start_frame", "decode"):
         if name in result.timings:
             print(f"  {name.replace('_', ' ')}: {result.timings[name]:.2f} s")
     for path in result.outputs:
         print(f"output: {path}")
+    return 0
+
+
+def command_enhance(args: argparse.Namespace) -> int:
+    request = request_from_args(args)
+    plan = checked_plan(request)  # bad flags and images stop here, before torch is imported
+    if request.enhancer == SELF_TEST_ENHANCER and not args.json:
+        print("enhancer: tiny SELF-TEST model with random weights -- its text is noise")
+
+    from framepack.jobs.events import enhance_result
+    from framepack.plan import section_ranges
+    from framepack.runner import Runner
+
+    quiet_library_progress()
+    runner = Runner(device=args.device, output_dir=args.output_dir_default)
+    enhanced, event = runner.enhance(request, plan, everything=True)
+    result = enhance_result(event, plan.num_sections)
+    if args.json:  # a request file: `generate --request-file` encodes these texts
+        print(json.dumps({"request": enhanced.model_dump(mode="json"), **result.model_dump(mode="json")}, indent=2))
+        return 0
+    print(f"enhancer {result.enhancer}, seed {result.seed}: {len(result.prompts)} prompts in {result.seconds:.1f} s")
+    for item in result.prompts:
+        print(f"sections {section_ranges(item.sections)}: {item.prompt}")
+        print(f"  -> {item.enhanced if item.enhanced is not None else '(unchanged)'}")
+    for warning in result.warnings:
+        print(f"warning: {warning}")
     return 0
 
 
@@ -352,6 +398,19 @@ def build_parser() -> argparse.ArgumentParser:
             "output_dir) takes precedence (default: outputs)",
         )
         command.set_defaults(handler=handler)
+
+    enhance = commands.add_parser(
+        "enhance",
+        help="rewrite the section prompts with the prompt enhancer (a vision-language model), without a video",
+    )
+    add_request_flags(enhance)
+    enhance.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    enhance.add_argument(
+        "--json",
+        action="store_true",
+        help="print JSON: the request with the enhanced texts (for generate --request-file) and each prompt's text",
+    )
+    enhance.set_defaults(handler=command_enhance, output_dir_default="outputs")
 
     plan = commands.add_parser("plan", help="print the plan of a request without running it")
     add_request_flags(plan)

@@ -38,7 +38,7 @@ class CancelToken:
 
 @dataclass
 class StageStarted:
-    stage: str  # "encode prompts", "encode images", "start frame", "sample", "decode", "finish"
+    stage: str  # "enhance", "load model", "encode prompts", "encode images", "start frame", "sample", "decode", ...
     detail: str = ""
 
 
@@ -70,7 +70,35 @@ class FramesWritten:
     total: int
 
 
-Event = StageStarted | StepProgress | SectionFinished | FramesWritten
+@dataclass
+class EnhancedPrompt:
+    """One distinct section prompt after the enhance stage."""
+
+    sections: list[int]  # the sections (time order) whose prompt it is
+    prompt: str  # the plan's section prompt: the prompt joined with the section line, LoRA tags removed
+    enhanced: str | None  # the text encoded instead; None: the prompt itself is encoded
+    by: str  # "enhancer" (written now), "request" (given in enhanced_prompts) or "original" (not enhanced)
+
+
+@dataclass
+class PromptsEnhanced:
+    """The enhance stage ended: the text each section encodes, and what made it."""
+
+    prompts: list[EnhancedPrompt]
+    enhancer: str | None  # the model that wrote prompts now; None when none ran
+    self_test: bool  # that model is the random-weight self-test enhancer (its text is noise)
+    seed: int | None  # the seed it sampled with
+    seconds: float
+    warnings: list[str] = field(default_factory=list)  # e.g. the model is missing and the originals are used
+    weight_bytes: int = 0  # of the enhancer's weights, as loaded
+    peak_bytes: int | None = None  # peak GPU memory allocated during the stage (None on a CPU)
+
+    def enhanced_prompts(self) -> dict[str, str]:
+        """Section prompt -> encoded text, for the prompts that are enhanced."""
+        return {item.prompt: item.enhanced for item in self.prompts if item.enhanced is not None}
+
+
+Event = StageStarted | StepProgress | SectionFinished | FramesWritten | PromptsEnhanced
 EventCallback = Callable[[Event], Any]
 
 

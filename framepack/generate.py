@@ -19,6 +19,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from framepack.encoders import PromptEmbeds, encode_prompt, encode_vision, vae_decode, vae_encode
+from framepack.enhancer.prompts import encoded_prompt
 from framepack.events import (
     CancelToken,
     EventCallback,
@@ -105,10 +106,11 @@ class WindowDecoder:
 def encode_prompts(
     components: Components, plan: Plan, request: GenerateRequest
 ) -> tuple[dict[str, PromptEmbeds], PromptEmbeds | None]:
-    """Each unique section prompt is encoded once; the negative only when real CFG is on."""
+    """Each unique section prompt is encoded once (its enhanced text when the request has one, see
+    `framepack.enhancer`); the negative only when real CFG is on."""
     device, dtype = components.device, components.transformer.dtype
     unique = dict.fromkeys(section.prompt for section in plan.sections)
-    prompts = {text: encode_prompt(components, text, device, dtype) for text in unique}
+    prompts = {text: encode_prompt(components, encoded_prompt(request, text), device, dtype) for text in unique}
     negative = encode_prompt(components, request.negative_prompt, device, dtype) if request.cfg_scale > 1 else None
     return prompts, negative
 

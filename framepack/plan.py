@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from framepack.errors import FieldError
 from framepack.models.lora import check_weights, merge_refs, parse_lora_tags
-from framepack.request import SELF_TEST_MODEL, GenerateRequest
+from framepack.request import SELF_TEST_ENHANCER, SELF_TEST_MODEL, GenerateRequest
 
 # (height, width) buckets of the original FramePack at the trained 640 scale.
 BUCKETS_640: tuple[tuple[int, int], ...] = (
@@ -181,6 +181,38 @@ class Plan(BaseModel):
         )
 
 
+def enhance_warnings(request: GenerateRequest, prompts: set[str]) -> list[str]:
+    """What the plan says about the prompt enhancer: entries of enhanced_prompts no section uses, and a self-test
+    enhancer. A LoRA tag in an enhanced text is refused (LoRAs come from the prompt and its section lines)."""
+    warnings = []
+    for text in request.enhanced_prompts.values():
+        if parse_lora_tags(text, [])[1]:
+            raise PlanError(
+                "enhanced_prompts", "has a <lora:name:weight> tag; LoRAs belong in prompt or section_prompts"
+            )
+    unused = [prompt for prompt in request.enhanced_prompts if prompt not in prompts]
+    if unused:
+        warnings.append(
+            f"enhanced_prompts: {len(unused)} of {len(request.enhanced_prompts)} entries match no section prompt "
+            "(prompt + section line) and are not used"
+        )
+    pending = prompts - set(request.enhanced_prompts)
+    if request.enhance != "off" and pending and request.enhancer == SELF_TEST_ENHANCER:
+        warnings.append(f"enhancer '{SELF_TEST_ENHANCER}' is the SELF-TEST enhancer: its text is noise")
+    return warnings
+
+
+def section_ranges(indices: list[int]) -> str:
+    """Section indices as ranges for people: [0, 1, 2, 5] -> '0-2, 5'."""
+    runs: list[list[int]] = []
+    for index in indices:
+        if runs and index == runs[-1][-1] + 1:
+            runs[-1].append(index)
+        else:
+            runs.append([index])
+    return ", ".join(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}" for run in runs)
+
+
 def random_seed() -> int:
     """A seed for a request that asks for a random one (seed -1), from Python's `random` module."""
     return random.randrange(2**32)
@@ -262,7 +294,9 @@ def make_plan(
             )
         )
 
-    warnings = list(dict.fromkeys(lora_warnings))
+    warnings = list(dict.fromkeys(lora_warnings)) + enhance_warnings(
+        request, {section.prompt for section in sections_plan}
+    )
     if unused:
         listed = ", ".join(str(index + 1) for index in unused)
         warnings.append(f"section_prompts: {len(lines)} lines for {sections} sections; unused lines {listed}")

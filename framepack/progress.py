@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tqdm import tqdm
 
-from framepack.events import Event, SectionFinished, StageStarted, StepProgress
+from framepack.events import Event, PromptsEnhanced, SectionFinished, StageStarted, StepProgress
 from framepack.plan import Plan
 
 
@@ -36,6 +36,13 @@ class ConsoleProgress:
             )
             self.bar.set_description(where)
             self.bar.update(event.done_steps - self.bar.n)
+        elif isinstance(event, PromptsEnhanced):
+            for item in event.prompts:
+                if item.enhanced is not None:
+                    sections = ", ".join(str(index) for index in item.sections)
+                    self.bar.write(f"prompt of section {sections} ({item.by}): {item.enhanced}")
+            for warning in event.warnings:
+                self.bar.write(f"warning: {warning}")
         elif isinstance(event, SectionFinished) and event.section >= 0:
             skipped = (
                 f", cache skipped {event.skipped_calls}/{event.model_calls} model calls" if event.skipped_calls else ""

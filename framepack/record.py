@@ -46,13 +46,15 @@ class GenerationRecord(BaseModel):
     images_not_stored: list[str] = []  # the image fields left out: "init_image", "end_image", "keyframes.<index>"
     plan: str  # the plan's one-line summary
     self_test_model: bool = False  # made with the random-weight self-test model: the video is noise
+    warnings: list[str] = []  # what the run said that the request does not show (e.g. the enhancer was missing)
     plan_detail: Plan | None = None  # sidecar only: the whole plan
     timings: dict[str, int | float] | None = None  # sidecar only: seconds per stage and section, cache call counts
     outputs: list[str] | None = None  # sidecar only: the output paths
 
     @classmethod
-    def of(cls, request: GenerateRequest, plan: Plan) -> GenerationRecord:
-        """The record of `request` planned as `plan` (its seed is the one recorded)."""
+    def of(cls, request: GenerateRequest, plan: Plan, warnings: list[str] | None = None) -> GenerationRecord:
+        """The record of `request` planned as `plan` (its seed is the one recorded; its enhanced_prompts hold the
+        text each enhanced section prompt encoded), with the run's `warnings` when there are any."""
         fields = request.model_dump(mode="json")
         fields["seed"] = plan.seed
         left_out = []
@@ -64,7 +66,7 @@ class GenerationRecord(BaseModel):
             if not is_file_path(source):
                 del fields["keyframes"][index]
                 left_out.append(f"keyframes.{index}")
-        return cls(
+        record = cls(
             generator=f"framepack {__version__}",
             versions=library_versions(),
             request=fields,
@@ -72,6 +74,9 @@ class GenerationRecord(BaseModel):
             plan=plan.summary(),
             self_test_model=plan.self_test_model,
         )
+        if warnings:
+            record.warnings = list(warnings)
+        return record
 
     def finished(self, plan: Plan, timings: dict[str, int | float], outputs: list[str]) -> GenerationRecord:
         """The sidecar's record: this one plus the whole plan, the timings and the outputs."""

@@ -32,6 +32,15 @@ MAX_KEYFRAMES = 64
 PATH_CHECK_LENGTH = 4096  # longer strings cannot be file paths (PATH_MAX): image values this long are base64
 FILENAME_FORBIDDEN = '/\\<>:"|?*'  # folders, and what Windows refuses in names (":" would name an NTFS stream)
 
+# The prompt enhancer (framepack/enhancer/): its models and the bounds of its fields
+DEFAULT_ENHANCER = "Qwen/Qwen3-VL-2B-Instruct"  # Apache-2.0, about 4.3 GB in bfloat16
+QUALITY_ENHANCER = "Qwen/Qwen3-VL-4B-Instruct"  # about 9 GB in bfloat16
+SELF_TEST_ENHANCER = "tiny"  # the random-weight self-test VLM (its text is noise)
+MAX_ENHANCER_LENGTH = 1024  # a hub id is at most 96 + 1 + 96 characters; a folder path fits PATH_MAX's quarter
+MAX_PROMPT_LENGTH = 20000  # the bound of `prompt`
+MAX_SECTION_PROMPTS_LENGTH = 50000  # the bound of `section_prompts`
+MAX_ENHANCED_PROMPTS = 1000  # one per section at most (framepack.plan.MAX_SECTIONS)
+
 
 def field_kind(annotation: typing.Any) -> tuple[type, tuple | None]:
     """(base type, Literal choices or None) of a request field annotation: a Literal gives the type of its first
@@ -216,6 +225,72 @@ class GenerateRequest(BaseModel):
         "SELF-TEST model: noise) or a path to a recipe file. Left out: the face's default model ($FRAMEPACK_MODEL, "
         f"serve --model, SD.Next's FramePack setting), else '{PUBLISHED_MODEL}'.",
     )
+
+    # Prompt enhancer (framepack/enhancer/): a vision-language model rewrites each section's prompt
+    enhance: Literal["off", "on", "require"] = Field(
+        "off",
+        description=(
+            "Rewrite each section prompt (prompt + its section line) with a vision-language model that sees the "
+            "start image (or the section's keyframe): off, on (a missing model keeps the original prompts, with a "
+            "warning) or require (a missing model refuses the job). Prompts listed in enhanced_prompts are used as "
+            "they are, whatever this says."
+        ),
+    )
+    enhancer: str = Field(
+        DEFAULT_ENHANCER,
+        max_length=MAX_ENHANCER_LENGTH,
+        description=(
+            f"The enhancer: a hub repo id ({DEFAULT_ENHANCER}; {QUALITY_ENHANCER} for quality), a local folder of "
+            f"an image-text-to-text model, or '{SELF_TEST_ENHANCER}' (random-weight SELF-TEST model: its text is "
+            "noise)."
+        ),
+    )
+    enhance_instructions: str = Field(
+        "",
+        max_length=8000,
+        description="The enhancer's instructions (system prompt); empty = the built-in one.",
+    )
+    enhance_seed: int = Field(
+        -1, ge=-1, le=2**63 - 1, description="Seed of the enhancer's sampling; -1 = the video's seed."
+    )
+    enhance_max_tokens: int = Field(
+        300, ge=16, le=1024, description="Most tokens the enhancer writes per prompt (about 0.75 words each)."
+    )
+    enhance_quantize: Literal["none", "int8", "float8", "int4"] = Field(
+        "none",
+        description="Weight quantization of the enhancer's language model (optimum-quanto); its vision tower stays "
+        "in float.",
+    )
+    enhanced_prompts: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "The text encoded for each section prompt (the plan's prompt of a section -> its enhanced text). The "
+            "enhance stage fills it and the record keeps it, so a record replays without the enhancer; a prompt "
+            "listed here is never enhanced again. Editable in the tab."
+        ),
+    )
+
+    @field_validator("enhancer")
+    @classmethod
+    def _check_enhancer(cls, value: str) -> str:
+        if not value.strip() or value != value.strip() or not value.isprintable():
+            raise ValueError("must be a hub repo id, a folder or 'tiny': printable, no surrounding spaces")
+        return value
+
+    @field_validator("enhanced_prompts")
+    @classmethod
+    def _check_enhanced_prompts(cls, value: dict[str, str]) -> dict[str, str]:
+        if len(value) > MAX_ENHANCED_PROMPTS:
+            raise ValueError(f"at most {MAX_ENHANCED_PROMPTS} entries (one per section prompt)")
+        longest_key = MAX_PROMPT_LENGTH + MAX_SECTION_PROMPTS_LENGTH + 2  # prompt, separator, section line
+        for prompt, text in value.items():
+            if len(prompt) > longest_key:
+                raise ValueError(f"a section prompt has at most {longest_key} characters")
+            if not text.strip():
+                raise ValueError("an enhanced text must not be empty (leave its prompt out instead)")
+            if len(text) > MAX_PROMPT_LENGTH:
+                raise ValueError(f"an enhanced text has at most {MAX_PROMPT_LENGTH} characters")
+        return value
 
     @field_validator("aspect_ratio")
     @classmethod

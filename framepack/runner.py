@@ -1,5 +1,5 @@
-"""From a planned request to finished files: check it on this machine, load the model, build the sinks, generate,
-write the record.
+"""From a planned request to finished files: check it on this machine, enhance its prompts, load the model, build the
+sinks, generate, write the record.
 
 `Runner.run` is called by the CLI's `generate` and `calibrate-magcache` and by the job queue's worker
 (`framepack.jobs`); the tab and the REST API reach it only through the queue. The runner owns the one loaded model,
@@ -10,12 +10,14 @@ in `framepack.planning`.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from pathlib import Path
 
 import torch
 
-from framepack.events import CancelToken, EventCallback, StageStarted, ignore_events
+from framepack.enhancer.stage import enhance_stage
+from framepack.events import CancelToken, EventCallback, PromptsEnhanced, StageStarted, ignore_events
 from framepack.generate import GenerationResult, generate
 from framepack.home import data_home
 from framepack.models.attention import check_attention, set_attention
@@ -204,6 +206,35 @@ class Runner:
         ratios = load_mag_ratios(components.variant, self.home or data_home()) if request.cache == "magcache" else None
         return TransformerCache(components.transformer, request.cache, plan.steps, request.cache_threshold, ratios)
 
+    def enhance(
+        self,
+        request: GenerateRequest,
+        plan: Plan,
+        on_event: EventCallback = ignore_events,
+        cancel: CancelToken | None = None,
+        everything: bool = False,
+    ) -> tuple[GenerateRequest, PromptsEnhanced | None]:
+        """The enhance stage (`framepack.enhancer.stage`) on this runner's device and model cache: the request with
+        the enhanced texts, and the stage's event, also sent to `on_event`. Before the enhancer loads, the loaded
+        FramePack model is moved off the GPU (it is placed again when the job needs it); the enhancer is released
+        before this returns. `everything`: enhance every distinct prompt anew (the enhance route and command)."""
+        request, event = enhance_stage(
+            request, plan, self.device, self.hub, self.home, on_event, cancel, self.clear_device, everything
+        )
+        if event is not None:
+            on_event(event)
+        return request, event
+
+    def clear_device(self) -> None:
+        """Move the loaded FramePack model off the GPU (nothing to do on a CPU): the next job's placement applies
+        its offload mode again."""
+        if self._components is None or self._offloader is None or self.device.type == "cpu":
+            return
+        self._offloader.remove(self._components, device="cpu")
+        self._offloader, self._placement = None, None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
     def unload(self) -> None:
         self._components, self._recipe, self._offloader = None, None, None
         if self.device.type == "cuda":
@@ -221,7 +252,8 @@ class Runner:
         recipe: Recipe | None = None,
         checked: bool = False,
     ) -> GenerationResult:
-        """Validate everything, load the model, generate; outputs plus a sidecar JSON appear only on success.
+        """Validate everything, enhance the prompts (see `enhance`), load the model, generate; outputs plus a sidecar
+        JSON appear only on success. The record holds the request as encoded: its enhanced_prompts included.
 
         `checked=True`: `preflight` passed for this request and `plan` already (a queued job is checked when it is
         submitted, see `framepack.jobs.prepare`), so it is not repeated; `recipe` is the model resolved then.
@@ -243,7 +275,10 @@ class Runner:
         if taken:
             raise OutputExists(path.parent, taken)
         recipe = recipe or resolve_recipe(request.model, request.variant, self.home)
-        record = GenerationRecord.of(request, plan)
+        clock = time.perf_counter()
+        request, enhanced = self.enhance(request, plan, on_event, cancel)
+        enhance_seconds = time.perf_counter() - clock
+        record = GenerationRecord.of(request, plan, enhanced.warnings if enhanced is not None else None)
         commit = OutputCommit()
         try:
             sinks = build_sinks(request, plan, path, self.home or data_home(), commit, record)
@@ -273,6 +308,8 @@ class Runner:
                 result.mag_ratios = mean_ratios(cache.calibration, plan.steps)
                 saved = save_mag_ratios(components.variant, result.mag_ratios, self.home or data_home())
                 logger.info("MagCache ratios for %s saved to %s", components.variant, saved)
+            if enhanced is not None:
+                result.timings["enhance"] = round(enhance_seconds, 4)
             # every output is complete under its temporary name (the sidecar last); now they appear together
             sidecar = record.finished(result.plan, result.timings, result.outputs).write(sidecar_path(path), commit)
             result.outputs.append(str(sidecar))

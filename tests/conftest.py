@@ -24,6 +24,14 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_vlm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The prompt enhancer's random-weight self-test VLM (a tiny Qwen3-VL), written once (about a second)."""
+    from framepack.models.tiny_vlm import write_tiny_vlm
+
+    return write_tiny_vlm(tmp_path_factory.mktemp("models") / "vlm-tiny")
+
+
+@pytest.fixture(scope="session")
 def tiny_components(tiny_model_dir: Path):
     """The tiny model loaded through the real loader, on the CPU, in float32."""
     from framepack.models.loader import load_components

@@ -109,11 +109,14 @@ def read_raw_frames(path: Path) -> np.ndarray:
         return np.concatenate(list(raw.iter_chunks()))
 
 
-def tiny_home(tiny_model_dir: Path, folder: Path) -> Path:
-    """A FRAMEPACK_HOME whose tiny-self-test is the session's tiny model (a link: nothing is rewritten)."""
+def tiny_home(tiny_model_dir: Path, folder: Path, tiny_vlm_dir: Path | None = None) -> Path:
+    """A FRAMEPACK_HOME whose tiny-self-test is the session's tiny model (a link: nothing is rewritten), and whose
+    tiny-vlm-self-test (the enhancer 'tiny') is `tiny_vlm_dir` when given (else it is written on first use)."""
     folder.mkdir(parents=True, exist_ok=True)
     if not (folder / "tiny-self-test").exists():
         os.symlink(tiny_model_dir, folder / "tiny-self-test")
+    if tiny_vlm_dir is not None and not (folder / "tiny-vlm-self-test").exists():
+        os.symlink(tiny_vlm_dir, folder / "tiny-vlm-self-test")
     return folder
 
 

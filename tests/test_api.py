@@ -523,8 +523,10 @@ def test_the_event_models_are_in_openapi_and_every_streamed_event_parses_into_it
     stream = schema["paths"][f"{PREFIX}/jobs/{{job_id}}/events"]["get"]["responses"]["200"]["content"]
     item = stream["text/event-stream"]["itemSchema"]
     models = [ref["$ref"].removeprefix("#/components/schemas/") for ref in item["properties"]["data"]["anyOf"]]
-    assert models == ["StateEvent", "StageEvent", "ProgressEvent", "SectionEvent", "FramesEvent", "EndEvent"]
-    assert item["properties"]["event"]["enum"] == ["state", "stage", "progress", "section", "frames", "end"]
+    assert models == [
+        "StateEvent", "StageEvent", "ProgressEvent", "SectionEvent", "FramesEvent", "EnhanceEvent", "EndEvent",
+    ]  # fmt: skip
+    assert item["properties"]["event"]["enum"] == ["state", "stage", "progress", "section", "frames", "enhance", "end"]
     components = schema["components"]["schemas"]
     assert {"done_steps", "total_steps", "step", "steps", "section", "order", "eta"} <= set(
         components["ProgressEvent"]["required"]
@@ -532,7 +534,8 @@ def test_the_event_models_are_in_openapi_and_every_streamed_event_parses_into_it
     assert "pixels" not in components["SectionEvent"]["properties"]  # the preview travels by its own route
     assert {"id", "state", "progress"} <= set(components["EndEvent"]["properties"])
 
-    job = server.client.post(f"{PREFIX}/jobs", json=FAST).json()
+    # the job enhances its prompt (the self-test enhancer), so that every kind of event is sent
+    job = server.client.post(f"{PREFIX}/jobs", json={**FAST, "enhance": "on", "enhancer": "tiny"}).json()
     with server.client.stream("GET", f"{PREFIX}/jobs/{job['id']}/events") as response:
         pairs = sse_pairs(response)
     events = [parse_event(name, data) for name, data in pairs]
@@ -587,7 +590,7 @@ def test_alias_translation():
     }
     for payload, field in [
         ({"cfg_distilled": 5, "guidance": 6}, "guidance"),
-        ({"vlm_enhance": True}, "vlm_enhance"),
+        ({"use_cfgzero": True}, "use_cfgzero"),
         ({"variant": "up"}, "variant"),
         ({"mp4_frames": "yes"}, "mp4_frames"),
     ]:

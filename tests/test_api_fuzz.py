@@ -38,10 +38,14 @@ atexit.register(shutil.rmtree, ROOT, True)  # also when the module is collected 
 
 
 class NoGeneration(Runner):
-    """Validation is real (it happens in submit); the run itself is refused at once."""
+    """Validation is real (it happens in submit); the run itself, and the enhance route's run of the enhancer, are
+    refused at once."""
 
     def run(self, request, **_kwargs):
         raise UserError("fuzzing: generation is switched off")
+
+    def enhance(self, request, plan, *_args, **_kwargs):
+        raise UserError("fuzzing: the enhancer is switched off")
 
 
 def build_app():
@@ -86,9 +90,10 @@ def test_no_input_causes_a_server_error(case):
 @schema.include(method="POST").parametrize()
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 def test_accepted_requests_never_cause_a_server_error(case):
-    """Bodies for the self-test model, so valid ones pass validation, queue and fail fast in the runner."""
+    """Bodies for the self-test model and enhancer, so valid ones pass validation, queue and fail fast in the
+    runner."""
     if isinstance(case.body, dict):
-        case.body = {**case.body, "model": "tiny"}
+        case.body = {**case.body, "model": "tiny", "enhancer": "tiny"}
     response = case.call()
     assert response.status_code < 500, (
         f"{case.method} {case.formatted_path}: {response.status_code} {response.text[:500]}"

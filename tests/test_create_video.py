@@ -289,6 +289,19 @@ def test_text_to_video_downloads_video_raw_sidecar_and_frames_to_the_default_fol
     assert json.loads((tmp_path / "outputs" / "city.json").read_text())["request"]["prompt"] == "a city at night"
 
 
+def test_the_jobs_enhanced_prompts_and_warnings_are_printed(server, tmp_path):
+    enhanced = run_client("--server", server, "--prompt", "a kite", *QUICK_ARGS, "--enhance", "on", "--enhancer",
+                          "tiny", "--enhance-max-tokens", "16", "--filename", "kite", cwd=tmp_path)  # fmt: skip
+    assert enhanced.returncode == 0, enhanced.stderr
+    (line,) = [line for line in enhanced.stdout.splitlines() if line.startswith("prompt of sections")]
+    text = json.loads((tmp_path / "outputs" / "kite.json").read_text())["request"]["enhanced_prompts"]["a kite"]
+    assert line == f"prompt of sections 0 (by tiny (SELF-TEST: noise)): {text}"
+    missing = run_client("--server", server, "--prompt", "a kite", *QUICK_ARGS, "--enhance", "on", "--enhancer",
+                         "nobody/missing-vlm", cwd=tmp_path)  # fmt: skip
+    assert missing.returncode == 0, missing.stderr
+    assert "warning: enhance: enhancer nobody/missing-vlm is not available" in missing.stdout
+
+
 def test_no_wait_prints_only_the_job_id(server, tmp_path):
     result = run_client("--server", server, "--prompt", "x", *QUICK_ARGS, "--no-wait", cwd=tmp_path)
     assert result.returncode == 0, result.stderr

@@ -22,6 +22,7 @@ from framepack.request import GenerateRequest  # noqa: E402
 from framepack.ui import compat  # noqa: E402
 from framepack.ui.controls import (  # noqa: E402
     CONTROL_FIELDS,
+    ENHANCED,
     HOST_CHOSEN,
     IMAGE_FIELDS,
     KEYFRAMES,
@@ -43,7 +44,10 @@ TEXT_VALUES = {
     "codec_options": "crf:20",
     "filename": "clip",
     "model": "tiny",
+    "enhancer": "tiny",
 }
+# The enhanced-prompts table: [sections, section prompt, enhanced text] rows (a row without a text is left out)
+ENHANCED_ROWS = [["0-1", "a kite", "a red kite climbs into a pale sky"], ["2", "a boat", ""]]
 
 
 @pytest.fixture
@@ -64,6 +68,8 @@ def changed_value(name: str):
         return picture()
     if name == KEYFRAMES:
         return [[0, picture(seed=1)]]
+    if name == ENHANCED:
+        return ENHANCED_ROWS
     choices = field_choices(name)
     if choices:
         return next(choice for choice in choices if choice != default)
@@ -119,6 +125,8 @@ def test_each_control_value_reaches_its_request_field(name):
         assert value.startswith("data:image/png;base64,")
     elif name == KEYFRAMES:
         assert list(value) == [0] and value[0].startswith("data:image/png;base64,")
+    elif name == ENHANCED:
+        assert value == {"a kite": "a red kite climbs into a pale sky"}
     elif field_type(name) in (int, float):
         assert value == field_type(name)(values[name])
     else:

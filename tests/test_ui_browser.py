@@ -8,6 +8,7 @@ Skipped, with the reason, when chromium, Playwright or Gradio is missing or the 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import urllib.error
@@ -46,7 +47,7 @@ def playwright_api():
 
 
 @pytest.fixture(scope="module")
-def server(playwright_api, tiny_model_dir, tmp_path_factory):
+def server(playwright_api, tiny_model_dir, tiny_vlm_dir, tmp_path_factory):
     """`python -m framepack serve` on a free port, FRAMEPACK_HOME holding the tiny model; yields its URL.
 
     FRAMEPACK_UI_URL (with FRAMEPACK_UI_OUTPUTS, its output folder) points the test at a server already running."""
@@ -59,7 +60,7 @@ def server(playwright_api, tiny_model_dir, tmp_path_factory):
         }
         return
     server = LiveServer(
-        tiny_home(tiny_model_dir, base / "home"), base / "data", base / "server.log",
+        tiny_home(tiny_model_dir, base / "home", tiny_vlm_dir), base / "data", base / "server.log",
         "--device", "cpu", "--output-dir", str(base / "outputs"),
     )  # fmt: skip
     server.start(timeout=SERVER_START_S)
@@ -219,4 +220,65 @@ def test_cancel_mid_run_shows_the_cancelled_state(playwright_api, page, server, 
     page.wait_for_timeout(1_000)  # the cancel answer must not overwrite the final state
     assert "cancelled" in progress_text(page).lower(), progress_text(page)
     assert set(server["outputs"].glob("*.mp4")) == before  # nothing half-written is left
+    assert not page.framepack_errors, page.framepack_errors
+
+
+def choose_option(page, elem_id: str, value: str) -> None:
+    """Pick (or type, for a dropdown that takes any value) `value` in the dropdown `elem_id`."""
+    field = page.locator(f"#{elem_id} input").first
+    field.wait_for(state="visible", timeout=30_000)
+    field.click()
+    field.fill(value)
+    option = page.locator("ul[role=listbox] li", has_text=value)
+    if option.count():
+        option.first.click()
+    else:
+        field.press("Enter")
+    field.blur()
+    page.wait_for_function(
+        "([id, v]) => (document.querySelector(`#${id} input`) || {}).value === v", arg=[elem_id, value], timeout=10_000
+    )
+
+
+def table_cell(page, elem_id: str, row: int, column: int):
+    """The text of a table cell (without the cell's menu button)."""
+    return page.locator(f"#{elem_id} [data-testid='cell-{row}-{column}'] span[data-editable]").first
+
+
+def test_enhance_fills_an_editable_table_whose_text_the_video_encodes(page, server, init_image):
+    # the tab's load event fills every control (last-used settings); type only after it
+    page.wait_for_function("() => /Plan/.test(document.querySelector('#framepack_plan').innerText)", timeout=60_000)
+    fill_form(page, init_image, steps=2, duration=0.4, resolution=128, prompt="a yellow kite")
+    open_accordion(page, "Prompt enhancer")
+    choose_option(page, "framepack_enhancer", "tiny")
+    set_value(page, "framepack_enhance_max_tokens", "16")
+    page.click("#framepack_enhance_button button, button#framepack_enhance_button")
+    page.wait_for_function(
+        "() => /Enhanced 1 prompt|Cannot/.test(document.querySelector('#framepack_enhance_status').innerText)",
+        timeout=120_000,
+    )
+    status = page.locator("#framepack_enhance_status").inner_text()
+    assert "Enhanced 1 prompt with tiny (SELF-TEST" in status, status
+    assert table_cell(page, "framepack_enhanced_prompts", 0, 1).inner_text() == "a yellow kite"
+    written = table_cell(page, "framepack_enhanced_prompts", 0, 2)
+    assert written.inner_text().strip()  # the self-test enhancer's text (noise)
+
+    edited = "a yellow kite climbs into the wind"
+    page.locator("#framepack_enhanced_prompts [data-testid='cell-0-2']").dblclick()
+    editor = page.locator("#framepack_enhanced_prompts [data-testid='cell-0-2'] textarea").first
+    editor.fill(edited)
+    editor.press("Enter")
+    page.wait_for_function(
+        "t => (document.querySelector(\"#framepack_enhanced_prompts [data-testid='cell-0-2'] span[data-editable]\")"
+        " || {}).innerText === t",
+        arg=edited,
+        timeout=10_000,
+    )
+    before = set(server["outputs"].glob("*.json"))
+    page.click("#framepack_generate button, button#framepack_generate")
+    page.wait_for_selector("#framepack_video video", timeout=RUN_TIMEOUT_MS)
+    assert "Encoded 1 enhanced prompt" in progress_text(page), progress_text(page)
+    (sidecar,) = set(server["outputs"].glob("*.json")) - before
+    record = json.loads(sidecar.read_text())
+    assert record["request"]["enhanced_prompts"] == {"a yellow kite": edited}  # what the table held was encoded
     assert not page.framepack_errors, page.framepack_errors

@@ -26,7 +26,7 @@ STATUS = {
     "not_found": 404,  # no job with that id (field "id")
     "conflict": 409,  # cancelling an ended job, or an output name a job or a file has taken (field "filename")
     "queue_full": 429,  # too many jobs waiting; retry later
-    "model_unavailable": 503,  # a model component is not on this machine; the message says how to get it
+    "model_unavailable": 503,  # a model component or the enhancer is not on this machine; the message says how
     "out_of_memory": 503,  # the job ran out of (GPU) memory
     "disk_full": 507,  # no space left for the outputs; nothing of the job was kept
     "cancelled": 409,  # the job was cancelled before it finished
@@ -51,6 +51,9 @@ def classify(error: BaseException) -> JobErrorInfo | None:
     model_unavailable = _loaded_class("framepack.models.loader", "ModelUnavailableError")
     if model_unavailable is not None and isinstance(error, model_unavailable):
         return JobErrorInfo(kind="model_unavailable", field="model", message=str(error))
+    enhancer_unavailable = _loaded_class("framepack.enhancer.source", "EnhancerUnavailableError")
+    if enhancer_unavailable is not None and isinstance(error, enhancer_unavailable):
+        return JobErrorInfo(kind="model_unavailable", field="enhancer", message=str(error))
     if isinstance(error, QueueFull):
         return JobErrorInfo(kind="queue_full", message=str(error) or "the queue is full")
     if isinstance(error, JobNotFound):

@@ -1,8 +1,9 @@
 """The events of a job, one pydantic model per kind, as every face receives them.
 
 A subscription (`JobService.subscribe`) yields `StateEvent` first (the job as it is), then while the job runs
-`StageEvent`, `ProgressEvent`, `SectionEvent` and `FramesEvent` (and `StateEvent` again when it starts running),
-and finally `EndEvent` (the ended job). With a heartbeat, `Heartbeat` comes after that many quiet seconds.
+`StageEvent`, `EnhanceEvent`, `ProgressEvent`, `SectionEvent` and `FramesEvent` (and `StateEvent` again when it
+starts running), and finally `EndEvent` (the ended job). With a heartbeat, `Heartbeat` comes after that many quiet
+seconds.
 
 Each model's `event` (a class attribute) is its name on the wire: the API's server-sent events are
 `event: <name>` / `data: <the model as JSON>` (`Heartbeat` is the comment `: ping`), so `parse_event(name, data)`
@@ -17,8 +18,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.json_schema import SkipJsonSchema
 
-from framepack.events import Event, FramesWritten, SectionFinished, StageStarted, StepProgress
-from framepack.jobs.models import Job, JobProgress
+from framepack.events import Event, FramesWritten, PromptsEnhanced, SectionFinished, StageStarted, StepProgress
+from framepack.jobs.models import EnhancedPrompt, EnhanceResult, Job, JobProgress
 
 
 class StateEvent(Job):
@@ -75,6 +76,13 @@ class FramesEvent(BaseModel):
     total: int
 
 
+class EnhanceEvent(EnhanceResult):
+    """`event: enhance`: after the enhance stage, the text each section encodes (enhanced, given with the request,
+    or the original prompt) and what wrote it; sent when the job enhances or was given enhanced prompts."""
+
+    event: ClassVar[str] = "enhance"
+
+
 class EndEvent(Job):
     """`event: end`: the ended job (finished, failed or cancelled); the last event of a stream."""
 
@@ -87,9 +95,10 @@ class Heartbeat(BaseModel):
     event: ClassVar[str] = "ping"
 
 
-JobEvent = StateEvent | StageEvent | ProgressEvent | SectionEvent | FramesEvent | EndEvent
+JobEvent = StateEvent | StageEvent | ProgressEvent | SectionEvent | FramesEvent | EnhanceEvent | EndEvent
 EVENT_MODELS: dict[str, type[BaseModel]] = {
-    model.event: model for model in (StateEvent, StageEvent, ProgressEvent, SectionEvent, FramesEvent, EndEvent)
+    model.event: model
+    for model in (StateEvent, StageEvent, ProgressEvent, SectionEvent, FramesEvent, EnhanceEvent, EndEvent)
 }
 
 
@@ -120,7 +129,32 @@ def from_engine(event: Event, progress: JobProgress) -> JobEvent | None:
     if isinstance(event, FramesWritten):
         progress.frames_written = event.frames
         return FramesEvent(frames=event.frames, total=event.total)
+    if isinstance(event, PromptsEnhanced):
+        progress.enhanced_prompts = event.enhanced_prompts()
+        progress.warnings = [*progress.warnings, *event.warnings]
+        return EnhanceEvent(**dict(enhance_result(event, progress.sections)))
     return None
+
+
+def enhance_result(event: PromptsEnhanced, sections: int) -> EnhanceResult:
+    """The faces' view of the enhance stage's event of a plan with `sections` sections."""
+    texts = [""] * sections
+    for item in event.prompts:
+        for index in item.sections:
+            if index < sections:
+                texts[index] = item.enhanced if item.enhanced is not None else item.prompt
+    return EnhanceResult(
+        prompts=[EnhancedPrompt(**vars(item)) for item in event.prompts],
+        sections=texts,
+        enhanced_prompts=event.enhanced_prompts(),
+        enhancer=event.enhancer,
+        self_test=event.self_test,
+        seed=event.seed,
+        seconds=event.seconds,
+        warnings=list(event.warnings),
+        weight_bytes=event.weight_bytes,
+        peak_bytes=event.peak_bytes,
+    )
 
 
 def parse_event(name: str, data: Any) -> JobEvent | None:

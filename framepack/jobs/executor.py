@@ -19,9 +19,10 @@ from typing import Protocol
 
 import torch
 
-from framepack.events import CancelToken, Event
+from framepack.events import CancelToken, Event, PromptsEnhanced
 from framepack.jobs.checkpoints import SectionKey
 from framepack.jobs.prepare import PreparedJob
+from framepack.plan import Plan
 from framepack.planning import resolve_recipe
 from framepack.request import GenerateRequest
 from framepack.runner import Runner
@@ -65,6 +66,10 @@ class Executor(Protocol):
     def load_model(self, request: GenerateRequest) -> bool:
         """Load the request's model before its first job (waits while a job runs); True for the self-test model."""
 
+    def enhance(self, request: GenerateRequest, plan: Plan) -> PromptsEnhanced:
+        """Enhance every distinct section prompt of the planned request anew, without making a video (waits while
+        a job runs); raises EnhancerUnavailableError when the enhancer is not there."""
+
     def unload_model(self) -> None:
         """Free the loaded model (waits while a job runs)."""
 
@@ -101,6 +106,13 @@ class LocalExecutor:
         recipe = resolve_recipe(request.model, request.variant, self.runner.home)
         with self._model_lock, self._gpu_lock:
             return self.runner.components_for(request, recipe).self_test
+
+    def enhance(self, request: GenerateRequest, plan: Plan) -> PromptsEnhanced:
+        with self._model_lock, self._gpu_lock:
+            _request, event = self.runner.enhance(request, plan, everything=True)
+        if event is None:  # never: with everything=True the stage writes every prompt or raises
+            raise RuntimeError("the enhance stage wrote nothing")
+        return event
 
     def unload_model(self) -> None:
         with self._model_lock:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -43,10 +44,29 @@ from framepack.generate import START
 from framepack.jobs.bus import AsyncSubscription, EventBus, Subscriber, loop_waker
 from framepack.jobs.checkpoints import CheckpointStore, SectionKey
 from framepack.jobs.errors import classify, internal_error
-from framepack.jobs.events import EndEvent, Heartbeat, JobEvent, SectionEvent, StageEvent, StateEvent, from_engine
+from framepack.jobs.events import (
+    EndEvent,
+    EnhanceEvent,
+    Heartbeat,
+    JobEvent,
+    SectionEvent,
+    StageEvent,
+    StateEvent,
+    enhance_result,
+    from_engine,
+)
 from framepack.jobs.executor import Executor, LocalExecutor
 from framepack.jobs.hooks import JobHooks
-from framepack.jobs.models import Job, JobConflict, JobErrorInfo, JobNotFound, JobProgress, JobState, QueueFull
+from framepack.jobs.models import (
+    EnhanceResult,
+    Job,
+    JobConflict,
+    JobErrorInfo,
+    JobNotFound,
+    JobProgress,
+    JobState,
+    QueueFull,
+)
 from framepack.jobs.names import check_output_name, remove_partial_outputs
 from framepack.jobs.prepare import PreparedJob, Preparer
 from framepack.jobs.service import MissingComponent
@@ -144,7 +164,10 @@ class JobManager:
                 )
                 job.state, job.started_at, job.queue_position = JobState.QUEUED, None, None
                 job.progress = JobProgress(
-                    stage="queued", sections=job.progress.sections, total_steps=job.progress.total_steps
+                    stage="queued",
+                    sections=job.progress.sections,
+                    total_steps=job.progress.total_steps,
+                    enhanced_prompts=job.progress.enhanced_prompts,  # its sections so far encoded these
                 )
                 self._store.update(job)
                 remove_partial_outputs(job.request, self.output_dir)
@@ -273,6 +296,14 @@ class JobManager:
     def missing_components(self, request: GenerateRequest) -> list[MissingComponent]:
         return self._preparer.missing(request)
 
+    def enhance(self, request: GenerateRequest) -> EnhanceResult:
+        """Every distinct section prompt enhanced anew, no video made (checked as a submit would: plan, images, the
+        enhancer's files); runs on the job device after any running job."""
+        request = self._preparer.complete(request)
+        plan = self._preparer.plan(request)
+        self._preparer.check_enhancer(request, plan, everything=True)
+        return enhance_result(self._executor.enhance(request, plan), plan.num_sections)
+
     def recipe_text(self, model: str, variant: str) -> str:
         return self._preparer.recipe_text(model, variant)
 
@@ -375,7 +406,10 @@ class JobManager:
                 self._cancel_requested = self._keep_partial = False
                 job.state, job.started_at = JobState.RUNNING, time.time()
                 job.progress = JobProgress(
-                    stage="starting", sections=job.progress.sections, total_steps=job.progress.total_steps
+                    stage="starting",
+                    sections=job.progress.sections,
+                    total_steps=job.progress.total_steps,
+                    enhanced_prompts=job.progress.enhanced_prompts,
                 )
                 self._store.update(job)
                 self._last_persist = time.monotonic()
@@ -387,7 +421,7 @@ class JobManager:
     def _execute(self, job: Job, token: CancelToken) -> bool:
         """Run one job to its end; False when the worker must stop (the job stays RUNNING, to be resumed)."""
         try:
-            prepared = self._prepared.get(job.id) or self._restore(job)
+            prepared = with_enhanced_prompts(self._prepared.get(job.id) or self._restore(job), job.progress)
             self._preparer.check_unchanged(prepared)
             restored = self._checkpoints.load(job.id, prepared.plan)
             with self._lock:
@@ -448,7 +482,10 @@ class JobManager:
                 while len(previews) > PREVIEWS_KEPT:
                     del previews[next(iter(previews))]
             self._bus.publish(job.id, published)
-            if isinstance(published, (StageEvent, SectionEvent)) or now - self._last_persist >= PERSIST_INTERVAL_S:
+            if (
+                isinstance(published, (StageEvent, SectionEvent, EnhanceEvent))
+                or now - self._last_persist >= PERSIST_INTERVAL_S
+            ):
                 self._store.update(job)
                 self._last_persist = now
             if not isinstance(published, SectionEvent):
@@ -554,6 +591,15 @@ class _JobSink:
 
     def outputs(self, paths: list[str]) -> None:
         self._manager._hook("outputs", self._job, paths)
+
+
+def with_enhanced_prompts(prepared: PreparedJob, progress: JobProgress) -> PreparedJob:
+    """A job resumed after a restart encodes the texts its enhance stage wrote before (kept in its progress), so its
+    remaining sections match the restored ones and the enhancer does not run again."""
+    if not progress.enhanced_prompts:
+        return prepared
+    enhanced = {**progress.enhanced_prompts, **prepared.request.enhanced_prompts}
+    return dataclasses.replace(prepared, request=prepared.request.model_copy(update={"enhanced_prompts": enhanced}))
 
 
 def _event(kind: type[StateEvent] | type[EndEvent], job: Job) -> StateEvent | EndEvent:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import Enum
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -30,6 +31,10 @@ class JobProgress(BaseModel):
     sections: int = 0
     frames_written: int = 0
     eta_seconds: float | None = None
+    enhanced_prompts: dict[str, str] = Field(
+        default_factory=dict, description="section prompt -> the enhanced text it encodes (after the enhance stage)"
+    )
+    warnings: list[str] = Field(default_factory=list, description="what the run said, e.g. the enhancer is missing")
 
 
 class JobErrorInfo(BaseModel):
@@ -55,6 +60,34 @@ class Job(BaseModel):
     finished_at: float | None = None
     queue_position: int | None = None  # 0 = next to run; None once started
     resumed_sections: int = 0  # sections restored from checkpoints after a restart
+
+
+class EnhancedPrompt(BaseModel):
+    """One distinct section prompt and the text it encodes."""
+
+    sections: list[int] = Field(description="the sections (time order) whose prompt it is")
+    prompt: str = Field(description="the section prompt: the prompt joined with the section line, LoRA tags removed")
+    enhanced: str | None = Field(description="the text encoded instead; null: the prompt itself is encoded")
+    by: Literal["enhancer", "request", "original"] = Field(
+        description="enhancer: written now; request: given in enhanced_prompts; original: not enhanced"
+    )
+
+
+class EnhanceResult(BaseModel):
+    """What the enhancer made of a request's prompts (the enhance route, and a job's enhance event)."""
+
+    prompts: list[EnhancedPrompt] = Field(description="each distinct section prompt, in time order")
+    sections: list[str] = Field(description="the text each section encodes, in time order")
+    enhanced_prompts: dict[str, str] = Field(
+        description="section prompt -> enhanced text: the request field that makes a job encode these texts"
+    )
+    enhancer: str | None = Field(description="the model that wrote texts now; null when none ran")
+    self_test: bool = Field(description="that model is the random-weight SELF-TEST enhancer: its text is noise")
+    seed: int | None = Field(description="the seed it sampled with")
+    seconds: float
+    warnings: list[str] = Field(default_factory=list)
+    weight_bytes: int = Field(0, description="the enhancer's weights, as loaded")
+    peak_bytes: int | None = Field(None, description="peak GPU memory allocated while it ran (null on a CPU)")
 
 
 class QueueFull(UserError):

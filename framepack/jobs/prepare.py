@@ -1,7 +1,8 @@
 """Requests become prepared jobs once: defaults applied, planned, checked on this machine, seed and name fixed.
 
 `Preparer.prepare` runs every check a request needs before it may be queued (images decoded for the plan, encoder
-settings probed, attention kernel, LoRA files, the model's files) and returns the `PreparedJob` the worker runs
+settings probed, attention kernel, LoRA files, the model's files, the enhancer's name and, with enhance 'require',
+its files) and returns the `PreparedJob` the worker runs
 as it is: nothing is planned or checked a second time. A job read back from the database (after a restart) is
 prepared again from what was stored (`Preparer.restore`); before a job runs, `check_unchanged` compares the
 digests of the image files it names with those taken at submit, so a job whose images changed is refused
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from framepack.defaults import apply_defaults
+from framepack.enhancer.prompts import pending_prompts
+from framepack.enhancer.source import EnhancerSource, check_enhancer, resolve_enhancer
 from framepack.errors import UserError
 from framepack.images import is_file_path
 from framepack.jobs.models import Job
@@ -26,7 +29,7 @@ from framepack.models.recipe import Recipe, default_recipe, recipe_from_text, re
 from framepack.outputs import default_stem
 from framepack.plan import Plan
 from framepack.planning import plan_request, resolve_recipe
-from framepack.request import GenerateRequest
+from framepack.request import SELF_TEST_MODEL, GenerateRequest
 from framepack.runner import Runner, check_outputs
 
 
@@ -87,10 +90,34 @@ class Preparer:
         return resolve_recipe(model, variant, self.runner.home)
 
     def missing(self, request: GenerateRequest) -> list[MissingComponent]:
-        """The components of the request's model that are not on this machine (a file check, nothing loaded)."""
+        """The components of the request's model that are not on this machine (a file check, nothing loaded), and
+        the enhancer ("enhancer") when the request enhances prompts it has no enhanced text for."""
         request = self.complete(request)
-        missing = check_available(self.recipe(request.model, request.variant), self.runner.hub)
-        return [MissingComponent(error.component, str(error)) for error in missing]
+        found = []
+        if request.model != SELF_TEST_MODEL:  # the self-test model is written when it is first used: never missing
+            missing = check_available(self.recipe(request.model, request.variant), self.runner.hub)
+            found = [MissingComponent(error.component, str(error)) for error in missing]
+        if request.enhance != "off" and pending_prompts(request, plan_request(request)):
+            enhancer = check_enhancer(self.enhancer(request), self.runner.hub)
+            if enhancer is not None:
+                found.append(MissingComponent("enhancer", str(enhancer)))
+        return found
+
+    def enhancer(self, request: GenerateRequest) -> EnhancerSource:
+        """The enhancer the request names (FieldError naming `enhancer` for a value that names none; the self-test
+        enhancer is not written here)."""
+        return resolve_enhancer(request.enhancer, self.runner.home, write_tiny=False)
+
+    def check_enhancer(self, request: GenerateRequest, plan: Plan, everything: bool = False) -> None:
+        """At submit: the enhancer's name is valid, and with enhance 'require' (or `everything`: the enhance route)
+        its files are on this machine whenever it has prompts to write (else EnhancerUnavailableError, before any
+        model loads). With 'on' a missing enhancer is reported by the job, which keeps the original prompts."""
+        source = self.enhancer(request)
+        needed = everything or (request.enhance == "require" and pending_prompts(request, plan))
+        if needed and not source.self_test:  # the self-test enhancer is written when it is first used
+            missing = check_enhancer(source, self.runner.hub)
+            if missing is not None:
+                raise missing
 
     def recipe_text(self, model: str, variant: str) -> str:
         return recipe_to_text(self.recipe(model, variant))
@@ -102,8 +129,9 @@ class Preparer:
 
     def prepare(self, request: GenerateRequest, job_id: str) -> PreparedJob:
         """Every check before a job is queued, without loading a model. Raises FieldError (a bad field or image,
-        encoder settings that do not open, a LoRA tag whose weight, file or header is wrong) or
-        ModelUnavailableError (a component is not on this machine). A request without a filename is named by
+        encoder settings that do not open, a LoRA tag whose weight, file or header is wrong, an enhancer that names
+        no model), ModelUnavailableError (a component is not on this machine) or EnhancerUnavailableError (enhance
+        'require' and the enhancer is not on this machine). A request without a filename is named by
         `default_stem` (time, seed and `job_id`)."""
         request = self.complete(request)
         plan = plan_request(request)
@@ -112,6 +140,7 @@ class Preparer:
         missing = check_available(recipe, self.runner.hub)
         if missing:
             raise missing[0]
+        self.check_enhancer(request, plan)
         fixed = GenerateRequest.model_validate(
             {**request.model_dump(), "seed": plan.seed, "filename": request.filename or default_stem(plan.seed, job_id)}
         )

@@ -4,8 +4,8 @@ Faces hold a `JobService` and never reach the runner, the model loader or the jo
 roots (`framepack.compose`, used by `framepack.serve` and `scripts/`) build the one implementation,
 `framepack.jobs.manager.JobManager`. Importing this module imports neither torch nor the engine.
 
-Errors are the engine's: FieldError (bad input, naming the field), ModelUnavailableError, JobNotFound,
-JobConflict, QueueFull, ...; `framepack.jobs.errors.classify` tells their kind and HTTP status.
+Errors are the engine's: FieldError (bad input, naming the field), ModelUnavailableError, EnhancerUnavailableError,
+JobNotFound, JobConflict, QueueFull, ...; `framepack.jobs.errors.classify` tells their kind and HTTP status.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from framepack.jobs.events import Heartbeat, JobEvent
-from framepack.jobs.models import Job
+from framepack.jobs.models import EnhanceResult, Job
 from framepack.plan import Plan
 from framepack.request import GenerateRequest
 
@@ -107,7 +107,13 @@ class JobService(Protocol):
         also opens the encoder settings as a submit would."""
 
     def missing_components(self, request: GenerateRequest) -> list[MissingComponent]:
-        """The components of the request's model that are not on this machine, each with how to get it."""
+        """The components of the request's model that are not on this machine, each with how to get it (and the
+        enhancer, component "enhancer", when the request would use it)."""
+
+    def enhance(self, request: GenerateRequest) -> EnhanceResult:
+        """The completed request's distinct section prompts, each enhanced anew (whatever `enhance` and
+        `enhanced_prompts` say), without making a video; waits while a job runs. FieldError for bad input,
+        EnhancerUnavailableError (model_unavailable) when the enhancer is not on this machine."""
 
     def recipe_text(self, model: str, variant: str) -> str:
         """The model recipe of `model` ('default', 'tiny' or a recipe file) for `variant`, as text lines."""

@@ -2,8 +2,9 @@
 
 Everything in the tab that differs between the two goes through here:
 
-- component keyword arguments: `sources=[...]` (current) vs `source="..."` (3.x); arguments one version does not
-  know (`buttons`, `allow_custom_value`, `minimum` on Number, `columns`...) are dropped, not passed;
+- component keyword arguments: `sources=[...]` (current) vs `source="..."` (3.x), a table's `column_count` (6+)
+  vs `col_count`; arguments one version does not know (`buttons`, `allow_custom_value`, `minimum` on Number,
+  `columns`...) are dropped, not passed;
 - event listeners: `js=` (current) vs `_js=` (3.x); `queue=False` for instant handlers;
 - `Blocks.queue`: `default_concurrency_limit` (4+) vs `concurrency_count` (3.x);
 - file inputs: a path string (4+) vs a tempfile wrapper with `.name` (3.x);
@@ -42,6 +43,8 @@ def component(cls: type, **kwargs: Any) -> Any:
         if sources:
             kwargs["source"] = sources[0]
     accepted = _accepted(cls.__init__)
+    if "col_count" in kwargs and accepted is not None and "column_count" in accepted:  # Gradio 6 renamed it
+        kwargs["column_count"] = kwargs.pop("col_count")
     if accepted is not None:
         kwargs = {name: value for name, value in kwargs.items() if name in accepted}
     return cls(**kwargs)

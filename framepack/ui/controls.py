@@ -22,7 +22,14 @@ from pydantic.fields import FieldInfo
 
 from framepack.errors import validation_message
 from framepack.images import load_image
-from framepack.request import BUILTIN_MODELS, GenerateRequest, field_kind
+from framepack.request import (
+    BUILTIN_MODELS,
+    DEFAULT_ENHANCER,
+    QUALITY_ENHANCER,
+    SELF_TEST_ENHANCER,
+    GenerateRequest,
+    field_kind,
+)
 
 # Fields with no control: the host decides them.
 HOST_CHOSEN: dict[str, str] = {
@@ -30,9 +37,11 @@ HOST_CHOSEN: dict[str, str] = {
 }
 IMAGE_FIELDS = ("init_image", "end_image")
 KEYFRAMES = "keyframes"
-NUMBER_FIELDS = ("seed", "duration")  # bounded, but a slider over their whole range would be useless
+ENHANCED = "enhanced_prompts"  # a table: one row per distinct section prompt, its enhanced text editable
+ENHANCED_HEADERS = ["Sections", "Section prompt", "Enhanced text (editable; what is here is encoded)"]
+NUMBER_FIELDS = ("seed", "duration", "enhance_seed")  # bounded, but a slider over their whole range is useless
 SLIDER_STEPS = {"resolution": 16}
-TEXT_LINES = {"prompt": 3, "negative_prompt": 2, "section_prompts": 4}
+TEXT_LINES = {"prompt": 3, "negative_prompt": 2, "section_prompts": 4, "enhance_instructions": 3}
 LABELS = {
     "init_image": "Init image (start frame; empty = text-to-video)",
     "end_image": "End image (FLF2V, bidirectional only)",
@@ -43,8 +52,13 @@ LABELS = {
     "save_raw": "Save raw frames (.safetensors)",
     "jpeg_quality": "JPEG quality",
     "preview": "Section previews",
+    "enhance": "Enhance prompts",
+    "enhancer": "Enhancer model (tiny = SELF-TEST, its text is noise)",
+    "enhance_instructions": "Enhancer instructions (empty = built in)",
+    "enhanced_prompts": "Enhanced prompts",
 }
 MODEL_CHOICES = list(BUILTIN_MODELS)
+ENHANCER_CHOICES = [DEFAULT_ENHANCER, QUALITY_ENHANCER, SELF_TEST_ENHANCER]
 
 CONTROL_FIELDS: tuple[str, ...] = tuple(name for name in GenerateRequest.model_fields if name not in HOST_CHOSEN)
 
@@ -136,12 +150,44 @@ def keyframes_from_value(value: Any) -> dict[int, str]:
     return keyframes
 
 
+def table_rows(value: Any) -> list[list[Any]]:
+    """A table control's value as rows: a list of lists (Gradio's "array"), a pandas DataFrame or Gradio's
+    {"data": rows} payload."""
+    if value is None:
+        return []
+    if isinstance(value, dict):
+        value = value.get("data") or []
+    elif hasattr(value, "values") and hasattr(value, "columns"):  # a pandas DataFrame (never imported here)
+        value = value.values.tolist()
+    return [list(row) for row in value]
+
+
+def enhanced_from_value(value: Any) -> dict[str, str]:
+    """The enhanced-prompts table ([sections, section prompt, enhanced text] rows) as the request's
+    {section prompt: enhanced text}; rows without a prompt or a text are left out (the prompt is encoded as it is)."""
+    enhanced: dict[str, str] = {}
+    for row in table_rows(value):
+        if len(row) < 3:
+            continue
+        prompt, text = ("" if cell is None else str(cell) for cell in row[1:3])
+        if prompt and text.strip():
+            enhanced[prompt] = text
+    return enhanced
+
+
+def enhanced_to_value(enhanced: dict[str, str], sections: dict[str, str] | None = None) -> list[list[str]]:
+    """The request's enhanced prompts as table rows; `sections` gives each prompt's sections as text ('' without)."""
+    return [[(sections or {}).get(prompt, ""), prompt, text] for prompt, text in (enhanced or {}).items()]
+
+
 def control_to_field(name: str, value: Any) -> Any:
     """One control's value as its request field's value."""
     if name in IMAGE_FIELDS:
         return image_to_source(value)
     if name == KEYFRAMES:
         return keyframes_from_value(value)
+    if name == ENHANCED:
+        return enhanced_from_value(value)
     kind = field_type(name)
     info = field_info(name)
     optional = type(None) in typing.get_args(info.annotation)
@@ -162,6 +208,8 @@ def field_to_control(name: str, value: Any) -> Any:
         return source_to_image(value)
     if name == KEYFRAMES:
         return [[int(index), source] for index, source in sorted((value or {}).items(), key=lambda item: int(item[0]))]
+    if name == ENHANCED:
+        return enhanced_to_value(value or {})
     if value is None:
         return "" if field_type(name) is str else field_default(name)
     return value
@@ -230,6 +278,32 @@ def make_control(name: str, gr: Any, component: Any, value: Any = None) -> Any:
         )
     if name == KEYFRAMES:
         return gr.State(default)
+    if name == ENHANCED:
+        table = component(
+            gr.Dataframe,
+            value=default,
+            headers=list(ENHANCED_HEADERS),
+            datatype=["str", "str", "str"],
+            type="array",
+            col_count=(len(ENHANCED_HEADERS), "fixed"),
+            static_columns=[0, 1],
+            interactive=True,
+            wrap=True,
+            label=label(name),
+            elem_id=elem_id,
+        )
+        table.info = help_text  # every control carries its field's help; a table shows none, the tab writes it below
+        return table
+    if name == "enhancer":
+        return component(
+            gr.Dropdown,
+            choices=list(ENHANCER_CHOICES),
+            value=default,
+            allow_custom_value=True,
+            label=label(name),
+            info=help_text,
+            elem_id=elem_id,
+        )
     if name == "model":
         return component(
             gr.Dropdown,

@@ -1,5 +1,6 @@
-"""The FramePack Gradio tab: controls from the request model, a live plan and timeline, a streaming run over the
-shared job queue, presets, load-from-video and the model recipe. Works on Gradio 3.43 (SD.Next) and current
+"""The FramePack Gradio tab: controls from the request model, a live plan and timeline, the prompt enhancer (its
+Enhance button fills an editable table of the section prompts' texts), a streaming run over the shared job queue,
+presets, load-from-video and the model recipe. Works on Gradio 3.43 (SD.Next) and current
 Gradio (standalone) through `compat`; it never imports SD.Next modules.
 
 `FramePackTab` holds the python handlers (plain functions and generators, testable without a browser) over a
@@ -19,14 +20,24 @@ import gradio as gr
 from PIL import Image
 
 from framepack.defaults import DEFAULTABLE
-from framepack.jobs.events import EndEvent, FramesEvent, ProgressEvent, SectionEvent, StageEvent, StateEvent
-from framepack.jobs.models import Job, JobState
+from framepack.jobs.events import (
+    EndEvent,
+    EnhanceEvent,
+    FramesEvent,
+    ProgressEvent,
+    SectionEvent,
+    StageEvent,
+    StateEvent,
+)
+from framepack.jobs.models import EnhanceResult, Job, JobState
 from framepack.jobs.service import JobService
 from framepack.outputs import FINAL_SUFFIXES, VIDEO_SUFFIXES
+from framepack.plan import section_ranges
 from framepack.request import SELF_TEST_MODEL, GenerateRequest
 from framepack.ui import compat
 from framepack.ui.controls import (
     CONTROL_FIELDS,
+    ENHANCED,
     IMAGE_FIELDS,
     KEYFRAMES,
     MODEL_CHOICES,
@@ -111,8 +122,7 @@ class FramePackTab:
         ]
         if request.model == SELF_TEST_MODEL:
             lines.append("SELF-TEST model: random weights, the video is noise.")
-        else:
-            lines += model_availability(self.service, request)
+        lines += model_availability(self.service, request)
         lines += [f"Warning: {warning}" for warning in plan.warnings]
         return "\n\n".join(lines), render_timeline(plan)
 
@@ -172,6 +182,9 @@ class FramePackTab:
                 force = True
             elif isinstance(event, FramesEvent):
                 status = f"encoding: {event.frames}/{event.total} frames"
+            elif isinstance(event, EnhanceEvent):
+                status = enhance_summary(event)
+                force = True
             else:
                 continue  # a heartbeat
             now = time.monotonic()
@@ -198,9 +211,14 @@ class FramePackTab:
         if job.state == JobState.FINISHED:
             took = (job.finished_at or 0) - (job.started_at or job.created_at)
             status = f"**Finished** in {took:.1f} s: {job.summary}"
+            if job.progress.enhanced_prompts:
+                count = len(job.progress.enhanced_prompts)
+                plural = "s" if count != 1 else ""
+                status += f" Encoded {count} enhanced prompt{plural} (Load settings from a video shows them)."
         else:
             message = as_markdown(job.error.message) if job.error else ""
             status = f"**{job.state.value.capitalize()}:** {message}"
+        status += "".join(f"\n\nWarning: {as_markdown(warning)}" for warning in job.progress.warnings)
         return job.id, status, preview, board, video, output_links(paths)
 
     def _absolute(self, path: str) -> Path:
@@ -215,6 +233,19 @@ class FramePackTab:
         except Exception as error:  # noqa: BLE001
             return f"Cannot cancel: {as_markdown(describe_error(error))}"
         return f"Cancel requested for {job.id} ({'keeping' if keep_partial else 'discarding'} finished sections)."
+
+    # ---------------------------------------------------------------------------------------------- enhancer
+
+    def enhance(self, *values: Any) -> tuple[Any, str]:
+        """(table rows, status): every distinct section prompt enhanced anew by the request's enhancer, for the
+        user to read and edit before Generate (the table is what the job encodes)."""
+        try:
+            request = self.request(values)
+            result = self.service.enhance(request)
+        except Exception as error:  # noqa: BLE001 - shown to the user, the tab keeps working
+            return compat.update(), f"**Cannot enhance:** {as_markdown(describe_error(error))}"
+        rows = [[section_ranges(item.sections), item.prompt, item.enhanced or ""] for item in result.prompts]
+        return rows, enhance_summary(result) + " Edit the texts as you like: Generate encodes what the table holds."
 
     # ---------------------------------------------------------------------------------------------- keyframes
 
@@ -381,18 +412,39 @@ def output_links(paths: list[Path]) -> str:
 
 def model_availability(service: JobService, request: GenerateRequest) -> list[str]:
     """A note when the chosen model's files are not on this machine (a file check in the model cache, no
-    loading), offering the self-test model so the app can still be tried."""
+    loading), offering the self-test model so the app can still be tried; and one when the enhancer the request
+    would use is not there."""
     try:
         missing = service.missing_components(request)
     except Exception as error:  # noqa: BLE001 - a bad recipe file is reported the same way
         return [f"**Model:** {as_markdown(describe_error(error))}"]
-    if not missing:
-        return []
-    names = ", ".join(item.component for item in missing)
-    return [
-        f"**Model not on this machine** ({names} missing): {as_markdown(missing[0].message)}",
-        "Choose model **tiny** to try everything with the SELF-TEST model (random weights: the video is noise).",
-    ]
+    lines = []
+    model = [item for item in missing if item.component != "enhancer"]
+    if model:
+        names = ", ".join(item.component for item in model)
+        lines += [
+            f"**Model not on this machine** ({names} missing): {as_markdown(model[0].message)}",
+            "Choose model **tiny** to try everything with the SELF-TEST model (random weights: the video is noise).",
+        ]
+    for item in missing:
+        if item.component == "enhancer":
+            then = "the job is refused" if request.enhance == "require" else "the original prompts are used"
+            lines.append(f"**Enhancer not on this machine** ({then}): {as_markdown(item.message)}")
+    return lines
+
+
+def enhance_summary(result: EnhanceResult) -> str:
+    """One status line about an enhance result: what wrote how many prompts, and its warnings."""
+    written = sum(1 for item in result.prompts if item.by == "enhancer")
+    given = sum(1 for item in result.prompts if item.by == "request")
+    parts = []
+    if written:
+        label = f"{result.enhancer}" + (" (SELF-TEST: its text is noise)" if result.self_test else "")
+        parts.append(f"Enhanced {written} prompt{'s' if written != 1 else ''} with {label}, seed {result.seed}")
+    if given:
+        parts.append(f"{given} enhanced prompt{'s' if given != 1 else ''} given with the request")
+    text = "; ".join(parts) + "." if parts else "No prompt enhanced."
+    return as_markdown(text + "".join(f" Warning: {warning}" for warning in result.warnings))
 
 
 def create_tab(service: JobService, output_dir: Path | str, presets_path: Path | str) -> gr.Blocks:
@@ -413,6 +465,15 @@ def build_tab(tab: FramePackTab) -> gr.Blocks:
         with gr.Row():
             with gr.Column(scale=3):
                 make("prompt", "negative_prompt", "section_prompts")
+                with gr.Accordion("Prompt enhancer", open=False):
+                    make("enhance", "enhancer", "enhance_instructions")
+                    with gr.Row():
+                        make("enhance_seed", "enhance_max_tokens", "enhance_quantize")
+                    with gr.Row():
+                        enhance_button = c(gr.Button, value="Enhance", elem_id="framepack_enhance_button")
+                    enhance_status = c(gr.Markdown, value="", elem_id="framepack_enhance_status")
+                    make(ENHANCED)
+                    c(gr.Markdown, value=controls[ENHANCED].info, elem_id="framepack_enhanced_prompts_help")
                 with gr.Row():
                     make("init_image", "end_image")
                 with gr.Accordion("Section keyframes", open=False):
@@ -598,6 +659,7 @@ def build_tab(tab: FramePackTab) -> gr.Blocks:
             [controls["model"], model_status],
             queue=False,
         )
+        compat.on(enhance_button.click, tab.enhance, inputs, [controls[ENHANCED], enhance_status])
         compat.on(load_button.click, tab.load, inputs, [model_status])
         compat.on(unload_button.click, tab.unload, None, [model_status])
 
