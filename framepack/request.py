@@ -88,7 +88,8 @@ class GenerateRequest(BaseModel):
             "One prompt suffix per line, added to the prompt for each section in time order. Fewer lines than "
             "sections stretch evenly; more lines are sampled evenly (unused lines are reported). Lines may be "
             "timestamped instead: '[0s] walking' / '[2.5s] jumping' (each section takes the line active at its "
-            "middle)."
+            "middle); FramePack-Studio's '[0s-2s: walking]' / '[3s: jumping]' (snapped to section boundaries); or "
+            "musubi-tuner's '0:walking;;;1-2:jumping;;;-1:waving' (section indices, -1 = last)."
         ),
     )
 
