@@ -18,7 +18,7 @@ from pydantic import BaseModel
 
 from framepack.errors import PlanError
 from framepack.models.lora import check_weights, merge_refs, parse_lora_tags
-from framepack.request import SELF_TEST_MODEL, GenerateRequest
+from framepack.request import SELF_TEST_MODEL, GenerateRequest, parse_paddings
 from framepack.section_prompts import (
     Syntax,
     looks_like_section_prompts,
@@ -71,6 +71,20 @@ def bidirectional_paddings(sections: int) -> list[int]:
     if sections > 4:
         return [3] + [2] * (sections - 3) + [1, 0]
     return list(reversed(range(sections)))
+
+
+def requested_paddings(text: str, sections: int, order: list[int]) -> list[int]:
+    """The request's latent paddings (one for all, or one per section in time order) in generation order."""
+    values = parse_paddings(text)
+    if len(values) == 1:
+        values = values * sections
+    if len(values) != sections:
+        raise PlanError(
+            "latent_paddings",
+            f"{len(values)} values for {sections} sections; give one number for every section, or {sections} "
+            "numbers, one per section in time order",
+        )
+    return [values[index] for index in order]
 
 
 def join_prompt(prompt: str, suffix: str) -> str:
@@ -174,6 +188,8 @@ def make_plan(
     bidirectional = request.variant == "bidirectional"
     order = list(reversed(range(sections))) if bidirectional else list(range(sections))
     paddings = bidirectional_paddings(sections) if bidirectional else [0] * sections
+    if request.latent_paddings.strip():
+        paddings = requested_paddings(request.latent_paddings, sections, order)
 
     spans = [
         (0 if i == 0 else VAE_TEMPORAL * window * i + 1, VAE_TEMPORAL * window * (i + 1) + 1) for i in range(sections)

@@ -70,6 +70,20 @@ def filename_problem(stem: str) -> str | None:
     return None
 
 
+MAX_LATENT_PADDING = 32
+
+
+def parse_paddings(text: str) -> list[int]:
+    """The numbers of a `latent_paddings` value ('3' or '3,2,2,1,0'; commas or spaces); [] for an empty one."""
+    items = [item for item in re.split(r"[,\s]+", text.strip()) if item]
+    if not all(item.isdigit() and int(item) <= MAX_LATENT_PADDING for item in items):
+        raise ValueError(
+            f"latent_paddings must be whole numbers from 0 to {MAX_LATENT_PADDING}, one for every section or one per "
+            f"section in time order, comma-separated (e.g. '3' or '3,2,2,1,0'); got {text.strip()[:60]!r}"
+        )
+    return [int(item) for item in items]
+
+
 class GenerateRequest(BaseModel):
     """Inputs of one FramePack video generation. Mode follows from the images: none = T2V, init = I2V,
     init + end = FLF2V."""
@@ -125,6 +139,32 @@ class GenerateRequest(BaseModel):
         le=1.0,
         description="Share of the end image in the SigLIP conditioning (weighted mean with the start image).",
     )
+
+    # Directing (issue 15): latent paddings
+    latent_paddings: str = Field(
+        "",
+        max_length=6000,
+        description=(
+            "Bidirectional only: the latent padding of each section (how far, in windows, the section is placed after "
+            "its start or key image; 0 makes that image the section's start). One number for every section, or one "
+            "per section in time order, comma-separated, e.g. '3,2,2,1,0'. Empty = the original's (counting down to 0)."
+        ),
+    )
+
+    @field_validator("latent_paddings")
+    @classmethod
+    def _check_latent_paddings(cls, value: str) -> str:
+        parse_paddings(value)
+        return value
+
+    @model_validator(mode="after")
+    def _check_directing(self) -> GenerateRequest:
+        if self.latent_paddings.strip() and self.variant != "bidirectional":
+            raise ValueError(
+                "latent_paddings works only with variant 'bidirectional' (F1 has no padding: its history lies "
+                "before the section); leave it empty"
+            )
+        return self
 
     # Video shape
     variant: Variant = Field("bidirectional", description="bidirectional (inverted anti-drifting) or f1 (forward).")
