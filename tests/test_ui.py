@@ -43,6 +43,7 @@ TEXT_VALUES = {
     "codec_options": "crf:20",
     "filename": "clip",
     "model": "tiny",
+    "latent_paddings": "1",
 }
 
 

@@ -442,6 +442,7 @@ def build_tab(tab: FramePackTab) -> gr.Blocks:
                         "interpolate",
                         "interpolation",
                         "latent_window_size",
+                        "latent_paddings",
                     )
                 with gr.Accordion("Sampling", open=False):
                     make("seed", "steps", "sampler", "guidance", "cfg_scale", "cfg_rescale", "shift")
