@@ -43,6 +43,18 @@ class PromptEmbeds:
         return PromptEmbeds(self.llama.to(device, dtype), self.mask.to(device, dtype), self.pooled.to(device, dtype))
 
 
+def blend_prompt_embeds(old: PromptEmbeds, new: PromptEmbeds, weight: float) -> PromptEmbeds:
+    """`(1 - weight) * old + weight * new`: a prompt change blended over sections.
+
+    Llama tokens are mixed position by position. Each prompt's tokens past its mask (padding) are zeroed first, as
+    the original FramePack pads its prompts with zeros, so where one prompt has tokens and the other has not, those
+    tokens fade in from zero (or out to it); the mask is the union of the two (the longer prompt's tokens). The CLIP
+    pooled vectors are mixed linearly."""
+    llama = (1.0 - weight) * old.llama * old.mask[..., None] + weight * new.llama * new.mask[..., None]
+    pooled = (1.0 - weight) * old.pooled + weight * new.pooled
+    return PromptEmbeds(llama=llama, mask=torch.maximum(old.mask, new.mask), pooled=pooled)
+
+
 def template_crop_start(tokenizer, template: str = PROMPT_TEMPLATE) -> int:
     """Number of tokens before the user prompt in the template (95 for the HunyuanVideo tokenizer).
 

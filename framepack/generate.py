@@ -18,7 +18,15 @@ import numpy as np
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
-from framepack.encoders import PromptEmbeds, encode_prompt, encode_vision, vae_decode, vae_encode
+from framepack.directing import END_IMAGE
+from framepack.encoders import (
+    PromptEmbeds,
+    blend_prompt_embeds,
+    encode_prompt,
+    encode_vision,
+    vae_decode,
+    vae_encode,
+)
 from framepack.events import (
     CancelToken,
     EventCallback,
@@ -144,15 +152,24 @@ def encode_images(
 
 
 def section_vision(images: ImageConditioning, section: SectionPlan, request: GenerateRequest) -> torch.Tensor:
-    """SigLIP conditioning of a section: its keyframe's, else the weighted mean of start and end."""
-    if section.keyframe is not None:
-        vision = images.keyframe_vision[section.keyframe]
-    elif images.end_vision is not None:
+    """SigLIP conditioning of a section: its keyframe's (else the start image's), moved toward the image the plan
+    names (`vision_toward`: the end image or a later keyframe) by its share, scaled by the vision strength."""
+    vision = images.keyframe_vision[section.keyframe] if section.keyframe is not None else images.start_vision
+    toward, weight = section.vision_toward, section.vision_weight
+    if request.vision_schedule == "constant":  # as today, also for plans stored before they named the target
+        toward = END_IMAGE if section.keyframe is None and images.end_vision is not None else None
         weight = request.end_vision_weight
-        vision = (1.0 - weight) * images.start_vision + weight * images.end_vision
-    else:
-        vision = images.start_vision
+    if toward is not None:
+        target = images.end_vision if toward == END_IMAGE else images.keyframe_vision[int(toward.split(".")[1])]
+        vision = (1.0 - weight) * vision + weight * target
     return vision * request.vision_strength
+
+
+def section_prompt(prompts: dict[str, PromptEmbeds], section: SectionPlan) -> PromptEmbeds:
+    """The text conditioning of a section: its prompt's, blended with an earlier one as the plan says."""
+    if section.blend_from is None:
+        return prompts[section.prompt]
+    return blend_prompt_embeds(prompts[section.blend_from], prompts[section.prompt], section.blend_weight)
 
 
 def end_context(images: ImageConditioning, request: GenerateRequest) -> torch.Tensor:
@@ -316,10 +333,10 @@ class SectionLoop:
         self.on_event(FramesWritten(self.state.written, self.plan.generated_frames))
 
     def conditioning(
-        self, inputs: EncodedInputs, prompt: str, vision: torch.Tensor
+        self, inputs: EncodedInputs, section: SectionPlan, vision: torch.Tensor
     ) -> tuple[Conditioning, Conditioning | None]:
         device, dtype = self.components.device, self.components.transformer.dtype
-        positive = Conditioning(inputs.prompts[prompt].to(device, dtype), vision.to(device, dtype))
+        positive = Conditioning(section_prompt(inputs.prompts, section).to(device, dtype), vision.to(device, dtype))
         if inputs.negative is None:
             return positive, None
         return positive, Conditioning(inputs.negative.to(device, dtype), vision.to(device, dtype))
@@ -346,7 +363,7 @@ class SectionLoop:
                 context = bidirectional_context(empty, no_history, 0, 1)
             else:
                 context = forward_context(empty, no_history, 1)
-            positive, negative = self.conditioning(inputs, self.plan.sections[0].prompt, zero_vision(self.components))
+            positive, negative = self.conditioning(inputs, self.plan.sections[0], zero_vision(self.components))
             latents[START] = sampler.run(noise, context, positive, negative, -1, -1)
             if self.on_section_latents:
                 self.on_section_latents(START, latents[START])
@@ -389,7 +406,7 @@ class SectionLoop:
         else:
             context = self.history_context(inputs.images, section, order, noise)
             vision = section_vision(inputs.images, section, self.request)
-            positive, negative = self.conditioning(inputs, section.prompt, vision)
+            positive, negative = self.conditioning(inputs, section, vision)
             latents[index] = sampler.run(noise, context, positive, negative, index, order)
             calls = sampler.section_calls()
             if self.on_section_latents:

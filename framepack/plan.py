@@ -16,9 +16,10 @@ from typing import Literal
 
 from pydantic import BaseModel
 
+from framepack.directing import prompt_blends, requested_paddings, vision_targets
 from framepack.errors import PlanError
 from framepack.models.lora import check_weights, merge_refs, parse_lora_tags
-from framepack.request import SELF_TEST_MODEL, GenerateRequest, parse_paddings
+from framepack.request import SELF_TEST_MODEL, GenerateRequest
 from framepack.section_prompts import (
     Syntax,
     looks_like_section_prompts,
@@ -73,20 +74,6 @@ def bidirectional_paddings(sections: int) -> list[int]:
     return list(reversed(range(sections)))
 
 
-def requested_paddings(text: str, sections: int, order: list[int]) -> list[int]:
-    """The request's latent paddings (one for all, or one per section in time order) in generation order."""
-    values = parse_paddings(text)
-    if len(values) == 1:
-        values = values * sections
-    if len(values) != sections:
-        raise PlanError(
-            "latent_paddings",
-            f"{len(values)} values for {sections} sections; give one number for every section, or {sections} "
-            "numbers, one per section in time order",
-        )
-    return [values[index] for index in order]
-
-
 def join_prompt(prompt: str, suffix: str) -> str:
     prompt, suffix = prompt.strip(), suffix.strip()
     if not prompt or not suffix:
@@ -106,6 +93,10 @@ class SectionPlan(BaseModel):
     end_frame: int
     start_time: float
     end_time: float
+    blend_from: str | None = None  # prompt_blend_sections: the earlier prompt this section's is blended with
+    blend_weight: float = 1.0  # share of `prompt` in the text conditioning (the rest is `blend_from`'s)
+    vision_toward: str | None = None  # "end_image" or "keyframes.<index>": the image SigLIP moves toward
+    vision_weight: float = 0.0  # share of `vision_toward` in the SigLIP conditioning
 
 
 class Plan(BaseModel):
@@ -231,6 +222,15 @@ def make_plan(
             )
         )
 
+    blends = prompt_blends([section.prompt for section in sections_plan], request.prompt_blend_sections)
+    keyframes = [section.keyframe for section in sections_plan]
+    visions = vision_targets(
+        request.vision_schedule, keyframes, keyframe_sources, bool(request.end_image), request.end_vision_weight
+    )
+    for section, (blend_from, blend_weight), (toward, share) in zip(sections_plan, blends, visions):
+        section.blend_from, section.blend_weight = blend_from, blend_weight
+        section.vision_toward, section.vision_weight = toward, share
+
     warnings = list(dict.fromkeys(lora_warnings))
     if read.unused_warning(sections):
         warnings.append(read.unused_warning(sections))
@@ -238,6 +238,10 @@ def make_plan(
         warnings.append("negative_prompt is ignored while cfg_scale is 1")
     if read.lines and not prompt.strip():
         warnings.append("prompt is empty; sections use their section prompt alone")
+    if request.prompt_blend_sections and not any(section.blend_from for section in sections_plan):
+        warnings.append("prompt_blend_sections: no section prompt changes, so there is nothing to blend")
+    if request.vision_schedule == "linear" and not any(section.vision_toward for section in sections_plan):
+        warnings.append("vision_schedule linear: no end_image or later keyframe to move toward; it stays constant")
     if looks_like_section_prompts(prompt):
         warnings.append("prompt holds what reads as section prompts ([2s: text] or ';;;'); put them in section_prompts")
 

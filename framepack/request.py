@@ -140,7 +140,24 @@ class GenerateRequest(BaseModel):
         description="Share of the end image in the SigLIP conditioning (weighted mean with the start image).",
     )
 
-    # Directing (issue 15): latent paddings
+    # Directing (issue 15): blended prompt changes, vision schedule, latent paddings
+    prompt_blend_sections: int = Field(
+        0,
+        ge=0,
+        le=16,
+        description=(
+            "After each section prompt change the text conditioning moves linearly from the old to the new prompt "
+            "over this many sections (0 = a hard cut)."
+        ),
+    )
+    vision_schedule: Literal["constant", "linear"] = Field(
+        "constant",
+        description=(
+            "SigLIP image conditioning over the sections: constant (the section's keyframe or start image, mixed "
+            "with the end image by end_vision_weight) or linear (moving from the start or keyframe image toward the "
+            "next keyframe, else the end image)."
+        ),
+    )
     latent_paddings: str = Field(
         "",
         max_length=6000,

@@ -9,7 +9,7 @@ import torch
 from helpers import FAST, MemorySink, TransformerCalls, pattern_image
 from pydantic import ValidationError
 
-from framepack.encoders import encode_vision
+from framepack.encoders import PROMPT_TEMPLATE, encode_vision
 from framepack.generate import generate
 from framepack.images import fit_to_bucket, load_image, to_tensor
 from framepack.plan import PlanError, make_plan
@@ -98,3 +98,126 @@ def test_the_transformer_sees_the_requested_paddings(tiny_components, images):
         for call in by_section[index]:
             assert call["indices_latents"].tolist() == list(range(first, first + window))
             assert call["indices_latents_clean"].tolist() == [0, first + window]
+
+
+# ------------------------------------------------------------------------------------------------ prompt blending
+
+
+def test_blend_weights_in_the_plan():
+    plan = make_plan(GenerateRequest(prompt="x", section_prompts="a\nb\nc", duration=6, prompt_blend_sections=2))
+    # lines stretch over 5 sections as a, a, b, b, c; each change moves over 2 sections: 1/3, 2/3, then alone
+    expected = [(None, 1.0), (None, 1.0), ("x, a", 1 / 3), ("x, a", 2 / 3), ("x, b", 1 / 3)]
+    assert [section.blend_from for section in plan.sections] == [name for name, _ in expected]
+    assert [section.blend_weight for section in plan.sections] == pytest.approx([weight for _, weight in expected])
+    assert [section.prompt for section in plan.sections] == ["x, a", "x, a", "x, b", "x, b", "x, c"]
+    # a change before the previous blend ended starts from the previous section's prompt
+    every = make_plan(GenerateRequest(prompt="x", section_prompts="a\nb\nc\nd\ne", duration=6, prompt_blend_sections=2))
+    assert [s.blend_from for s in every.sections[1:]] == ["x, a", "x, b", "x, c", "x, d"]
+    assert [s.blend_weight for s in every.sections[1:]] == pytest.approx([1 / 3] * 4)
+    hard = make_plan(GenerateRequest(prompt="x", section_prompts="a\nb", duration=6))
+    assert all(section.blend_from is None and section.blend_weight == 1.0 for section in hard.sections)
+    nothing = make_plan(GenerateRequest(prompt="x", duration=6, prompt_blend_sections=2))
+    assert "prompt_blend_sections: no section prompt changes, so there is nothing to blend" in nothing.warnings
+
+
+def text_embeddings(components, prompt: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Llama hidden state -3 after the template prefix with its mask, and CLIP pooled, computed here."""
+    tokenizer = components.tokenizer
+    crop = len(tokenizer(PROMPT_TEMPLATE.split("{}")[0]).input_ids)
+    inputs = tokenizer(
+        [PROMPT_TEMPLATE.format(prompt)], max_length=256 + crop, padding="max_length", truncation=True,
+        return_tensors="pt",
+    )  # fmt: skip
+    with torch.no_grad():
+        hidden = components.text_encoder(
+            input_ids=inputs.input_ids, attention_mask=inputs.attention_mask, output_hidden_states=True
+        ).hidden_states[-3]
+        clip = components.tokenizer_2([prompt], padding="max_length", max_length=77, truncation=True).input_ids
+        pooled = components.text_encoder_2(torch.tensor(clip)).pooler_output
+    return hidden[:, crop:], inputs.attention_mask[:, crop:].float(), pooled
+
+
+def test_the_transformer_receives_the_blended_embeddings_and_masks(tiny_components, images):
+    short, long = "walking", "jumping over a tall wooden fence in the rain"
+    plan, calls, _ = run(
+        tiny_components, init_image=images["start"], duration=1.6, section_prompts=f"{short}\n{long}",
+        prompt_blend_sections=1,
+    )  # fmt: skip
+    assert plan.num_sections == 4 and plan.sections[2].blend_weight == 0.5
+    old_llama, old_mask, old_pooled = text_embeddings(tiny_components, f"{ENGINE['prompt']}, {short}")
+    new_llama, new_mask, new_pooled = text_embeddings(tiny_components, f"{ENGINE['prompt']}, {long}")
+    assert old_mask.sum() < new_mask.sum()  # prompts of different token lengths
+    # half of each, each prompt's padding zeroed; the mask is the union (the longer prompt's)
+    llama = 0.5 * old_llama * old_mask[..., None] + 0.5 * new_llama * new_mask[..., None]
+    by_section = section_calls(calls, plan)
+    assert len(calls) == plan.model_calls and all(len(by_section[i]) == plan.steps > 0 for i in range(4))
+    for call in by_section[2]:
+        torch.testing.assert_close(call["encoder_hidden_states"], llama, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(call["encoder_attention_mask"], new_mask, atol=0, rtol=0)
+        torch.testing.assert_close(
+            call["pooled_projections"], 0.5 * old_pooled + 0.5 * new_pooled, atol=1e-5, rtol=1e-5
+        )
+    for index, (own, mask, pooled) in ((1, (old_llama, old_mask, old_pooled)), (3, (new_llama, new_mask, new_pooled))):
+        for call in by_section[index]:  # before and after the blend: the prompt alone, as encoded
+            torch.testing.assert_close(call["encoder_hidden_states"], own, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(call["encoder_attention_mask"], mask, atol=0, rtol=0)
+            torch.testing.assert_close(call["pooled_projections"], pooled, atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------ vision schedule
+
+
+def test_linear_vision_schedule_in_the_plan():
+    request = GenerateRequest(
+        duration=6, init_image="a.png", end_image="b.png", vision_schedule="linear", keyframes={2: "k.png"}
+    )
+    plan = make_plan(request, (64, 64))
+    # sections 0, 1 move from the start (at 0) toward the keyframe at 2; 2..4 from it toward the end (at 5)
+    expected = [
+        ("keyframes.2", 0.25),
+        ("keyframes.2", 0.75),
+        ("end_image", 0.5 / 3),
+        ("end_image", 0.5),
+        ("end_image", 2.5 / 3),
+    ]
+    assert [s.vision_toward for s in plan.sections] == [name for name, _ in expected]
+    assert [s.vision_weight for s in plan.sections] == pytest.approx([weight for _, weight in expected])
+    constant = make_plan(request.model_copy(update={"vision_schedule": "constant"}), (64, 64))
+    assert [(s.vision_toward, s.vision_weight) for s in constant.sections] == [("end_image", 0.5)] * 2 + [
+        (None, 0.0)
+    ] * 3
+    alone = make_plan(GenerateRequest(duration=6, vision_schedule="linear"))
+    assert all(s.vision_toward is None for s in alone.sections)
+    assert any(
+        warning.startswith("vision_schedule linear: no end_image or later keyframe") for warning in alone.warnings
+    )
+
+
+def test_linear_vision_schedule_reaches_the_transformer(tiny_components, images):
+    plan, calls, _ = run(
+        tiny_components, init_image=images["start"], end_image=images["end"], vision_schedule="linear",
+        vision_strength=1.2,
+    )  # fmt: skip
+    start = siglip_of_uint8(tiny_components, fit_to_bucket(load_image(images["start"]), plan.width, plan.height))
+    end = siglip_of_uint8(tiny_components, fit_to_bucket(load_image(images["end"]), plan.width, plan.height))
+    by_section = section_calls(calls, plan)
+    assert len(calls) == plan.model_calls and len(by_section[0]) == len(by_section[1]) == plan.steps > 0
+    for index, share in ((0, 0.25), (1, 0.75)):  # two sections: middles at 1/4 and 3/4 of the way to the end
+        for call in by_section[index]:
+            expected = 1.2 * ((1 - share) * start + share * end)
+            torch.testing.assert_close(call["image_embeds"], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_linear_vision_schedule_moves_toward_the_next_keyframe(tiny_components, images):
+    plan, calls, _ = run(
+        tiny_components, init_image=images["start"], duration=1.6, keyframes={2: images["key"]},
+        vision_schedule="linear",
+    )  # fmt: skip
+    start = siglip_of_uint8(tiny_components, fit_to_bucket(load_image(images["start"]), plan.width, plan.height))
+    key = siglip_of_uint8(tiny_components, fit_to_bucket(load_image(images["key"]), plan.width, plan.height))
+    by_section = section_calls(calls, plan)
+    expected = {0: 0.75 * start + 0.25 * key, 1: 0.25 * start + 0.75 * key, 2: key, 3: key}
+    assert len(calls) == plan.model_calls and all(len(by_section[i]) == plan.steps > 0 for i in range(4))
+    for index, vision in expected.items():
+        for call in by_section[index]:
+            torch.testing.assert_close(call["image_embeds"], vision, atol=1e-5, rtol=1e-5)

@@ -430,6 +430,8 @@ def build_tab(tab: FramePackTab) -> gr.Blocks:
                     keyframe_gallery = c(
                         gr.Gallery, label="Keyframes", columns=6, height=140, elem_id="framepack_keyframe_gallery"
                     )
+                with gr.Accordion("Directing: prompt blending, vision schedule, latent paddings", open=False):
+                    make("prompt_blend_sections", "vision_schedule", "latent_paddings")
                 with gr.Accordion("Strengths", open=False):
                     make("init_strength", "end_strength", "vision_strength", "end_vision_weight")
                 with gr.Accordion("Video", open=True):
@@ -442,7 +444,6 @@ def build_tab(tab: FramePackTab) -> gr.Blocks:
                         "interpolate",
                         "interpolation",
                         "latent_window_size",
-                        "latent_paddings",
                     )
                 with gr.Accordion("Sampling", open=False):
                     make("seed", "steps", "sampler", "guidance", "cfg_scale", "cfg_rescale", "shift")
