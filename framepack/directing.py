@@ -1,4 +1,5 @@
-"""Per-section schedules of the plan: latent paddings, blended prompt changes and the SigLIP vision schedule.
+"""Per-section schedules of the plan (latent paddings, blended prompt changes, the SigLIP vision schedule) and the
+layout of single-frame inference.
 
 Pure functions over sections in time order (no torch); the plan stores what they return and the section loop
 follows it.
@@ -8,8 +9,10 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import BaseModel
+
 from framepack.errors import PlanError
-from framepack.request import parse_paddings
+from framepack.request import GenerateRequest, parse_paddings
 
 END_IMAGE = "end_image"
 VisionSchedule = Literal["constant", "linear"]
@@ -87,3 +90,28 @@ def vision_targets(
             continue
         targets.append((target, (index + 0.5 - anchor) / (position - anchor)))
     return targets
+
+
+class SingleFramePlan(BaseModel):
+    """Single-frame inference: one latent frame at `target_index` beside clean control latents at their indices, as
+    musubi-tuner's one-frame inference lays them out (the 2x and 4x history slots hold zeros)."""
+
+    target_index: int
+    controls: list[tuple[str, int]]  # (image field, clean-latent index): init_image at 0, reference_image at its index
+    post_index: int | None  # the zero clean frame right after the window (1 + window); None: left out
+
+    def summary(self) -> str:
+        controls = ", ".join(f"{name} at {index}" for name, index in self.controls)
+        post = f"zero frame at {self.post_index}" if self.post_index is not None else "no zero frame after the window"
+        return f"target index {self.target_index}, {controls}, {post}"
+
+
+def single_frame_plan(request: GenerateRequest) -> SingleFramePlan:
+    controls = [("init_image", 0)]
+    if request.reference_image:
+        controls.append(("reference_image", request.reference_index))
+    return SingleFramePlan(
+        target_index=request.target_index,
+        controls=controls,
+        post_index=1 + request.latent_window_size if request.single_frame_post else None,
+    )

@@ -36,11 +36,17 @@ from framepack.events import (
     StepProgress,
     ignore_events,
 )
-from framepack.images import fit_to_bucket, load_image, to_tensor, to_uint8
+from framepack.images import alpha_mask, fit_to_bucket, latent_mask, load_image, load_mask, to_tensor, to_uint8
 from framepack.models.components import Components
 from framepack.plan import Plan, SectionPlan
 from framepack.request import GenerateRequest
-from framepack.sampling.context import HISTORY_FRAMES, SectionContext, bidirectional_context, forward_context
+from framepack.sampling.context import (
+    HISTORY_FRAMES,
+    SectionContext,
+    bidirectional_context,
+    forward_context,
+    single_frame_context,
+)
 from framepack.sampling.denoise import Conditioning, make_velocity_fn
 from framepack.sampling.samplers import get_sampler
 from framepack.sampling.schedule import flow_sigmas, sequence_length
@@ -303,6 +309,8 @@ class SectionLoop:
     def run(self) -> GenerationResult:
         inputs = self.encode()
         sampler = SectionSampler(self.components, self.plan, self.request, self.on_event, self.cancel, self.cache)
+        if self.plan.single_frame is not None:
+            return self.single_frame(inputs, sampler)
         if self.plan.start_frame_pass:
             self.start_frame(inputs, sampler)
         else:
@@ -419,6 +427,55 @@ class SectionLoop:
             self.decoder.pump(latents)
             self.state.decode_seconds += time.perf_counter() - clock
 
+    def single_frame(self, inputs: EncodedInputs, sampler: SectionSampler) -> GenerationResult:
+        """Single-frame inference: one latent frame at the plan's target index beside the (masked) control latents,
+        decoded into one image."""
+        plan, layout, section = self.plan, self.plan.single_frame, self.plan.sections[0]
+        controls = [(self.control_latent(inputs.images, name), index) for name, index in layout.controls]
+        self.on_event(StageStarted("sample", f"single frame: {layout.summary()}, {plan.steps} steps"))
+        clock = time.perf_counter()
+        noise = sampler.noise(1, self.generator)  # drawn for a restored frame too
+        calls = (0, 0)
+        if 0 in self.restored:
+            latent = self.restored[0]
+            sampler.skip()
+        else:
+            context = single_frame_context(
+                controls, layout.target_index, plan.latent_window_size, layout.post_index is not None
+            )
+            positive, negative = self.conditioning(
+                inputs, section, section_vision(inputs.images, section, self.request)
+            )
+            latent = sampler.run(noise, context, positive, negative, 0, 0)
+            calls = sampler.section_calls()
+            if self.on_section_latents:
+                self.on_section_latents(0, latent)
+        self.state.latents[0] = latent
+        self.timings["section_0"] = time.perf_counter() - clock
+        self.on_event(SectionFinished(0, 0, self.timings["section_0"], self.preview(latent), *calls))
+        self.on_event(StageStarted("decode", "one image"))
+        clock = time.perf_counter()
+        self.cancel.check()
+        self.write(to_uint8(vae_decode(self.components, latent)[0].transpose(0, 1)))
+        self.timings["decode"] = time.perf_counter() - clock
+        return self.close()
+
+    def control_latent(self, images: ImageConditioning, name: str) -> torch.Tensor:
+        """A single-frame control's latent (init_image: the start latent; reference_image: encoded now with the job's
+        generator) times its mask (the given mask, else the image's alpha channel, else none)."""
+        request, plan = self.request, self.plan
+        if name == "init_image":
+            latent, mask_field = images.start_latent, "init_mask"
+        else:
+            pixels = fit_to_bucket(load_image(request.reference_image, name), plan.width, plan.height)
+            latent, mask_field = vae_encode(self.components, to_tensor(pixels), self.generator), "reference_mask"
+        source = getattr(request, mask_field)
+        mask = load_mask(source, mask_field) if source else alpha_mask(getattr(request, name), name)
+        if mask is None:
+            return latent
+        grid = latent_mask(mask, plan.width, plan.height, self.components.spatial_scale)
+        return latent * torch.from_numpy(grid).to(latent.device, latent.dtype)[None, None, None]
+
     def finish(self) -> GenerationResult:
         """Decode the windows the last section completed (bi-directional: all of them, its start is generated
         last), check the frame count against the plan, close the sinks."""
@@ -427,6 +484,10 @@ class SectionLoop:
         self.decoder.pump(self.state.latents)
         self.joiner.finish()
         self.timings["decode"] = self.state.decode_seconds + time.perf_counter() - clock
+        return self.close()
+
+    def close(self) -> GenerationResult:
+        """Check the frame count against the plan, report the cache's counts, close the sinks."""
         written, planned = self.state.written, self.plan.generated_frames
         if written != planned:
             raise RuntimeError(f"internal error: wrote {written} frames, the plan announced {planned}")

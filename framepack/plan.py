@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from framepack.directing import prompt_blends, requested_paddings, vision_targets
+from framepack.directing import SingleFramePlan, prompt_blends, requested_paddings, single_frame_plan, vision_targets
 from framepack.errors import PlanError
 from framepack.models.lora import check_weights, merge_refs, parse_lora_tags
 from framepack.request import SELF_TEST_MODEL, GenerateRequest
@@ -124,6 +124,7 @@ class Plan(BaseModel):
     section_prompt_syntax: Syntax = "none"  # how section_prompts was read: none, lines, timestamps, studio, musubi
     loras: list[tuple[str, float]] = []  # `<lora:name:weight>` tags of the prompt and section prompts
     self_test_model: bool = False  # the request's model is the random-weight self-test model ('tiny')
+    single_frame: SingleFramePlan | None = None  # single-frame inference: one image (PNG) instead of a video
 
     @property
     def total_steps(self) -> int:
@@ -132,6 +133,10 @@ class Plan(BaseModel):
 
     def summary(self) -> str:
         order = " -> ".join(str(index) for index in self.generation_order)
+        if self.single_frame is not None:
+            return f"1 image (single frame: {self.single_frame.summary()}), {self.width}x{self.height}, PNG" + (
+                f", {SELF_TEST_LABEL}" if self.self_test_model else ""
+            )
         return (
             f"{self.output_frames} frames ({self.duration:.2f} s at {self.fps} fps) in {self.num_sections} "
             f"section{'s' if self.num_sections != 1 else ''}, {self.width}x{self.height}, {self.mode.upper()} "
@@ -170,6 +175,8 @@ def make_plan(
         )
     generated = generated_frame_count(sections, window)
     output = output_frame_count(generated, request.interpolate)
+    if request.single_frame:  # one section that generates one frame
+        sections, generated, output = 1, 1, 1
     generated_fps = request.fps / (request.interpolate + 1)
 
     for index in request.keyframes:
@@ -185,6 +192,8 @@ def make_plan(
     spans = [
         (0 if i == 0 else VAE_TEMPORAL * window * i + 1, VAE_TEMPORAL * window * (i + 1) + 1) for i in range(sections)
     ]
+    if request.single_frame:
+        spans = [(0, 1)]
     midpoints = [(first + end) / 2 / generated_fps for first, end in spans]
     lora_warnings: list[str] = []
     prompt, prompt_loras = parse_lora_tags(request.prompt, lora_warnings)
@@ -274,4 +283,5 @@ def make_plan(
         warnings=warnings,
         loras=[(ref.name, ref.weight) for ref in loras],
         self_test_model=request.model == SELF_TEST_MODEL,
+        single_frame=single_frame_plan(request) if request.single_frame else None,
     )

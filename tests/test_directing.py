@@ -3,18 +3,28 @@ schedules, latent paddings and single-frame inference, checked on what the trans
 
 from __future__ import annotations
 
+import base64
+
 import numpy as np
 import pytest
 import torch
-from helpers import FAST, MemorySink, TransformerCalls, pattern_image
+from fastapi.testclient import TestClient
+from helpers import FAST, MemorySink, TransformerCalls, pattern_image, tiny_home
+from PIL import Image
 from pydantic import ValidationError
 
-from framepack.encoders import PROMPT_TEMPLATE, encode_vision
+from api.routes import PREFIX
+from api.server import create_app
+from framepack.cli import main
+from framepack.encoders import PROMPT_TEMPLATE, encode_vision, vae_encode
 from framepack.generate import generate
 from framepack.images import fit_to_bucket, load_image, to_tensor
+from framepack.jobs.manager import JobManager
 from framepack.plan import PlanError, make_plan
-from framepack.planning import plan_request
+from framepack.planning import plan_request, resolve_recipe
+from framepack.record import GenerationRecord
 from framepack.request import GenerateRequest
+from framepack.runner import Runner
 
 ENGINE = {**FAST, "fps": 30, "duration": 0.8, "prompt": "a red ball rolls"}  # two sections of window 3
 
@@ -221,3 +231,131 @@ def test_linear_vision_schedule_moves_toward_the_next_keyframe(tiny_components, 
     for index, vision in expected.items():
         for call in by_section[index]:
             torch.testing.assert_close(call["image_embeds"], vision, atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------ single frame
+
+
+def test_single_frame_plan_and_its_refusals(tmp_path):
+    plan = make_plan(
+        GenerateRequest(single_frame=True, init_image="a.png", reference_image="r.png", single_frame_post=False),
+        (64, 64),
+    )
+    assert (plan.num_sections, plan.generated_frames, plan.output_frames, plan.generation_order) == (1, 1, 1, [0])
+    assert plan.single_frame.controls == [("init_image", 0), ("reference_image", 10)]
+    assert (plan.single_frame.target_index, plan.single_frame.post_index) == (9, None)
+    assert plan.summary().startswith("1 image (single frame: target index 9, init_image at 0, reference_image at 10")
+    assert plan.total_steps == plan.steps and not plan.start_frame_pass
+    refused = [
+        ({"single_frame": True}, "single_frame needs init_image"),
+        ({"single_frame": True, "init_image": "a.png", "variant": "f1"}, "variant 'bidirectional' only"),
+        ({"single_frame": True, "init_image": "a.png", "keyframes": {1: "k.png"}}, "keyframes do not apply"),
+        ({"single_frame": True, "init_image": "a.png", "interpolate": 1}, "interpolate does not apply"),
+        ({"single_frame": True, "init_image": "a.png", "reference_mask": "m.png"}, "reference_mask needs reference_"),
+        ({"init_image": "a.png", "reference_image": "r.png"}, "reference_image is used only with single_frame"),
+    ]
+    for fields, message in refused:
+        with pytest.raises(ValidationError, match=message):
+            GenerateRequest(**fields)
+
+
+def test_single_frame_plan_in_the_cli(tmp_path, capsys):
+    start = pattern_image(tmp_path / "start.png", 128, 128)
+    flags = ["plan", "--single-frame", "--init-image", str(start), "--target-index", "5", "--no-single-frame-post"]
+    assert main([*flags, "--resolution", "128"]) == 0
+    summary = capsys.readouterr().out.splitlines()[0]
+    assert (
+        summary
+        == "1 image (single frame: target index 5, init_image at 0, no zero frame after the window), 128x128, PNG"
+    )
+    assert main([*flags[:-1], "--resolution", "128", "--latent-window-size", "3"]) == 0
+    assert "init_image at 0, zero frame at 4)" in capsys.readouterr().out.splitlines()[0]
+
+
+def rgba_reference(path, size: int = 128):
+    """A picture whose top half is opaque and bottom half transparent."""
+    pixels = np.asarray(Image.open(pattern_image(path, size, size, seed=7)).convert("RGB"))
+    alpha = np.zeros((size, size), np.uint8)
+    alpha[: size // 2] = 255
+    Image.fromarray(np.dstack([pixels, alpha]), "RGBA").save(path)
+    return path
+
+
+def lanczos_grid(mask: np.ndarray, scale: int) -> torch.Tensor:
+    """A bucket-sized mask [H, W] uint8 on the latent grid [1, 1, 1, h, w] in [0, 1] (PIL's Lanczos)."""
+    height, width = mask.shape
+    small = Image.fromarray(mask).resize((width // scale, height // scale), Image.LANCZOS)
+    return torch.from_numpy(np.asarray(small, dtype=np.float32) / 255.0)[None, None, None]
+
+
+def test_single_frame_render_writes_one_png_and_replays_exactly(runner, tiny_components, tmp_path):
+    size = 128
+    start = pattern_image(tmp_path / "start.png", size, size, seed=1)
+    reference = rgba_reference(tmp_path / "reference.png", size)
+    init_mask = np.zeros((size, size), np.uint8)
+    init_mask[:, : size // 2] = 255  # the left half of the start image is kept
+    Image.fromarray(init_mask).save(tmp_path / "mask.png")
+    request = GenerateRequest(
+        **{**FAST, "resolution": size, "steps": 2}, init_image=str(start), single_frame=True, target_index=5,
+        single_frame_post=False, reference_image=str(reference), reference_index=12,
+        init_mask=str(tmp_path / "mask.png"), filename="edited", cache="none",
+    )  # fmt: skip
+    components = runner.components_for(request, resolve_recipe("tiny", "bidirectional", runner.home))  # run keeps it
+    with TransformerCalls(components.transformer) as calls:
+        result = runner.run(request)
+    out = runner.output_dir
+    assert sorted(path.name for path in out.iterdir()) == ["edited.json", "edited.png"]
+    image = Image.open(out / "edited.png")
+    plan = result.plan
+    assert (image.size, image.mode, result.frames) == ((plan.width, plan.height), "RGB", 1)
+
+    # what the transformer saw: one frame at the target index, the two controls at 0 and 12, no post, zero slots
+    assert len(calls.calls) == plan.model_calls == plan.steps
+    generator = torch.Generator().manual_seed(plan.seed)
+    start_latent = vae_encode(components, pixels_of(str(start), plan), generator)
+    white = Image.new("RGBA", (size, size), (255, 255, 255, 255))
+    composited = np.asarray(Image.alpha_composite(white, Image.open(reference)).convert("RGB"))
+    reference_latent = vae_encode(components, to_tensor(composited), generator)
+    alpha = np.asarray(Image.open(reference))[..., 3]
+    scale = components.spatial_scale
+    for call in calls.calls:
+        assert call["hidden_states"].shape[2] == 1 and call["indices_latents"].tolist() == [5]
+        assert call["indices_latents_clean"].tolist() == [0, 12]
+        assert call["indices_latents_history_2x"].tolist() == [2 + 3, 3 + 3]  # window 3
+        assert call["indices_latents_history_4x"].tolist() == list(range(2 + 3 + 2, 2 + 3 + 2 + 16))
+        assert call["latents_history_2x"].abs().max() == 0 and call["latents_history_4x"].abs().max() == 0
+        clean = call["latents_clean"]
+        torch.testing.assert_close(clean[:, :, :1], start_latent * lanczos_grid(init_mask, scale), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(clean[:, :, 1:], reference_latent * lanczos_grid(alpha, scale), atol=1e-5, rtol=1e-5)
+        assert clean[:, :, :1, :, -2:].abs().max() == 0 and clean[:, :, 1:, -2:].abs().max() == 0  # masked away
+        siglip = siglip_of_uint8(components, fit_to_bucket(load_image(str(start)), plan.width, plan.height))
+        torch.testing.assert_close(call["image_embeds"], siglip, atol=1e-5, rtol=1e-5)
+
+    # the PNG carries the record, and the record's request makes the same image again
+    record = GenerationRecord.read(out / "edited.png")
+    assert record.plan == plan.summary() and record.request["single_frame"] is True
+    replay = GenerateRequest(**{**record.request, "filename": "replayed"})
+    runner.run(replay)
+    assert np.array_equal(np.asarray(Image.open(out / "replayed.png")), np.asarray(image))
+
+
+def test_single_frame_over_the_api_returns_the_png(tiny_model_dir, tmp_path):
+    start = pattern_image(tmp_path / "start.png", 128, 128, seed=1)
+    encoded = base64.b64encode(start.read_bytes()).decode()
+    runner = Runner(device="cpu", output_dir=tmp_path / "out", home=tiny_home(tiny_model_dir, tmp_path / "home"))
+    manager = JobManager(tmp_path / "data", runner)
+    body = {**FAST, "resolution": 128, "single_frame": True, "init_image": encoded, "target_index": 4}
+    with TestClient(create_app(manager, tmp_path / "out")) as client:
+        refused = client.post(PREFIX, json={**body, "reference_image": str(start)})  # server paths are refused
+        assert refused.status_code == 422 and refused.json()["error"]["field"] == "reference_image"
+        plan = client.post(f"{PREFIX}/plan", json=body).json()["plan"]
+        assert plan["single_frame"]["target_index"] == 4 and plan["output_frames"] == 1
+        response = client.post(PREFIX, json=body)
+        assert response.status_code == 200, response.text
+        result = response.json()
+        assert result["filename"] == f"{result['id']}.png"
+        download = client.get(result["url"])
+    assert download.headers["content-type"] == "image/png"
+    (tmp_path / "got.png").write_bytes(download.content)
+    assert Image.open(tmp_path / "got.png").size == (plan["width"], plan["height"]) == (128, 128)
+    assert GenerationRecord.read(tmp_path / "got.png").request["target_index"] == 4

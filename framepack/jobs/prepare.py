@@ -25,7 +25,7 @@ from framepack.models.loader import check_available
 from framepack.models.recipe import Recipe, default_recipe, recipe_from_text, recipe_to_text
 from framepack.plan import Plan
 from framepack.planning import plan_request, resolve_recipe
-from framepack.request import GenerateRequest
+from framepack.request import IMAGE_FIELDS, GenerateRequest
 from framepack.runner import Runner, check_outputs
 
 
@@ -46,8 +46,8 @@ class PreparedJob:
 
 
 def image_sources(request: GenerateRequest) -> list[tuple[str, str]]:
-    """(field, source) of every image of the request: init, end and keyframe images."""
-    sources = [(name, getattr(request, name)) for name in ("init_image", "end_image") if getattr(request, name)]
+    """(field, source) of every image of the request: init, end, single-frame and keyframe images."""
+    sources = [(name, getattr(request, name)) for name in IMAGE_FIELDS if getattr(request, name)]
     return sources + [(f"keyframes.{index}", source) for index, source in sorted(request.keyframes.items())]
 
 

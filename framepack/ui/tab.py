@@ -22,7 +22,7 @@ from framepack.defaults import DEFAULTABLE
 from framepack.jobs.events import EndEvent, FramesEvent, ProgressEvent, SectionEvent, StageEvent, StateEvent
 from framepack.jobs.models import Job, JobState
 from framepack.jobs.service import JobService
-from framepack.outputs import FINAL_SUFFIXES, VIDEO_SUFFIXES
+from framepack.outputs import FINAL_SUFFIXES, IMAGE_SUFFIX, VIDEO_SUFFIXES
 from framepack.request import SELF_TEST_MODEL, GenerateRequest
 from framepack.ui import compat
 from framepack.ui.controls import (
@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL_S = 0.25  # progress lines are yielded at most this often (sections and the end always)
 HEARTBEAT_S = 1.0
-ENCODED_PICTURES_KEPT = 4  # pictures kept as PNG data URLs by FramePackTab.request (init and end image, twice)
+ENCODED_PICTURES_KEPT = 2 * len(IMAGE_FIELDS)  # pictures kept as PNG data URLs by FramePackTab.request (each twice)
 
 
 def _format_eta(seconds: float | None) -> str:
@@ -194,6 +194,8 @@ class FramePackTab:
     def _finish(self, job: Job, preview: Any, board: list) -> tuple[str, str, Any, list, Any, str]:
         paths = [self._absolute(path) for path in job.outputs]
         video = next((str(path) for path in paths if path.suffix in VIDEO_SUFFIXES), None)
+        image = next((str(path) for path in paths if path.suffix == IMAGE_SUFFIX), None)
+        preview = image or preview  # a single frame's image shows where the previews did
         if job.state == JobState.FINISHED:
             took = (job.finished_at or 0) - (job.started_at or job.created_at)
             status = f"**Finished** in {took:.1f} s: {job.summary}"
@@ -432,6 +434,11 @@ def build_tab(tab: FramePackTab) -> gr.Blocks:
                     )
                 with gr.Accordion("Directing: prompt blending, vision schedule, latent paddings", open=False):
                     make("prompt_blend_sections", "vision_schedule", "latent_paddings")
+                with gr.Accordion("Single frame: one edited image instead of a video", open=False):
+                    make("single_frame", "target_index", "single_frame_post")
+                    with gr.Row():
+                        make("reference_image", "init_mask", "reference_mask")
+                    make("reference_index")
                 with gr.Accordion("Strengths", open=False):
                     make("init_strength", "end_strength", "vision_strength", "end_vision_weight")
                 with gr.Accordion("Video", open=True):
