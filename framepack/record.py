@@ -76,8 +76,10 @@ class GenerationRecord(BaseModel):
         )
 
     def finished(self, plan: Plan, timings: dict[str, int | float], outputs: list[str]) -> GenerationRecord:
-        """The sidecar's record: this one plus the whole plan, the timings and the outputs."""
-        return self.model_copy(update={"plan_detail": plan, "timings": dict(timings), "outputs": list(outputs)})
+        """The sidecar's record: this one plus the whole plan (every field, also those a plan read from an older
+        record was read without), the timings and the outputs."""
+        whole = Plan.model_validate(plan.model_dump())
+        return self.model_copy(update={"plan_detail": whole, "timings": dict(timings), "outputs": list(outputs)})
 
     def as_dict(self) -> dict[str, Any]:
         """The record as JSON-able data, as it is (or was) stored."""
