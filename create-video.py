@@ -51,11 +51,10 @@ from framepack.jobs.events import (
     parse_event,
 )
 from framepack.jobs.models import JobProgress, JobState
-from framepack.request import PATH_CHECK_LENGTH
+from framepack.request import IMAGE_FIELDS, PATH_CHECK_LENGTH
 
 API = "/sdapi/v1/framepack"
 DEFAULT_SERVER = "http://127.0.0.1:7860"
-IMAGE_FIELDS = ("init_image", "end_image")
 # The server chooses its own output folder (the API refuses `output_dir`); here --output-dir is the local folder
 # the outputs are downloaded to, and an output_dir in a --request-file is dropped.
 SERVER_CHOSEN = ("output_dir",)

@@ -3,9 +3,9 @@
 The engine's `GenerateRequest` also serves the CLI, where file paths and output folders are the user's own. Over
 the network they are not: a client must not make the server read or write arbitrary files. So here
 
-- images (`init_image`, `end_image`, `keyframes`) must be base64, with or without a `data:` prefix; a value that
-  names an existing path is refused, and accepted values are passed on as `data:` URLs so the engine never tries
-  them as paths;
+- images (`IMAGE_FIELDS`: `init_image`, `end_image`, the single-frame images; and `keyframes`) must be base64, with
+  or without a `data:` prefix; a value that names an existing path is refused, and accepted values are passed on as
+  `data:` URLs so the engine never tries them as paths;
 - `output_dir` is refused (the server chooses the folder; `filename` may name the stem);
 - `model` is 'default' or 'tiny' (recipe files are a local, CLI/UI matter);
 - `enhancer` is a hub repo id or 'tiny', never a folder: a value written like a path, or naming an existing one, is
@@ -21,7 +21,7 @@ from typing import Any
 from fastapi import Request
 
 from framepack.errors import FieldError
-from framepack.request import BUILTIN_MODELS, PATH_CHECK_LENGTH, GenerateRequest
+from framepack.request import BUILTIN_MODELS, IMAGE_FIELDS, PATH_CHECK_LENGTH, GenerateRequest
 
 from .aliases import translate
 from .errors import ApiError
@@ -72,7 +72,7 @@ def api_request(payload: Any) -> GenerateRequest:
         )
     if "enhancer" in fields:
         fields["enhancer"] = api_enhancer(fields["enhancer"])
-    for name in ("init_image", "end_image"):
+    for name in IMAGE_FIELDS:
         if name in fields:
             fields[name] = api_image(fields[name], name)
     keyframes = fields.get("keyframes")
@@ -88,7 +88,7 @@ async def read_generate_request(request: Request, max_bytes: int = DEFAULT_MAX_B
 def redact_images(fields: dict[str, Any]) -> dict[str, Any]:
     """A request dict for responses: embedded images replaced by a short note (they can be megabytes)."""
     shown = dict(fields)
-    for name in ("init_image", "end_image"):
+    for name in IMAGE_FIELDS:
         if isinstance(shown.get(name), str):
             shown[name] = _image_note(shown[name])
     if isinstance(shown.get("keyframes"), dict):

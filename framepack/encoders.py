@@ -1,8 +1,8 @@
 """Prompts and images to the conditioning tensors the FramePack transformer takes.
 
-These follow diffusers' `HunyuanVideoFramepackPipeline` exactly (Llama hidden state -3 cropped after the
-template prefix, CLIP pooled output, SigLIP last hidden state, VAE latents sampled with the job's generator),
-so that our section loop and the pipeline agree on the same inputs.
+These follow diffusers' `HunyuanVideoFramepackPipeline` (Llama hidden state -3 cropped after the template prefix, CLIP
+pooled output, SigLIP last hidden state, VAE latents sampled with the job's generator), so that our section loop and
+the pipeline agree on the same inputs; SigLIP gets the uint8 picture as in the original app (see `encode_vision`).
 """
 
 from __future__ import annotations
@@ -10,8 +10,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
+from framepack.images import to_uint8
 from framepack.models.components import Components
 
 logger = logging.getLogger(__name__)
@@ -39,6 +41,18 @@ class PromptEmbeds:
 
     def to(self, device: torch.device | str, dtype: torch.dtype) -> PromptEmbeds:
         return PromptEmbeds(self.llama.to(device, dtype), self.mask.to(device, dtype), self.pooled.to(device, dtype))
+
+
+def blend_prompt_embeds(old: PromptEmbeds, new: PromptEmbeds, weight: float) -> PromptEmbeds:
+    """`(1 - weight) * old + weight * new`: a prompt change blended over sections.
+
+    Llama tokens are mixed position by position. Each prompt's tokens past its mask (padding) are zeroed first, as
+    the original FramePack pads its prompts with zeros, so where one prompt has tokens and the other has not, those
+    tokens fade in from zero (or out to it); the mask is the union of the two (the longer prompt's tokens). The CLIP
+    pooled vectors are mixed linearly."""
+    llama = (1.0 - weight) * old.llama * old.mask[..., None] + weight * new.llama * new.mask[..., None]
+    pooled = (1.0 - weight) * old.pooled + weight * new.pooled
+    return PromptEmbeds(llama=llama, mask=torch.maximum(old.mask, new.mask), pooled=pooled)
 
 
 def template_crop_start(tokenizer, template: str = PROMPT_TEMPLATE) -> int:
@@ -86,12 +100,21 @@ def encode_prompt(
     return PromptEmbeds(llama=llama, mask=mask, pooled=pooled)
 
 
+def vision_pixels(image: torch.Tensor) -> np.ndarray:
+    """The uint8 picture [H, W, 3] of an image tensor [1, 3, H, W] in [-1, 1], rounded: what the original app hands
+    SigLIP (a tensor made by `to_tensor` comes back exactly)."""
+    return to_uint8(image[0].detach().cpu())
+
+
 @torch.no_grad()
 def encode_vision(components: Components, image: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """SigLIP last hidden state [1, N, D] for an image tensor [1, 3, H, W] in [-1, 1]."""
+    """SigLIP last hidden state [1, N, D] for an image tensor [1, 3, H, W] in [-1, 1].
+
+    The processor gets the uint8 picture and rescales it itself, as in the original app. (Floats in [0, 1] with
+    `do_rescale=False`, as diffusers' pipeline passes them, are truncated back to uint8 before the resize, so about a
+    third of the pixels lose a level and the embeddings differ by about 3e-2.)"""
     encoder = components.image_encoder
-    pixels = (image + 1) / 2
-    inputs = components.feature_extractor(images=pixels, return_tensors="pt", do_rescale=False)
+    inputs = components.feature_extractor(images=vision_pixels(image), return_tensors="pt")
     inputs = inputs.to(device=encoder.device, dtype=encoder.dtype)
     return encoder(**inputs).last_hidden_state.to(dtype)
 

@@ -20,6 +20,10 @@ class FieldError(UserError, ValueError):
         self.field = field
 
 
+class PlanError(FieldError):
+    """A request that cannot be planned."""
+
+
 def user_error_message(error: BaseException) -> str | None:
     """The one line to show for a user-facing error, None for anything else (a bug)."""
     from framepack.events import Cancelled

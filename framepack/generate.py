@@ -18,7 +18,15 @@ import numpy as np
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
-from framepack.encoders import PromptEmbeds, encode_prompt, encode_vision, vae_decode, vae_encode
+from framepack.directing import END_IMAGE
+from framepack.encoders import (
+    PromptEmbeds,
+    blend_prompt_embeds,
+    encode_prompt,
+    encode_vision,
+    vae_decode,
+    vae_encode,
+)
 from framepack.enhancer.prompts import encoded_prompt
 from framepack.events import (
     CancelToken,
@@ -29,11 +37,17 @@ from framepack.events import (
     StepProgress,
     ignore_events,
 )
-from framepack.images import fit_to_bucket, load_image, to_tensor, to_uint8
+from framepack.images import alpha_mask, fit_to_bucket, latent_mask, load_image, load_mask, to_tensor, to_uint8
 from framepack.models.components import Components
 from framepack.plan import Plan, SectionPlan
 from framepack.request import GenerateRequest
-from framepack.sampling.context import HISTORY_FRAMES, SectionContext, bidirectional_context, forward_context
+from framepack.sampling.context import (
+    HISTORY_FRAMES,
+    SectionContext,
+    bidirectional_context,
+    forward_context,
+    single_frame_context,
+)
 from framepack.sampling.denoise import Conditioning, make_velocity_fn
 from framepack.sampling.samplers import get_sampler
 from framepack.sampling.schedule import flow_sigmas, sequence_length
@@ -146,15 +160,24 @@ def encode_images(
 
 
 def section_vision(images: ImageConditioning, section: SectionPlan, request: GenerateRequest) -> torch.Tensor:
-    """SigLIP conditioning of a section: its keyframe's, else the weighted mean of start and end."""
-    if section.keyframe is not None:
-        vision = images.keyframe_vision[section.keyframe]
-    elif images.end_vision is not None:
+    """SigLIP conditioning of a section: its keyframe's (else the start image's), moved toward the image the plan
+    names (`vision_toward`: the end image or a later keyframe) by its share, scaled by the vision strength."""
+    vision = images.keyframe_vision[section.keyframe] if section.keyframe is not None else images.start_vision
+    toward, weight = section.vision_toward, section.vision_weight
+    if request.vision_schedule == "constant":  # as today, also for plans stored before they named the target
+        toward = END_IMAGE if section.keyframe is None and images.end_vision is not None else None
         weight = request.end_vision_weight
-        vision = (1.0 - weight) * images.start_vision + weight * images.end_vision
-    else:
-        vision = images.start_vision
+    if toward is not None:
+        target = images.end_vision if toward == END_IMAGE else images.keyframe_vision[int(toward.split(".")[1])]
+        vision = (1.0 - weight) * vision + weight * target
     return vision * request.vision_strength
+
+
+def section_prompt(prompts: dict[str, PromptEmbeds], section: SectionPlan) -> PromptEmbeds:
+    """The text conditioning of a section: its prompt's, blended with an earlier one as the plan says."""
+    if section.blend_from is None:
+        return prompts[section.prompt]
+    return blend_prompt_embeds(prompts[section.blend_from], prompts[section.prompt], section.blend_weight)
 
 
 def end_context(images: ImageConditioning, request: GenerateRequest) -> torch.Tensor:
@@ -288,6 +311,8 @@ class SectionLoop:
     def run(self) -> GenerationResult:
         inputs = self.encode()
         sampler = SectionSampler(self.components, self.plan, self.request, self.on_event, self.cancel, self.cache)
+        if self.plan.single_frame is not None:
+            return self.single_frame(inputs, sampler)
         if self.plan.start_frame_pass:
             self.start_frame(inputs, sampler)
         else:
@@ -318,10 +343,10 @@ class SectionLoop:
         self.on_event(FramesWritten(self.state.written, self.plan.generated_frames))
 
     def conditioning(
-        self, inputs: EncodedInputs, prompt: str, vision: torch.Tensor
+        self, inputs: EncodedInputs, section: SectionPlan, vision: torch.Tensor
     ) -> tuple[Conditioning, Conditioning | None]:
         device, dtype = self.components.device, self.components.transformer.dtype
-        positive = Conditioning(inputs.prompts[prompt].to(device, dtype), vision.to(device, dtype))
+        positive = Conditioning(section_prompt(inputs.prompts, section).to(device, dtype), vision.to(device, dtype))
         if inputs.negative is None:
             return positive, None
         return positive, Conditioning(inputs.negative.to(device, dtype), vision.to(device, dtype))
@@ -348,7 +373,7 @@ class SectionLoop:
                 context = bidirectional_context(empty, no_history, 0, 1)
             else:
                 context = forward_context(empty, no_history, 1)
-            positive, negative = self.conditioning(inputs, self.plan.sections[0].prompt, zero_vision(self.components))
+            positive, negative = self.conditioning(inputs, self.plan.sections[0], zero_vision(self.components))
             latents[START] = sampler.run(noise, context, positive, negative, -1, -1)
             if self.on_section_latents:
                 self.on_section_latents(START, latents[START])
@@ -391,7 +416,7 @@ class SectionLoop:
         else:
             context = self.history_context(inputs.images, section, order, noise)
             vision = section_vision(inputs.images, section, self.request)
-            positive, negative = self.conditioning(inputs, section.prompt, vision)
+            positive, negative = self.conditioning(inputs, section, vision)
             latents[index] = sampler.run(noise, context, positive, negative, index, order)
             calls = sampler.section_calls()
             if self.on_section_latents:
@@ -404,6 +429,55 @@ class SectionLoop:
             self.decoder.pump(latents)
             self.state.decode_seconds += time.perf_counter() - clock
 
+    def single_frame(self, inputs: EncodedInputs, sampler: SectionSampler) -> GenerationResult:
+        """Single-frame inference: one latent frame at the plan's target index beside the (masked) control latents,
+        decoded into one image."""
+        plan, layout, section = self.plan, self.plan.single_frame, self.plan.sections[0]
+        controls = [(self.control_latent(inputs.images, name), index) for name, index in layout.controls]
+        self.on_event(StageStarted("sample", f"single frame: {layout.summary()}, {plan.steps} steps"))
+        clock = time.perf_counter()
+        noise = sampler.noise(1, self.generator)  # drawn for a restored frame too
+        calls = (0, 0)
+        if 0 in self.restored:
+            latent = self.restored[0]
+            sampler.skip()
+        else:
+            context = single_frame_context(
+                controls, layout.target_index, plan.latent_window_size, layout.post_index is not None
+            )
+            positive, negative = self.conditioning(
+                inputs, section, section_vision(inputs.images, section, self.request)
+            )
+            latent = sampler.run(noise, context, positive, negative, 0, 0)
+            calls = sampler.section_calls()
+            if self.on_section_latents:
+                self.on_section_latents(0, latent)
+        self.state.latents[0] = latent
+        self.timings["section_0"] = time.perf_counter() - clock
+        self.on_event(SectionFinished(0, 0, self.timings["section_0"], self.preview(latent), *calls))
+        self.on_event(StageStarted("decode", "one image"))
+        clock = time.perf_counter()
+        self.cancel.check()
+        self.write(to_uint8(vae_decode(self.components, latent)[0].transpose(0, 1)))
+        self.timings["decode"] = time.perf_counter() - clock
+        return self.close()
+
+    def control_latent(self, images: ImageConditioning, name: str) -> torch.Tensor:
+        """A single-frame control's latent (init_image: the start latent; reference_image: encoded now with the job's
+        generator) times its mask (the given mask, else the image's alpha channel, else none)."""
+        request, plan = self.request, self.plan
+        if name == "init_image":
+            latent, mask_field = images.start_latent, "init_mask"
+        else:
+            pixels = fit_to_bucket(load_image(request.reference_image, name), plan.width, plan.height)
+            latent, mask_field = vae_encode(self.components, to_tensor(pixels), self.generator), "reference_mask"
+        source = getattr(request, mask_field)
+        mask = load_mask(source, mask_field) if source else alpha_mask(getattr(request, name), name)
+        if mask is None:
+            return latent
+        grid = latent_mask(mask, plan.width, plan.height, self.components.spatial_scale)
+        return latent * torch.from_numpy(grid).to(latent.device, latent.dtype)[None, None, None]
+
     def finish(self) -> GenerationResult:
         """Decode the windows the last section completed (bi-directional: all of them, its start is generated
         last), check the frame count against the plan, close the sinks."""
@@ -412,6 +486,10 @@ class SectionLoop:
         self.decoder.pump(self.state.latents)
         self.joiner.finish()
         self.timings["decode"] = self.state.decode_seconds + time.perf_counter() - clock
+        return self.close()
+
+    def close(self) -> GenerationResult:
+        """Check the frame count against the plan, report the cache's counts, close the sinks."""
         written, planned = self.state.written, self.plan.generated_frames
         if written != planned:
             raise RuntimeError(f"internal error: wrote {written} frames, the plan announced {planned}")

@@ -45,12 +45,8 @@ def _image_bytes(source: str, field: str) -> bytes:
         raise ImageInputError(field, "not an existing file path nor valid base64 image data") from None
 
 
-def load_image(source: str, field: str = "init_image") -> Image.Image:
-    """Decode to an 8-bit RGB image upright per its EXIF orientation.
-
-    Transparency is composited on white, 16-bit and float images are scaled to 8 bits, CMYK/palette/grayscale
-    are converted, so every face hands the engine the same kind of picture.
-    """
+def _decode(source: str, field: str) -> Image.Image:
+    """The image as stored, upright per its EXIF orientation."""
     try:
         image = Image.open(io.BytesIO(_image_bytes(source, field)))
         if image.width * image.height > MAX_IMAGE_PIXELS:
@@ -60,16 +56,56 @@ def load_image(source: str, field: str = "init_image") -> Image.Image:
         raise ImageInputError(field, "not a readable image (PNG, JPEG, WebP, ...)") from None
     except (OSError, Image.DecompressionBombError) as error:
         raise ImageInputError(field, f"cannot decode image ({error})") from None
-    image = ImageOps.exif_transpose(image)
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        array = np.asarray(image, dtype=np.float64)
-        image = Image.fromarray(np.clip(array / _white_level(image.mode, array) * 255.0 + 0.5, 0, 255).astype(np.uint8))
+    return ImageOps.exif_transpose(image)
+
+
+def load_image(source: str, field: str = "init_image") -> Image.Image:
+    """Decode to an 8-bit RGB image upright per its EXIF orientation.
+
+    Transparency is composited on white, 16-bit and float images are scaled to 8 bits, CMYK/palette/grayscale
+    are converted, so every face hands the engine the same kind of picture.
+    """
+    image = _eight_bit(_decode(source, field))
     if image.mode == "P":
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA"):
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, image.convert("RGBA"))
     return image.convert("RGB")
+
+
+def load_mask(source: str, field: str) -> Image.Image:
+    """A mask image as 8-bit grayscale ('L'; 255 = kept, 0 = ignored), upright; transparency counts as black."""
+    image = _eight_bit(_decode(source, field))
+    if image.mode in ("RGBA", "LA", "P", "PA"):
+        image = Image.alpha_composite(Image.new("RGBA", image.size, (0, 0, 0, 255)), image.convert("RGBA"))
+    return image.convert("L")
+
+
+def alpha_mask(source: str, field: str) -> Image.Image | None:
+    """The alpha channel of an image as a mask ('L', 255 = opaque), upright; None when it has no transparency."""
+    image = _decode(source, field)
+    if image.mode == "P" and "transparency" not in image.info:
+        return None
+    if image.mode not in ("RGBA", "LA", "P", "PA"):
+        return None
+    return image.convert("RGBA").getchannel("A")
+
+
+def latent_mask(mask: Image.Image, width: int, height: int, scale: int) -> np.ndarray:
+    """A mask fitted to the bucket like its image (cover and centre-crop), then resized with Lanczos to the latent
+    grid (width/scale x height/scale): float32 in [0, 1], [h, w]."""
+    fitted = Image.fromarray(fit_to_bucket(mask.convert("L"), width, height))
+    small = fitted.resize((width // scale, height // scale), Image.LANCZOS)
+    return np.asarray(small, dtype=np.float32) / 255.0
+
+
+def _eight_bit(image: Image.Image) -> Image.Image:
+    """16-bit and float images scaled to 8 bits; others as they are."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        return Image.fromarray(np.clip(array / _white_level(image.mode, array) * 255.0 + 0.5, 0, 255).astype(np.uint8))
+    return image
 
 
 def _white_level(mode: str, array: np.ndarray) -> float:

@@ -11,16 +11,21 @@ Python's `random` module), and the plan records that seed, so the plan, not the 
 from __future__ import annotations
 
 import random
-import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import BaseModel
 
-from framepack.errors import FieldError
+from framepack.directing import SingleFramePlan, prompt_blends, requested_paddings, single_frame_plan, vision_targets
+from framepack.errors import PlanError
 from framepack.models.lora import check_weights, merge_refs, parse_lora_tags
 from framepack.request import SELF_TEST_ENHANCER, SELF_TEST_MODEL, GenerateRequest
+from framepack.section_prompts import (
+    Syntax,
+    looks_like_section_prompts,
+    parse_section_prompts,  # noqa: F401 - the planner's public name
+    read_section_prompts,
+)
 
 # (height, width) buckets of the original FramePack at the trained 640 scale.
 BUCKETS_640: tuple[tuple[int, int], ...] = (
@@ -30,12 +35,6 @@ BUCKETS_640: tuple[tuple[int, int], ...] = (
 VAE_TEMPORAL = 4  # pixel frames per latent frame (the first latent frame of a clip decodes to one)
 SELF_TEST_LABEL = "SELF-TEST model (random weights: the video is noise)"
 MAX_SECTIONS = 1000  # 600 s at 30 fps with the default window is 500; more is a mistake, not a video
-
-TIMESTAMP = re.compile(r"^\[\s*(?:(\d+):)?(\d+(?:\.\d+)?)\s*s?\s*\]\s*(.*)$")
-
-
-class PlanError(FieldError):
-    """A request that cannot be planned."""
 
 
 def bucket_size(height: float, width: float, resolution: int) -> tuple[int, int]:
@@ -75,58 +74,12 @@ def bidirectional_paddings(sections: int) -> list[int]:
     return list(reversed(range(sections)))
 
 
-@dataclass(frozen=True)
-class PromptLine:
-    text: str
-    time: float | None  # seconds, for the timestamped form
-
-
-def parse_section_prompts(text: str) -> list[PromptLine]:
-    """One entry per non-empty line (never split on commas); `[2.5s] text`, `[2.5] text`, `[1:02.5] text`
-    give the timestamped form, which cannot be mixed with plain lines."""
-    lines: list[PromptLine] = []
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line:
-            continue
-        match = TIMESTAMP.match(line)
-        if match:
-            minutes, seconds, rest = match.groups()
-            lines.append(PromptLine(rest.strip(), float(minutes or 0) * 60 + float(seconds)))
-        else:
-            lines.append(PromptLine(line, None))
-    timed = [line.time is not None for line in lines]
-    if any(timed) and not all(timed):
-        raise PlanError("section_prompts", "either every line has a [time] prefix or none does")
-    if any(timed):
-        times = [line.time for line in lines]
-        if len(set(times)) != len(times):
-            raise PlanError("section_prompts", "two lines have the same timestamp")
-        lines.sort(key=lambda line: line.time)
-    return lines
-
-
 def join_prompt(prompt: str, suffix: str) -> str:
     prompt, suffix = prompt.strip(), suffix.strip()
     if not prompt or not suffix:
         return prompt or suffix
     separator = " " if prompt[-1] in ".,;:!?" else ", "
     return f"{prompt}{separator}{suffix}"
-
-
-def assign_lines(lines: list[PromptLine], midpoints: list[float]) -> list[int | None]:
-    """Line index per section: evenly stretched (section i of n takes line floor(i*L/n)) for plain lines,
-    the latest line at or before the section's middle for timestamped lines."""
-    if not lines:
-        return [None] * len(midpoints)
-    if lines[0].time is None:
-        count = len(midpoints)
-        return [index * len(lines) // count for index in range(count)]
-    chosen: list[int | None] = []
-    for middle in midpoints:
-        active = [index for index, line in enumerate(lines) if line.time <= middle]
-        chosen.append(active[-1] if active else 0)
-    return chosen
 
 
 class SectionPlan(BaseModel):
@@ -140,6 +93,10 @@ class SectionPlan(BaseModel):
     end_frame: int
     start_time: float
     end_time: float
+    blend_from: str | None = None  # prompt_blend_sections: the earlier prompt this section's is blended with
+    blend_weight: float = 1.0  # share of `prompt` in the text conditioning (the rest is `blend_from`'s)
+    vision_toward: str | None = None  # "end_image" or "keyframes.<index>": the image SigLIP moves toward
+    vision_weight: float = 0.0  # share of `vision_toward` in the SigLIP conditioning
 
 
 class Plan(BaseModel):
@@ -164,8 +121,10 @@ class Plan(BaseModel):
     sections: list[SectionPlan]
     unused_prompt_lines: list[int]
     warnings: list[str]
+    section_prompt_syntax: Syntax = "none"  # how section_prompts was read: none, lines, timestamps, studio, musubi
     loras: list[tuple[str, float]] = []  # `<lora:name:weight>` tags of the prompt and section prompts
     self_test_model: bool = False  # the request's model is the random-weight self-test model ('tiny')
+    single_frame: SingleFramePlan | None = None  # single-frame inference: one image (PNG) instead of a video
 
     @property
     def total_steps(self) -> int:
@@ -174,6 +133,10 @@ class Plan(BaseModel):
 
     def summary(self) -> str:
         order = " -> ".join(str(index) for index in self.generation_order)
+        if self.single_frame is not None:
+            return f"1 image (single frame: {self.single_frame.summary()}), {self.width}x{self.height}, PNG" + (
+                f", {SELF_TEST_LABEL}" if self.self_test_model else ""
+            )
         return (
             f"{self.output_frames} frames ({self.duration:.2f} s at {self.fps} fps) in {self.num_sections} "
             f"section{'s' if self.num_sections != 1 else ''}, {self.width}x{self.height}, {self.mode.upper()} "
@@ -244,6 +207,8 @@ def make_plan(
         )
     generated = generated_frame_count(sections, window)
     output = output_frame_count(generated, request.interpolate)
+    if request.single_frame:  # one section that generates one frame
+        sections, generated, output = 1, 1, 1
     generated_fps = request.fps / (request.interpolate + 1)
 
     for index in request.keyframes:
@@ -253,10 +218,14 @@ def make_plan(
     bidirectional = request.variant == "bidirectional"
     order = list(reversed(range(sections))) if bidirectional else list(range(sections))
     paddings = bidirectional_paddings(sections) if bidirectional else [0] * sections
+    if request.latent_paddings.strip():
+        paddings = requested_paddings(request.latent_paddings, sections, order)
 
     spans = [
         (0 if i == 0 else VAE_TEMPORAL * window * i + 1, VAE_TEMPORAL * window * (i + 1) + 1) for i in range(sections)
     ]
+    if request.single_frame:
+        spans = [(0, 1)]
     midpoints = [(first + end) / 2 / generated_fps for first, end in spans]
     lora_warnings: list[str] = []
     prompt, prompt_loras = parse_lora_tags(request.prompt, lora_warnings)
@@ -269,15 +238,15 @@ def make_plan(
             "negative_prompt",
             "has a <lora:name:weight> tag; a LoRA changes the model for both CFG branches, so put it in the prompt",
         )
-    lines = parse_section_prompts(section_text)
-    chosen = assign_lines(lines, midpoints)
-    unused = sorted(set(range(len(lines))) - {index for index in chosen if index is not None})
+    boundaries = [first / generated_fps for first, _end in spans] + [generated / generated_fps]
+    read = read_section_prompts(section_text, boundaries, midpoints)
+    chosen, unused = read.chosen, read.unused
 
     keyframe_sources = sorted(request.keyframes)
     sections_plan = []
     for index, (first, end) in enumerate(spans):
         line = chosen[index]
-        suffix = lines[line].text if line is not None else ""
+        suffix = read.lines[line] if line is not None else ""
         active = [key for key in keyframe_sources if key <= index]
         sections_plan.append(
             SectionPlan(
@@ -294,16 +263,30 @@ def make_plan(
             )
         )
 
+    blends = prompt_blends([section.prompt for section in sections_plan], request.prompt_blend_sections)
+    keyframes = [section.keyframe for section in sections_plan]
+    visions = vision_targets(
+        request.vision_schedule, keyframes, keyframe_sources, bool(request.end_image), request.end_vision_weight
+    )
+    for section, (blend_from, blend_weight), (toward, share) in zip(sections_plan, blends, visions):
+        section.blend_from, section.blend_weight = blend_from, blend_weight
+        section.vision_toward, section.vision_weight = toward, share
+
     warnings = list(dict.fromkeys(lora_warnings)) + enhance_warnings(
         request, {section.prompt for section in sections_plan}
     )
-    if unused:
-        listed = ", ".join(str(index + 1) for index in unused)
-        warnings.append(f"section_prompts: {len(lines)} lines for {sections} sections; unused lines {listed}")
+    if read.unused_warning(sections):
+        warnings.append(read.unused_warning(sections))
     if request.negative_prompt and request.cfg_scale <= 1.0:
         warnings.append("negative_prompt is ignored while cfg_scale is 1")
-    if lines and not prompt.strip():
+    if read.lines and not prompt.strip():
         warnings.append("prompt is empty; sections use their section prompt alone")
+    if request.prompt_blend_sections and not any(section.blend_from for section in sections_plan):
+        warnings.append("prompt_blend_sections: no section prompt changes, so there is nothing to blend")
+    if request.vision_schedule == "linear" and not any(section.vision_toward for section in sections_plan):
+        warnings.append("vision_schedule linear: no end_image or later keyframe to move toward; it stays constant")
+    if looks_like_section_prompts(prompt):
+        warnings.append("prompt holds what reads as section prompts ([2s: text] or ';;;'); put them in section_prompts")
 
     seed = request.seed if request.seed >= 0 else draw_seed()
     start_frame_pass = request.mode == "t2v"
@@ -330,7 +313,9 @@ def make_plan(
         generation_order=order,
         sections=sections_plan,
         unused_prompt_lines=unused,
+        section_prompt_syntax=read.syntax,
         warnings=warnings,
         loras=[(ref.name, ref.weight) for ref in loras],
         self_test_model=request.model == SELF_TEST_MODEL,
+        single_frame=single_frame_plan(request) if request.single_frame else None,
     )

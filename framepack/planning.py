@@ -16,7 +16,7 @@ from framepack.home import data_home
 from framepack.images import load_image
 from framepack.models.recipe import Recipe, default_recipe, load_recipe, tiny_recipe
 from framepack.plan import Plan, make_plan
-from framepack.request import BUILTIN_MODELS, PUBLISHED_MODEL, SELF_TEST_MODEL, GenerateRequest
+from framepack.request import BUILTIN_MODELS, PUBLISHED_MODEL, SELF_TEST_MODEL, SINGLE_FRAME_IMAGES, GenerateRequest
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +32,9 @@ def plan_request(request: GenerateRequest) -> Plan:
         load_image(request.end_image, "end_image")
     for index, source in request.keyframes.items():
         load_image(source, f"keyframes.{index}")
+    for name in SINGLE_FRAME_IMAGES:
+        if getattr(request, name):
+            load_image(getattr(request, name), name)
     plan = make_plan(request, size)
     if not plan.self_test_model and declares_self_test(request.model):
         plan = plan.model_copy(update={"self_test_model": True})

@@ -1,14 +1,15 @@
 """The record a generation leaves: what made it, embedded in its outputs and written beside them.
 
 Every output carries the embedded part (`GenerationRecord.embed`): a video in its container's `comment` tag, a
-raw frames file in its `request` metadata key. The sidecar `<stem>.json` is the whole record: the embedded part
-plus the full plan, the timings and the output paths. The record's request re-creates the video (the seed as
-resolved); images given as file paths are kept by path, images given as base64 are left out and listed.
+raw frames file in its `request` metadata key, a single-frame PNG in its `framepack` text chunk. The sidecar
+`<stem>.json` is the whole record: the embedded part plus the full plan, the timings and the output paths. The
+record's request re-creates the video (the seed as resolved); images given as file paths are kept by path, images
+given as base64 are left out and listed.
 
-Reading takes any of the three (`GenerationRecord.read`): a sidecar itself, a raw file's metadata, or a video's
-`comment` tag, else the sidecar beside the video. Records written by earlier versions read as they were written
-(tests/fixtures/records holds files made before this module existed). No torch here; PyAV is imported only to
-read a video's tag.
+Reading takes any of them (`GenerationRecord.read`): a sidecar itself, a raw file's metadata, a PNG's text chunk, or
+a video's `comment` tag, else the sidecar beside the video. Records written by earlier versions read as they were
+written (tests/fixtures/records holds files made before this module existed). No torch here; PyAV is imported only
+to read a video's tag.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from framepack import __version__
 from framepack.errors import FieldError
 from framepack.images import is_file_path
-from framepack.outputs import SIDECAR_SUFFIX, OutputCommit, partial_path
+from framepack.outputs import IMAGE_SUFFIX, SIDECAR_SUFFIX, OutputCommit, partial_path
 from framepack.plan import Plan
-from framepack.request import GenerateRequest
+from framepack.request import IMAGE_FIELDS, GenerateRequest
+from framepack.video.image import image_record_text
 from framepack.video.raw import RawFrames
 
 LIBRARIES = ("torch", "diffusers", "transformers", "av")  # whose versions a record names
@@ -43,7 +45,7 @@ class GenerationRecord(BaseModel):
     generator: str  # "framepack <version>"
     versions: dict[str, str] = {}  # of the libraries that computed it (LIBRARIES), where installed
     request: dict[str, Any]  # the request's fields as JSON, the seed as resolved, base64 images left out
-    images_not_stored: list[str] = []  # the image fields left out: "init_image", "end_image", "keyframes.<index>"
+    images_not_stored: list[str] = []  # the image fields left out: IMAGE_FIELDS' names, "keyframes.<index>"
     plan: str  # the plan's one-line summary
     self_test_model: bool = False  # made with the random-weight self-test model: the video is noise
     warnings: list[str] = []  # what the run said that the request does not show (e.g. the enhancer was missing)
@@ -58,7 +60,7 @@ class GenerationRecord(BaseModel):
         fields = request.model_dump(mode="json")
         fields["seed"] = plan.seed
         left_out = []
-        for name in ("init_image", "end_image"):
+        for name in IMAGE_FIELDS:
             if fields[name] and not is_file_path(fields[name]):
                 fields[name] = None
                 left_out.append(name)
@@ -79,8 +81,10 @@ class GenerationRecord(BaseModel):
         return record
 
     def finished(self, plan: Plan, timings: dict[str, int | float], outputs: list[str]) -> GenerationRecord:
-        """The sidecar's record: this one plus the whole plan, the timings and the outputs."""
-        return self.model_copy(update={"plan_detail": plan, "timings": dict(timings), "outputs": list(outputs)})
+        """The sidecar's record: this one plus the whole plan (every field, also those a plan read from an older
+        record was read without), the timings and the outputs."""
+        whole = Plan.model_validate(plan.model_dump())
+        return self.model_copy(update={"plan_detail": whole, "timings": dict(timings), "outputs": list(outputs)})
 
     def as_dict(self) -> dict[str, Any]:
         """The record as JSON-able data, as it is (or was) stored."""
@@ -107,13 +111,18 @@ class GenerationRecord(BaseModel):
 
     @classmethod
     def read(cls, path: Path) -> GenerationRecord:
-        """The record of an output: a sidecar JSON itself, a raw file's metadata, or a video's `comment` tag (else
-        the sidecar beside it). FieldError naming "video" when there is none."""
+        """The record of an output: a sidecar JSON itself, a raw file's metadata, a PNG's text chunk, or a video's
+        `comment` tag (else the sidecar beside it). FieldError naming "video" when there is none."""
         path = Path(path)
         if not path.is_file():
             raise FieldError("video", f"{path} does not exist")
         if path.suffix == SIDECAR_SUFFIX:
             return cls.read_sidecar(path)
+        if path.suffix == IMAGE_SUFFIX:
+            record = embedded_record(parse_json(image_record_text(path)))
+            if record is None:
+                raise FieldError("video", f"{path} carries no FramePack metadata")
+            return record
         if path.suffix == ".safetensors":
             with RawFrames(path) as raw:
                 record = embedded_record(raw.request)
@@ -154,6 +163,14 @@ def embedded_record(data: Any) -> GenerationRecord | None:
     try:
         return GenerationRecord.model_validate(data)
     except ValidationError:
+        return None
+
+
+def parse_json(text: str | None) -> Any:
+    """Parsed JSON of a text, None for none or for text that is not JSON."""
+    try:
+        return json.loads(text) if text else None
+    except ValueError:
         return None
 
 

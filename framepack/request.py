@@ -79,6 +79,22 @@ def filename_problem(stem: str) -> str | None:
     return None
 
 
+MAX_LATENT_PADDING = 32
+SINGLE_FRAME_IMAGES = ("reference_image", "init_mask", "reference_mask")  # images only single_frame uses
+IMAGE_FIELDS = ("init_image", "end_image", *SINGLE_FRAME_IMAGES)  # the request's single-image fields
+
+
+def parse_paddings(text: str) -> list[int]:
+    """The numbers of a `latent_paddings` value ('3' or '3,2,2,1,0'; commas or spaces); [] for an empty one."""
+    items = [item for item in re.split(r"[,\s]+", text.strip()) if item]
+    if not all(item.isdigit() and int(item) <= MAX_LATENT_PADDING for item in items):
+        raise ValueError(
+            f"latent_paddings must be whole numbers from 0 to {MAX_LATENT_PADDING}, one for every section or one per "
+            f"section in time order, comma-separated (e.g. '3' or '3,2,2,1,0'); got {text.strip()[:60]!r}"
+        )
+    return [int(item) for item in items]
+
+
 class GenerateRequest(BaseModel):
     """Inputs of one FramePack video generation. Mode follows from the images: none = T2V, init = I2V,
     init + end = FLF2V."""
@@ -97,7 +113,8 @@ class GenerateRequest(BaseModel):
             "One prompt suffix per line, added to the prompt for each section in time order. Fewer lines than "
             "sections stretch evenly; more lines are sampled evenly (unused lines are reported). Lines may be "
             "timestamped instead: '[0s] walking' / '[2.5s] jumping' (each section takes the line active at its "
-            "middle)."
+            "middle); FramePack-Studio's '[0s-2s: walking]' / '[3s: jumping]' (snapped to section boundaries); or "
+            "musubi-tuner's '0:walking;;;1-2:jumping;;;-1:waving' (section indices, -1 = last)."
         ),
     )
 
@@ -133,6 +150,112 @@ class GenerateRequest(BaseModel):
         le=1.0,
         description="Share of the end image in the SigLIP conditioning (weighted mean with the start image).",
     )
+
+    # Directing (issue 15): blended prompt changes, vision schedule, latent paddings, single-frame inference
+    prompt_blend_sections: int = Field(
+        0,
+        ge=0,
+        le=16,
+        description=(
+            "After each section prompt change the text conditioning moves linearly from the old to the new prompt "
+            "over this many sections (0 = a hard cut)."
+        ),
+    )
+    vision_schedule: Literal["constant", "linear"] = Field(
+        "constant",
+        description=(
+            "SigLIP image conditioning over the sections: constant (the section's keyframe or start image, mixed "
+            "with the end image by end_vision_weight) or linear (moving from the start or keyframe image toward the "
+            "next keyframe, else the end image)."
+        ),
+    )
+    latent_paddings: str = Field(
+        "",
+        max_length=6000,
+        description=(
+            "Bidirectional only: the latent padding of each section (how far, in windows, the section is placed after "
+            "its start or key image; 0 makes that image the section's start). One number for every section, or one "
+            "per section in time order, comma-separated, e.g. '3,2,2,1,0'. Empty = the original's (counting down to 0)."
+        ),
+    )
+
+    single_frame: bool = Field(
+        False,
+        description=(
+            "Render one image (PNG) instead of a video: one section that generates one latent frame at target_index "
+            "from init_image and the prompt (image editing, pose changes). Bidirectional only."
+        ),
+    )
+    target_index: int = Field(
+        9,
+        ge=0,
+        le=64,
+        description="Single frame: the time index of the generated frame; larger moves further from init_image.",
+    )
+    single_frame_post: bool = Field(
+        True,
+        description=(
+            "Single frame: pass a zero clean frame right after the window (musubi-tuner's default; without it, its "
+            "no_post, calls are faster but may be less stable)."
+        ),
+    )
+    reference_image: str | None = Field(
+        None,
+        description=(
+            "Single frame: a second control image at reference_index (kisekaeichi: the look to take over), path or "
+            "base64; its alpha channel is its mask unless reference_mask is given."
+        ),
+    )
+    reference_index: int = Field(
+        10, ge=0, le=64, description="Single frame: the time index of reference_image (kisekaeichi: 10)."
+    )
+    init_mask: str | None = Field(
+        None,
+        description=(
+            "Single frame: grayscale mask of init_image's latent (255 kept, 0 ignored); default its alpha channel, "
+            "if it has one."
+        ),
+    )
+    reference_mask: str | None = Field(
+        None, description="Single frame: grayscale mask of reference_image's latent (255 kept, 0 ignored)."
+    )
+
+    @field_validator("latent_paddings")
+    @classmethod
+    def _check_latent_paddings(cls, value: str) -> str:
+        parse_paddings(value)
+        return value
+
+    @model_validator(mode="after")
+    def _check_directing(self) -> GenerateRequest:
+        if self.latent_paddings.strip() and self.variant != "bidirectional":
+            raise ValueError(
+                "latent_paddings works only with variant 'bidirectional' (F1 has no padding: its history lies "
+                "before the section); leave it empty"
+            )
+        if not self.single_frame:
+            given = [name for name in SINGLE_FRAME_IMAGES if getattr(self, name)]
+            if given:
+                raise ValueError(f"{given[0]} is used only with single_frame; turn single_frame on or leave it out")
+            return self
+        conflicts = {
+            "init_image": not self.init_image and "single_frame needs init_image (the image it edits)",
+            "variant": self.variant != "bidirectional" and "single_frame works with variant 'bidirectional' only",
+            "end_image": bool(self.end_image) and "end_image does not apply to single_frame; leave it out",
+            "keyframes": bool(self.keyframes) and "keyframes do not apply to single_frame; leave them out",
+            "interpolate": self.interpolate > 0 and "interpolate does not apply to single_frame (one image); use 0",
+            "latent_paddings": bool(self.latent_paddings.strip())
+            and "latent_paddings does not apply to single_frame (target_index places the frame); leave it empty",
+            "save_raw": self.save_raw and "save_raw does not apply to single_frame (it writes one PNG); turn it off",
+            "save_frames": self.save_frames != "none"
+            and "save_frames does not apply to single_frame (it writes one PNG); use 'none'",
+            "reference_mask": bool(self.reference_mask and not self.reference_image)
+            and "reference_mask needs reference_image",
+        }
+        problem = next((message for message in conflicts.values() if message), None)
+        if problem:
+            raise ValueError(problem)
+        return self
 
     # Video shape
     variant: Variant = Field("bidirectional", description="bidirectional (inverted anti-drifting) or f1 (forward).")

@@ -27,7 +27,7 @@ from framepack.models.loader import DEFAULT_HUB, HubCache, load_components
 from framepack.models.lora import LoraFolders, LoraRef, check_loras, ensure_loras, lora_folders, parse_lora_tags
 from framepack.models.offload import HostOffload, Offloader
 from framepack.models.recipe import Recipe
-from framepack.outputs import OutputCommit, OutputExists, default_stem, disk_full, existing_names
+from framepack.outputs import IMAGE_SUFFIX, OutputCommit, OutputExists, default_stem, disk_full, existing_names
 from framepack.plan import Plan
 from framepack.planning import plan_request, resolve_recipe
 from framepack.record import GenerationRecord, sidecar_path
@@ -35,6 +35,7 @@ from framepack.request import GenerateRequest
 from framepack.video.codecs import check_output_settings
 from framepack.video.encoder import VideoEncoderSink
 from framepack.video.frames import FrameExportSink
+from framepack.video.image import ImageSink
 from framepack.video.interpolate import InterpolatingSink, load_interpolator
 from framepack.video.probe import EncoderProber
 from framepack.video.raw import RawFramesSink
@@ -44,15 +45,17 @@ logger = logging.getLogger(__name__)
 
 
 def output_path(request: GenerateRequest, plan: Plan, default_dir: Path) -> Path:
-    """The video's path; the other outputs take its stem (raw .safetensors, sidecar .json, frames folder)."""
+    """The video's path (single frame: the PNG's); the other outputs take its stem (raw .safetensors, sidecar .json,
+    frames folder)."""
     folder = Path(request.output_dir) if request.output_dir else default_dir
     stem = request.filename or default_stem(plan.seed, uuid.uuid4().hex)
-    return folder / f"{stem}.{request.container}"
+    return folder / (f"{stem}{IMAGE_SUFFIX}" if request.single_frame else f"{stem}.{request.container}")
 
 
 def planned_outputs(request: GenerateRequest, path: Path) -> list[Path]:
-    """The final paths the request writes beside the video path `path`: video, raw file, frames folder, sidecar."""
-    paths = [path] if request.codec != "none" else []
+    """The final paths the request writes beside the video path `path`: video (or single frame: the PNG), raw file,
+    frames folder, sidecar."""
+    paths = [path] if request.codec != "none" or request.single_frame else []
     if request.save_raw:
         paths.append(path.with_suffix(".safetensors"))
     if request.save_frames != "none":
@@ -62,7 +65,9 @@ def planned_outputs(request: GenerateRequest, path: Path) -> list[Path]:
 
 def check_outputs(request: GenerateRequest, plan: Plan, prober: EncoderProber | None = None) -> None:
     """Encoder, container and options are checked by the encoder's allowlist and tried in memory (by `prober`, in
-    a child process in an empty folder) before any model work."""
+    a child process in an empty folder) before any model work. A single frame writes a PNG: no encoder is used."""
+    if request.single_frame:
+        return
     check_output_settings(request.codec, request.container, request.codec_options, plan.width, plan.height, prober)
 
 
@@ -76,8 +81,10 @@ def build_sinks(
 ) -> list[FrameSink]:
     """Video, raw frames and image export, behind the interpolator when frames are interpolated. With `commit`
     the sinks leave their finished outputs under temporary names, staged for `commit.commit()`. The video and the
-    raw file carry `record` (default: the record of `request` and `plan`)."""
+    raw file carry `record` (default: the record of `request` and `plan`); a single frame is one PNG carrying it."""
     record = record or GenerationRecord.of(request, plan)
+    if request.single_frame:
+        return [ImageSink(path, record.embed(), commit)]
     sinks: list[FrameSink] = []
     try:
         if request.codec != "none":

@@ -45,6 +45,7 @@ TEXT_VALUES = {
     "filename": "clip",
     "model": "tiny",
     "enhancer": "tiny",
+    "latent_paddings": "1",
 }
 # The enhanced-prompts table: [sections, section prompt, enhanced text] rows (a row without a text is left out)
 ENHANCED_ROWS = [["0-1", "a kite", "a red kite climbs into a pale sky"], ["2", "a boat", ""]]
@@ -114,6 +115,11 @@ def test_each_control_value_reaches_its_request_field(name):
     if name in HOST_CHOSEN:
         pytest.skip(f"host-chosen: {HOST_CHOSEN[name]}")
     values = default_values()
+    if name in ("single_frame", "reference_image", "init_mask", "reference_mask"):
+        values["init_image"] = picture(seed=2)  # a single frame edits the init image
+        values["single_frame"] = name != "single_frame"
+    if name == "reference_mask":
+        values["reference_image"] = picture(seed=3)
     base = request_from_values(values)
     values[name] = changed_value(name)
     if name == "end_image":

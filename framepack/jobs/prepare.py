@@ -29,7 +29,7 @@ from framepack.models.recipe import Recipe, default_recipe, recipe_from_text, re
 from framepack.outputs import default_stem
 from framepack.plan import Plan
 from framepack.planning import plan_request, resolve_recipe
-from framepack.request import SELF_TEST_MODEL, GenerateRequest
+from framepack.request import IMAGE_FIELDS, SELF_TEST_MODEL, GenerateRequest
 from framepack.runner import Runner, check_outputs
 
 
@@ -50,8 +50,8 @@ class PreparedJob:
 
 
 def image_sources(request: GenerateRequest) -> list[tuple[str, str]]:
-    """(field, source) of every image of the request: init, end and keyframe images."""
-    sources = [(name, getattr(request, name)) for name in ("init_image", "end_image") if getattr(request, name)]
+    """(field, source) of every image of the request: init, end, single-frame and keyframe images."""
+    sources = [(name, getattr(request, name)) for name in IMAGE_FIELDS if getattr(request, name)]
     return sources + [(f"keyframes.{index}", source) for index, source in sorted(request.keyframes.items())]
 
 

@@ -89,3 +89,30 @@ def forward_context(prefix: torch.Tensor, before: torch.Tensor, window: int) -> 
     indices = torch.arange(1 + HISTORY_FRAMES + window)
     i_prefix, i_4x, i_2x, i_1x, i_latents = indices.split([1, HISTORY_4X, HISTORY_2X, HISTORY_1X, window])
     return _context(prefix, i_prefix, i_latents, (latents_1x, i_1x), (latents_2x, i_2x), (latents_4x, i_4x))
+
+
+def single_frame_context(
+    controls: list[tuple[torch.Tensor, int]], target_index: int, window: int, post: bool
+) -> SectionContext:
+    """One generated latent frame at `target_index` beside clean control latents at their own indices (musubi-tuner's
+    one-frame layout): the controls (each [1, C, 1, h, w], already masked), then with `post` a zero frame at
+    1 + window (where the frame after a window sits); the 2x slot holds 2 zero frames at 2 + window and the 4x slot
+    16 after those. (musubi-tuner can leave the 2x and 4x slots out; diffusers' transformer cannot take a call
+    without them, see huggingface/diffusers#13588, so they are always there, as zeros.)"""
+    like = controls[0][0]
+
+    def zeros(frames: int) -> torch.Tensor:
+        return like.new_zeros(like.shape[0], like.shape[1], frames, *like.shape[3:])
+
+    latents = [latent for latent, _index in controls] + ([zeros(HISTORY_1X)] if post else [])
+    indices = [index for _latent, index in controls] + ([1 + window] if post else [])
+    first_2x, first_4x = 2 + window, 2 + window + HISTORY_2X
+    return SectionContext(
+        indices_latents=torch.tensor([target_index]),
+        latents_clean=torch.cat(latents, dim=2),
+        indices_clean=torch.tensor(indices),
+        latents_2x=zeros(HISTORY_2X),
+        indices_2x=torch.arange(first_2x, first_2x + HISTORY_2X),
+        latents_4x=zeros(HISTORY_4X),
+        indices_4x=torch.arange(first_4x, first_4x + HISTORY_4X),
+    )

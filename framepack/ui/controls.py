@@ -25,6 +25,7 @@ from framepack.images import load_image
 from framepack.request import (
     BUILTIN_MODELS,
     DEFAULT_ENHANCER,
+    IMAGE_FIELDS,
     QUALITY_ENHANCER,
     SELF_TEST_ENHANCER,
     GenerateRequest,
@@ -35,7 +36,7 @@ from framepack.request import (
 HOST_CHOSEN: dict[str, str] = {
     "output_dir": "the host chooses the output folder (SD.Next's video folder, or the server's --output-dir)",
 }
-IMAGE_FIELDS = ("init_image", "end_image")
+RGBA_IMAGES = ("reference_image",)  # image controls that keep transparency (the alpha channel is a mask)
 KEYFRAMES = "keyframes"
 ENHANCED = "enhanced_prompts"  # a table: one row per distinct section prompt, its enhanced text editable
 ENHANCED_HEADERS = ["Sections", "Section prompt", "Enhanced text (editable; what is here is encoded)"]
@@ -45,6 +46,9 @@ TEXT_LINES = {"prompt": 3, "negative_prompt": 2, "section_prompts": 4, "enhance_
 LABELS = {
     "init_image": "Init image (start frame; empty = text-to-video)",
     "end_image": "End image (FLF2V, bidirectional only)",
+    "reference_image": "Reference image (single frame; its alpha is its mask)",
+    "init_mask": "Init image mask (single frame; white = kept)",
+    "reference_mask": "Reference image mask (single frame; white = kept)",
     "cfg_scale": "CFG scale",
     "cfg_rescale": "CFG rescale",
     "fps": "FPS",
@@ -273,8 +277,15 @@ def make_control(name: str, gr: Any, component: Any, value: Any = None) -> Any:
     common = {"label": label(name), "info": help_text, "elem_id": elem_id}
     default = value if value is not None else field_to_control(name, field_default(name))
     if name in IMAGE_FIELDS:
+        mode = {"image_mode": "RGBA"} if name in RGBA_IMAGES else {}
         return component(
-            gr.Image, label=label(name), type="pil", sources=["upload", "clipboard"], elem_id=elem_id, height=220
+            gr.Image,
+            label=label(name),
+            type="pil",
+            sources=["upload", "clipboard"],
+            elem_id=elem_id,
+            height=220,
+            **mode,
         )
     if name == KEYFRAMES:
         return gr.State(default)

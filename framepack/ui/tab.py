@@ -31,7 +31,7 @@ from framepack.jobs.events import (
 )
 from framepack.jobs.models import EnhanceResult, Job, JobState
 from framepack.jobs.service import JobService
-from framepack.outputs import FINAL_SUFFIXES, VIDEO_SUFFIXES
+from framepack.outputs import FINAL_SUFFIXES, IMAGE_SUFFIX, VIDEO_SUFFIXES
 from framepack.plan import section_ranges
 from framepack.request import SELF_TEST_MODEL, GenerateRequest
 from framepack.ui import compat
@@ -59,7 +59,7 @@ logger = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL_S = 0.25  # progress lines are yielded at most this often (sections and the end always)
 HEARTBEAT_S = 1.0
-ENCODED_PICTURES_KEPT = 4  # pictures kept as PNG data URLs by FramePackTab.request (init and end image, twice)
+ENCODED_PICTURES_KEPT = 2 * len(IMAGE_FIELDS)  # pictures kept as PNG data URLs by FramePackTab.request (each twice)
 
 
 def _format_eta(seconds: float | None) -> str:
@@ -208,6 +208,8 @@ class FramePackTab:
     def _finish(self, job: Job, preview: Any, board: list) -> tuple[str, str, Any, list, Any, str]:
         paths = [self._absolute(path) for path in job.outputs]
         video = next((str(path) for path in paths if path.suffix in VIDEO_SUFFIXES), None)
+        image = next((str(path) for path in paths if path.suffix == IMAGE_SUFFIX), None)
+        preview = image or preview  # a single frame's image shows where the previews did
         if job.state == JobState.FINISHED:
             took = (job.finished_at or 0) - (job.started_at or job.created_at)
             status = f"**Finished** in {took:.1f} s: {job.summary}"
@@ -503,6 +505,13 @@ def build_tab(tab: FramePackTab) -> gr.Blocks:
                     keyframe_gallery = c(
                         gr.Gallery, label="Keyframes", columns=6, height=140, elem_id="framepack_keyframe_gallery"
                     )
+                with gr.Accordion("Directing: prompt blending, vision schedule, latent paddings", open=False):
+                    make("prompt_blend_sections", "vision_schedule", "latent_paddings")
+                with gr.Accordion("Single frame: one edited image instead of a video", open=False):
+                    make("single_frame", "target_index", "single_frame_post")
+                    with gr.Row():
+                        make("reference_image", "init_mask", "reference_mask")
+                    make("reference_index")
                 with gr.Accordion("Strengths", open=False):
                     make("init_strength", "end_strength", "vision_strength", "end_vision_weight")
                 with gr.Accordion("Video", open=True):
