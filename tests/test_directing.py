@@ -353,7 +353,7 @@ def test_single_frame_over_the_api_returns_the_png(tiny_model_dir, tmp_path):
         response = client.post(PREFIX, json=body)
         assert response.status_code == 200, response.text
         result = response.json()
-        assert result["filename"] == f"{result['id']}.png"
+        assert result["filename"].endswith(f"-{result['id'][:8]}.png")  # the one naming rule, with the PNG suffix
         download = client.get(result["url"])
     assert download.headers["content-type"] == "image/png"
     (tmp_path / "got.png").write_bytes(download.content)
