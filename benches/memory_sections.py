@@ -200,24 +200,23 @@ def load_average() -> str:
 
 
 def summary(results: list[dict], sections: list[int]) -> dict:
-    """Overhead of ours over diffusers per section count, and each engine's peak RSS growth first -> last."""
+    """Overhead of ours over diffusers (wall and CPU time) per section count and over all runs, and each engine's
+    peak RSS growth from the first section count to the last."""
     by = {(row["engine"], row["sections"]): row for row in results}
-    overhead = {
-        count: round(by["ours", count]["seconds"] / by["diffusers", count]["seconds"] - 1.0, 4)
-        for count in sections
-        if ("ours", count) in by and ("diffusers", count) in by
-    }
-    total = {
-        engine: sum(by[engine, count]["seconds"] for count in sections if (engine, count) in by) for engine in ENGINES
-    }
-    growth = {
+    both = [count for count in sections if ("ours", count) in by and ("diffusers", count) in by]
+    result: dict = {}
+    for key in ("seconds", "cpu_seconds"):
+        result[f"overhead_{key}"] = {
+            count: round(by["ours", count][key] / by["diffusers", count][key] - 1.0, 4) for count in both
+        }
+        totals = [sum(by[engine, count][key] for count in both) for engine in ENGINES]
+        if totals[1]:
+            result[f"overhead_{key}_total"] = round(totals[0] / totals[1] - 1.0, 4)
+    result["rss_growth"] = {
         engine: round(by[engine, sections[-1]]["peak_mb"] / by[engine, sections[0]]["peak_mb"] - 1.0, 4)
         for engine in ENGINES
         if (engine, sections[0]) in by and (engine, sections[-1]) in by
     }
-    result = {"overhead": overhead, "rss_growth": growth}
-    if total["diffusers"]:
-        result["overhead_total"] = round(total["ours"] / total["diffusers"] - 1.0, 4)
     return result
 
 
@@ -229,12 +228,12 @@ def plot(data: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, (speed, memory) = plt.subplots(1, 2, figsize=(10, 4))
-    for engine, marker in (("ours", "o"), ("diffusers", "s")):
+    for engine, marker, color in (("ours", "o", "C0"), ("diffusers", "s", "C1")):
         rows = sorted((row for row in data["results"] if row["engine"] == engine), key=lambda row: row["sections"])
         counts = [row["sections"] for row in rows]
-        speed.plot(counts, [row["per_section"] for row in rows], marker + "-", label=f"{engine}, wall")
-        speed.plot(counts, [row["cpu_per_section"] for row in rows], marker + ":", label=f"{engine}, CPU")
-        memory.plot(counts, [row["peak_mb"] for row in rows], marker + "-", label=engine)
+        speed.plot(counts, [row["per_section"] for row in rows], marker + "-", color=color, label=f"{engine}, wall")
+        speed.plot(counts, [row["cpu_per_section"] for row in rows], marker + ":", color=color, label=f"{engine}, CPU")
+        memory.plot(counts, [row["peak_mb"] for row in rows], marker + "-", color=color, label=engine)
     for axes, label in ((speed, "seconds per section"), (memory, "peak RSS (MB)")):
         axes.set_xscale("log", base=2)
         axes.set_xticks(data["sections"], [str(count) for count in data["sections"]])
