@@ -20,7 +20,7 @@ from framepack.generate import GenerationResult, generate
 from framepack.home import data_home
 from framepack.models.attention import check_attention, set_attention
 from framepack.models.caches import TransformerCache, load_mag_ratios, save_mag_ratios
-from framepack.models.compile import check_compile, compile_seconds, set_compile
+from framepack.models.compile import check_compile, compile_mode, compile_seconds, set_compile
 from framepack.models.components import Components
 from framepack.models.loader import DEFAULT_HUB, HubCache, load_components
 from framepack.models.lora import LoraFolders, LoraRef, check_loras, ensure_loras, lora_folders, parse_lora_tags
@@ -202,8 +202,9 @@ class Runner:
                 recipe, device, variant=request.variant, hub=self.hub, compute_device=self.device
             )
             self._recipe = recipe
-        placement = (request.offload, request.preserved_memory_gb, request.compile)
-        if self._offloader is None or placement != self._placement:
+        placement = (request.offload, request.preserved_memory_gb)
+        recompile = compile_mode(self._components.transformer) != request.compile
+        if self._offloader is None or placement != self._placement or recompile:
             if self._offloader is not None:
                 self._offloader.remove(self._components, device="cpu")
                 self._offloader = None
