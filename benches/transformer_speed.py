@@ -18,6 +18,7 @@ once per job, not per section.
 
     python benches/transformer_speed.py --config full --out bench.json          # every case, on a GPU
     python benches/transformer_speed.py --config full --cases none teacache float8 blocks-tiled
+    python benches/transformer_speed.py --config full --cases compile float8-dynamic fast   # compiled, float8 compute
     python benches/transformer_speed.py --config small --device cpu             # the CI smoke run
 """
 
@@ -45,6 +46,7 @@ class Case(NamedTuple):
     quantize: str | None
     cache: str
     tiled_decode: bool = False  # diffusers' VAE tiling (enable_tiling, its default tile sizes) for the decode
+    compile: str = "none"  # "blocks": torch.compile on the repeated blocks (framepack/models/compile.py)
 
 
 # the cases run by default, in this order
@@ -62,6 +64,9 @@ CASES: dict[str, Case] = {
 # cases run only when named in --cases
 EXTRA_CASES: dict[str, Case] = {
     "blocks-tiled": Case("blocks", None, "none", tiled_decode=True),
+    "compile": Case("none", None, "none", compile="blocks"),
+    "float8-dynamic": Case("none", "float8-dynamic", "none"),  # torchao float8 compute: CUDA, capability 8.9+
+    "fast": Case("none", "float8-dynamic", "magcache", compile="blocks"),  # the fastest settings together
 }
 ALL_CASES = {**CASES, **EXTRA_CASES}
 CONFIGS = {
@@ -288,12 +293,16 @@ def run_case(
         from framepack.models.quantize import quantize_module
 
         clock = time.perf_counter()
-        quantize_module(transformer, case.quantize, "transformer")
+        quantize_module(transformer, case.quantize, "transformer", device=device)
         synchronize()
         quantize_seconds = time.perf_counter() - clock
         log(f"{name}: quantized to {case.quantize} in {quantize_seconds:.1f} s")
     if case.tiled_decode:
         vae.enable_tiling()
+    from framepack.models.compile import compile_seconds, set_compile
+
+    set_compile(transformer, case.compile)  # before offloading hooks wrap the blocks; compiles in the warm-up
+    compiled_before = compile_seconds()
     components = Components(
         transformer=transformer, vae=vae, text_encoder=encoders.text_encoder, tokenizer=encoders.tokenizer,
         text_encoder_2=encoders.text_encoder_2, tokenizer_2=encoders.tokenizer_2, image_encoder=encoders.image_encoder,
@@ -368,6 +377,7 @@ def run_case(
         warmup_steps = min(warmup_steps, steps)
         warm = section(flow_sigmas(warmup_steps, None, seq_len))  # kernels, allocator, first moves
         log(f"{name}: warm-up section of {warmup_steps} steps: {warm[0]:.1f} s sampling, {warm[1]:.1f} s decode")
+        compiled_seconds = compile_seconds() - compiled_before
         handle.remove()
         expected = {"latent": sum(tokens[key] for key in ("window", "clean", "history_2x", "history_4x")),
                     "condition": tokens["text"] + tokens["image"]}  # fmt: skip
@@ -392,6 +402,9 @@ def run_case(
         "quantize": case.quantize or "none",
         "cache": case.cache,
         "tiled_decode": case.tiled_decode,
+        "compile": case.compile,
+        "compile_seconds": round(compiled_seconds, 1),
+        "compile_seconds_measured": round(compile_seconds() - compiled_before - compiled_seconds, 1),
         "sections": sections,
         "steps": steps,
         "seconds_per_step": round(sample_seconds / (sections * steps), 4),

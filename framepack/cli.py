@@ -230,7 +230,7 @@ def command_generate(args: argparse.Namespace) -> int:
     print(f"done in {result.timings['total']:.1f} s: {result.frames} frames at {plan.fps} fps")
     for key in sorted(k for k in result.timings if k.startswith("section_")):
         print(f"  {key.replace('_', ' ')}: {result.timings[key]:.2f} s")
-    for name in ("enhance", "encode_prompts", "encode_images", "start_frame", "decode"):
+    for name in ("compile", "enhance", "encode_prompts", "encode_images", "start_frame", "decode"):
         if name in result.timings:
             print(f"  {name.replace('_', ' ')}: {result.timings[name]:.2f} s")
     for path in result.outputs:

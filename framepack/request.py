@@ -340,6 +340,13 @@ class GenerateRequest(BaseModel):
             "Cache threshold; higher skips more. 0 = the method's default (teacache 0.15, magcache 0.06, fbc 0.05)."
         ),
     )
+    compile: Literal["none", "blocks"] = Field(
+        "none",
+        description=(
+            "torch.compile the transformer's repeated blocks: none, or blocks (compiled on the first job, minutes "
+            "on a CPU, then reused while the model stays loaded; needs Triton on a GPU, a C++ compiler on a CPU)."
+        ),
+    )
 
     # Model
     model: str = Field(

@@ -22,10 +22,12 @@ from framepack.generate import GenerationResult, generate
 from framepack.home import data_home
 from framepack.models.attention import check_attention, set_attention
 from framepack.models.caches import TransformerCache, load_mag_ratios, save_mag_ratios
+from framepack.models.compile import check_compile, compile_mode, compile_seconds, set_compile
 from framepack.models.components import Components
 from framepack.models.loader import DEFAULT_HUB, HubCache, load_components
 from framepack.models.lora import LoraFolders, LoraRef, check_loras, ensure_loras, lora_folders, parse_lora_tags
 from framepack.models.offload import HostOffload, Offloader
+from framepack.models.quantize import check_compute
 from framepack.models.recipe import Recipe
 from framepack.outputs import IMAGE_SUFFIX, OutputCommit, OutputExists, default_stem, disk_full, existing_names
 from framepack.plan import Plan
@@ -137,6 +139,15 @@ def mean_ratios(calibration: list[list[float]], steps: int) -> list[float]:
     return [round(sum(values) / len(values), 5) for values in zip(*complete)]
 
 
+def report_compile(seconds: float) -> float:
+    """Log the time this job spent compiling the transformer blocks (once; reused later) and return it."""
+    if seconds > 0:
+        logger.info("compiled the transformer blocks in %.1f s; later sections and jobs reuse them", seconds)
+    else:
+        logger.info("the transformer blocks were compiled already: no compile time in this job")
+    return round(seconds, 3)
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -174,28 +185,39 @@ class Runner:
         LoRA folder, with a readable safetensors header)."""
         check_outputs(request, plan, self.encoder_prober)
         check_attention(request.attention, self.device)
+        check_compile(request.compile, self.device)
         if plan.loras:
             in_prompt = {ref.name for ref in parse_lora_tags(request.prompt)[1]}
             fields = {name: "prompt" if name in in_prompt else "section_prompts" for name, _weight in plan.loras}
             check_loras([LoraRef(name, weight) for name, weight in plan.loras], self.lora_dir, fields)
 
+    def check_recipe(self, recipe: Recipe) -> None:
+        """What the model recipe asks of this machine's device, before any model loads: float8 compute
+        (quantize=float8-dynamic) only on a GPU that has it (FieldError naming `model`)."""
+        check_compute(recipe, self.device)
+
     def components_for(
         self, request: GenerateRequest, recipe: Recipe, on_event: EventCallback = ignore_events
     ) -> Components:
-        """The loaded model for `recipe`, placed per the request's offload settings (reloaded only when the
-        recipe changed, re-placed only when the offload settings changed)."""
+        """The loaded model for `recipe`, its blocks compiled or not as the request says, placed per its offload
+        settings (reloaded only when the recipe changed, re-placed only when the offload or compile settings
+        changed: a compiled model stays compiled while it stays loaded)."""
         if self._components is None or recipe != self._recipe:
             self.unload()
             on_event(StageStarted("load model", "self-test model" if recipe.self_test else request.model))
             # offloaded models rest on the CPU: loading them onto a small GPU first would not fit
             device = self.device if request.offload == "none" else torch.device("cpu")
-            self._components = load_components(recipe, device, variant=request.variant, hub=self.hub)
+            self._components = load_components(
+                recipe, device, variant=request.variant, hub=self.hub, compute_device=self.device
+            )
             self._recipe = recipe
         placement = (request.offload, request.preserved_memory_gb)
-        if self._offloader is None or placement != self._placement:
+        recompile = compile_mode(self._components.transformer) != request.compile
+        if self._offloader is None or placement != self._placement or recompile:
             if self._offloader is not None:
                 self._offloader.remove(self._components, device="cpu")
                 self._offloader = None
+            set_compile(self._components.transformer, request.compile)  # while no offload hook wraps a block
             offloader = Offloader(
                 self.device, request.offload, request.preserved_memory_gb, apply_host_offload=self.host_offload
             )
@@ -282,6 +304,8 @@ class Runner:
         if taken:
             raise OutputExists(path.parent, taken)
         recipe = recipe or resolve_recipe(request.model, request.variant, self.home)
+        if not checked:
+            self.check_recipe(recipe)
         clock = time.perf_counter()
         request, enhanced = self.enhance(request, plan, on_event, cancel)
         enhance_seconds = time.perf_counter() - clock
@@ -307,10 +331,13 @@ class Runner:
                 raise
             if components.self_test:
                 logger.warning("running the SELF-TEST model: random weights, the video is noise")
+            compiled_before = compile_seconds()
             with cache:  # the hooks come off the shared transformer whatever happens
                 result = generate(
                     components, request, plan, sinks, on_event, cancel, finished_sections, on_section_latents, cache
                 )
+            if request.compile != "none":
+                result.timings["compile"] = report_compile(compile_seconds() - compiled_before)
             if calibrate_magcache:
                 result.mag_ratios = mean_ratios(cache.calibration, plan.steps)
                 saved = save_mag_ratios(components.variant, result.mag_ratios, self.home or data_home())

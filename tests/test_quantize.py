@@ -164,7 +164,7 @@ def test_bad_kind_component_and_double_quantization_are_refused(tiny_model_dir):
     quantize_module(transformer, "int8", "transformer")
     with pytest.raises(ValueError, match="already quantized"):
         quantize_module(transformer, "int8", "transformer")
-    assert QUANTIZATIONS == ("int8", "float8", "int4") and set(KEEP_UNQUANTIZED) == {
+    assert QUANTIZATIONS == ("int8", "float8", "int4", "float8-dynamic") and set(KEEP_UNQUANTIZED) == {
         "transformer", "vae", "text_encoder", "text_encoder_2", "image_encoder"
     }  # fmt: skip
 

@@ -137,6 +137,7 @@ class Preparer:
         plan = plan_request(request)
         self.runner.preflight(request, plan)
         recipe = self.recipe(request.model, request.variant)
+        self.runner.check_recipe(recipe)
         missing = check_available(recipe, self.runner.hub)
         if missing:
             raise missing[0]

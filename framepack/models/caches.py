@@ -335,7 +335,9 @@ class TransformerCache:
             config = MagCacheConfig(threshold=self.threshold, num_inference_steps=steps, mag_ratios=list(mag_ratios))
             transformer.enable_cache(config)
             self._managers = _stateful_managers(transformer)
-        self._handles.append(tail.attn.register_forward_hook(self._on_tail_attention))
+        # the probe sits inside the last block, which `compile: blocks` compiles: kept out of the graph (a graph
+        # break), since a traced `self._computed += 1` would be a guard that fails, and recompiles, on every call
+        self._handles.append(tail.attn.register_forward_hook(torch.compiler.disable(self._on_tail_attention)))
         logger.info(
             "transformer cache %s: threshold %g, %d steps per section%s",
             method, self.threshold, steps, " (calibrating)" if calibrate else "",

@@ -11,6 +11,11 @@ with optimum-quanto (framepack/models/quantize.py), and only then moved to the d
 the GPU unquantized. Without optimum-quanto such a recipe fails before any weights are loaded (and
 `check_available` reports it).
 
+A transformer line that names one `.safetensors` file (local, or `owner/name/path/file.safetensors` in a hub repo)
+is loaded by framepack/models/single_file.py: one copy of the weights in RAM, float8-stored Linear weights kept in
+float8 and upcast per call. Its header is read by `check_available` too, so a file that is not a FramePack
+transformer is reported before a job starts.
+
 Hub repos are looked for in a Hugging Face cache folder: huggingface_hub's own (HF_HUB_CACHE) unless a `HubCache`
 names another, as SD.Next's adapter does with the host's cache folder and offline setting (`framepack/host.py`).
 """
@@ -45,8 +50,15 @@ from transformers import (
 
 from framepack.errors import UserError
 from framepack.models.components import Components
-from framepack.models.quantize import quantization_missing, quantization_of, quantize_module
+from framepack.models.quantize import (
+    COMPUTE_KINDS,
+    float8_compute_problem,
+    quantization_missing,
+    quantization_of,
+    quantize_module,
+)
 from framepack.models.recipe import DEFAULT_DTYPES, VARIANTS, ComponentSource, Recipe
+from framepack.models.single_file import SingleFileError, check_transformer_header, load_transformer_file, read_header
 from framepack.models.tiny import is_self_test_folder
 
 logger = logging.getLogger(__name__)
@@ -87,7 +99,7 @@ REQUIRED_FILES: dict[str, tuple[tuple[tuple[str, ...], ...], ...]] = {
 # (RepositoryNotFoundError, LocalEntryNotFoundError are OSErrors); ValueError from PreTrainedTokenizerFast without
 # tokenizer.json and from repo id validation; EntryNotFoundError, which is not an OSError; SafetensorError from
 # transformers for a truncated or corrupt .safetensors file (diffusers wraps that one in an OSError).
-LOAD_ERRORS = (OSError, ValueError, EntryNotFoundError, SafetensorError)
+LOAD_ERRORS = (OSError, ValueError, EntryNotFoundError, SafetensorError)  # SingleFileError is a ValueError
 
 
 @dataclass(frozen=True)
@@ -168,13 +180,18 @@ def load_components(
     variant: str = "bidirectional",
     on_progress: Callable[[str], None] | None = None,
     hub: HubCache = DEFAULT_HUB,
+    compute_device: str | torch.device | None = None,
 ) -> Components:
-    """Load every component of `recipe` onto `device`, in eval mode without gradients (hub repos from `hub`)."""
+    """Load every component of `recipe` onto `device`, in eval mode without gradients (hub repos from `hub`).
+
+    `compute_device` is where the models will compute (default `device`; the GPU when offloaded models rest on
+    the CPU): float8-dynamic quantization needs it and quantizes there."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; allowed: {', '.join(VARIANTS)}")
     start = time.perf_counter()
+    compute_device = torch.device(compute_device if compute_device is not None else device)
     for name, source in recipe.items():  # a missing optimum-quanto fails here, before any weights are loaded
-        error = check_quantization(name, source)
+        error = check_quantization(name, source, compute_device)
         if error is not None:
             raise error
     if not hub.is_offline():
@@ -193,7 +210,7 @@ def load_components(
         logger.info(message)
         if on_progress is not None:
             on_progress(message)
-        loaded[name] = load_component(name, source, device, hub)
+        loaded[name] = load_component(name, source, device, hub, compute_device)
     self_test = recipe.self_test or _is_self_test_source(recipe.transformer)
     if self_test:
         logger.warning("loaded the SELF-TEST model (random weights): its output is noise")
@@ -202,26 +219,36 @@ def load_components(
 
 
 def load_component(
-    name: str, source: ComponentSource, device: str | torch.device = "cpu", hub: HubCache = DEFAULT_HUB
+    name: str,
+    source: ComponentSource,
+    device: str | torch.device = "cpu",
+    hub: HubCache = DEFAULT_HUB,
+    compute_device: str | torch.device | None = None,
 ) -> Any:
-    """Load one component with its library's from_pretrained; ModelUnavailableError if it is not there."""
+    """Load one component with its library's from_pretrained (the transformer also from a single file);
+    ModelUnavailableError if it is not there. `compute_device` as in `load_components`."""
     loader = LOADERS[name]
+    compute_device = torch.device(compute_device if compute_device is not None else device)
     _check_before_loading(name, source, hub)
-    quantization_error = check_quantization(name, source)
+    quantization_error = check_quantization(name, source, compute_device)
     if quantization_error is not None:
         raise quantization_error
     kwargs: dict[str, Any] = {} if source.is_local else hub.from_pretrained_options()
     if source.subfolder:
         kwargs["subfolder"] = source.subfolder
+    dtype = TORCH_DTYPES.get(source.dtype or DEFAULT_DTYPES[name])  # None for the tokenizers and the processor
     if loader.dtype_keyword is not None:
-        kwargs[loader.dtype_keyword] = TORCH_DTYPES[source.dtype or DEFAULT_DTYPES[name]]
+        kwargs[loader.dtype_keyword] = dtype
     start = time.perf_counter()
     try:
-        component = loader.cls.from_pretrained(_source_path(source), **kwargs)
+        if source.is_single_file:
+            component = load_transformer_file(_single_file_path(source, hub), dtype)
+        else:
+            component = loader.cls.from_pretrained(_source_path(source), **kwargs)
     except LOAD_ERRORS as error:
         raise _unavailable(name, source, f"{type(error).__name__}: {error}", hub) from error
     if loader.is_module:
-        component = _prepare_module(component, device, name, source.quantize)
+        component = _prepare_module(component, device, name, source.quantize, compute_device)
     elif name == "tokenizer":
         component = _prepare_llama_tokenizer(component)
     _check_after_loading(name, source, component, hub)
@@ -238,12 +265,19 @@ def load_component(
 
 
 def _prepare_module(
-    module: torch.nn.Module, device: str | torch.device, name: str | None = None, quantize: str | None = None
+    module: torch.nn.Module,
+    device: str | torch.device,
+    name: str | None = None,
+    quantize: str | None = None,
+    compute_device: str | torch.device | None = None,
 ) -> torch.nn.Module:
-    """Eval mode, no gradients, quantized (where it was loaded: the CPU) when asked, then moved to `device`."""
+    """Eval mode, no gradients, quantized when asked (where it was loaded, the CPU; float8-dynamic layer by layer
+    on `compute_device`), then moved to `device`."""
     module.eval()
     module.requires_grad_(False)
-    if quantize is not None:
+    if quantize in COMPUTE_KINDS:
+        quantize_module(module, quantize, name, device=compute_device)
+    elif quantize is not None:
         quantize_module(module, quantize, name)
     return module.to(device)
 
@@ -296,11 +330,22 @@ def check_available(recipe: Recipe, hub: HubCache = DEFAULT_HUB) -> list[ModelUn
     return [error for error in errors if error is not None]
 
 
-def check_quantization(name: str, source: ComponentSource) -> ModelUnavailableError | None:
-    """None unless the recipe line asks for `quantize=...` and optimum-quanto does not import here."""
+def check_quantization(
+    name: str, source: ComponentSource, device: str | torch.device | None = None
+) -> ModelUnavailableError | None:
+    """None unless the recipe line asks for `quantize=...` that cannot be done here: optimum-quanto does not
+    import, or (float8-dynamic, checked only when the compute `device` is given) the device cannot compute in
+    float8 or torchao does not import."""
     if source.quantize is None:
         return None
-    missing = quantization_missing()
+    if source.quantize in COMPUTE_KINDS:
+        problem = float8_compute_problem(device) if device is not None else None
+        if problem is None:
+            return None
+        return ModelUnavailableError(
+            name, source, f"{name} cannot be loaded as the recipe asks: quantize={source.quantize}: {problem}"
+        )
+    missing = quantization_missing(source.quantize)
     if missing is None:
         return None
     message = missing.replace("quantize=...", f"quantize={source.quantize}")
@@ -309,6 +354,8 @@ def check_quantization(name: str, source: ComponentSource) -> ModelUnavailableEr
 
 def check_component(name: str, source: ComponentSource, hub: HubCache = DEFAULT_HUB) -> ModelUnavailableError | None:
     """None when the component's files are present locally or in the Hugging Face cache, else the error."""
+    if source.is_single_file:
+        return _check_single_file(name, source, hub)
     if source.is_local:
         folder = _local_folder(source)
         if not folder.is_dir():
@@ -317,6 +364,52 @@ def check_component(name: str, source: ComponentSource, hub: HubCache = DEFAULT_
     if missing:
         return _unavailable(name, source, f"{missing} not found", hub)
     return None
+
+
+def _check_single_file(name: str, source: ComponentSource, hub: HubCache) -> ModelUnavailableError | None:
+    """None when the file is there and its header is a FramePack transformer's (only the header is read), and it
+    does not store float8 weights while the recipe line asks to quantize them again."""
+    path = _find_single_file(source, hub)
+    if path is None:
+        reason = "the file does not exist" if source.is_local else f"{source.subfolder} not found"
+        return _unavailable(name, source, reason, hub)
+    try:
+        header = read_header(path)
+        check_transformer_header(header)
+    except SingleFileError as error:
+        return _unavailable(name, source, str(error), hub)
+    if header.stores_float8 and source.quantize is not None:
+        return ModelUnavailableError(
+            name,
+            source,
+            f"{name} cannot be loaded as the recipe asks: {path} stores {len(header.float8_tensors)} weights in "
+            f"float8 already, and quantize={source.quantize} would not apply to them. Fix: remove quantize= from "
+            f"the {name} line (the float8 weights are upcast per layer as they compute), or quantize the file's "
+            "bf16 version",
+        )
+    return None
+
+
+def _find_single_file(source: ComponentSource, hub: HubCache) -> Path | None:
+    """The single file's path, locally or in the Hugging Face cache (no network)."""
+    if source.is_local:
+        path = _local_folder(source)
+        return path if path.is_file() else None
+    try:
+        cached = huggingface_hub.try_to_load_from_cache(source.source, source.subfolder, cache_dir=hub.folder)
+    except ValueError:  # not a valid repo id
+        return None
+    return Path(cached) if isinstance(cached, str) else None
+
+
+def _single_file_path(source: ComponentSource, hub: HubCache) -> str:
+    """The single file, downloaded into the Hugging Face cache first when it is a hub file that may be fetched."""
+    path = _find_single_file(source, hub)
+    if path is not None:
+        return str(path)
+    if source.is_local or hub.is_offline():
+        raise FileNotFoundError(f"{source.describe()} not found")
+    return huggingface_hub.hf_hub_download(source.source, source.subfolder, cache_dir=hub.folder)
 
 
 def _missing_files(name: str, source: ComponentSource, hub: HubCache) -> str | None:
@@ -374,7 +467,9 @@ def _source_path(source: ComponentSource) -> str:
 
 def _unavailable(name: str, source: ComponentSource, reason: str, hub: HubCache) -> ModelUnavailableError:
     reason = " ".join(reason.split()).rstrip(". ")
-    if source.is_local:
+    if source.is_single_file:
+        message = _single_file_unavailable(name, source, reason, hub)
+    elif source.is_local:
         message = (
             f"{name} is not available: {reason}. Looked in local folder {_local_folder(source)}. "
             f"Fix: point the recipe line '{name}: <folder>' at a folder that holds the {name} files "
@@ -395,6 +490,24 @@ def _unavailable(name: str, source: ComponentSource, reason: str, hub: HubCache)
         elif huggingface_hub.is_offline_mode():
             message += f" HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '1')} is set, so nothing is downloaded."
     return ModelUnavailableError(name, source, message)
+
+
+def _single_file_unavailable(name: str, source: ComponentSource, reason: str, hub: HubCache) -> str:
+    if source.is_local:
+        return (
+            f"{name} is not available: {reason}. Looked for local file {_local_folder(source)}. Fix: point the "
+            f"recipe line '{name}: <file>.safetensors' at a FramePack transformer file, or remove the line to use "
+            "the default."
+        )
+    folder = hub.cache_dir()
+    message = (
+        f"{name} is not available: {reason}. Looked for {source.describe()} in the Hugging Face cache {folder}. "
+        f"Fix: run `hf download {source.source} {source.subfolder} --cache-dir {folder}` (on a connected machine; "
+        f"then copy that folder here), or point the recipe line '{name}: <file>.safetensors' at a local file."
+    )
+    if hub.is_offline():
+        message += " Offline mode is on, so nothing is downloaded."
+    return message
 
 
 def _expected_files(name: str) -> str:

@@ -9,7 +9,12 @@ line per component:
     vae: hunyuanvideo-community/HunyuanVideo subfolder=vae dtype=float16
 
 and also accepts the short form SD.Next users know (`vae: hunyuanvideo-community/HunyuanVideo/vae`). Lines only
-override the components they name, so a one-line recipe swaps one component of the default model.
+override the components they name, so a one-line recipe swaps one component of the default model. The transformer
+may also come from one `.safetensors` file, local or in a hub repo (the community's single-file checkpoints):
+
+    transformer: /models/FramePackI2V_HY_bf16.safetensors dtype=bfloat16
+    transformer: Kijai/HunyuanVideo_comfy/FramePackI2V_HY_fp8_e4m3fn.safetensors
+
 This module imports no torch: faces can parse and show recipes cheaply.
 """
 
@@ -37,8 +42,12 @@ COMPONENT_NAMES = (
 # Components with weights; tokenizers and the image processor have no dtype.
 WEIGHTED_COMPONENTS = ("transformer", "vae", "text_encoder", "text_encoder_2", "image_encoder")
 DTYPES = ("float32", "float16", "bfloat16")
-# Weight quantizations (optimum-quanto qint8 / qfloat8 / qint4), allowed on WEIGHTED_COMPONENTS only.
-QUANTIZATIONS = ("int8", "float8", "int4")
+# Weight quantizations (optimum-quanto qint8 / qfloat8 / qint4: weight-only, to save memory) and float8 compute
+# (torchao's dynamic float8: float8 weights and activations, to gain speed on GPUs of compute capability 8.9+),
+# allowed on WEIGHTED_COMPONENTS only.
+QUANTIZATIONS = ("int8", "float8", "int4", "float8-dynamic")
+SINGLE_FILE_SUFFIX = ".safetensors"
+SINGLE_FILE_COMPONENTS = ("transformer",)
 VARIANTS = ("bidirectional", "f1")
 OPTIONS = ("subfolder", "dtype", "quantize")
 
@@ -92,11 +101,21 @@ class ComponentSource:
 
     @property
     def is_local(self) -> bool:
-        """True when the source is a local folder (existing, or written like a path), not a hub repo."""
+        """True when the source is a local folder or file (existing, or written like a path), not a hub repo."""
         return is_local_path(self.source)
+
+    @property
+    def is_single_file(self) -> bool:
+        """True when the weights come from one .safetensors file: a local file, or a file in a hub repo (then
+        `subfolder` holds its path in the repo)."""
+        return (self.subfolder or self.source).lower().endswith(SINGLE_FILE_SUFFIX)
 
     def describe(self) -> str:
         """Where this component is looked for, in words for messages."""
+        if self.is_single_file:
+            if self.is_local:
+                return "local file " + str(Path(self.source) / self.subfolder if self.subfolder else self.source)
+            return f"file {self.subfolder} of hub repo {self.source}"
         where = f"local folder {self.source}" if self.is_local else f"hub repo {self.source}"
         return where + (f" (subfolder {self.subfolder})" if self.subfolder else "")
 
@@ -126,6 +145,13 @@ class Recipe:
                 )
             if component.quantize is not None and name not in WEIGHTED_COMPONENTS:
                 raise RecipeError(_no_quantize_message(name))
+            if component.is_single_file and name not in SINGLE_FILE_COMPONENTS:
+                raise RecipeError(_no_single_file_message(name))
+            if component.is_single_file and not component.is_local and not component.subfolder:
+                raise RecipeError(
+                    f"{name}: a file in a hub repo is written owner/name/path/file{SINGLE_FILE_SUFFIX}, "
+                    f"got {component.source!r}"
+                )
         if not isinstance(self.self_test, bool):
             raise RecipeError(f"self_test must be true or false, got {self.self_test!r}")
 
@@ -160,6 +186,13 @@ def _unknown_dtype_message(dtype: Any) -> str:
 def _unknown_quantize_message(quantize: Any) -> str:
     """One text for an unknown quantize, whether ComponentSource or a parser finds it."""
     return f"unknown quantize {quantize!r}; allowed: {', '.join(QUANTIZATIONS)}"
+
+
+def _no_single_file_message(name: str) -> str:
+    return (
+        f"{name}: a single {SINGLE_FILE_SUFFIX} file is supported for {', '.join(SINGLE_FILE_COMPONENTS)} only; "
+        f"give {name} a folder or hub repo in diffusers layout"
+    )
 
 
 def _no_quantize_message(name: str) -> str:
@@ -313,7 +346,10 @@ def make_component(
         raise RecipeError(_no_quantize_message(name))
     if subfolder is None:
         source, subfolder = split_hub_shorthand(source)
-    return ComponentSource(source, subfolder, dtype, quantize)
+    component = ComponentSource(source, subfolder, dtype, quantize)
+    if component.is_single_file and name not in SINGLE_FILE_COMPONENTS:
+        raise RecipeError(_no_single_file_message(name).removeprefix(f"{name}: "))
+    return component
 
 
 def split_hub_shorthand(source: str) -> tuple[str, str | None]:

@@ -528,7 +528,7 @@ def build_tab(tab: FramePackTab) -> gr.Blocks:
                 with gr.Accordion("Sampling", open=False):
                     make("seed", "steps", "sampler", "guidance", "cfg_scale", "cfg_rescale", "shift")
                 with gr.Accordion("Speed and memory", open=False):
-                    make("cache", "cache_threshold", "attention", "offload", "preserved_memory_gb")
+                    make("cache", "cache_threshold", "attention", "offload", "preserved_memory_gb", "compile")
                 with gr.Accordion("Output", open=False):
                     make(
                         "codec",
