@@ -447,6 +447,9 @@ def build_tab(tab: FramePackTab) -> gr.Blocks:
                     make("seed", "steps", "sampler", "guidance", "cfg_scale", "cfg_rescale", "shift")
                 with gr.Accordion("Speed and memory", open=False):
                     make("cache", "cache_threshold", "attention", "offload", "preserved_memory_gb")
+                    make(
+                        "vae_tiling", "vae_tile_size", "vae_tile_overlap", "vae_tile_frames", "vae_tile_frames_overlap"
+                    )
                 with gr.Accordion("Output", open=False):
                     make(
                         "codec",
