@@ -166,6 +166,7 @@ class Plan(BaseModel):
     warnings: list[str]
     loras: list[tuple[str, float]] = []  # `<lora:name:weight>` tags of the prompt and section prompts
     self_test_model: bool = False  # the request's model is the random-weight self-test model ('tiny')
+    estimated_seconds: float | None = None  # from earlier jobs of its kind here (framepack.estimate); None: none yet
 
     @property
     def total_steps(self) -> int:
