@@ -11,11 +11,13 @@ of `--resolution`) are decoded into frames in time order by the engine's overlap
 Per case it prints the seconds of each way (the best of --repeat runs), the decoder calls (temporal tiles), and how
 far the frames of tiles-once and whole-once are from per-window's (mean and max absolute difference in levels of
 255, PSNR). With --tiling it also decodes one latent frame at the bucket untiled and in the default spatial tiles
-(256 px, 64 px overlap) and prints the difference. The VAE is the tiny self-test model's, or with --vae mid a wider
-random one (32/64/64/64 channels, one layer per block).
+(256 px, 64 px overlap) and prints the difference. With --profile it prints where one window's decode spends its
+time (torch.profiler, by operator). The VAE is the tiny self-test model's, or with --vae mid a wider random one
+(32/64/64/64 channels, one layer per block).
 
     python benches/decode_windows.py --sections 2 4 8 --resolution 128
     python benches/decode_windows.py --sections 4 --resolution 256 --variant bidirectional f1 --tiling 384
+    python benches/decode_windows.py --sections 0 --resolution 256 --profile
 """
 
 from __future__ import annotations
@@ -189,6 +191,19 @@ def run_tiling(vae, calls: Calls, resolution: int, repeat: int, seed: int) -> di
     }
 
 
+def profile_window(vae, resolution: int, seed: int) -> str:
+    """The operators one 18-latent-frame window decode (two sections) spends its time in."""
+    from torch.profiler import ProfilerActivity, profile
+
+    height, width = bucket_size(1.0, 1.0, resolution)
+    latents = job_latents(vae, 2, height, width, seed)
+    window = torch.cat([latents[0], latents[1]], dim=2) / vae.config.scaling_factor
+    vae.decode(window[:, :, :2], return_dict=False)  # warm-up
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        vae.decode(window, return_dict=False)
+    return profiler.key_averages().table(sort_by="cpu_time_total", row_limit=14)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sections", type=int, nargs="+", default=[2, 4, 8])
@@ -199,6 +214,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tiling", type=int, default=0, help="also compare spatial tiling at this resolution")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--profile", action="store_true", help="profile one window's decode by operator")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.threads:
@@ -213,11 +229,13 @@ def main() -> int:
         vae = load_vae(args.vae, Path(folder))
         calls = Calls(vae)
         for variant in args.variant:
-            for sections in args.sections:
+            for sections in (count for count in args.sections if count > 0):
                 row = run_case(vae, calls, variant, sections, args.resolution, args.repeat, args.seed)
                 row["vae"] = args.vae
                 print(json.dumps(row), flush=True)
                 results.append(row)
+        if args.profile:
+            print(profile_window(vae, args.resolution, args.seed), flush=True)
         if args.tiling:
             row = run_tiling(vae, calls, args.tiling, args.repeat, args.seed)
             row["vae"] = args.vae

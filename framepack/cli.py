@@ -154,13 +154,12 @@ def quiet_library_progress() -> None:
 
 
 def command_generate(args: argparse.Namespace) -> int:
-    from framepack.estimate import describe_estimate
     from framepack.planning import plan_request
 
     request = request_from_args(args)
     plan = plan_request(request)  # bad flags and images stop here, before torch is imported
     print(f"plan: {plan.summary()}")
-    print(describe_estimate(plan.estimated_seconds))
+    print(plan.estimate_summary())
     for warning in plan.warnings:
         print(f"warning: {warning}")
     if request.model == SELF_TEST_MODEL:

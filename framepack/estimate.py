@@ -119,21 +119,3 @@ def estimate_seconds(home: Path, request: GenerateRequest, plan: Plan) -> float 
         return None
     step, frame, other = (sum(entry[rate]) / len(entry[rate]) for rate in RATES)
     return round(step * plan.total_steps + frame * plan.generated_frames + other, 1)
-
-
-def describe_estimate(seconds: float | None) -> str:
-    """The estimate as the faces show it, one line."""
-    if seconds is None:
-        return "Time estimate: none yet (no job of this model, size and speed settings has finished on this machine)"
-    duration = format_duration(seconds)
-    return f"Time estimate: about {duration} on this machine, from earlier jobs (model loading not included)"
-
-
-def format_duration(seconds: float) -> str:
-    """'42 s', '3 min 20 s', '1 h 05 min'."""
-    whole = round(seconds)
-    if whole < 60:
-        return f"{seconds:.0f} s" if seconds >= 1 else f"{seconds:.1f} s"
-    if whole < 3600:
-        return f"{whole // 60} min {whole % 60:02d} s"
-    return f"{whole // 3600} h {whole % 3600 // 60:02d} min"

@@ -8,8 +8,8 @@ import json
 import pytest
 from helpers import FAST
 
-from framepack.estimate import KEEP, STORE_FILE, estimate_seconds, format_duration, record_speed, speed_key
-from framepack.plan import make_plan
+from framepack.estimate import KEEP, STORE_FILE, estimate_seconds, record_speed, speed_key
+from framepack.plan import format_duration, make_plan
 from framepack.planning import plan_request
 from framepack.request import GenerateRequest
 
@@ -18,7 +18,9 @@ TIMINGS = {"sampled_steps": 10, "sampling": 5.0, "decode": 1.09, "total": 8.09}
 
 
 def test_the_estimate_is_the_measured_rates_times_the_planned_work(tmp_path):
-    request = GenerateRequest(prompt="a kite", duration=4.0)  # T2V: a start frame and 3 sections of 25 steps, 109 frames
+    request = GenerateRequest(
+        prompt="a kite", duration=4.0
+    )  # T2V: a start frame and 3 sections of 25 steps, 109 frames
     plan = make_plan(request)
     assert estimate_seconds(tmp_path, request, plan) is None  # nothing measured yet
     assert record_speed(tmp_path, request, plan, TIMINGS)

@@ -153,7 +153,7 @@ def test_plan_shows_the_estimate_from_earlier_jobs_without_torch(tmp_path):
     flags = ["--prompt", "a kite", "--duration", "4"]
     result = blocked_cli("plan", *flags, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout.partition("\n")[2])["estimated_seconds"] is None
+    assert "estimated_seconds" not in json.loads(result.stdout.partition("\n")[2])  # no estimate, no key
     request = GenerateRequest(prompt="a kite", duration=4.0)
     timings = {"sampled_steps": 10, "sampling": 5.0, "decode": 1.09, "total": 8.09}  # 0.5 s/step, 0.01 s/frame, 2 s
     assert record_speed(tmp_path / "home", request, make_plan(request), timings)

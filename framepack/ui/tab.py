@@ -19,7 +19,6 @@ import gradio as gr
 from PIL import Image
 
 from framepack.defaults import DEFAULTABLE
-from framepack.estimate import describe_estimate
 from framepack.jobs.events import EndEvent, FramesEvent, ProgressEvent, SectionEvent, StageEvent, StateEvent
 from framepack.jobs.models import Job, JobState
 from framepack.jobs.service import JobService
@@ -108,7 +107,7 @@ class FramePackTab:
         lines = [
             f"**Plan:** {plan.summary()}",
             f"{plan.model_calls} model calls, {plan.steps} steps per section, seed {plan.seed}",
-            describe_estimate(plan.estimated_seconds),
+            plan.estimate_summary(),
         ]
         if request.model == SELF_TEST_MODEL:
             lines.append("SELF-TEST model: random weights, the video is noise.")
