@@ -66,25 +66,28 @@ def levels(pixels: torch.Tensor) -> np.ndarray:
 
 @pytest.mark.parametrize(
     "tiled,settings",
-    [(False, TileSettings()), (True, TileSettings(size=32, overlap=16))],
+    [(False, TileSettings()), (True, TileSettings(size=32, overlap=8))],
     ids=["untiled", "spatially-tiled"],
 )
 def test_windows_decode_exactly_as_diffusers_and_shared_tiles_once(tiny_components, tiled, settings):
-    """Bi-directional, 3 sections of window 9 at 64x64: windows [start, 0, 1], [1, 2], [2] (latent frames 0-18,
-    10-27, 19-27). Temporal tiles are 5 latent frames every 3: the first window decodes 7 tiles, the second 6 (it
-    starts at frame 10, off the first window's grid of 0, 3, 6, ...), and the last window's tiles at 19, 22, 25 are
-    the second window's last three: 13 decoded, 3 reused, against 16 decoder calls when every window is decoded."""
+    """Bi-directional, 3 sections of window 6 (a multiple of the tile stride, like the default 9) at 64x32: windows
+    [start, 0, 1], [1, 2], [2] are latent frames 0-12, 7-18, 13-18. Temporal tiles are 5 latent frames every 3: the
+    first window decodes 5 tiles, the second 4 (it starts at frame 7, off the first window's grid of 0, 3, 6, ...),
+    and the last window's tiles at 13 and 16 are the second window's last two: 9 decoded and 2 reused, against 11
+    decodes when every window is decoded. Spatially tiled, each temporal tile is 2 x 3 tiles of 32 px."""
+    window = 6
     vae = tiny_components.vae
-    latents = torch.randn(1, 4, 1 + 3 * WINDOW, 8, 8, generator=torch.Generator().manual_seed(0))
-    decoder = VaeDecoder(vae, "cpu", "on" if tiled else "off", settings, 64, 64)
-    windows = [(0, 1 + 2 * WINDOW, 1 + WINDOW), (1 + WINDOW, 1 + 3 * WINDOW, 1 + 2 * WINDOW), (19, 28, 19)]
-    with torch.no_grad():
+    latents = torch.randn(1, 4, 1 + 3 * window, 4, 8, generator=torch.Generator().manual_seed(0))
+    decoder = VaeDecoder(vae, "cpu", "on" if tiled else "off", settings, 32, 64)
+    windows = [(0, 1 + 2 * window, 1 + window), (1 + window, 1 + 3 * window, 1 + 2 * window), (13, 19, 13)]
+    with torch.no_grad(), DecoderCalls(vae) as calls:
         for start, end, next_start in windows:
             ours = decoder.window(latents[:, :, start:end], start, next_start)
             reference = diffusers_decode(vae, latents[:, :, start:end], tiled, settings)
-            assert ours.shape == reference.shape == (1, 3, (end - start - 1) * 4 + 1, 64, 64)
+            assert ours.shape == reference.shape == (1, 3, (end - start - 1) * 4 + 1, 32, 64)
             assert torch.equal(ours, reference), (start, end)
-    assert (decoder.stats.tiles_decoded, decoder.stats.tiles_reused) == (13, 3)
+    assert (decoder.stats.tiles_decoded, decoder.stats.tiles_reused) == (9, 2)
+    assert calls.count == (9 + 11) * (6 if tiled else 1)  # ours, then diffusers' own decodes
     assert decoder.stats.tiled_decodes == (3 if tiled else 0)
     # the VAE's own settings are back (encoding uses them): framewise decoding on, tiling off
     assert vae.use_framewise_decoding is True and vae.use_tiling is False
@@ -92,9 +95,9 @@ def test_windows_decode_exactly_as_diffusers_and_shared_tiles_once(tiny_componen
 
 def test_a_short_clip_is_decoded_whole_and_a_finer_temporal_grid_reuses_more(tiny_components):
     vae = tiny_components.vae
-    latents = torch.randn(1, 4, 1 + 2 * WINDOW, 8, 8, generator=torch.Generator().manual_seed(1))
+    latents = torch.randn(1, 4, 1 + 2 * WINDOW, 4, 4, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        short = VaeDecoder(vae, "cpu", "off", TileSettings(), 64, 64)
+        short = VaeDecoder(vae, "cpu", "off", TileSettings(), 32, 32)
         assert torch.equal(
             short.frames(latents[:, :, :3]), diffusers_decode(vae, latents[:, :, :3], False, TileSettings())
         )
@@ -102,7 +105,7 @@ def test_a_short_clip_is_decoded_whole_and_a_finer_temporal_grid_reuses_more(tin
         # 8-frame tiles with a 4-frame overlap: 3 latent frames every latent frame; the second window [0, 1] starts at
         # latent frame 1 and all its tiles but the last ones (cut at the end of the window) were the first's
         fine = TileSettings(frames=8, frames_overlap=4)
-        decoder = VaeDecoder(vae, "cpu", "off", fine, 64, 64)
+        decoder = VaeDecoder(vae, "cpu", "off", fine, 32, 32)
         first = decoder.window(latents[:, :, : 1 + WINDOW], 0, 1)
         second = decoder.window(latents[:, :, 1 : 1 + 2 * WINDOW], 1, 1 + WINDOW)
         assert torch.equal(first, diffusers_decode(vae, latents[:, :, : 1 + WINDOW], False, fine))
@@ -137,17 +140,17 @@ def test_the_auto_rule_compares_the_estimated_peak_with_the_free_memory(tiny_com
     assert peak == 12 * 128 * 2 * 17 * 640 * 608 == 20_321_402_880  # 20.3 GB at 640x608
     assert decode_peak_bytes(real, 608, 640, TileSettings(), tiled=True) == 12 * 128 * 2 * 17 * 256 * 256
     gb = 1024**3
-    assert needs_tiling(peak, 24 * gb) and not needs_tiling(peak, 48 * gb) and not needs_tiling(peak, None)
+    assert needs_tiling(peak, 24 * 10**9) and not needs_tiling(peak, 48 * gb) and not needs_tiling(peak, None)
     assert needs_tiling(peak, int(peak / 0.8) - 1) and not needs_tiling(peak, int(peak / 0.8) + 1)
 
     vae = tiny_components.vae
-    small = decode_peak_bytes(vae, 128, 128, TileSettings(), tiled=False)
-    assert small == 12 * 8 * 4 * 17 * 128 * 128  # 8 channels in float32
-    settings = TileSettings(size=64, overlap=16)
-    latents = torch.randn(1, 4, 2, 16, 16, generator=torch.Generator().manual_seed(2))
+    small = decode_peak_bytes(vae, 32, 64, TileSettings(), tiled=False)
+    assert small == 12 * 8 * 4 * 17 * 32 * 64  # 8 channels in float32
+    settings = TileSettings(size=32, overlap=8)
+    latents = torch.randn(1, 4, 2, 4, 8, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        roomy = VaeDecoder(vae, "cpu", "auto", settings, 128, 128, read_free_memory=lambda _: int(small / 0.8) + 1)
-        tight = VaeDecoder(vae, "cpu", "auto", settings, 128, 128, read_free_memory=lambda _: int(small / 0.8) - 1)
+        roomy = VaeDecoder(vae, "cpu", "auto", settings, 32, 64, read_free_memory=lambda _: int(small / 0.8) + 1)
+        tight = VaeDecoder(vae, "cpu", "auto", settings, 32, 64, read_free_memory=lambda _: int(small / 0.8) - 1)
         assert torch.equal(roomy.frames(latents), diffusers_decode(vae, latents, False, settings))
         assert torch.equal(tight.frames(latents), diffusers_decode(vae, latents, True, settings))
     assert (roomy.tiled, tight.tiled, tight.stats.tiled_decodes) == (False, True, 1)
@@ -169,21 +172,21 @@ class FailingDecode:
 
 
 def test_out_of_memory_is_retried_once_tiled_and_later_windows_stay_tiled(tiny_components, monkeypatch):
-    vae = tiny_components.vae
-    settings = TileSettings(size=32, overlap=16)
-    latents = torch.randn(1, 4, 1 + 2 * WINDOW, 8, 8, generator=torch.Generator().manual_seed(3))
+    vae, window = tiny_components.vae, 6
+    settings = TileSettings(size=32, overlap=8)
+    latents = torch.randn(1, 4, 1 + 2 * window, 4, 8, generator=torch.Generator().manual_seed(3))
     failing = FailingDecode(vae)
     monkeypatch.setattr(vae, "decode", failing)
-    decoder = VaeDecoder(vae, "cpu", "auto", settings, 64, 64, read_free_memory=lambda _: None)
+    decoder = VaeDecoder(vae, "cpu", "auto", settings, 32, 64, read_free_memory=lambda _: None)
     with torch.no_grad():
-        first = decoder.window(latents[:, :, : 1 + WINDOW], 0, 1)
-        second = decoder.window(latents[:, :, 1:], 1, 1 + WINDOW)
+        first = decoder.window(latents[:, :, : 1 + window], 0, 1)
+        second = decoder.window(latents[:, :, 1:], 1, 1 + window)
     monkeypatch.undo()
-    # one untiled attempt (its first temporal tile), then every tile tiled: 4 of the first window, 6 of the second
-    # (none shared: the untiled attempt's tiles are dropped, and [0, 1] starts off the first window's grid)
-    assert failing.attempts == [False] + [True] * 10
+    # one untiled attempt (the first temporal tile), then every tile tiled: 3 of the first window (latent frames 0-6),
+    # 4 of the second (1-12; it starts off the first window's grid of 0, 3, 6, so none is shared)
+    assert failing.attempts == [False] + [True] * 7
     assert decoder.stats.retries == 1 and "Tried to allocate 20.00 GiB" in decoder.stats.retry_reasons[0]
-    assert torch.equal(first, diffusers_decode(vae, latents[:, :, : 1 + WINDOW], True, settings))
+    assert torch.equal(first, diffusers_decode(vae, latents[:, :, : 1 + window], True, settings))
     assert torch.equal(second, diffusers_decode(vae, latents[:, :, 1:], True, settings))
 
 
@@ -201,12 +204,12 @@ def test_a_decode_that_still_runs_out_of_memory_fails_with_advice(
     vae = tiny_components.vae
     failing = FailingDecode(vae, always=always)
     monkeypatch.setattr(vae, "decode", failing)
-    decoder = VaeDecoder(vae, "cpu", mode, TileSettings(size=32, overlap=16), 64, 64, read_free_memory=lambda _: None)
+    decoder = VaeDecoder(vae, "cpu", mode, TileSettings(size=32, overlap=8), 32, 64, read_free_memory=lambda _: None)
     with pytest.raises(DecodeOutOfMemory) as caught, torch.no_grad():
-        decoder.window(torch.zeros(1, 4, 1 + WINDOW, 8, 8), 0, 1)
+        decoder.window(torch.zeros(1, 4, 1 + WINDOW, 4, 8), 0, 1)
     assert failing.attempts == attempts
     message = str(caught.value)
-    assert advice in message and "at 64x64" in message and "Tried to allocate 20.00 GiB" in message
+    assert advice in message and "at 64x32" in message and "Tried to allocate 20.00 GiB" in message
     assert ("vae_tile_size" in message) != (mode == "off") and ("'auto' or 'on'" in message) == (mode == "off")
     info = classify(caught.value)  # what a job records: out of memory (503), with this advice
     assert info.kind == "out_of_memory" and advice in info.message
