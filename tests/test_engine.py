@@ -314,15 +314,18 @@ def window_reference(components, plan, latents) -> np.ndarray:
     return np.concatenate(written)
 
 
-def test_decode_reuses_shared_tiles_writes_the_same_frames_and_reports_each_window(tiny_components, images):
+def test_decode_reuses_shared_tiles_writes_the_same_frames_and_reports_each_window(tiny_components):
     """Three sections of window 3: windows [start, 0, 1], [1, 2], [2] are latent frames 0-6, 4-9, 7-9. Temporal tiles
     of 5 latent frames every 3: the first window decodes 3 tiles, the second 2 (at 4 and 7), and the last window (3
     frames, decoded whole) is the second window's tile at 7, which is reused."""
-    events = []
-    plan, memory, _, latents = run(
-        tiny_components, on_event=events.append, init_image=images["start"], duration=1.2, preview=False
-    )
+    events, decoder_calls = [], []
+    hook = tiny_components.vae.decoder.register_forward_hook(lambda *_: decoder_calls.append(1))
+    try:
+        plan, memory, _, latents = run(tiny_components, on_event=events.append, duration=1.2, preview=False)  # T2V
+    finally:
+        hook.remove()
     assert plan.num_sections == 3
+    assert len(decoder_calls) == 1 + 3 + 2  # the T2V start frame, then the windows' tiles; 1 + 3 + 2 + 1 without reuse
     assert np.array_equal(memory.frames, window_reference(tiny_components, plan, latents))
     written = [event for event in events if isinstance(event, FramesWritten)]
     assert {event.window for event in written} == {0, 1, 2} and {event.windows for event in written} == {3}
