@@ -32,7 +32,7 @@ def add_request_flags(
         if name in FIELD_FLAGS_SKIP or name in skip:
             continue
         flag = "--" + name.replace("_", "-")
-        help_text = f"{info.description} (default: {info.default})"
+        help_text = f"{info.description} (default: {info.default})".replace("%", "%%")  # argparse formats help with %
         kind, choices = field_kind(info.annotation)
         if kind is bool:
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)

@@ -29,6 +29,7 @@ from framepack.ui.controls import (  # noqa: E402
     field_bounds,
     field_choices,
     field_default,
+    field_multiple,
     field_type,
     request_from_values,
 )
@@ -72,7 +73,7 @@ def changed_value(name: str):
         return not default
     if kind in (int, float):
         low, high = field_bounds(name)
-        candidate = (default or 0) + 1
+        candidate = (default or 0) + (field_multiple(name) or 1)  # a step the field allows
         if high is not None and candidate > high:
             candidate = low
         return float(candidate)  # sliders and numbers may hand floats back for int fields
