@@ -171,7 +171,10 @@ class FramePackTab:
                     pictures_changed = True
                 force = True
             elif isinstance(event, FramesEvent):
-                status = f"encoding: {event.frames}/{event.total} frames"
+                status = f"decoding: {event.frames}/{event.total} frames written"
+                if event.window >= 0:
+                    tiled = ", tiled" if event.tiled else ""
+                    status += f", window {event.window + 1}/{event.windows} took {event.window_seconds:.1f} s{tiled}"
             else:
                 continue  # a heartbeat
             now = time.monotonic()
