@@ -101,7 +101,8 @@ def decode_mode(vae, tiled: bool, settings: TileSettings) -> Iterator[None]:
 
 @dataclass
 class DecodeStats:
-    """What the job's decode did: temporal tiles decoded and reused, windows decoded tiled, out-of-memory retries."""
+    """What the job's decode did: temporal tiles decoded and reused, decodes (windows, previews) done in spatial
+    tiles, out-of-memory retries."""
 
     tiles_decoded: int = 0
     tiles_reused: int = 0
@@ -115,9 +116,11 @@ class VaeDecoder:
 
     `window(latents, start, keep_from)` decodes an overlap window whose first latent frame is frame `start` of the
     job's latent sequence, exactly as `vae.decode` would, reusing the temporal tiles the previous window decoded;
-    afterwards it keeps the tiles that start at or after `keep_from` (the next window's start). `frames(latents)`
-    decodes a short clip with nothing kept (previews, the text-to-video start frame). Both return float32 pixels
-    [1, 3, T, H, W] in [-1, 1] on the execution device.
+    afterwards it keeps the tiles that start at or after `keep_from` (the next window's start), on the decode's
+    device. `auto` decides before each window. `frames(latents)` decodes a short clip (a preview, the text-to-video
+    start frame: one latent frame) with the tiling as it stands and nothing kept; it asks for no free memory, which
+    would empty torch's cache between two sampling steps. Both return float32 pixels [1, 3, T, H, W] in [-1, 1] on
+    the execution device; an out-of-memory error is retried tiled in `auto`, once per job.
     """
 
     def __init__(
@@ -142,6 +145,7 @@ class VaeDecoder:
     # ------------------------------------------------------------------------------------------------ public
 
     def window(self, latents: torch.Tensor, start: int, keep_from: int) -> torch.Tensor:
+        self._decide()
         pixels = self._retrying(lambda: self._window(latents, start))
         self._tiles = {key: tile for key, tile in self._tiles.items() if key[0] >= keep_from and key[2] == self.tiled}
         return pixels
@@ -164,8 +168,7 @@ class VaeDecoder:
             self.tiled = True
 
     def _retrying(self, decode: Callable[[], torch.Tensor]) -> torch.Tensor:
-        """`decode()` with the tiling decided; in `auto`, an out-of-memory error is retried once tiled."""
-        self._decide()
+        """`decode()`; in `auto`, an out-of-memory error is retried once tiled (and the job stays tiled)."""
         reason = self._attempt(decode)
         if not isinstance(reason, str):
             return reason
