@@ -280,7 +280,7 @@ class FramePackRoutes:
         prompts and generation order. Checks images and encoder settings like a submit would; loads no model."""
         generate_request = await read_generate_request(request, self.max_body_bytes)
         result = await run_in_threadpool(self.service.plan, generate_request, True)  # the service's defaults
-        return PlanResponse(summary=result.summary(), plan=result)
+        return PlanResponse(summary=result.summary(), plan=result, estimated_seconds=result.estimated_seconds)
 
     @json_errors
     async def enhance(self, request: Request) -> Any:

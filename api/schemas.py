@@ -35,6 +35,11 @@ class JobList(BaseModel):
 class PlanResponse(BaseModel):
     summary: str
     plan: Plan
+    estimated_seconds: float | None = Field(
+        None,
+        description="seconds the job should take here once the model is loaded, from earlier jobs of its model, "
+        "size and speed settings (also plan.estimated_seconds); null before any finished",
+    )
 
 
 class CodecInfo(BaseModel):

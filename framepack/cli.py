@@ -42,6 +42,7 @@ def add_request_flags(
             continue
         flag = "--" + name.replace("_", "-")
         help_text = f"{info.description}{bounds_text(info)} (default: {default_text(info.default)})"
+        help_text = help_text.replace("%", "%%")  # argparse formats help with %
         kind, choices = field_kind(info.annotation)
         if kind is bool:
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
@@ -215,6 +216,7 @@ def command_generate(args: argparse.Namespace) -> int:
     request = request_from_args(args)
     plan = checked_plan(request)  # bad flags, images and codec options stop here, before torch is imported
     print(f"plan: {plan.summary()}")
+    print(plan.estimate_summary())
     for warning in plan.warnings:
         print(f"warning: {warning}")
     if request.model == SELF_TEST_MODEL:

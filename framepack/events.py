@@ -68,6 +68,10 @@ class SectionFinished:
 class FramesWritten:
     frames: int  # total frames handed to the sinks so far
     total: int
+    window: int = -1  # the overlap window decoded last (time order, 0-based; one per section); -1 before the first
+    windows: int = 0  # overlap windows of the job
+    window_seconds: float = 0.0  # decode time of that window
+    tiled: bool = False  # whether that window was decoded in spatial tiles
 
 
 @dataclass

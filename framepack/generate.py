@@ -19,14 +19,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from framepack.directing import END_IMAGE
-from framepack.encoders import (
-    PromptEmbeds,
-    blend_prompt_embeds,
-    encode_prompt,
-    encode_vision,
-    vae_decode,
-    vae_encode,
-)
+from framepack.encoders import PromptEmbeds, blend_prompt_embeds, encode_prompt, encode_vision, vae_encode
 from framepack.enhancer.prompts import encoded_prompt
 from framepack.events import (
     CancelToken,
@@ -53,6 +46,7 @@ from framepack.sampling.samplers import get_sampler
 from framepack.sampling.schedule import flow_sigmas, sequence_length
 from framepack.video.decode import OverlapJoiner, overlap_frames
 from framepack.video.sink import FrameSink, abort_sinks, close_sinks
+from framepack.video.vae_tiles import TileSettings, VaeDecoder
 
 if TYPE_CHECKING:
     from framepack.models.caches import TransformerCache
@@ -97,23 +91,51 @@ def window_keys(variant: str, index: int, sections: int) -> list[LatentKey]:
     return [START, 0] if index == 0 else [index - 1, index]
 
 
+def latent_start(key: LatentKey, window: int) -> int:
+    """Index of a key's first latent frame in the job's latent sequence in time order: the start frame (one latent
+    frame), then every section's `window` frames."""
+    return 0 if key == START else 1 + int(key) * window
+
+
+def tile_settings(request: GenerateRequest) -> TileSettings:
+    return TileSettings(
+        request.vae_tile_size, request.vae_tile_overlap, request.vae_tile_frames, request.vae_tile_frames_overlap
+    )
+
+
+@dataclass
+class DecodedWindow:
+    """The window the decoder handed to the joiner last: its index in time order and decode time."""
+
+    index: int
+    seconds: float
+    tiled: bool
+
+
 class WindowDecoder:
     """Decodes windows in time order as soon as their latents exist and feeds the overlap joiner. A cancel is
     honoured before each window, so a job cancelled while it decodes (all of a bi-directional video's decode comes
-    after its last section) stops within one window."""
+    after its last section) stops within one window. Each window is decoded exactly as `vae.decode` decodes it, and
+    the temporal tiles it shares with the window before are reused (`VaeDecoder.window`)."""
 
-    def __init__(self, components: Components, plan: Plan, joiner: OverlapJoiner, cancel: CancelToken):
-        self.components, self.plan, self.joiner, self.cancel = components, plan, joiner, cancel
+    def __init__(self, vae: VaeDecoder, plan: Plan, joiner: OverlapJoiner, cancel: CancelToken):
+        self.vae, self.plan, self.joiner, self.cancel = vae, plan, joiner, cancel
         self.next_window = 0
+        self.last: DecodedWindow | None = None
 
     def pump(self, latents: dict[LatentKey, torch.Tensor]) -> None:
+        window_size = self.plan.latent_window_size
         while self.next_window < self.plan.num_sections:
             keys = window_keys(self.plan.variant, self.next_window, self.plan.num_sections)
             if not all(key in latents for key in keys):
                 return
             self.cancel.check()
+            clock = time.perf_counter()
             window = torch.cat([latents[key] for key in keys], dim=2)
-            self.joiner.add(vae_decode(self.components, window))
+            # the next window starts with this one's last key: the tiles from there on may be decoded again there
+            pixels = self.vae.window(window, latent_start(keys[0], window_size), latent_start(keys[-1], window_size))
+            self.last = DecodedWindow(self.next_window, time.perf_counter() - clock, self.vae.tiled)
+            self.joiner.add(pixels)
             self.next_window += 1
 
 
@@ -277,6 +299,8 @@ class LoopState:
     latents: dict[LatentKey, torch.Tensor] = field(default_factory=dict)  # START and finished sections
     written: int = 0  # frames handed to the sinks
     decode_seconds: float = 0.0  # decoding windows between sections
+    sampling_seconds: float = 0.0  # sampled (not restored) sections and start frame, previews included
+    sampled_steps: int = 0  # their denoising steps
 
 
 class SectionLoop:
@@ -306,7 +330,10 @@ class SectionLoop:
         self.state = LoopState()
         self.generator = torch.Generator("cpu").manual_seed(plan.seed)  # the job's one random stream
         self.joiner = OverlapJoiner(overlap_frames(plan.latent_window_size, components.temporal_scale), self.write)
-        self.decoder = WindowDecoder(components, plan, self.joiner, cancel)
+        self.vae = VaeDecoder(
+            components.vae, components.device, request.vae_tiling, tile_settings(request), plan.height, plan.width
+        )
+        self.decoder = WindowDecoder(self.vae, plan, self.joiner, cancel)
 
     def run(self) -> GenerationResult:
         inputs = self.encode()
@@ -340,7 +367,17 @@ class SectionLoop:
         for sink in self.sinks:
             sink.write(frames)
         self.state.written += frames.shape[0]
-        self.on_event(FramesWritten(self.state.written, self.plan.generated_frames))
+        last = self.decoder.last
+        self.on_event(
+            FramesWritten(
+                self.state.written,
+                self.plan.generated_frames,
+                window=last.index if last else -1,
+                windows=self.plan.num_sections,
+                window_seconds=round(last.seconds, 3) if last else 0.0,
+                tiled=last.tiled if last else False,
+            )
+        )
 
     def conditioning(
         self, inputs: EncodedInputs, section: SectionPlan, vision: torch.Tensor
@@ -355,7 +392,7 @@ class SectionLoop:
         if not self.request.preview:
             return None
         middle = section_latents.shape[2] // 2
-        return to_uint8(vae_decode(self.components, section_latents[:, :, middle : middle + 1])[0, :, 0])
+        return to_uint8(self.vae.frames(section_latents[:, :, middle : middle + 1])[0, :, 0])
 
     def start_frame(self, inputs: EncodedInputs, sampler: SectionSampler) -> None:
         """T2V: the first frame from the prompt (one latent frame, empty context); it then acts as the init image."""
@@ -375,13 +412,16 @@ class SectionLoop:
                 context = forward_context(empty, no_history, 1)
             positive, negative = self.conditioning(inputs, self.plan.sections[0], zero_vision(self.components))
             latents[START] = sampler.run(noise, context, positive, negative, -1, -1)
+            self.state.sampled_steps += self.plan.steps
             if self.on_section_latents:
                 self.on_section_latents(START, latents[START])
         images.start_latent = latents[START]
-        start_pixels = vae_decode(self.components, latents[START])[:, :, 0]
+        start_pixels = self.vae.frames(latents[START])[:, :, 0]
         dtype = self.components.transformer.dtype
         images.start_vision = encode_vision(self.components, start_pixels.cpu().clamp(-1, 1), dtype)
         self.timings["start_frame"] = time.perf_counter() - clock
+        if START not in self.restored:
+            self.state.sampling_seconds += self.timings["start_frame"]
         preview = to_uint8(start_pixels[0]) if self.request.preview else None
         self.on_event(SectionFinished(-1, -1, self.timings["start_frame"], preview, *sampler.section_calls()))
 
@@ -423,6 +463,9 @@ class SectionLoop:
                 self.on_section_latents(index, latents[index])
         seconds = time.perf_counter() - clock
         self.timings[f"section_{index}"] = seconds
+        if index not in self.restored:
+            self.state.sampling_seconds += seconds
+            self.state.sampled_steps += self.plan.steps
         self.on_event(SectionFinished(index, order, seconds, self.preview(latents[index]), *calls))
         if order < self.plan.num_sections - 1:  # what the last section completes is decoded in the decode stage
             clock = time.perf_counter()
@@ -458,7 +501,7 @@ class SectionLoop:
         self.on_event(StageStarted("decode", "one image"))
         clock = time.perf_counter()
         self.cancel.check()
-        self.write(to_uint8(vae_decode(self.components, latent)[0].transpose(0, 1)))
+        self.write(to_uint8(self.vae.frames(latent)[0].transpose(0, 1)))
         self.timings["decode"] = time.perf_counter() - clock
         return self.close()
 
@@ -481,7 +524,10 @@ class SectionLoop:
     def finish(self) -> GenerationResult:
         """Decode the windows the last section completed (bi-directional: all of them, its start is generated
         last), check the frame count against the plan, close the sinks."""
-        self.on_event(StageStarted("decode", "writing frames in time order"))
+        left = self.plan.num_sections - self.decoder.next_window
+        self.on_event(
+            StageStarted("decode", f"writing frames in time order: {left} windows left, vae_tiling {self.vae.mode}")
+        )
         clock = time.perf_counter()
         self.decoder.pump(self.state.latents)
         self.joiner.finish()
@@ -489,7 +535,14 @@ class SectionLoop:
         return self.close()
 
     def close(self) -> GenerationResult:
-        """Check the frame count against the plan, report the cache's counts, close the sinks."""
+        """Check the frame count against the plan, report the decode's and the cache's counts, close the sinks."""
+        stats = self.vae.stats
+        self.timings["decode_tiles"] = stats.tiles_decoded
+        self.timings["decode_tiles_reused"] = stats.tiles_reused
+        self.timings["decode_tiled"] = stats.tiled_decodes
+        self.timings["decode_retries"] = stats.retries
+        self.timings["sampling"] = self.state.sampling_seconds
+        self.timings["sampled_steps"] = self.state.sampled_steps
         written, planned = self.state.written, self.plan.generated_frames
         if written != planned:
             raise RuntimeError(f"internal error: wrote {written} frames, the plan announced {planned}")

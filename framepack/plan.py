@@ -14,7 +14,7 @@ import random
 from collections.abc import Callable
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, model_serializer
 
 from framepack.directing import SingleFramePlan, prompt_blends, requested_paddings, single_frame_plan, vision_targets
 from framepack.errors import PlanError
@@ -125,11 +125,27 @@ class Plan(BaseModel):
     loras: list[tuple[str, float]] = []  # `<lora:name:weight>` tags of the prompt and section prompts
     self_test_model: bool = False  # the request's model is the random-weight self-test model ('tiny')
     single_frame: SingleFramePlan | None = None  # single-frame inference: one image (PNG) instead of a video
+    estimated_seconds: float | None = None  # from earlier jobs of its kind here (framepack.estimate); None: none yet
+
+    @model_serializer(mode="wrap")
+    def _leave_out_no_estimate(self, handler):
+        """No estimate is no key: plans and records written before estimates existed dump and print as they did."""
+        data = handler(self)
+        if isinstance(data, dict) and data.get("estimated_seconds") is None:
+            data.pop("estimated_seconds", None)
+        return data
 
     @property
     def total_steps(self) -> int:
         """Denoising steps of the whole job: every section's, plus the T2V start frame's."""
         return self.steps * (self.num_sections + int(self.start_frame_pass))
+
+    def estimate_summary(self) -> str:
+        """The time estimate as the faces show it, one line."""
+        if self.estimated_seconds is None:
+            return "Time estimate: none yet (no job of this model, size and speed settings finished on this machine)"
+        duration = format_duration(self.estimated_seconds)
+        return f"Time estimate: about {duration} on this machine, from earlier jobs (model loading not included)"
 
     def summary(self) -> str:
         order = " -> ".join(str(index) for index in self.generation_order)
@@ -174,6 +190,16 @@ def section_ranges(indices: list[int]) -> str:
         else:
             runs.append([index])
     return ", ".join(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}" for run in runs)
+
+
+def format_duration(seconds: float) -> str:
+    """'0.4 s', '42 s', '3 min 20 s', '1 h 05 min'."""
+    whole = round(seconds)
+    if whole < 60:
+        return f"{seconds:.0f} s" if seconds >= 1 else f"{seconds:.1f} s"
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60:02d} s"
+    return f"{whole // 3600} h {whole % 3600 // 60:02d} min"
 
 
 def random_seed() -> int:

@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 
 from framepack.errors import FieldError
+from framepack.estimate import estimate_seconds
 from framepack.home import data_home
 from framepack.images import load_image
 from framepack.models.recipe import Recipe, default_recipe, load_recipe, tiny_recipe
@@ -23,8 +24,9 @@ logger = logging.getLogger(__name__)
 TINY_FOLDER = "tiny-self-test"  # the self-test model's folder in the data folder
 
 
-def plan_request(request: GenerateRequest) -> Plan:
-    """Plan with the init image's real (EXIF-upright) size; bad images fail here, before any model loads."""
+def plan_request(request: GenerateRequest, home: Path | None = None) -> Plan:
+    """Plan with the init image's real (EXIF-upright) size; bad images fail here, before any model loads. The plan's
+    `estimated_seconds` comes from the speed measurements in `home` (default: FRAMEPACK_HOME)."""
     size = None
     if request.init_image:
         size = load_image(request.init_image, "init_image").size
@@ -38,7 +40,7 @@ def plan_request(request: GenerateRequest) -> Plan:
     plan = make_plan(request, size)
     if not plan.self_test_model and declares_self_test(request.model):
         plan = plan.model_copy(update={"self_test_model": True})
-    return plan
+    return plan.model_copy(update={"estimated_seconds": estimate_seconds(home or data_home(), request, plan)})
 
 
 def declares_self_test(model: str) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tqdm import tqdm
 
-from framepack.events import Event, PromptsEnhanced, SectionFinished, StageStarted, StepProgress
+from framepack.events import Event, FramesWritten, PromptsEnhanced, SectionFinished, StageStarted, StepProgress
 from framepack.plan import Plan
 
 
@@ -14,6 +14,7 @@ class ConsoleProgress:
     def __init__(self, plan: Plan):
         self.plan = plan
         self.bar: tqdm | None = None
+        self.windows_reported = 0
 
     def __enter__(self) -> ConsoleProgress:
         self.bar = tqdm(total=self.plan.total_steps, unit="step", dynamic_ncols=True, desc="starting")
@@ -48,3 +49,10 @@ class ConsoleProgress:
                 f", cache skipped {event.skipped_calls}/{event.model_calls} model calls" if event.skipped_calls else ""
             )
             self.bar.write(f"section {event.section} done in {event.seconds:.2f} s{skipped}")
+        elif isinstance(event, FramesWritten) and event.window >= self.windows_reported:
+            self.windows_reported = event.window + 1
+            tiled = ", tiled" if event.tiled else ""
+            self.bar.write(
+                f"window {event.window + 1}/{event.windows} decoded in {event.window_seconds:.2f} s{tiled}: "
+                f"{event.frames}/{event.total} frames written"
+            )

@@ -11,7 +11,7 @@ import types
 import typing
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from framepack.outputs import MAX_NAME_BYTES, MAX_STEM_BYTES, TEMPORARY_MARK, Container
 
@@ -347,6 +347,52 @@ class GenerateRequest(BaseModel):
             "on a CPU, then reused while the model stays loaded; needs Triton on a GPU, a C++ compiler on a CPU)."
         ),
     )
+
+    # VAE decode: spatial tiling and tile sizes (framepack/video/vae_tiles.py)
+    vae_tiling: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description=(
+            "Decode in spatial tiles to fit in less memory (frames then differ slightly): auto (tile when the untiled "
+            "decode's estimated peak exceeds 80% of the free device memory; a decode that runs out of memory is "
+            "retried once tiled), on, off."
+        ),
+    )
+    vae_tile_size: int = Field(
+        256, ge=64, le=1536, multiple_of=8, description="Spatial tile edge in pixels (multiple of 8) when tiling."
+    )
+    vae_tile_overlap: int = Field(
+        64,
+        ge=0,
+        le=768,
+        multiple_of=8,
+        description="Pixels neighbouring spatial tiles share and cross-fade (multiple of 8, at most half the tile).",
+    )
+    vae_tile_frames: int = Field(
+        16,
+        ge=4,
+        le=64,
+        multiple_of=4,
+        description=(
+            "Temporal tile in pixel frames (multiple of 4): the decode always works in temporal tiles; memory grows "
+            "with it. 16 is diffusers' default."
+        ),
+    )
+    vae_tile_frames_overlap: int = Field(
+        4,
+        ge=0,
+        le=32,
+        multiple_of=4,
+        description="Pixel frames neighbouring temporal tiles cross-fade (multiple of 4, at most half the tile).",
+    )
+
+    @field_validator("vae_tile_overlap", "vae_tile_frames_overlap")
+    @classmethod
+    def _check_tile_overlap(cls, value: int, info: ValidationInfo) -> int:
+        tile_field = "vae_tile_size" if info.field_name == "vae_tile_overlap" else "vae_tile_frames"
+        tile = info.data.get(tile_field)
+        if tile is not None and value * 2 > tile:
+            raise ValueError(f"{value} exceeds half of {tile_field} ({tile})")
+        return value
 
     # Model
     model: str = Field(

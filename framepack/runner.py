@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from framepack.enhancer.stage import enhance_stage
+from framepack.estimate import record_speed
 from framepack.events import CancelToken, EventCallback, PromptsEnhanced, StageStarted, ignore_events
 from framepack.generate import GenerationResult, generate
 from framepack.home import data_home
@@ -264,6 +265,14 @@ class Runner:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
+    def record_speed(self, request: GenerateRequest, result: GenerationResult) -> None:
+        """Keep the finished job's seconds per step and per frame for later plans' estimates (a store that cannot
+        be written costs the estimate, never the job)."""
+        try:
+            record_speed(self.home or data_home(), request, result.plan, result.timings)
+        except OSError as error:
+            logger.warning("could not store the job's speed for later estimates: %s", error)
+
     def unload(self) -> None:
         self._components, self._recipe, self._offloader = None, None, None
         if self.device.type == "cuda":
@@ -296,7 +305,7 @@ class Runner:
         MagCache's magnitude ratios, saves their mean over the sections for the variant in the data folder (later
         magcache jobs use them) and returns them as `result.mag_ratios`.
         """
-        plan = plan or plan_request(request)
+        plan = plan or plan_request(request, self.home)
         if not checked:
             self.preflight(request, plan)
         path = output_path(request, plan, self.output_dir)
@@ -348,6 +357,8 @@ class Runner:
             sidecar = record.finished(result.plan, result.timings, result.outputs).write(sidecar_path(path), commit)
             result.outputs.append(str(sidecar))
             commit.commit()
+            if not calibrate_magcache:  # a calibration skips no call: not the speed of its cache setting
+                self.record_speed(request, result)
         except BaseException as error:
             commit.discard()
             full = disk_full(error, path.parent) if isinstance(error, Exception) else None

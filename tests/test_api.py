@@ -563,6 +563,27 @@ def test_plan_route_matches_the_generated_frame_count(server, tmp_path):
     assert decode_video(video)[0] == expected
 
 
+def test_plan_route_estimates_seconds_from_the_jobs_of_its_kind_that_finished(tiny_model_dir, tmp_path):
+    server = Server(tmp_path, tiny_model_dir)
+    with TestClient(server.app) as client:
+        first = client.post(f"{PREFIX}/plan", json=FAST).json()
+        assert first["estimated_seconds"] is None and "estimated_seconds" not in first["plan"]  # none ran yet
+        body = client.post(PREFIX, json=FAST).json()
+        assert body["state"] == "finished", body
+        timings = body["timings"]
+        planned = client.post(f"{PREFIX}/plan", json={**FAST, "steps": 6}).json()
+    plan = planned["plan"]
+    assert planned["estimated_seconds"] == plan["estimated_seconds"]
+    steps = 6 * (plan["num_sections"] + 1)  # T2V: the start frame's steps too
+    decode, sampling = timings["decode"], timings["sampling"]
+    expected = (
+        sampling / timings["sampled_steps"] * steps
+        + decode / plan["generated_frames"] * plan["generated_frames"]
+        + (timings["total"] - sampling - decode)
+    )
+    assert planned["estimated_seconds"] == pytest.approx(expected, abs=0.051)  # rounded to 0.1 s
+
+
 def test_alias_translation():
     assert translate(
         {

@@ -15,7 +15,7 @@ from framepack.generate import START, generate, window_keys
 from framepack.images import fit_to_bucket, load_image, to_tensor, to_uint8
 from framepack.request import GenerateRequest
 from framepack.runner import build_sinks, output_path, plan_request
-from framepack.video.decode import OverlapJoiner
+from framepack.video.decode import OverlapJoiner, overlap_frames
 from framepack.video.encoder import partial_path
 
 # window 3 = 12 frames per section: 0.8 s at 30 fps is 2 sections, 1.6 s is 4, 2.0 s is 5
@@ -300,3 +300,59 @@ def test_window_keys_match_the_pipelines_decode_windows():
     assert [window_keys("bidirectional", i, 3) for i in range(3)] == [[START, 0, 1], [1, 2], [2]]
     assert [window_keys("f1", i, 3) for i in range(3)] == [[START, 0], [0, 1], [1, 2]]
     assert window_keys("bidirectional", 0, 1) == [START, 0]
+
+
+def window_reference(components, plan, latents) -> np.ndarray:
+    """The video decoded as before shared tiles were reused: each window through `vae.decode`, then joined."""
+    vae, written = components.vae, []
+    joiner = OverlapJoiner(overlap_frames(plan.latent_window_size), written.append)
+    with torch.no_grad():
+        for index in range(plan.num_sections):
+            window = torch.cat([latents[key] for key in window_keys(plan.variant, index, plan.num_sections)], dim=2)
+            joiner.add(vae.decode(window / vae.config.scaling_factor, return_dict=False)[0].float())
+    joiner.finish()
+    return np.concatenate(written)
+
+
+def test_decode_reuses_shared_tiles_writes_the_same_frames_and_reports_each_window(tiny_components):
+    """Three sections of window 3: windows [start, 0, 1], [1, 2], [2] are latent frames 0-6, 4-9, 7-9. Temporal tiles
+    of 5 latent frames every 3: the first window decodes 3 tiles, the second 2 (at 4 and 7), and the last window (3
+    frames, decoded whole) is the second window's tile at 7, which is reused."""
+    events, decoder_calls = [], []
+    hook = tiny_components.vae.decoder.register_forward_hook(lambda *_: decoder_calls.append(1))
+    try:
+        plan, memory, _, latents = run(tiny_components, on_event=events.append, duration=1.2, preview=False)  # T2V
+    finally:
+        hook.remove()
+    assert plan.num_sections == 3
+    assert len(decoder_calls) == 1 + 3 + 2  # the T2V start frame, then the windows' tiles; 1 + 3 + 2 + 1 without reuse
+    assert np.array_equal(memory.frames, window_reference(tiny_components, plan, latents))
+    written = [event for event in events if isinstance(event, FramesWritten)]
+    assert {event.window for event in written} == {0, 1, 2} and {event.windows for event in written} == {3}
+    assert all(event.window_seconds > 0 and not event.tiled for event in written)
+    assert [event.window for event in written] == sorted(event.window for event in written)
+    assert written[-1].frames == plan.generated_frames == memory.frames.shape[0]
+    stages = [event for event in events if isinstance(event, StageStarted) and event.stage == "decode"]
+    assert stages[0].detail == "writing frames in time order: 3 windows left, vae_tiling auto"  # all after sampling
+
+
+def test_a_decode_out_of_memory_in_a_job_is_retried_once_tiled(tiny_components, images, monkeypatch):
+    """Untiled decodes run out of memory (simulated): the job's first window is retried tiled, every later decode
+    is tiled at once, and the video is exactly that of a job run with vae_tiling 'on'."""
+    tiles = {"vae_tile_size": 96, "vae_tile_overlap": 32, "init_image": images["start"], "preview": False}
+    _, tiled, _, _ = run(tiny_components, vae_tiling="on", **tiles)
+    vae, attempts, original = tiny_components.vae, [], tiny_components.vae.decode
+
+    def decode(latents, return_dict=True):
+        attempts.append(vae.use_tiling)
+        if not vae.use_tiling:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return original(latents, return_dict=return_dict)
+
+    monkeypatch.setattr(vae, "decode", decode)
+    events = []
+    plan, retried, _, _ = run(tiny_components, on_event=events.append, vae_tiling="auto", **tiles)
+    monkeypatch.undo()
+    assert attempts.count(False) == 1 and attempts[0] is False and len(attempts) > 1
+    assert np.array_equal(retried.frames, tiled.frames) and retried.frames.shape[0] == plan.generated_frames
+    assert all(event.tiled for event in events if isinstance(event, FramesWritten) and event.window >= 0)

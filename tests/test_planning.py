@@ -155,3 +155,21 @@ def test_the_seed_a_plan_draws_comes_from_its_draw_seed_argument():
     assert make_plan(GenerateRequest(seed=5), draw_seed=draw).seed == 5 and drawn == [1234]  # a given seed draws none
     seeds = {make_plan(GenerateRequest(seed=-1)).seed for _ in range(5)}
     assert len(seeds) > 1 and all(0 <= seed < 2**32 for seed in seeds)  # the default draws at random
+
+
+def test_plan_shows_the_estimate_from_earlier_jobs_without_torch(tmp_path):
+    """`plan` reads the speed measurements of FRAMEPACK_HOME (written here as a job of the same kind would leave
+    them): null before any, then measured seconds per step x steps + per frame x frames + the rest."""
+    from framepack.estimate import record_speed
+
+    flags = ["--prompt", "a kite", "--duration", "4"]
+    result = blocked_cli("plan", *flags, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "estimated_seconds" not in json.loads(result.stdout.partition("\n")[2])  # no estimate, no key
+    request = GenerateRequest(prompt="a kite", duration=4.0)
+    timings = {"sampled_steps": 10, "sampling": 5.0, "decode": 1.09, "total": 8.09}  # 0.5 s/step, 0.01 s/frame, 2 s
+    assert record_speed(tmp_path / "home", request, make_plan(request), timings)
+    result = blocked_cli("plan", *flags, cwd=tmp_path)
+    printed = json.loads(result.stdout.partition("\n")[2])
+    assert (printed["num_sections"], printed["start_frame_pass"], printed["generated_frames"]) == (3, True, 109)
+    assert printed["estimated_seconds"] == 53.1  # 0.5 s x (1 + 3) x 25 steps + 0.01 s x 109 frames + 2 s

@@ -30,6 +30,7 @@ from framepack.ui.controls import (  # noqa: E402
     field_bounds,
     field_choices,
     field_default,
+    field_multiple,
     field_type,
     request_from_values,
 )
@@ -79,7 +80,7 @@ def changed_value(name: str):
         return not default
     if kind in (int, float):
         low, high = field_bounds(name)
-        candidate = (default or 0) + 1
+        candidate = (default or 0) + (field_multiple(name) or 1)  # a step the field allows
         if high is not None and candidate > high:
             candidate = low
         return float(candidate)  # sliders and numbers may hand floats back for int fields
@@ -137,6 +138,20 @@ def test_each_control_value_reaches_its_request_field(name):
         assert value == field_type(name)(values[name])
     else:
         assert value == values[name]
+
+
+def test_plan_line_shows_the_time_estimate_of_earlier_jobs(tab, runner):
+    from framepack.estimate import record_speed
+
+    _, handlers = tab
+    values = {**default_values(), "model": "tiny", "duration": 4.0}
+    text, _ = handlers.plan(*handlers.ordered(values))
+    assert "Time estimate: none yet" in text
+    request = request_from_values(values)
+    plan = make_plan(request)  # T2V: 4 x 25 steps, 109 frames
+    record_speed(runner.home, request, plan, {"sampled_steps": 10, "sampling": 5.0, "decode": 1.09, "total": 8.09})
+    text, _ = handlers.plan(*handlers.ordered(values))
+    assert "Time estimate: about 53 s on this machine" in text  # 0.5 s x 100 steps + 0.01 s x 109 frames + 2 s
 
 
 def test_a_bad_value_names_its_field(tab):

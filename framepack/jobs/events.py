@@ -69,11 +69,15 @@ class SectionEvent(BaseModel):
 
 
 class FramesEvent(BaseModel):
-    """`event: frames`: frames handed to the outputs so far."""
+    """`event: frames`: frames handed to the outputs so far; sent after each overlap window is decoded."""
 
     event: ClassVar[str] = "frames"
     frames: int
     total: int
+    window: int = Field(-1, description="the overlap window decoded last (time order, 0-based); -1 before the first")
+    windows: int = Field(0, description="overlap windows of the job (one per section)")
+    window_seconds: float = Field(0.0, description="decode time of that window")
+    tiled: bool = Field(False, description="whether that window was decoded in spatial tiles (vae_tiling)")
 
 
 class EnhanceEvent(EnhanceResult):
@@ -128,7 +132,7 @@ def from_engine(event: Event, progress: JobProgress) -> JobEvent | None:
         )
     if isinstance(event, FramesWritten):
         progress.frames_written = event.frames
-        return FramesEvent(frames=event.frames, total=event.total)
+        return FramesEvent(**vars(event))  # the same fields, with their schema for the wire
     if isinstance(event, PromptsEnhanced):
         progress.enhanced_prompts = event.enhanced_prompts()
         progress.warnings = [*progress.warnings, *event.warnings]

@@ -81,7 +81,7 @@ class Preparer:
         """The plan of the completed request (images decoded for their size); with `check_encoder` the output
         settings are probed as a submit would."""
         request = self.complete(request)
-        plan = plan_request(request)
+        plan = plan_request(request, self.runner.home)
         if check_encoder:
             check_outputs(request, plan, self.runner.encoder_prober)
         return plan
@@ -134,7 +134,7 @@ class Preparer:
         'require' and the enhancer is not on this machine). A request without a filename is named by
         `default_stem` (time, seed and `job_id`)."""
         request = self.complete(request)
-        plan = plan_request(request)
+        plan = plan_request(request, self.runner.home)
         self.runner.preflight(request, plan)
         recipe = self.recipe(request.model, request.variant)
         self.runner.check_recipe(recipe)

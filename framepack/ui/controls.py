@@ -15,7 +15,7 @@ import typing
 from typing import Any
 
 import numpy as np
-from annotated_types import Ge, Gt, Le, Lt, MaxLen
+from annotated_types import Ge, Gt, Le, Lt, MaxLen, MultipleOf
 from PIL import Image
 from pydantic import ValidationError
 from pydantic.fields import FieldInfo
@@ -89,6 +89,14 @@ def field_bounds(name: str) -> tuple[float | None, float | None]:
         elif isinstance(item, Lt):
             high = item.lt
     return low, high
+
+
+def field_multiple(name: str) -> int | None:
+    """The field's `multiple_of` constraint (a slider's step), None without one."""
+    for item in field_info(name).metadata:
+        if isinstance(item, MultipleOf):
+            return item.multiple_of
+    return None
 
 
 def field_max_length(name: str) -> int | None:
@@ -336,7 +344,7 @@ def make_control(name: str, gr: Any, component: Any, value: Any = None) -> Any:
         low, high = field_bounds(name)
         if low is not None and high is not None and name not in NUMBER_FIELDS:
             if kind is int:
-                step = SLIDER_STEPS.get(name, 1)
+                step = SLIDER_STEPS.get(name) or field_multiple(name) or 1
             else:
                 step = 0.01 if high - low <= 2 else 0.1
             return component(gr.Slider, minimum=low, maximum=high, step=step, value=default, **common)

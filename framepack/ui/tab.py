@@ -119,6 +119,7 @@ class FramePackTab:
         lines = [
             f"**Plan:** {plan.summary()}",
             f"{plan.model_calls} model calls, {plan.steps} steps per section, seed {plan.seed}",
+            plan.estimate_summary(),
         ]
         if request.model == SELF_TEST_MODEL:
             lines.append("SELF-TEST model: random weights, the video is noise.")
@@ -181,7 +182,10 @@ class FramePackTab:
                     pictures_changed = True
                 force = True
             elif isinstance(event, FramesEvent):
-                status = f"encoding: {event.frames}/{event.total} frames"
+                status = f"decoding: {event.frames}/{event.total} frames written"
+                if event.window >= 0:
+                    tiled = ", tiled" if event.tiled else ""
+                    status += f", window {event.window + 1}/{event.windows} took {event.window_seconds:.1f} s{tiled}"
             elif isinstance(event, EnhanceEvent):
                 status = enhance_summary(event)
                 force = True
@@ -529,6 +533,9 @@ def build_tab(tab: FramePackTab) -> gr.Blocks:
                     make("seed", "steps", "sampler", "guidance", "cfg_scale", "cfg_rescale", "shift")
                 with gr.Accordion("Speed and memory", open=False):
                     make("cache", "cache_threshold", "attention", "offload", "preserved_memory_gb", "compile")
+                    make(
+                        "vae_tiling", "vae_tile_size", "vae_tile_overlap", "vae_tile_frames", "vae_tile_frames_overlap"
+                    )
                 with gr.Accordion("Output", open=False):
                     make(
                         "codec",
