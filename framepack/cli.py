@@ -272,10 +272,13 @@ def command_serve(args: argparse.Namespace) -> int:
         max_queued=args.max_queued,
         max_streams=args.max_streams,
         verbose=args.verbose,
+        keep_jobs=args.keep_jobs,
+        keep_days=args.keep_days,
+        prune_outputs=args.prune_outputs,
     )
     try:
         return serve(settings)
-    except ValueError as error:  # bad --auth / --token
+    except ValueError as error:  # bad --auth / --token / retention
         return _error(str(error))
 
 
@@ -324,6 +327,25 @@ def add_serve_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--max-streams", type=int, default=128, help="job event streams open at once; more get HTTP 429 (default: 128)"
+    )
+    parser.add_argument(
+        "--keep-jobs",
+        type=int,
+        default=0,
+        metavar="N",
+        help="keep the newest N ended jobs in the queue's history, delete older ones after each job (default: 0 = all)",
+    )
+    parser.add_argument(
+        "--keep-days",
+        type=float,
+        default=0.0,
+        metavar="D",
+        help="delete ended jobs older than D days from the history (default: 0 = never)",
+    )
+    parser.add_argument(
+        "--prune-outputs",
+        action="store_true",
+        help="also delete the outputs of jobs removed from the history (default: outputs are kept)",
     )
 
 
