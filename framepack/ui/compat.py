@@ -5,6 +5,7 @@ Everything in the tab that differs between the two goes through here:
 - component keyword arguments: `sources=[...]` (current) vs `source="..."` (3.x); arguments one version does not
   know (`buttons`, `allow_custom_value`, `minimum` on Number, `columns`...) are dropped, not passed;
 - event listeners: `js=` (current) vs `_js=` (3.x); `queue=False` for instant handlers;
+- a handler run every few seconds: `gr.Timer` (current) vs `Blocks.load(every=...)` (3.x);
 - `Blocks.queue`: `default_concurrency_limit` (4+) vs `concurrency_count` (3.x);
 - file inputs: a path string (4+) vs a tempfile wrapper with `.name` (3.x);
 - mounting into a FastAPI app (`allowed_paths` only where supported);
@@ -67,6 +68,13 @@ def on(
     if accepted is not None:
         arguments = {name: value for name, value in arguments.items() if name in accepted}
     return event(**arguments)
+
+
+def every(blocks: gr.Blocks, seconds: float, fn: Any, inputs: Any = None, outputs: Any = None) -> Any:
+    """Run `fn` every `seconds` while the page is open (inside `blocks`' context); needs the queue on 3.x."""
+    if hasattr(gr, "Timer"):
+        return on(gr.Timer(seconds).tick, fn, inputs, outputs, show_progress="hidden")
+    return on(blocks.load, fn, inputs, outputs, every=seconds, show_progress="hidden")
 
 
 def update(**kwargs: Any) -> Any:

@@ -42,6 +42,7 @@ from framepack.ui.controls import (
     values_from_request,
 )
 from framepack.ui.presets import PresetError, PresetStore
+from framepack.ui.queue_panel import QueuePanel, build_queue_panel
 from framepack.ui.timeline import render_timeline
 
 logger = logging.getLogger(__name__)
@@ -540,6 +541,9 @@ def build_tab(tab: FramePackTab) -> gr.Blocks:
             raise RuntimeError(f"the tab has no control for {', '.join(sorted(missing))}")
         inputs = [controls[name] for name in CONTROL_FIELDS]
         plan_outputs = [plan_line, timeline]
+        queue_panel = QueuePanel(tab)
+        with gr.Accordion("Queue", open=True, elem_id="framepack_queue_panel"):
+            build_queue_panel(queue_panel, blocks, inputs, keyframe_gallery)
 
         for name in CONTROL_FIELDS:
             control = controls[name]
@@ -594,6 +598,7 @@ def build_tab(tab: FramePackTab) -> gr.Blocks:
         compat.on(load.then, tab.plan, inputs, plan_outputs, queue=False)
 
     blocks.framepack = tab  # the handlers, for hosts and tests
+    blocks.framepack_queue = queue_panel
     blocks.framepack_controls = controls
     return blocks
 
