@@ -116,10 +116,15 @@ def test_delete_removes_the_record_and_only_the_files_the_job_wrote(make_manager
     manager = make_manager()
     kept_files = manager.wait(manager.submit(request(save_raw=True)).id, WAIT_S)
     with_files = manager.wait(manager.submit(request(save_frames="png")).id, WAIT_S)
-    out = tmp_path / "out"
-    assert kept_files.outputs == [f"{kept_files.id}.mp4", f"{kept_files.id}.safetensors", f"{kept_files.id}.json"]
-    assert sorted(with_files.outputs) == sorted([f"{with_files.id}.mp4", with_files.id, f"{with_files.id}.json"])
-    (out / with_files.id / "mine.txt").write_text("a file of the user's in the frames folder")
+    all_files = manager.wait(manager.submit(request(save_frames="png")).id, WAIT_S)
+    out, kept, frames, whole = (
+        tmp_path / "out",
+        *(job.request["filename"] for job in (kept_files, with_files, all_files)),
+    )
+    assert kept_files.outputs == [f"{kept}.mp4", f"{kept}.safetensors", f"{kept}.json"]
+    assert sorted(with_files.outputs) == sorted([f"{frames}.mp4", frames, f"{frames}.json"])
+    assert len(list((out / frames).iterdir())) == with_files.plan["output_frames"]
+    (out / frames / "mine.txt").write_text("a file of the user's in the frames folder")
 
     deleted = manager.delete(kept_files.id)
     assert (deleted.removed_files, deleted.kept_files) == ([], kept_files.outputs)
@@ -130,10 +135,13 @@ def test_delete_removes_the_record_and_only_the_files_the_job_wrote(make_manager
         manager.delete(kept_files.id)
 
     deleted = manager.delete(with_files.id, files=True)
-    assert sorted(deleted.removed_files) == [f"{with_files.id}.json", f"{with_files.id}.mp4"]
-    assert deleted.kept_files == [with_files.id]  # the folder keeps the user's file
-    assert not (out / f"{with_files.id}.mp4").exists() and not (out / f"{with_files.id}.json").exists()
-    assert [path.name for path in (out / with_files.id).iterdir()] == ["mine.txt"]
+    assert sorted(deleted.removed_files) == [f"{frames}.json", f"{frames}.mp4"]
+    assert deleted.kept_files == [frames]  # the folder keeps the user's file
+    assert not (out / f"{frames}.mp4").exists() and not (out / f"{frames}.json").exists()
+    assert [path.name for path in (out / frames).iterdir()] == ["mine.txt"]
+    deleted = manager.delete(all_files.id, files=True)
+    assert (sorted(deleted.removed_files), deleted.kept_files) == (sorted(all_files.outputs), [])
+    assert not any(path.name.startswith(whole) for path in out.iterdir())
 
     manager.pause()
     queued = manager.submit(request())

@@ -100,3 +100,34 @@ def test_rerun_loads_the_jobs_settings_and_images_but_not_its_output_name(panel,
     rerun = manager.submit(panel.tab.request(controls))  # the same settings queue again, under a new name
     assert manager.wait(rerun.id, WAIT_S).state == JobState.FINISHED
     assert rerun.request["seed"] == job.request["seed"] and rerun.plan == job.plan
+
+
+# ---------------------------------------------------------------------------------------------- batches
+
+
+def test_a_batch_of_images_and_prompts_queues_one_job_each_or_none(panel, tmp_path):
+    from framepack.ui.batch_panel import BatchQueuer
+
+    queuer, manager = BatchQueuer(panel.tab), panel.manager
+    images = [str(pattern_image(tmp_path / name, 96, 64, seed=index)) for index, name in enumerate(("a.png", "b.png"))]
+    (tmp_path / "notes.png").write_text("a text file named like an image")
+
+    message, batch_id = queuer.queue([images[0], str(tmp_path / "notes.png")], "", *values())
+    assert (message, batch_id) == ("**Not queued:** image notes.png: init_image: not a readable image (PNG, JPEG, "
+                                   "WebP, ...)", "")  # fmt: skip
+    message, batch_id = queuer.queue(images, "one\ntwo", *values(duration=0))
+    assert message.startswith("**Not queued:** job 1 (image a.png, prompt 'one'): duration: ") and batch_id == ""
+    message, batch_id = queuer.queue(images, "one\n\n", *values(duration=0.1, keyframes=[[3, images[0]]]))
+    assert message.startswith("**Not queued:** job 1 (image a.png, prompt 'one'): keyframes") and batch_id == ""
+    assert manager.count_jobs() == 0
+    assert queuer.queue(None, "  ", *values()) == ("Give start images or prompts (one per line) to queue a batch.", "")
+
+    message, batch_id = queuer.queue(images, "one\ntwo", *values())
+    assert message == f"Queued a batch of 4 jobs (batch {batch_id[:8]})."
+    jobs = manager.list_jobs(batch_id=batch_id)
+    assert [job.request["prompt"] for job in jobs] == ["one", "two", "one", "two"]
+    assert len({manager.get(job.id).request["init_image"] for job in jobs}) == 2  # each image, embedded
+    assert queuer.cancel(batch_id) == f"Batch {batch_id[:8]}: cancel requested; 4 of 4 jobs have ended."
+    assert {job.state for job in manager.list_jobs(batch_id=batch_id)} == {JobState.CANCELLED}
+    message, batch_id = queuer.queue(None, "three\nfour", *values())
+    assert [job.request["prompt"] for job in manager.list_jobs(batch_id=batch_id)] == ["three", "four"]

@@ -36,7 +36,6 @@ from framepack.ui.controls import (
 if TYPE_CHECKING:
     import gradio as gr
 
-    from framepack.ui.tab import FramePackTab
 
 logger = logging.getLogger(__name__)
 
@@ -96,10 +95,17 @@ def time_text(job: Job) -> str:
     return f"ended {_clock(job.finished_at)}" + (f" after {_duration(took)}" if job.started_at else "")
 
 
+def auto_named(job: Job) -> bool:
+    """Whether the job's output name is the one the queue gave it (its id, or the naming rule's
+    `framepack-...-<id8>`), not one the user chose."""
+    name = str(job.request.get("filename") or "")
+    return name == job.id or (name.startswith("framepack-") and name.endswith(f"-{job.id[:8]}"))
+
+
 class QueuePanel:
     """Handlers of the queue panel over the tab's job service."""
 
-    def __init__(self, tab: FramePackTab):
+    def __init__(self, tab: Any):  # the tab's handlers, `framepack.ui.tab.FramePackTab`
         self.tab = tab
         self.service = tab.service
         self._pictures: dict[tuple[str, str, int], str] = {}  # (job, state, sections done) -> data URL
@@ -264,7 +270,7 @@ class QueuePanel:
         except Exception as error:  # noqa: BLE001
             return [*unchanged, compat.update(), as_markdown(describe_error(error))]
         fields = dict(job.request)
-        if fields.get("filename") == job.id:
+        if auto_named(job):
             fields["filename"] = None
         values = self.tab.default_values()
         values.update(values_from_request(fields))

@@ -25,6 +25,7 @@ from framepack.jobs.service import JobService
 from framepack.outputs import FINAL_SUFFIXES, VIDEO_SUFFIXES
 from framepack.request import SELF_TEST_MODEL, GenerateRequest
 from framepack.ui import compat
+from framepack.ui.batch_panel import BatchQueuer, build_batch_panel
 from framepack.ui.controls import (
     CONTROL_FIELDS,
     IMAGE_FIELDS,
@@ -544,6 +545,8 @@ def build_tab(tab: FramePackTab) -> gr.Blocks:
         queue_panel = QueuePanel(tab)
         with gr.Accordion("Queue", open=True, elem_id="framepack_queue_panel"):
             build_queue_panel(queue_panel, blocks, inputs, keyframe_gallery)
+            with gr.Accordion("Batch: several start images or prompts, one job each", open=False):
+                build_batch_panel(BatchQueuer(tab), inputs)
 
         for name in CONTROL_FIELDS:
             control = controls[name]
