@@ -251,11 +251,14 @@ class QueuePanel:
         return "Queue resumed."
 
     def enqueue(self, *values: Any) -> str:
-        """Queue the current controls without following the run."""
+        """Queue the current controls without following the run (kept as the last-used settings, as Generate
+        does)."""
         try:
-            job = self.service.submit(self.tab.request(values))
+            request = self.tab.request(values)
+            job = self.service.submit(request)
         except Exception as error:  # noqa: BLE001
             return f"**Not queued:** {as_markdown(describe_error(error))}"
+        self.tab.remember(request)  # as Generate does: the settings and images come back after a reload
         return f"Queued {job.id[:8]} as #{(job.queue_position or 0) + 1}: {as_markdown(job.summary or '')}"
 
     def rerun(self, selected: str | None) -> list:
