@@ -185,7 +185,10 @@ class JobManager:
                 logger.warning("the queue is paused: %d jobs wait until it is resumed", len(self._queue))
             self._thread = threading.Thread(target=self._work, name="framepack-jobs", daemon=True)
             self._thread.start()
-        self.prune()
+        try:
+            self.prune()
+        except Exception:  # noqa: BLE001 - a failed clean-up must not keep the queue from starting
+            logger.exception("pruning ended jobs failed")
 
     def stop(self, timeout: float | None = 30.0, cancel_running: bool = False) -> bool:
         """Stop the worker; the running job is interrupted at its next denoising step.
