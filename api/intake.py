@@ -21,6 +21,7 @@ from typing import Any
 from fastapi import Request
 
 from framepack.errors import FieldError
+from framepack.jobs.models import brief_request
 from framepack.request import BUILTIN_MODELS, IMAGE_FIELDS, PATH_CHECK_LENGTH, GenerateRequest
 
 from .aliases import translate
@@ -87,16 +88,4 @@ async def read_generate_request(request: Request, max_bytes: int = DEFAULT_MAX_B
 
 def redact_images(fields: dict[str, Any]) -> dict[str, Any]:
     """A request dict for responses: embedded images replaced by a short note (they can be megabytes)."""
-    shown = dict(fields)
-    for name in IMAGE_FIELDS:
-        if isinstance(shown.get(name), str):
-            shown[name] = _image_note(shown[name])
-    if isinstance(shown.get("keyframes"), dict):
-        shown["keyframes"] = {
-            key: _image_note(value) if isinstance(value, str) else value for key, value in shown["keyframes"].items()
-        }
-    return shown
-
-
-def _image_note(value: str) -> str:
-    return f"<image: {len(value)} characters of base64>" if value.startswith("data:") or len(value) > 256 else value
+    return brief_request(fields)

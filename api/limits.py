@@ -39,6 +39,11 @@ def parse_json(raw: bytes) -> Any:
 
 async def read_json_body(request: Request, max_bytes: int = DEFAULT_MAX_BODY_BYTES) -> Any:
     """Read at most `max_bytes` of body (413 beyond) and parse it strictly."""
+    return parse_json(await read_body(request, max_bytes))
+
+
+async def read_body(request: Request, max_bytes: int = DEFAULT_MAX_BODY_BYTES) -> bytes:
+    """At most `max_bytes` of body (413 beyond); 422 naming "body" for an empty one."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise BodyTooLarge(max_bytes)
@@ -50,7 +55,7 @@ async def read_json_body(request: Request, max_bytes: int = DEFAULT_MAX_BODY_BYT
         chunks.append(chunk)
     if size == 0:
         raise ApiError(422, "invalid", "the body is empty; send the request as a JSON object", "body")
-    return parse_json(b"".join(chunks))
+    return b"".join(chunks)
 
 
 class BodySizeLimit:

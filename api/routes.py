@@ -21,25 +21,26 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Request, Response
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from framepack.jobs.errors import STATUS
 from framepack.jobs.events import EVENT_MODELS, JobEvent
-from framepack.jobs.models import EnhanceResult, Job, JobState
+from framepack.jobs.models import DeletedJob, EnhanceResult, Job, JobState, QueueState
 from framepack.jobs.service import JobService
 from framepack.request import GenerateRequest
 
 from . import streams
 from .aliases import ALIAS_TABLE
+from .batch import read_batch_requests
 from .errors import ApiError, error_response, error_responses, json_errors
 from .intake import read_generate_request, redact_images
-from .limits import DEFAULT_MAX_BODY_BYTES
-from .schemas import CodecInfo, CodecList, GenerateResponse, JobList, PlanResponse
+from .limits import DEFAULT_MAX_BODY_BYTES, read_json_body
+from .schemas import BatchResponse, CodecInfo, CodecList, GenerateResponse, JobList, JobPatch, PlanResponse
 from .streams import DEFAULT_MAX_STREAMS, EventStreamResponse, StreamSlots, sse_events
 
 logger = logging.getLogger(__name__)
@@ -63,6 +64,20 @@ REQUEST_BODY_DOC = (
 
 KeepPartial = Annotated[bool, Query(description="keep the finished sections' latents (see the job's error message)")]
 Refresh = Annotated[bool, Query(description="probe the encoders again (about a second)")]
+Remove = Annotated[
+    bool, Query(description="delete an ended job's record (without it, DELETE cancels and an ended job is a 409)")
+]
+RemoveFiles = Annotated[
+    bool, Query(description="with remove=true: also delete the outputs the job wrote inside the output folder")
+]
+States = Annotated[
+    str | None,
+    Query(max_length=200, description="comma-separated states to list: queued, running, finished, failed, cancelled"),
+]
+Limit = Annotated[int | None, Query(ge=1, le=1000, description="list at most this many jobs (default: all)")]
+Offset = Annotated[int, Query(ge=0, le=10**9, description="skip this many jobs first")]
+Order = Annotated[Literal["oldest", "newest"], Query(description="oldest (default) or newest first")]
+BatchFilter = Annotated[str | None, Query(max_length=64, description="only the jobs of this batch")]
 
 
 @dataclass(frozen=True)
@@ -164,10 +179,23 @@ class FramePackRoutes:
                    errors=(409, 413, 429, 503, 507), body=True),
             _route("POST", f"{p}/jobs", self.submit_job, "Queue a generation", Job, errors=(409, 413, 429, 503),
                    body=True, status_code=202),
+            _route("POST", f"{p}/jobs/batch", self.submit_batch, "Queue a batch of generations", BatchResponse,
+                   errors=(409, 413, 429, 503), body=_batch_body_openapi(), status_code=202),
             _route("GET", f"{p}/jobs", self.list_jobs, "List jobs", JobList),
             _route("GET", job, self.get_job, "Get a job", Job, errors=(404,)),
-            _route("DELETE", job, self.cancel_job, "Cancel a job", Job, errors=(404, 409), name="cancel_job_delete"),
+            _route("PATCH", job, self.patch_job, "Move a queued job in the queue", Job, errors=(404, 409, 413),
+                   body=_patch_body_openapi()),
+            _route("DELETE", job, self.delete_job, "Cancel a job, or delete an ended one (remove=true)",
+                   Job | DeletedJob, errors=(404, 409), name="cancel_job_delete"),
             _route("POST", f"{job}/cancel", self.cancel_job, "Cancel a job", Job, errors=(404, 409)),
+            _route("GET", f"{job}/thumbnail", self.job_thumbnail, "A small picture of the job (PNG)", errors=(404,),
+                   response_class=Response, ok=_binary("image/png", "PNG image")),
+            _route("POST", f"{p}/batches/{{batch_id}}/cancel", self.cancel_batch, "Cancel every job of a batch",
+                   JobList, errors=(404,)),
+            _route("GET", f"{p}/queue", self.queue_state, "The queue: paused, waiting, running", QueueState),
+            _route("POST", f"{p}/queue/pause", self.pause_queue, "Pause the queue (the running job finishes)",
+                   QueueState),
+            _route("POST", f"{p}/queue/resume", self.resume_queue, "Resume the queue", QueueState),
             _route("GET", f"{job}/events", self.job_events, "Job events (SSE)", JobEvent, errors=(404, 429),
                    response_class=StreamingResponse, ok=_event_stream()),
             _route("GET", f"{job}/preview", self.job_preview, "Latest section preview (PNG)", errors=(404,),
@@ -205,9 +233,46 @@ class FramePackRoutes:
         return job_view(job)
 
     @json_errors
-    async def list_jobs(self) -> Any:
-        """Every job the server knows (queued, running, ended), oldest first."""
-        return JobList(jobs=[job_view(job) for job in await run_in_threadpool(self.service.list_jobs)])
+    async def submit_batch(self, request: Request) -> Any:
+        """Queue several generations at once: a JSON object `{"requests": [...], "defaults": {...}}` (each request's
+        fields over the defaults) or JSON lines (`Content-Type: application/x-ndjson`, one request per line). Every
+        request is validated and checked before any is queued; the first bad one refuses the whole batch with the
+        error of its status, `field` `requests.<n>.<field>` and a message starting "line <n>:" (n counts from 1).
+        Answers 202 with the batch id and the job ids in request order."""
+        requests = await read_batch_requests(request, self.max_body_bytes)
+        batch = await run_in_threadpool(self.service.submit_batch, requests)
+        return BatchResponse(
+            batch_id=batch.batch_id, ids=[job.id for job in batch.jobs], jobs=[job_view(job) for job in batch.jobs]
+        )
+
+    @json_errors
+    async def list_jobs(
+        self,
+        state: States = None,
+        limit: Limit = None,
+        offset: Offset = 0,
+        order: Order = "oldest",
+        batch_id: BatchFilter = None,
+    ) -> Any:
+        """The jobs the server knows (queued, running, ended), oldest first (or `order=newest`), filtered by `state`
+        and `batch_id`, a page of `limit` jobs after `offset`; with any of these parameters the answer also carries
+        `total` (the jobs that match), `offset` and `limit`. Requests come without their embedded images (the
+        listing never reads them)."""
+        states = _parse_states(state)
+
+        filters = {"states": states, "batch_id": batch_id}
+        paging = {"limit": limit, "offset": offset, "newest_first": order == "newest"}
+        given = {name: value for name, value in {**filters, **paging}.items() if value not in (None, 0, False)}
+
+        def page() -> tuple[list[Job], int]:
+            jobs = self.service.list_jobs(**given)  # only the filters given: the service's defaults otherwise
+            return jobs, self.service.count_jobs(**{name: given[name] for name in filters if name in given})
+
+        jobs, total = await run_in_threadpool(page)
+        listing = JobList(jobs=[job_view(job) for job in jobs], total=total, offset=offset, limit=limit)
+        if not given:  # the answer of the route before it took parameters: {"jobs": [...]} alone
+            return JSONResponse(listing.model_dump(mode="json", include={"jobs"}))
+        return listing
 
     @json_errors
     async def get_job(self, job_id: str) -> Any:
@@ -215,9 +280,68 @@ class FramePackRoutes:
         return job_view(await run_in_threadpool(self.service.get, job_id))
 
     @json_errors
+    async def patch_job(self, job_id: str, request: Request) -> Any:
+        """Move a queued job: `{"position": 0}` runs it next, a position past the end moves it last. 409 when the
+        job is not queued; unknown fields and non-integer positions are 422."""
+        patch = JobPatch.model_validate(await read_json_body(request, self.max_body_bytes))
+        return job_view(await run_in_threadpool(self.service.move, job_id, patch.position))
+
+    @json_errors
     async def cancel_job(self, job_id: str, keep_partial: KeepPartial = False) -> Any:
         """Cancel a queued or running job (409 when it has already ended)."""
         return job_view(await run_in_threadpool(self.service.cancel, job_id, keep_partial))
+
+    @json_errors
+    async def delete_job(
+        self, job_id: str, keep_partial: KeepPartial = False, remove: Remove = False, files: RemoveFiles = False
+    ) -> Any:
+        """Without `remove`: cancel a queued or running job (409 when it has already ended). With `remove=true`:
+        delete an ended job's record (409 while it is queued or running: cancel it first), and with `files=true`
+        also the outputs it wrote inside the output folder; answers what was removed and what was kept."""
+        if files and not remove:
+            raise ApiError(
+                422, "invalid", "files=true deletes a job's outputs with its record; add remove=true", "files"
+            )
+        if not remove:
+            return job_view(await run_in_threadpool(self.service.cancel, job_id, keep_partial))
+        if keep_partial:
+            raise ApiError(
+                422, "invalid", "keep_partial applies to cancelling; leave it out with remove=true", "keep_partial"
+            )
+        deleted = await run_in_threadpool(self.service.delete, job_id, files)
+        return deleted.model_copy(update={"job": job_view(deleted.job)})
+
+    @json_errors
+    async def cancel_batch(self, batch_id: str, keep_partial: KeepPartial = False) -> Any:
+        """Cancel every queued or running job of a batch; answers the batch's jobs (404 for an unknown batch)."""
+        jobs = await run_in_threadpool(self.service.cancel_batch, batch_id, keep_partial)
+        return JobList(jobs=[job_view(job) for job in jobs], total=len(jobs))
+
+    @json_errors
+    async def queue_state(self) -> Any:
+        """Whether the queue is paused, how many jobs wait and which one runs."""
+        return await run_in_threadpool(self.service.queue_state)
+
+    @json_errors
+    async def pause_queue(self) -> Any:
+        """Start no further job; the running one finishes. The pause outlasts a restart of the server."""
+        return await run_in_threadpool(self.service.pause)
+
+    @json_errors
+    async def resume_queue(self) -> Any:
+        """Start queued jobs again."""
+        return await run_in_threadpool(self.service.resume)
+
+    @json_errors
+    async def job_thumbnail(self, job_id: str) -> Any:
+        """A small picture of the job as PNG: its latest section while it runs, the first frame of its video once
+        finished, else its start image; 404 when it has none."""
+        pixels = await run_in_threadpool(self.service.thumbnail, job_id)
+        if pixels is None:
+            raise ApiError(404, "not_found", f"job {job_id} has no picture", "id")
+        return Response(
+            await run_in_threadpool(_png, pixels), media_type="image/png", headers={"Cache-Control": "no-store"}
+        )
 
     @json_errors
     async def job_events(self, job_id: str) -> Any:
@@ -248,15 +372,9 @@ class FramePackRoutes:
         pixels = await run_in_threadpool(self.service.preview, job_id)
         if pixels is None:
             raise ApiError(404, "not_found", f"job {job_id} has no preview yet", "id")
-
-        def encode() -> bytes:
-            from PIL import Image
-
-            buffer = io.BytesIO()
-            Image.fromarray(pixels).save(buffer, format="PNG")
-            return buffer.getvalue()
-
-        return Response(await run_in_threadpool(encode), media_type="image/png", headers={"Cache-Control": "no-store"})
+        return Response(
+            await run_in_threadpool(_png, pixels), media_type="image/png", headers={"Cache-Control": "no-store"}
+        )
 
     @json_errors
     async def download(self, file_path: str, request: Request) -> Any:
@@ -330,6 +448,58 @@ class FramePackRoutes:
         )
 
 
+def _png(pixels: Any) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _parse_states(text: str | None) -> tuple[JobState, ...] | None:
+    """'queued,running' -> the states; None for none given; ApiError 422 naming "state" for an unknown one."""
+    if text is None:
+        return None
+    states = []
+    for name in (part.strip() for part in text.split(",")):
+        try:
+            states.append(JobState(name))
+        except ValueError:
+            allowed = ", ".join(state.value for state in JobState)
+            raise ApiError(422, "invalid", f"{name!r} is not a job state; allowed: {allowed}", "state") from None
+    return tuple(states)
+
+
+def _patch_body_openapi() -> dict[str, Any]:
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": JobPatch.model_json_schema()}},
+        }
+    }
+
+
+def _batch_body_openapi() -> dict[str, Any]:
+    """The batch body: an object of requests and defaults, or JSON lines of requests."""
+    request = GenerateRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    request.pop("$defs", None)
+    batch = {
+        "type": "object",
+        "required": ["requests"],
+        "additionalProperties": False,
+        "properties": {"requests": {"type": "array", "minItems": 1, "items": request}, "defaults": request},
+    }
+    lines = {"type": "string", "description": "one request object (JSON) per line"}
+    return {
+        "requestBody": {
+            "required": True,
+            "description": "The requests of the batch, each as the body of POST .../jobs (see there); a request's "
+            "fields go over `defaults`. Or JSON lines: one request per line.",
+            "content": {"application/json": {"schema": batch}, "application/x-ndjson": {"schema": lines}},
+        }
+    }
+
+
 def _failure_response(job: Job) -> Response:
     """A failed or cancelled job as the error shape with its status and id."""
     error = job.error
@@ -365,12 +535,13 @@ def _route(
     response_model: Any = None,
     *,
     errors: tuple[int, ...] = (),
-    body: bool = False,
+    body: bool | dict[str, Any] = False,
     ok: dict[str, Any] | None = None,
     **options: Any,
 ) -> RouteSpec:
     """One route: `errors` are its error statuses beyond the common ones (`error_responses`), `body` declares
-    the request body (read by hand), `ok` its 200 response when that is not `response_model`."""
+    the request body (read by hand): True for a generation request, else its OpenAPI description; `ok` its 200
+    response when that is not `response_model`."""
     responses = error_responses(*errors)
     if ok is not None:
         responses[200] = ok
@@ -378,7 +549,7 @@ def _route(
     if response_model is not None:
         spec["response_model"] = response_model
     if body:
-        spec["openapi_extra"] = _request_body_openapi()
+        spec["openapi_extra"] = body if isinstance(body, dict) else _request_body_openapi()
     return RouteSpec(path, endpoint, [method], spec)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from framepack.jobs.models import Job, JobErrorInfo, JobState
 from framepack.plan import Plan
@@ -29,7 +29,32 @@ class GenerateResponse(BaseModel):
 
 
 class JobList(BaseModel):
-    jobs: list[Job] = Field(description="every job the server knows, oldest first; queued ones carry queue_position")
+    jobs: list[Job] = Field(
+        description="the jobs asked for (all by default), oldest first unless order=newest; queued ones carry "
+        "queue_position; requests with embedded images replaced by a note"
+    )
+    total: int | None = Field(None, description="how many jobs match the filters, whatever the limit")
+    offset: int = Field(0, description="jobs skipped before the first listed")
+    limit: int | None = Field(None, description="the most jobs listed (None: no limit)")
+
+
+MAX_POSITION = 1_000_000
+
+
+class JobPatch(BaseModel):
+    """A change to a queued job: where it stands in the queue."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    position: StrictInt = Field(
+        ge=0, le=MAX_POSITION, description="0 = run next; a position past the end of the queue moves the job last"
+    )
+
+
+class BatchResponse(BaseModel):
+    batch_id: str = Field(description="cancel the whole batch with POST .../batches/{batch_id}/cancel")
+    ids: list[str] = Field(description="the job ids, in the order of the requests")
+    jobs: list[Job]
 
 
 class PlanResponse(BaseModel):

@@ -213,6 +213,8 @@ def quiet_library_progress() -> None:
 
 
 def command_generate(args: argparse.Namespace) -> int:
+    if args.batch or args.init_image_dir or args.seeds is not None:
+        return command_generate_batch(args)
     request = request_from_args(args)
     plan = checked_plan(request)  # bad flags, images and codec options stop here, before torch is imported
     print(f"plan: {plan.summary()}")
@@ -264,6 +266,58 @@ def command_enhance(args: argparse.Namespace) -> int:
     for warning in result.warnings:
         print(f"warning: {warning}")
     return 0
+
+
+def command_generate_batch(args: argparse.Namespace) -> int:
+    """`generate --batch/--init-image-dir/--seeds` (see `framepack.batch`): every request validated and planned
+    before any is run, then one video after the other with one loaded model; exit 1 when any of them failed."""
+    from framepack.batch import BatchInvalid, fan_out, folder_images, item_request, named_error, read_batch_file
+    from framepack.defaults import apply_defaults, env_defaults
+    from framepack.outputs import existing_names, output_names
+
+    base = given_request(args).model_dump(exclude_unset=True)
+    lines = read_batch_file(Path(args.batch)) if args.batch else None
+    images = folder_images(Path(args.init_image_dir)) if args.init_image_dir else None
+    items = fan_out(base, lines, images, args.seeds, source=f"--batch {args.batch}")
+    defaults, planned = env_defaults(), []
+    for item in items:
+        request = apply_defaults(item_request(item), defaults)
+        try:
+            plan = checked_plan(request)
+        except Exception as error:
+            raise named_error(item, error) from None
+        if request.filename:
+            folder = Path(request.output_dir or args.output_dir_default)
+            taken = existing_names(folder, output_names(request.filename))
+            if taken:
+                message = f"{taken[0]} exists already in {folder}; choose another filename or remove it"
+                raise BatchInvalid(item.where, f"filename: {message}", "filename")
+        planned.append((item, request, plan))
+    print(f"batch: {len(planned)} videos, all checked")
+
+    from framepack.progress import ConsoleProgress
+    from framepack.runner import Runner
+
+    quiet_library_progress()
+    runner = Runner(device=args.device, output_dir=args.output_dir_default)
+    failed = 0
+    for index, (item, request, plan) in enumerate(planned, 1):
+        print(f"[{index}/{len(planned)}] {item.where}: plan: {plan.summary()}")
+        try:
+            with ConsoleProgress(plan) as progress:
+                result = runner.run(request, on_event=progress, plan=plan)
+        except Exception as error:
+            message = output_exists_message(error) if isinstance(error, OutputExists) else user_error_message(error)
+            if message is None:
+                raise
+            print(f"error: [{index}/{len(planned)}] {item.where}: {message}", file=sys.stderr)
+            failed += 1
+            continue
+        print(f"done in {result.timings['total']:.1f} s: {result.frames} frames at {plan.fps} fps")
+        for path in result.outputs:
+            print(f"output: {path}")
+    print(f"batch: {len(planned) - failed} of {len(planned)} videos made")
+    return 1 if failed else 0
 
 
 def command_calibrate_magcache(args: argparse.Namespace) -> int:
@@ -320,10 +374,13 @@ def command_serve(args: argparse.Namespace) -> int:
         max_queued=args.max_queued,
         max_streams=args.max_streams,
         verbose=args.verbose,
+        keep_jobs=args.keep_jobs,
+        keep_days=args.keep_days,
+        prune_outputs=args.prune_outputs,
     )
     try:
         return serve(settings)
-    except ValueError as error:  # bad --auth / --token
+    except ValueError as error:  # bad --auth / --token / retention
         return _error(str(error))
 
 
@@ -373,6 +430,50 @@ def add_serve_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-streams", type=int, default=128, help="job event streams open at once; more get HTTP 429 (default: 128)"
     )
+    parser.add_argument(
+        "--keep-jobs",
+        type=int,
+        default=0,
+        metavar="N",
+        help="keep the newest N ended jobs in the queue's history, delete older ones after each job (default: 0 = all)",
+    )
+    parser.add_argument(
+        "--keep-days",
+        type=float,
+        default=0.0,
+        metavar="D",
+        help="delete ended jobs older than D days from the history (default: 0 = never)",
+    )
+    parser.add_argument(
+        "--prune-outputs",
+        action="store_true",
+        help="also delete the outputs of jobs removed from the history (default: outputs are kept)",
+    )
+
+
+def add_batch_flags(parser: argparse.ArgumentParser) -> None:
+    """`generate`'s batch flags (see `framepack.batch`)."""
+    parser.add_argument(
+        "--batch",
+        default=None,
+        metavar="FILE.jsonl",
+        help="one request per line (a JSON object of request fields, over the flags); every line is checked before "
+        "any video is made (default: none)",
+    )
+    parser.add_argument(
+        "--init-image-dir",
+        default=None,
+        metavar="DIR",
+        help="one video per image of the folder (png, jpg, webp, bmp, tif; by name) as the start image; a batch "
+        "line's own init_image wins (default: none)",
+    )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=None,
+        metavar="N",
+        help="N videos of each request, seeds S, S+1, ... (each its own with --seed -1) [1 to 1000] (default: one)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -400,6 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
             "output_dir) takes precedence (default: outputs)",
         )
         command.set_defaults(handler=handler)
+        if name == "generate":
+            add_batch_flags(command)
 
     enhance = commands.add_parser(
         "enhance",

@@ -32,7 +32,7 @@ def build_job_service(
     `host.data_dir()` (the host's LoRA folders are searched after it). Jobs run on `host.device()` under
     `host.gpu_lock()`, with the host's balanced offload and model cache. A host that `shows_tasks` sees each job
     as its task, and its Interrupt cancels the job. Requests take `request_defaults()` (default: the host's) for
-    the fields they leave out.
+    the fields they leave out; ended jobs are kept as `host.retention()` says.
     """
     output_dir, data_dir = host.output_dir(), host.data_dir()
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -57,6 +57,7 @@ def build_job_service(
         gpu_lock=host.gpu_lock(),
         host_hooks=host.job_hooks(on_interrupt=cancel) if host.shows_tasks else None,
         request_defaults=request_defaults or host.request_defaults,
+        retention=host.retention,
     )
     where = ", ".join(str(folder) for folder in runner.lora_dir)
     offline = " (offline)" if runner.hub.offline else ""

@@ -19,6 +19,8 @@ What a host provides:
   `opts.offline_mode`, and `cmd_opts.lora_dir`), handed to the `Runner`
 - `request_defaults()`: the values a request takes for the fields it leaves out (SD.Next: its "FramePack"
   settings section, registered by `register_settings()`)
+- `retention()`: how many ended jobs the job store keeps (standalone: `serve --keep-jobs/--keep-days/
+  --prune-outputs`; SD.Next: its "FramePack" settings)
 - `begin(title, task_id)`, `end(task_id)`, `progress(done, total, text)`, `outputs(paths)`, `interrupted()`,
   `interrupt_mark()` / `interrupted_since(mark)`: the host's task state (SD.Next: `shared.state`; its Interrupt
   and Skip buttons mean "cancel the FramePack job")
@@ -42,6 +44,7 @@ from typing import Any
 
 from framepack.home import data_home
 from framepack.jobs.hooks import JobHooks
+from framepack.jobs.models import Retention
 
 INTERRUPT_POLL_SECONDS = 0.25  # how often a running job looks at the host's interrupt flag
 JOB_TITLE = "FramePack"  # the task title the host shows (SD.Next: progress `state.job`, history `job`)
@@ -49,6 +52,9 @@ SETTINGS_SECTION = ("framepack", "FramePack")  # SD.Next settings page section (
 SETTING_MODEL = "framepack_default_model"
 SETTING_CACHE = "framepack_default_cache"
 SETTING_OFFLOAD = "framepack_default_offload"
+SETTING_KEEP_JOBS = "framepack_keep_jobs"
+SETTING_KEEP_DAYS = "framepack_keep_days"
+SETTING_PRUNE_OUTPUTS = "framepack_prune_outputs"
 MODEL_CHOICES = ("published", "self-test")  # or a recipe file path, typed into the same field
 
 
@@ -92,6 +98,10 @@ class Host(ABC):
         from framepack.defaults import env_defaults
 
         return env_defaults()
+
+    def retention(self) -> Retention:
+        """How many ended jobs to keep (read before every pruning); by default all of them."""
+        return Retention()
 
     def begin(self, title: str, task_id: str) -> None:
         """A job starts (host task state); `task_id` is the FramePack job id."""
@@ -251,10 +261,17 @@ class StandaloneHost(Host):
 
     name = "standalone"
 
-    def __init__(self, output_dir: Path | str | None = None, data_dir: Path | str | None = None, device: Any = None):
+    def __init__(
+        self,
+        output_dir: Path | str | None = None,
+        data_dir: Path | str | None = None,
+        device: Any = None,
+        retention: Retention | None = None,
+    ):
         self._data_dir = Path(data_dir) if data_dir else data_home()
         self._output_dir = Path(output_dir) if output_dir else Path("outputs")
         self._device = device
+        self._retention = retention or Retention()
         self._lock = threading.Lock()
         self._logger = logging.getLogger("framepack")
 
@@ -273,6 +290,9 @@ class StandaloneHost(Host):
 
     def device(self) -> Any:
         return self._device
+
+    def retention(self) -> Retention:
+        return self._retention
 
 
 def _accepts(function: Callable[..., Any], parameter: str) -> bool:
@@ -403,6 +423,27 @@ class SDNextHost(Host):
             ),
             SETTING_CACHE: radio("cache", Cache.__args__),
             SETTING_OFFLOAD: radio("offload", Offload.__args__),
+            SETTING_KEEP_JOBS: shared.OptionInfo(
+                0,
+                "Ended jobs to keep in the queue's history (0 = all; older ones are deleted after each job)",
+                gr.Number,
+                {"precision": 0, "minimum": 0},
+                section=SETTINGS_SECTION,
+            ),
+            SETTING_KEEP_DAYS: shared.OptionInfo(
+                0,
+                "Days to keep ended jobs in the queue's history (0 = forever)",
+                gr.Number,
+                {"minimum": 0},
+                section=SETTINGS_SECTION,
+            ),
+            SETTING_PRUNE_OUTPUTS: shared.OptionInfo(
+                False,
+                "Delete the videos of jobs removed from the history too (otherwise they are kept)",
+                gr.Checkbox,
+                {},
+                section=SETTINGS_SECTION,
+            ),
         }
         for key, info in options.items():
             shared.opts.add_option(key, info)
@@ -422,6 +463,23 @@ class SDNextHost(Host):
             if value:
                 defaults[field] = value
         return defaults
+
+    def retention(self) -> Retention:
+        """The history settings of the "FramePack" section (0 or a value that is no number: no limit)."""
+
+        def limit(key: str, kind: type) -> Any:
+            value = self._option(key)
+            try:
+                number = kind(value) if value is not None and not isinstance(value, bool) else None
+            except (TypeError, ValueError):
+                return None
+            return number if number is not None and number > 0 else None
+
+        return Retention(
+            keep_jobs=limit(SETTING_KEEP_JOBS, int),
+            keep_days=limit(SETTING_KEEP_DAYS, float),
+            remove_outputs=self._option(SETTING_PRUNE_OUTPUTS) is True,
+        )
 
     # ------------------------------------------------------------------------------------ task state
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING
 from api.auth import Credentials
 from framepack.defaults import SELF_TEST_NOTICE, env_defaults, model_default, uses_self_test
 from framepack.home import server_data_dir
+from framepack.jobs.models import Retention
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -42,6 +44,19 @@ class ServeSettings:
     max_queued: int = 100
     max_streams: int = 128
     verbose: bool = False
+    keep_jobs: int = 0  # ended jobs kept in the store (0: all)
+    keep_days: float = 0.0  # days ended jobs are kept (0: forever)
+    prune_outputs: bool = False  # delete the outputs of pruned jobs too
+
+    def retention(self) -> Retention:
+        """The retention these settings ask for; ValueError naming the flag for a negative or non-finite value."""
+        if self.keep_jobs < 0:
+            raise ValueError(f"--keep-jobs {self.keep_jobs}: must be 0 (keep all) or more")
+        if not math.isfinite(self.keep_days) or self.keep_days < 0:
+            raise ValueError(f"--keep-days {self.keep_days}: must be 0 (forever) or a positive number of days")
+        if self.prune_outputs and not (self.keep_jobs or self.keep_days):
+            raise ValueError("--prune-outputs needs --keep-jobs or --keep-days (otherwise no job is ever pruned)")
+        return Retention(self.keep_jobs or None, self.keep_days or None, self.prune_outputs)
 
 
 def serve_defaults(model: str | None) -> dict[str, str]:
@@ -99,6 +114,7 @@ def mount_tab(
 def serve(settings: ServeSettings) -> int:
     """Run the server until interrupted."""
     credentials = Credentials.from_options(settings.auth, settings.token)  # bad values fail before heavy imports
+    retention = settings.retention()
     defaults = serve_defaults(settings.model)
 
     import uvicorn
@@ -112,7 +128,7 @@ def serve(settings: ServeSettings) -> int:
     if credentials is None and not _is_loopback(settings.host):
         logger.warning("serving on %s without --auth or --token: anyone who can reach it can use it", settings.host)
 
-    host = StandaloneHost(output_dir=output_dir, device=settings.device)
+    host = StandaloneHost(output_dir=output_dir, device=settings.device, retention=retention)
     service = build_job_service(host, data_dir, max_queued=settings.max_queued, request_defaults=lambda: defaults)
     # The lifespan closes the store: after SIGTERM uvicorn re-raises the signal, so no code after run() runs.
     app = create_app(service, output_dir, credentials, max_streams=settings.max_streams, close_on_shutdown=True)
@@ -122,6 +138,13 @@ def serve(settings: ServeSettings) -> int:
     )
     if "model" in defaults:
         logger.info("requests that name no model use %r", defaults["model"])
+    if retention.active:
+        logger.info(
+            "keeping %s ended jobs%s; their outputs are %s",
+            retention.keep_jobs or "all",
+            f" of the last {retention.keep_days:g} days" if retention.keep_days else "",
+            "deleted with them" if retention.remove_outputs else "kept",
+        )
     if uses_self_test(defaults):
         logger.warning("%s; requests that name no model get noise", SELF_TEST_NOTICE)
     uvicorn.run(

@@ -517,6 +517,18 @@ def test_extension_in_sdnext_defaults_models_loras_progress_history_and_interrup
             "balanced", "Default offload when a request names none", "Radio",
             {"choices": ["none", "model", "balanced", "blocks"]}, ["framepack", "FramePack"],
         ],
+        "framepack_keep_jobs": [
+            0, "Ended jobs to keep in the queue's history (0 = all; older ones are deleted after each job)", "Number",
+            {"precision": 0, "minimum": 0}, ["framepack", "FramePack"],
+        ],
+        "framepack_keep_days": [
+            0, "Days to keep ended jobs in the queue's history (0 = forever)", "Number", {"minimum": 0},
+            ["framepack", "FramePack"],
+        ],
+        "framepack_prune_outputs": [
+            False, "Delete the videos of jobs removed from the history too (otherwise they are kept)", "Checkbox", {},
+            ["framepack", "FramePack"],
+        ],
     }  # fmt: skip
     routes = {(path, method) for path, methods in report["routes"] for method in methods}
     assert {
@@ -592,7 +604,8 @@ def test_extension_tab_and_settings_under_the_hosts_gradio(fake_sdnext, host_pyt
     assert (report["model_control"], report["cache_control"]) == ("tiny", "magcache")  # the settings' defaults
     assert report["settings_built"] == {  # as SD.Next's settings page builds them, with the values set
         "framepack_default_model": "self-test", "framepack_default_cache": "magcache",
-        "framepack_default_offload": "balanced",
+        "framepack_default_offload": "balanced", "framepack_keep_jobs": 0, "framepack_keep_days": 0,
+        "framepack_prune_outputs": False,
     }  # fmt: skip
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 
 from framepack.errors import FieldError, UserError
-from framepack.jobs.models import JobConflict, JobErrorInfo, JobNotFound, QueueFull
+from framepack.jobs.models import BatchLineError, JobConflict, JobErrorInfo, JobNotFound, QueueFull
 from framepack.outputs import DiskFull, OutputExists
 
 OUT_OF_MEMORY_ADVICE = (
@@ -48,6 +48,8 @@ def is_out_of_memory(error: BaseException) -> bool:
 
 def classify(error: BaseException) -> JobErrorInfo | None:
     """The kind, field and message of a known error; None for a bug (kind "internal" is then the caller's)."""
+    if isinstance(error, BatchLineError):
+        return JobErrorInfo(kind=error.kind, field=error.field, message=str(error))
     model_unavailable = _loaded_class("framepack.models.loader", "ModelUnavailableError")
     if model_unavailable is not None and isinstance(error, model_unavailable):
         return JobErrorInfo(kind="model_unavailable", field="model", message=str(error))

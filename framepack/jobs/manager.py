@@ -21,6 +21,12 @@ Shutdown. `stop()` interrupts the running job at its next denoising step and sto
 (`cancel_running=False`) that job is *not* cancelled: it stays RUNNING in the database with its checkpoints, and
 the next `start()` resumes it, exactly as after a crash. `stop(cancel_running=True)` ends it CANCELLED instead.
 `close()` stops for good and checkpoints and closes the database, so that `jobs.db` alone holds every job.
+
+Steering. Queued jobs can be moved (`move`), the queue paused (`pause`: the running job finishes, no other starts;
+kept in the database, so a restarted process stays paused) and resumed, ended jobs deleted (`delete`, optionally
+with the files they wrote), and a batch of requests queued together (`submit_batch`: every request checked before
+any is queued) and cancelled together (`cancel_batch`). With a `retention`, ended jobs past its limits are deleted
+after every job and at start.
 """
 
 from __future__ import annotations
@@ -39,10 +45,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from framepack.errors import FieldError
 from framepack.events import Cancelled, CancelToken, Event
 from framepack.generate import START
 from framepack.jobs.bus import AsyncSubscription, EventBus, Subscriber, loop_waker
 from framepack.jobs.checkpoints import CheckpointStore, SectionKey
+from framepack.jobs.cleanup import remove_outputs
 from framepack.jobs.errors import classify, internal_error
 from framepack.jobs.events import (
     EndEvent,
@@ -58,6 +66,9 @@ from framepack.jobs.events import (
 from framepack.jobs.executor import Executor, LocalExecutor
 from framepack.jobs.hooks import JobHooks
 from framepack.jobs.models import (
+    Batch,
+    BatchLineError,
+    DeletedJob,
     EnhanceResult,
     Job,
     JobConflict,
@@ -66,11 +77,15 @@ from framepack.jobs.models import (
     JobProgress,
     JobState,
     QueueFull,
+    QueueState,
+    Retention,
 )
 from framepack.jobs.names import check_output_name, remove_partial_outputs
 from framepack.jobs.prepare import PreparedJob, Preparer
 from framepack.jobs.service import MissingComponent
 from framepack.jobs.store import STORE_FILE, FolderLock, JobStore
+from framepack.jobs.thumbnails import THUMBNAIL_SIZE, fit, image_thumbnail, video_thumbnail
+from framepack.outputs import VIDEO_SUFFIXES
 from framepack.plan import Plan
 from framepack.record import read_record
 from framepack.request import GenerateRequest
@@ -81,6 +96,8 @@ logger = logging.getLogger(__name__)
 
 PERSIST_INTERVAL_S = 0.5  # progress is written to SQLite at most this often (and at every stage and section)
 PREVIEWS_KEPT = 16  # section previews a face can still fetch after their event (one frame each)
+THUMBNAILS_KEPT = 256  # job thumbnails kept (a few tens of KB each), so a listing decodes each video once
+PAUSED_SETTING = "queue_paused"  # the store's setting that keeps the pause across restarts
 
 
 class JobManager:
@@ -91,7 +108,8 @@ class JobManager:
     shares the GPU with its own work) while a job runs; `executor` puts jobs elsewhere instead (then `gpu_lock` is
     the executor's business). `host_hooks` show the jobs to the host (its progress, history and Interrupt);
     `request_defaults` returns the values a submitted request takes for the fields it left out (`framepack.defaults`:
-    model, cache, offload), read at every submit so that a changed setting applies at once. Each subscriber's
+    model, cache, offload), read at every submit so that a changed setting applies at once. `retention` returns how
+    many ended jobs to keep (`Retention`), read whenever ended jobs are pruned. Each subscriber's
     queue holds at most `event_queue_size` events. Only one started manager may use a `jobs_dir` at a time
     (start() refuses a second one where the OS has flock), so running the API with several worker processes over
     one data folder fails loudly.
@@ -108,6 +126,7 @@ class JobManager:
         host_hooks: JobHooks | None = None,
         request_defaults: Callable[[], Mapping[str, Any]] | None = None,
         event_queue_size: int = 1000,
+        retention: Callable[[], Retention] | None = None,
     ):
         if executor is not None and gpu_lock is not None:
             raise ValueError("gpu_lock is for the local executor; give it to your executor instead")
@@ -135,6 +154,9 @@ class JobManager:
         self._folder_lock = FolderLock(self.jobs_dir, "job manager")  # held while the worker runs
         self._last_persist = 0.0
         self._previews: dict[str, dict[int, np.ndarray]] = {}  # job -> the last PREVIEWS_KEPT section previews
+        self._thumbnails: dict[tuple[str, str], np.ndarray] = {}  # (job, state) -> picture, oldest first
+        self._retention = retention
+        self._paused = self._store.setting(PAUSED_SETTING) == "1"
         for job in self._store.queued():
             self._jobs[job.id] = job
             self._queue.append(job.id)
@@ -174,8 +196,14 @@ class JobManager:
                 self._jobs[job.id] = job
             recovered_ids = [job.id for job in recovered]
             self._queue = recovered_ids + [job_id for job_id in self._queue if job_id not in recovered_ids]
+            if self._paused and self._queue:
+                logger.warning("the queue is paused: %d jobs wait until it is resumed", len(self._queue))
             self._thread = threading.Thread(target=self._work, name="framepack-jobs", daemon=True)
             self._thread.start()
+        try:
+            self.prune()
+        except Exception:  # noqa: BLE001 - a failed clean-up must not keep the queue from starting
+            logger.exception("pruning ended jobs failed")
 
     def stop(self, timeout: float | None = 30.0, cancel_running: bool = False) -> bool:
         """Stop the worker; the running job is interrupted at its next denoising step.
@@ -226,31 +254,63 @@ class JobManager:
         it exists) or QueueFull. Jobs without a filename are named by time, seed and id: those never clash.
         """
         self._check_room()
-        job_id = uuid.uuid4().hex
-        prepared = self._preparer.prepare(request, job_id)
-        plan = prepared.plan
-        job = Job(
-            id=job_id,
-            state=JobState.QUEUED,
-            request=prepared.request.model_dump(mode="json"),
-            plan=plan.model_dump(mode="json"),
-            summary=plan.summary(),
-            progress=JobProgress(stage="queued", sections=plan.num_sections, total_steps=plan.total_steps),
-            created_at=time.time(),
-        )
+        prepared = self._preparer.prepare(request, uuid.uuid4().hex)
+        job = _queued_job(prepared)
         with self._lock:
             self._check_room()
             if request.filename:  # under the lock: two submits cannot both take a name
-                live = list(self._jobs.values()) + [job for job in self._store.running() if job.id not in self._jobs]
-                check_output_name(job.request, live, self.output_dir)
+                check_output_name(job.request, self._live_jobs(), self.output_dir)
             self._store.insert(job, prepared.image_digests)
-            self._jobs[job_id] = job
-            self._prepared[job_id] = prepared
-            self._hook("submitted", job)  # before the worker can see it
-            self._queue.append(job_id)
-            self._changed.notify_all()
-            logger.info("queued job %s: %s", job_id, job.summary)
+            self._enqueue(job, prepared)
+            logger.info("queued job %s: %s", job.id, job.summary)
             return self._public(job)
+
+    def submit_batch(self, requests: list[GenerateRequest]) -> Batch:
+        """Queue several requests as one batch: every request is prepared as `submit` does before any is queued,
+        so one bad request refuses the whole batch with a BatchLineError naming its line (1 = the first) and
+        field; the jobs are stored in one transaction and share a `batch_id` (`cancel_batch`). QueueFull when the
+        queue has no room for all of them."""
+        if not requests:
+            raise FieldError("requests", "a batch needs at least one request")
+        self._check_room(len(requests))
+        batch_id = uuid.uuid4().hex
+        prepared_jobs = []
+        for line, request in enumerate(requests, 1):
+            try:
+                prepared_jobs.append(self._preparer.prepare(request, uuid.uuid4().hex))
+            except Exception as error:
+                failure = classify(error)
+                if failure is None:
+                    raise
+                raise BatchLineError(line, failure.kind, failure.field, failure.message) from None
+        jobs = [_queued_job(prepared, batch_id) for prepared in prepared_jobs]
+        with self._lock:
+            self._check_room(len(requests))
+            live = self._live_jobs()
+            for line, (request, job) in enumerate(zip(requests, jobs, strict=True), 1):
+                if request.filename:
+                    try:
+                        check_output_name(job.request, live, self.output_dir)
+                    except JobConflict as error:
+                        raise BatchLineError(line, "conflict", "filename", str(error)) from None
+                live.append(job)
+            self._store.insert_many([(job, prepared.image_digests) for job, prepared in zip(jobs, prepared_jobs)])
+            for job, prepared in zip(jobs, prepared_jobs, strict=True):
+                self._enqueue(job, prepared)
+            logger.info("queued batch %s: %d jobs", batch_id, len(jobs))
+            return Batch(batch_id=batch_id, jobs=[self._public(job) for job in jobs])
+
+    def _enqueue(self, job: Job, prepared: PreparedJob) -> None:
+        """Put a stored job at the end of the queue (under the lock)."""
+        self._jobs[job.id] = job
+        self._prepared[job.id] = prepared
+        self._hook("submitted", job)  # before the worker can see it
+        self._queue.append(job.id)
+        self._changed.notify_all()
+
+    def _live_jobs(self) -> list[Job]:
+        """Queued and running jobs, also those a stopped process left running (under the lock)."""
+        return list(self._jobs.values()) + [job for job in self._store.running() if job.id not in self._jobs]
 
     def cancel(self, job_id: str, keep_partial: bool = False) -> Job:
         """Cancel a job. Queued: CANCELLED now. Running: the engine stops within one denoising step and the job
@@ -283,6 +343,82 @@ class JobManager:
             if self._running is None:
                 return None
             return self.cancel(self._running, keep_partial)
+
+    def cancel_batch(self, batch_id: str, keep_partial: bool = False) -> list[Job]:
+        """Cancel every queued or running job of a batch (as `cancel` does); its jobs afterwards, in brief form.
+        JobNotFound (field "batch_id") when no job has that batch id."""
+        members = self._store.page(batch_id=batch_id)
+        if not members:
+            raise JobNotFound(f"no batch with id {batch_id!r}")
+        for member in members:
+            if not member.state.ended:
+                with contextlib.suppress(JobConflict):  # it may have ended meanwhile
+                    self.cancel(member.id, keep_partial)
+        return self.list_jobs(batch_id=batch_id)
+
+    def move(self, job_id: str, position: int) -> Job:
+        """Move a queued job to `position` in the queue (0 = next; past the end = last). JobConflict when the job
+        is not queued."""
+        with self._lock:
+            job = self._lookup(job_id)
+            if job_id not in self._queue:
+                raise JobConflict(f"job {job_id} is {job.state.value}; only queued jobs can be moved")
+            self._queue.remove(job_id)
+            self._queue.insert(min(max(0, position), len(self._queue)), job_id)
+            self._store.set_queue_order(self._queue)
+            self._changed.notify_all()
+            logger.info("job %s moved to queue position %d", job_id, self._queue.index(job_id))
+            return self._public(job)
+
+    def pause(self) -> QueueState:
+        """Start no further job (the running one finishes); kept across restarts until `resume`."""
+        return self._set_paused(True)
+
+    def resume(self) -> QueueState:
+        """Start queued jobs again."""
+        return self._set_paused(False)
+
+    def _set_paused(self, paused: bool) -> QueueState:
+        with self._lock:
+            if paused != self._paused:
+                self._store.set_setting(PAUSED_SETTING, "1" if paused else "0")
+                self._paused = paused
+                logger.info("queue %s", "paused" if paused else "resumed")
+                self._changed.notify_all()
+            return self.queue_state()
+
+    def queue_state(self) -> QueueState:
+        with self._lock:
+            return QueueState(paused=self._paused, queued=len(self._queue), running=self._running)
+
+    def delete(self, job_id: str, files: bool = False) -> DeletedJob:
+        """Delete an ended job from the store, with its kept checkpoints; with `files` also the outputs it wrote
+        inside the output folder (`framepack.jobs.cleanup`). JobConflict for a queued or running job."""
+        with self._lock:
+            job = self._lookup(job_id)
+            if not job.state.ended:
+                raise JobConflict(f"job {job_id} is {job.state.value}; cancel it first, then delete it")
+            self._store.delete(job_id)
+            for key in [key for key in self._thumbnails if key[0] == job_id]:
+                del self._thumbnails[key]
+        self._checkpoints.remove(job_id)
+        removed, kept = remove_outputs(job, self.output_dir) if files else ([], list(job.outputs))
+        logger.info("deleted job %s (%d outputs removed, %d kept)", job_id, len(removed), len(kept))
+        return DeletedJob(job=job, removed_files=removed, kept_files=kept)
+
+    def prune(self) -> list[DeletedJob]:
+        """Delete the ended jobs past the retention limits (outputs too when it says so); what was deleted."""
+        retention = self._retention() if self._retention is not None else None
+        if retention is None or not retention.active:
+            return []
+        before = time.time() - retention.keep_days * 86400 if retention.keep_days is not None else None
+        deleted = []
+        for job in self._store.expired(retention.keep_jobs, before):
+            with contextlib.suppress(JobNotFound, JobConflict):  # deleted meanwhile
+                deleted.append(self.delete(job.id, files=retention.remove_outputs))
+        if deleted:
+            logger.info("retention: deleted %d ended jobs", len(deleted))
+        return deleted
 
     # ------------------------------------------------------------------------------------------- requests
 
@@ -331,10 +467,54 @@ class JobManager:
         with self._lock:
             return self._public(self._lookup(job_id))
 
-    def list_jobs(self) -> list[Job]:
-        """Every job, oldest first; queued jobs carry their queue_position (0 = next)."""
+    def list_jobs(
+        self,
+        states: tuple[JobState, ...] | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+        newest_first: bool = False,
+        batch_id: str | None = None,
+    ) -> list[Job]:
+        """Jobs in `states` (all when None) of `batch_id` (any when None) in insertion order (newest first when
+        asked), `offset` skipped, at most `limit`; queued jobs carry their queue_position (0 = next). Requests
+        come in brief form (`framepack.jobs.models.brief_request`): a listing never reads the images."""
         with self._lock:
-            return [self._public(self._jobs.get(job.id, job)) for job in self._store.list()]
+            listed = []
+            for stored in self._store.page(states, limit, offset, newest_first, batch_id):
+                live = self._jobs.get(stored.id)
+                job = live.model_copy(update={"request": stored.request}) if live is not None else stored
+                listed.append(self._public(job))
+            return listed
+
+    def count_jobs(self, states: tuple[JobState, ...] | None = None, batch_id: str | None = None) -> int:
+        """How many jobs `list_jobs` with the same filters lists without a limit."""
+        return self._store.count(states, batch_id)
+
+    def thumbnail(self, job_id: str, size: int = THUMBNAIL_SIZE) -> np.ndarray | None:
+        """A small picture of the job (uint8 [H, W, 3], longer side `size`): its latest section preview while it
+        runs, the first frame of its video once finished, else its start image; None when it has none."""
+        with self._lock:
+            job = self._lookup(job_id)
+            previews = self._previews.get(job_id)
+            if job.state == JobState.RUNNING and previews:
+                return fit(next(reversed(previews.values())), size)
+            key = (job_id, job.state.value)
+            if key in self._thumbnails:
+                return self._thumbnails[key]
+        picture = None
+        video = next((path for path in job.outputs if Path(path).suffix in VIDEO_SUFFIXES), None)
+        if video is not None:
+            picture = video_thumbnail(self._absolute(video), size)
+        if picture is None:
+            full = job if job_id in self._jobs else self._store.get(job_id)
+            source = full.request.get("init_image") if full is not None else None
+            picture = image_thumbnail(source, size) if source else None
+        if picture is not None:
+            with self._lock:
+                self._thumbnails[key] = picture
+                while len(self._thumbnails) > THUMBNAILS_KEPT:
+                    del self._thumbnails[next(iter(self._thumbnails))]
+        return picture
 
     def preview(self, job_id: str, section: int | None = None) -> np.ndarray | None:
         """A running job's preview (uint8 [H, W, 3]) of `section` (one of the last few finished), or of the latest
@@ -397,7 +577,7 @@ class JobManager:
     def _work(self) -> None:
         while True:
             with self._lock:
-                self._changed.wait_for(lambda: self._stopping or self._queue)
+                self._changed.wait_for(lambda: self._stopping or (self._queue and not self._paused))
                 if self._stopping:
                     return
                 job = self._jobs[self._queue.pop(0)]
@@ -417,6 +597,10 @@ class JobManager:
             logger.info("running job %s", job.id)
             if not self._execute(job, token):
                 return
+            try:
+                self.prune()
+            except Exception:  # noqa: BLE001 - a failed clean-up must not stop the worker
+                logger.exception("pruning ended jobs failed")
 
     def _execute(self, job: Job, token: CancelToken) -> bool:
         """Run one job to its end; False when the worker must stop (the job stays RUNNING, to be resumed)."""
@@ -546,10 +730,13 @@ class JobManager:
 
     # ------------------------------------------------------------------------------------------- helpers
 
-    def _check_room(self) -> None:
+    def _check_room(self, jobs: int = 1) -> None:
         with self._lock:
-            if len(self._queue) >= self.max_queued:
-                raise QueueFull(f"{len(self._queue)} jobs are waiting, the limit is {self.max_queued}; try again later")
+            if len(self._queue) + jobs > self.max_queued:
+                more = "" if jobs == 1 else f"; a batch of {jobs} does not fit"
+                raise QueueFull(
+                    f"{len(self._queue)} jobs are waiting, the limit is {self.max_queued}{more}; try again later"
+                )
 
     def _lookup(self, job_id: str) -> Job:
         """The live job (queued/running) or the stored one; JobNotFound if there is none."""
@@ -563,6 +750,11 @@ class JobManager:
         copy = job.model_copy(deep=True)
         copy.queue_position = self._queue.index(job.id) if job.id in self._queue else None
         return copy
+
+    def _absolute(self, path: str) -> Path:
+        """An output path as the job lists it (relative to the output folder, or absolute)."""
+        candidate = Path(path)
+        return candidate if candidate.is_absolute() else self.output_dir / candidate
 
     def _relative(self, path: str) -> str:
         """Output paths relative to the output folder (absolute when written elsewhere)."""
@@ -600,6 +792,21 @@ def with_enhanced_prompts(prepared: PreparedJob, progress: JobProgress) -> Prepa
         return prepared
     enhanced = {**progress.enhanced_prompts, **prepared.request.enhanced_prompts}
     return dataclasses.replace(prepared, request=prepared.request.model_copy(update={"enhanced_prompts": enhanced}))
+
+
+def _queued_job(prepared: PreparedJob, batch_id: str | None = None) -> Job:
+    """The new, queued job of a prepared request."""
+    plan = prepared.plan
+    return Job(
+        id=prepared.id,
+        state=JobState.QUEUED,
+        request=prepared.request.model_dump(mode="json"),
+        plan=plan.model_dump(mode="json"),
+        summary=plan.summary(),
+        progress=JobProgress(stage="queued", sections=plan.num_sections, total_steps=plan.total_steps),
+        created_at=time.time(),
+        batch_id=batch_id,
+    )
 
 
 def _event(kind: type[StateEvent] | type[EndEvent], job: Job) -> StateEvent | EndEvent:

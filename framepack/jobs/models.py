@@ -1,9 +1,12 @@
-"""What faces see of a job: its state, plan, progress, outputs and error (the REST API's response models)."""
+"""What faces see of a job: its state, plan, progress, outputs and error (the REST API's response models), and the
+brief form of a request that listings show (`brief_request`: a request can hold megabytes of base64 images; the
+job store keeps the brief form beside it, so a listing never reads the images)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import Enum
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -60,6 +63,53 @@ class Job(BaseModel):
     finished_at: float | None = None
     queue_position: int | None = None  # 0 = next to run; None once started
     resumed_sections: int = 0  # sections restored from checkpoints after a restart
+    batch_id: str | None = Field(None, description="the batch the job was queued with (None for a single job)")
+
+
+ENDED_STATES = (JobState.FINISHED, JobState.FAILED, JobState.CANCELLED)
+LIVE_STATES = (JobState.QUEUED, JobState.RUNNING)
+
+
+class QueueState(BaseModel):
+    """The queue as a whole: whether it is paused, how many jobs wait and which one runs."""
+
+    paused: bool = Field(description="a paused queue lets the running job finish and starts no other")
+    queued: int = Field(description="jobs waiting")
+    running: str | None = Field(None, description="the id of the job running now")
+
+
+class DeletedJob(BaseModel):
+    """What deleting an ended job removed."""
+
+    job: Job = Field(description="the job as it was")
+    removed_files: list[str] = Field(default_factory=list, description="outputs removed, relative to the output folder")
+    kept_files: list[str] = Field(
+        default_factory=list,
+        description="outputs left in place (not asked to remove, outside the output folder, or "
+        "no longer what the job wrote)",
+    )
+
+
+class Batch(BaseModel):
+    """Jobs queued together: all checked before any was queued; cancellable as a whole by `batch_id`."""
+
+    batch_id: str
+    jobs: list[Job]
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How many ended jobs the store keeps: the newest `keep_jobs` (None: all) and those that ended within
+    `keep_days` days (None: any age); a job beyond either limit is deleted. Its output files are deleted with it
+    only when `remove_outputs`."""
+
+    keep_jobs: int | None = None
+    keep_days: float | None = None
+    remove_outputs: bool = False
+
+    @property
+    def active(self) -> bool:
+        return self.keep_jobs is not None or self.keep_days is not None
 
 
 class EnhancedPrompt(BaseModel):
@@ -105,3 +155,41 @@ class JobConflict(UserError):
     def __init__(self, message: str, field: str | None = None):
         super().__init__(message)
         self.field = field
+
+
+class BatchLineError(UserError):
+    """One request of a batch is refused, so the whole batch is: `line` is its number (1 = the first line or
+    element), `field` is `requests.<line>.<field>`, and `kind` is the kind the request alone would get."""
+
+    def __init__(self, line: int, kind: str, field: str | None, message: str):
+        prefix = f"line {line}: "
+        super().__init__(message if message.startswith(prefix) else prefix + message)
+        self.line, self.kind = line, kind
+        self.field = f"requests.{line}.{field}" if field else f"requests.{line}"
+
+
+# ------------------------------------------------------------------------------------------ brief requests
+
+PATH_LIMIT = 256  # a longer value is no file path a user typed: it is shown as a note
+
+
+def image_note(value: str) -> str:
+    """`<image: N characters of base64>` for an embedded image; a file path as it is."""
+    if value.startswith("data:") or len(value) > PATH_LIMIT:
+        return f"<image: {len(value)} characters of base64>"
+    return value
+
+
+def brief_request(fields: dict[str, Any]) -> dict[str, Any]:
+    """The request dict with embedded images (`IMAGE_FIELDS` and keyframes) replaced by `image_note`s (idempotent)."""
+    from framepack.request import IMAGE_FIELDS
+
+    shown = dict(fields)
+    for name in IMAGE_FIELDS:
+        if isinstance(shown.get(name), str):
+            shown[name] = image_note(shown[name])
+    if isinstance(shown.get("keyframes"), dict):
+        shown["keyframes"] = {
+            key: image_note(value) if isinstance(value, str) else value for key, value in shown["keyframes"].items()
+        }
+    return shown

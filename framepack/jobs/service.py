@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from framepack.jobs.events import Heartbeat, JobEvent
-from framepack.jobs.models import EnhanceResult, Job
+from framepack.jobs.models import Batch, DeletedJob, EnhanceResult, Job, JobState, QueueState
 from framepack.plan import Plan
 from framepack.request import GenerateRequest
 
@@ -72,13 +72,51 @@ class JobService(Protocol):
         """Check the request once (plan, images, encoder, LoRAs, model files; no model loads), fix its seed and
         output name, and queue it."""
 
+    def submit_batch(self, requests: list[GenerateRequest]) -> Batch:
+        """Check every request as `submit` does, then queue them all under one batch id; one refused request
+        refuses the batch (BatchLineError naming its line, 1 = the first, and field)."""
+
     def get(self, job_id: str) -> Job: ...
 
-    def list_jobs(self) -> list[Job]:
-        """Every job, oldest first; queued jobs carry their queue_position (0 = next)."""
+    def list_jobs(
+        self,
+        states: tuple[JobState, ...] | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+        newest_first: bool = False,
+        batch_id: str | None = None,
+    ) -> list[Job]:
+        """Jobs in `states` (all when None) of `batch_id` (any when None), oldest first (or newest first), `offset`
+        skipped, at most `limit`; queued jobs carry their queue_position (0 = next). Requests come in brief form:
+        embedded images replaced by a note (a listing never reads them)."""
+
+    def count_jobs(self, states: tuple[JobState, ...] | None = None, batch_id: str | None = None) -> int:
+        """How many jobs `list_jobs` with these filters lists without a limit."""
+
+    def thumbnail(self, job_id: str, size: int = 160) -> np.ndarray | None:
+        """A small picture of the job (uint8 [H, W, 3]): its latest preview while it runs, the first frame of its
+        video once finished, else its start image; None when it has none."""
 
     def cancel(self, job_id: str, keep_partial: bool = False) -> Job:
         """Cancel a queued or running job (JobConflict once it ended)."""
+
+    def cancel_batch(self, batch_id: str, keep_partial: bool = False) -> list[Job]:
+        """Cancel every queued or running job of a batch; its jobs afterwards (JobNotFound for an unknown id)."""
+
+    def move(self, job_id: str, position: int) -> Job:
+        """Move a queued job to `position` (0 = next; past the end = last); JobConflict when it is not queued."""
+
+    def pause(self) -> QueueState:
+        """Start no further job (the running one finishes); the pause outlasts a restart."""
+
+    def resume(self) -> QueueState:
+        """Start queued jobs again."""
+
+    def queue_state(self) -> QueueState: ...
+
+    def delete(self, job_id: str, files: bool = False) -> DeletedJob:
+        """Delete an ended job (JobConflict while queued or running); with `files` also the outputs it wrote
+        inside the output folder."""
 
     def cancel_running(self, keep_partial: bool = False) -> Job | None:
         """Cancel whatever job runs now (a host's Interrupt); None when none runs."""

@@ -3,7 +3,10 @@
 request names (see `framepack.jobs.prepare`; no face sees them) are written once, at insert.
 
 The store knows nothing about running jobs; the `JobManager` is the only writer. `seq` is a monotonic insertion
-number that gives the FIFO order of the queue (timestamps can tie or go backwards).
+number that gives the FIFO order of the queue (timestamps can tie or go backwards); `queue_rank`, once the queue
+was reordered, overrides it (queued jobs run in the order of `COALESCE(queue_rank, seq)`). Beside the request the
+store keeps its brief form (`framepack.jobs.models.brief_request`: images replaced by a note), so a listing
+(`page`) never reads the images. A `settings` table holds the queue's own state (whether it is paused).
 
 Operators: opening checks the file (`PRAGMA quick_check`) and refuses a damaged one with one line that says what to
 do; it logs whether the database was created, found empty (0 bytes) or opened with jobs. `close()` checkpoints the
@@ -23,7 +26,7 @@ from pathlib import Path
 from typing import IO
 
 from framepack.errors import UserError
-from framepack.jobs.models import Job, JobErrorInfo, JobProgress, JobState
+from framepack.jobs.models import ENDED_STATES, Job, JobErrorInfo, JobProgress, JobState, brief_request
 
 logger = logging.getLogger(__name__)
 
@@ -45,13 +48,23 @@ CREATE TABLE IF NOT EXISTS jobs (
     started_at REAL,
     finished_at REAL,
     resumed_sections INTEGER NOT NULL DEFAULT 0,
-    image_digests_json TEXT
+    image_digests_json TEXT,
+    request_brief_json TEXT,
+    batch_id TEXT,
+    queue_rank REAL
 )
 """
+SETTINGS_SCHEMA = "CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+INDEXES = (
+    "CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, seq)",
+    "CREATE INDEX IF NOT EXISTS jobs_by_batch ON jobs (batch_id)",
+)
 # Columns added after the first release, with their definition: a database made before them gets them on open.
-ADDED_COLUMNS = {"image_digests_json": "TEXT"}
+ADDED_COLUMNS = {"image_digests_json": "TEXT", "request_brief_json": "TEXT", "batch_id": "TEXT", "queue_rank": "REAL"}
 
-FIXED_COLUMNS = ("request_json", "plan_json", "summary", "created_at", "image_digests_json")
+FIXED_COLUMNS = (
+    "request_json", "plan_json", "summary", "created_at", "image_digests_json", "request_brief_json", "batch_id",
+)  # fmt: skip
 CHANGING_COLUMNS = (
     "state", "progress_json", "outputs_json", "timings_json", "error_json", "started_at", "finished_at",
     "resumed_sections",
@@ -61,6 +74,9 @@ INSERT = (
     f"INSERT INTO jobs (id, seq, {', '.join(_COLUMNS)}) "
     f"VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs), {', '.join('?' * len(_COLUMNS))})"
 )
+# What a listing reads: every column but the request (its brief form stands in for it).
+PAGE_COLUMNS = ("id", "state", "plan_json", "summary", "progress_json", "outputs_json", "timings_json", "error_json",
+                "created_at", "started_at", "finished_at", "resumed_sections", "batch_id")  # fmt: skip
 UPDATE = f"UPDATE jobs SET {', '.join(f'{column} = ?' for column in CHANGING_COLUMNS)} WHERE id = ?"
 
 
@@ -72,6 +88,8 @@ def _fixed_values(job: Job, image_digests: Mapping[str, str]) -> tuple:
         job.summary,
         job.created_at,
         json.dumps(dict(image_digests)),
+        json.dumps(brief_request(job.request)),
+        job.batch_id,
     )
 
 
@@ -89,6 +107,18 @@ def _changing_values(job: Job) -> tuple:
     )
 
 
+def _filters(states: tuple[JobState, ...] | None, batch_id: str | None) -> tuple[str, tuple]:
+    """The WHERE clause (with its leading space, or empty) and parameters of a state and batch filter."""
+    clauses, parameters = [], []
+    if states is not None:
+        clauses.append(f"state IN ({', '.join('?' * len(states))})" if states else "0")
+        parameters += [JobState(state).value for state in states]
+    if batch_id is not None:
+        clauses.append("batch_id = ?")
+        parameters.append(batch_id)
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), tuple(parameters)
+
+
 def _job(row: sqlite3.Row) -> Job:
     return Job(
         id=row["id"],
@@ -104,6 +134,7 @@ def _job(row: sqlite3.Row) -> Job:
         started_at=row["started_at"],
         finished_at=row["finished_at"],
         resumed_sections=row["resumed_sections"],
+        batch_id=row["batch_id"],
     )
 
 
@@ -169,7 +200,11 @@ class JobStore:
                     self._db.execute("PRAGMA journal_mode=WAL")
                     self._db.execute("PRAGMA synchronous=NORMAL")
                     self._db.execute(SCHEMA)
+                    self._db.execute(SETTINGS_SCHEMA)
                     self._add_columns()
+                    for index in INDEXES:
+                        self._db.execute(index)
+                    self._fill_briefs()
                     counts = dict(self._db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall())
         except sqlite3.DatabaseError as error:
             if not is_damage(error):
@@ -193,6 +228,18 @@ class JobStore:
         for column, definition in ADDED_COLUMNS.items():
             if column not in present:
                 self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {definition}")
+
+    def _fill_briefs(self) -> None:
+        """Write the brief request of rows stored before briefs were kept (once per such database)."""
+        rows = self._db.execute("SELECT id, request_json FROM jobs WHERE request_brief_json IS NULL").fetchall()
+        if not rows:
+            return
+        self._db.execute("BEGIN")
+        for row in rows:
+            brief = json.dumps(brief_request(json.loads(row["request_json"])))
+            self._db.execute("UPDATE jobs SET request_brief_json = ? WHERE id = ?", (brief, row["id"]))
+        self._db.execute("COMMIT")
+        logger.info("%s: kept the brief request of %d jobs stored before briefs were kept", self.path, len(rows))
 
     def insert(self, job: Job, image_digests: Mapping[str, str] | None = None) -> None:
         """Add a new job at the end of the insertion order, with the digests of the image files its request names
@@ -222,9 +269,85 @@ class JobStore:
         """Every job, oldest first."""
         return self._select("SELECT * FROM jobs ORDER BY seq")
 
+    def insert_many(self, jobs: list[tuple[Job, Mapping[str, str]]]) -> None:
+        """Add jobs (with their image digests) in one transaction: all of them or none."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                for job, digests in jobs:
+                    self._db.execute(INSERT, (job.id, *_fixed_values(job, digests), *_changing_values(job)))
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
     def queued(self) -> list[Job]:
-        """Queued jobs in FIFO order."""
-        return self._select("SELECT * FROM jobs WHERE state = ? ORDER BY seq", (JobState.QUEUED.value,))
+        """Queued jobs in queue order (insertion order unless the queue was reordered)."""
+        return self._select(
+            "SELECT * FROM jobs WHERE state = ? ORDER BY COALESCE(queue_rank, seq), seq", (JobState.QUEUED.value,)
+        )
+
+    def set_queue_order(self, job_ids: list[str]) -> None:
+        """Persist the order of the queued jobs: `job_ids` run first to last."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "UPDATE jobs SET queue_rank = ? WHERE id = ?", [(rank, job_id) for rank, job_id in enumerate(job_ids)]
+            )
+            self._db.execute("COMMIT")
+
+    def page(
+        self,
+        states: tuple[JobState, ...] | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+        newest_first: bool = False,
+        batch_id: str | None = None,
+    ) -> list[Job]:
+        """Jobs in `states` (all when None) of `batch_id` (any when None), by insertion order (newest first when
+        asked), `offset` skipped and at most `limit`; their requests in brief form (no images are read)."""
+        where, parameters = _filters(states, batch_id)
+        columns = ", ".join(PAGE_COLUMNS)
+        order = "DESC" if newest_first else "ASC"
+        query = f"SELECT {columns}, request_brief_json AS request_json FROM jobs{where} ORDER BY seq {order}"
+        query += " LIMIT ? OFFSET ?"
+        return self._select(query, (*parameters, -1 if limit is None else limit, offset))
+
+    def count(self, states: tuple[JobState, ...] | None = None, batch_id: str | None = None) -> int:
+        """How many jobs are in `states` (all when None) of `batch_id` (any when None)."""
+        where, parameters = _filters(states, batch_id)
+        with self._lock:
+            return self._db.execute(f"SELECT COUNT(*) FROM jobs{where}", parameters).fetchone()[0]
+
+    def expired(self, keep_jobs: int | None, ended_before: float | None) -> list[Job]:
+        """Ended jobs beyond the newest `keep_jobs` ended ones, or that ended before `ended_before` (a time), in
+        brief form, oldest first."""
+        ended = tuple(state.value for state in ENDED_STATES)
+        marks = ", ".join("?" * len(ended))
+        columns = ", ".join(PAGE_COLUMNS)
+        found: dict[str, Job] = {}
+        select = f"SELECT {columns}, request_brief_json AS request_json FROM jobs WHERE state IN ({marks})"
+        if keep_jobs is not None:
+            query = f"{select} ORDER BY COALESCE(finished_at, created_at) DESC, seq DESC LIMIT -1 OFFSET ?"
+            found.update((job.id, job) for job in self._select(query, (*ended, keep_jobs)))
+        if ended_before is not None:
+            query = f"{select} AND COALESCE(finished_at, created_at) < ?"
+            found.update((job.id, job) for job in self._select(query, (*ended, ended_before)))
+        return sorted(found.values(), key=lambda job: (job.finished_at or job.created_at, job.id))
+
+    def delete(self, job_id: str) -> bool:
+        """Remove a job's row; False when there was none."""
+        with self._lock:
+            return self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,)).rowcount == 1
+
+    def setting(self, key: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+        return row[0] if row is not None else None
+
+    def set_setting(self, key: str, value: str) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)", (key, value))
 
     def running(self) -> list[Job]:
         """Jobs marked running, oldest first (after a restart: jobs a killed process left behind)."""

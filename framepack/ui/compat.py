@@ -6,10 +6,12 @@ Everything in the tab that differs between the two goes through here:
   vs `col_count`; arguments one version does not know (`buttons`, `allow_custom_value`, `minimum` on Number,
   `columns`...) are dropped, not passed;
 - event listeners: `js=` (current) vs `_js=` (3.x); `queue=False` for instant handlers;
+- a handler run every few seconds: `gr.Timer` (current) vs `Blocks.load(every=...)` (3.x);
 - `Blocks.queue`: `default_concurrency_limit` (4+) vs `concurrency_count` (3.x);
 - file inputs: a path string (4+) vs a tempfile wrapper with `.name` (3.x);
 - mounting into a FastAPI app (`allowed_paths` only where supported);
-- who a request's login cookies belong to (`session_user_reader`), for the server's guard in front of the tab.
+- who a request's login cookies belong to (`session_user_reader`), for the server's guard in front of the tab;
+- interface texts current Gradio lacks a translation for (`fill_translations`).
 """
 
 from __future__ import annotations
@@ -71,6 +73,29 @@ def on(
     if accepted is not None:
         arguments = {name: value for name, value in arguments.items() if name in accepted}
     return event(**arguments)
+
+
+def every(blocks: gr.Blocks, seconds: float, fn: Any, inputs: Any = None, outputs: Any = None) -> Any:
+    """Run `fn` every `seconds` while the page is open (inside `blocks`' context); needs the queue on 3.x."""
+    if hasattr(gr, "Timer"):
+        return on(gr.Timer(seconds).tick, fn, inputs, outputs, show_progress="hidden")
+    return on(blocks.load, fn, inputs, outputs, every=seconds, show_progress="hidden")
+
+
+# Keys current Gradio's interface uses without an English text, shown raw otherwise ("common.complete" is what a
+# screen reader is told, and what flashes on the page, when an event ends).
+MISSING_TRANSLATIONS = {"common.complete": "Complete"}
+
+
+def fill_translations(blocks: gr.Blocks) -> None:
+    """Give `blocks` the texts of MISSING_TRANSLATIONS where Gradio has custom translations (`gr.I18n`); a
+    translation the blocks have already wins."""
+    if not hasattr(gr, "I18n"):
+        return
+    existing = getattr(getattr(blocks, "i18n_instance", None), "translations_dict", None) or {}
+    merged = {locale: dict(texts) for locale, texts in existing.items()}
+    merged["en"] = {**MISSING_TRANSLATIONS, **merged.get("en", {})}
+    blocks.i18n_instance = gr.I18n(**merged)
 
 
 def update(**kwargs: Any) -> Any:

@@ -20,7 +20,7 @@ from PIL import Image
 from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
-from framepack.errors import validation_message
+from framepack.errors import FieldError, validation_message
 from framepack.images import load_image
 from framepack.request import (
     BUILTIN_MODELS,
@@ -124,11 +124,26 @@ def label(name: str) -> str:
 
 # ------------------------------------------------------------------------------------------ value mapping
 
+UNREADABLE = "not a readable image (PNG, JPEG, WebP, ...)"  # as `framepack.images` says it
 
-def image_to_source(value: Any) -> str | None:
-    """A UI image (PIL, numpy array, file path or data URL) as a request image string (a data URL for pixels)."""
+
+class UnreadableImage:
+    """An upload an image control could not read (`framepack.ui.widgets.TolerantImage`); refused by name."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"UnreadableImage({self.reason!r})"
+
+
+def image_to_source(value: Any, field: str = "init_image") -> str | None:
+    """A UI image (PIL, numpy array, file path or data URL) as a request image string (a data URL for pixels);
+    FieldError naming `field` for an upload that is no image."""
     if value is None:
         return None
+    if isinstance(value, UnreadableImage):
+        raise FieldError(field, UNREADABLE)
     if isinstance(value, str):
         return value or None
     if isinstance(value, dict):  # Gradio 4+ image editor / file payloads
@@ -156,7 +171,7 @@ def keyframes_from_value(value: Any) -> dict[int, str]:
     """The keyframe list control ([[section, image], ...]) as the request's {section: image string}."""
     keyframes: dict[int, str] = {}
     for index, image in value or []:
-        source = image_to_source(image)
+        source = image_to_source(image, f"keyframes.{index}")
         if source:
             keyframes[int(index)] = source
     return keyframes
@@ -195,7 +210,7 @@ def enhanced_to_value(enhanced: dict[str, str], sections: dict[str, str] | None 
 def control_to_field(name: str, value: Any) -> Any:
     """One control's value as its request field's value."""
     if name in IMAGE_FIELDS:
-        return image_to_source(value)
+        return image_to_source(value, name)
     if name == KEYFRAMES:
         return keyframes_from_value(value)
     if name == ENHANCED:

@@ -20,6 +20,7 @@ import gradio as gr
 from PIL import Image
 
 from framepack.defaults import DEFAULTABLE
+from framepack.errors import FieldError
 from framepack.jobs.events import (
     EndEvent,
     EnhanceEvent,
@@ -35,6 +36,7 @@ from framepack.outputs import FINAL_SUFFIXES, IMAGE_SUFFIX, VIDEO_SUFFIXES
 from framepack.plan import section_ranges
 from framepack.request import SELF_TEST_MODEL, GenerateRequest
 from framepack.ui import compat
+from framepack.ui.batch_panel import BatchQueuer, build_batch_panel
 from framepack.ui.controls import (
     CONTROL_FIELDS,
     ENHANCED,
@@ -52,13 +54,22 @@ from framepack.ui.controls import (
     stored_fields,
     values_from_request,
 )
+from framepack.ui.last_images import LastImages
 from framepack.ui.presets import PresetError, PresetStore
+from framepack.ui.queue_panel import QueuePanel, build_queue_panel
 from framepack.ui.timeline import render_timeline
+from framepack.ui.widgets import tolerant_component
 
 logger = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL_S = 0.25  # progress lines are yielded at most this often (sections and the end always)
 HEARTBEAT_S = 1.0
+INTRO = (
+    "# FramePack\n\nMake a video from a prompt, a start image (image-to-video) or a start and an end image. Choose "
+    "the model, write a prompt, check the plan on the right (frames, sections, size), then **Generate**; "
+    "**Add to queue** (in the queue panel below) queues it without following it. Without the real model's files, "
+    "choose model **tiny**: the built-in SELF-TEST model runs everything with random weights (the video is noise)."
+)
 ENCODED_PICTURES_KEPT = 2 * len(IMAGE_FIELDS)  # pictures kept as PNG data URLs by FramePackTab.request (each twice)
 
 
@@ -77,6 +88,7 @@ class FramePackTab:
         self.output_dir = Path(output_dir)
         self.presets = PresetStore(presets_path)
         self.recipes_dir = Path(presets_path).parent / "recipes"
+        self.last_images = LastImages(Path(presets_path).parent / "last-used-images")
         self._encoded: dict[bytes, str] = {}  # picture digest -> PNG data URL, oldest first (see `request`)
 
     # ---------------------------------------------------------------------------------------------- values
@@ -127,6 +139,19 @@ class FramePackTab:
         lines += [f"Warning: {warning}" for warning in plan.warnings]
         return "\n\n".join(lines), render_timeline(plan)
 
+    def runnable(self, *values: Any) -> bool:
+        """Whether a job of these values can run here: the request is valid, plans, and its model is here."""
+        try:
+            request = self.request(values)
+            self.service.plan(request)
+            return not [item for item in self.service.missing_components(request) if item.component != "enhancer"]
+        except Exception:  # noqa: BLE001 - the plan line says why
+            return False
+
+    def plan_view(self, *values: Any) -> tuple[str, Any, Any]:
+        """The plan line and timeline, and Generate enabled only when the plan can run (the line says why not)."""
+        return (*self.plan(*values), compat.update(interactive=self.runnable(*values)))
+
     # ---------------------------------------------------------------------------------------------- run
 
     def generate(self, *values: Any) -> Iterator[tuple[str, str, Any, list, Any, str]]:
@@ -142,10 +167,7 @@ class FramePackTab:
         except Exception as error:  # noqa: BLE001
             yield "", f"**Not started:** {as_markdown(describe_error(error))}", None, [], None, ""
             return
-        try:
-            self.presets.save_last_used(stored_fields(request))
-        except (OSError, PresetError) as error:
-            logger.warning("could not save the last-used settings: %s", error)
+        self.remember(request)
         preview = None
         board: dict[int, Any] = {}
         status = f"Queued ({job.summary})"
@@ -258,9 +280,16 @@ class FramePackTab:
     def add_keyframe(self, image: Any, section: Any, keyframes: list, *values: Any) -> tuple:
         keyframes = [list(item) for item in (keyframes or [])]
         if image is not None and section is not None:
-            index = int(section)
+            try:
+                index = int(section)
+                if index < 0:
+                    raise FieldError("keyframes", f"section {index}: sections count from 0")
+                source = image_to_source(image, f"keyframes.{index}")
+            except (FieldError, TypeError, ValueError, OverflowError) as error:
+                message = f"**Keyframe not added:** {as_markdown(describe_error(error))}"
+                return keyframes, compat.update(), message, compat.update()
             keyframes = [item for item in keyframes if int(item[0]) != index]
-            keyframes.append([index, image_to_source(image)])
+            keyframes.append([index, source])
             keyframes.sort(key=lambda item: int(item[0]))
         return (keyframes, self.keyframe_gallery(keyframes), *self._plan_with(values, keyframes))
 
@@ -307,13 +336,35 @@ class FramePackTab:
             return compat.update(), str(error)
         return compat.update(choices=self.preset_choices(), value=None), f"Deleted preset {name!r}."
 
+    def remember(self, request: GenerateRequest) -> None:
+        """Keep the request as the last-used settings, its images as files beside them (see `LastImages`)."""
+        fields = stored_fields(request)
+        try:
+            fields.update(self.last_images.save(request))
+        except Exception as error:  # noqa: BLE001 - the settings are kept without the images, and the log says so
+            logger.warning("could not keep the last-used images: %s", error)
+        try:
+            self.presets.save_last_used(fields)
+        except (OSError, PresetError) as error:
+            logger.warning("could not save the last-used settings: %s", error)
+
     def restore_last_used(self) -> list:
-        """For the tab's load event: last-used settings (defaults where none), then the preset choices."""
+        """For the tab's load event: last-used settings (defaults where none) with their images, then the preset
+        choices, the keyframe gallery and a note naming any image that could not be restored."""
         values = self.default_values()
         last = self.presets.last_used()  # None when there is none or the presets file cannot be read
+        note = ""
         if last:
             values.update(values_from_request(last, include_images=False))
-        return self.ordered(values) + [compat.update(choices=self.preset_choices())]
+            images, lost = self.last_images.restore(last)
+            values.update(images)
+            if lost:
+                note = (
+                    f"**Not restored:** the last-used {', '.join(lost)} could not be read back (the file is gone or "
+                    "damaged); add it again, or the video is made without it."
+                )
+        gallery = self.keyframe_gallery(values[KEYFRAMES])
+        return self.ordered(values) + [compat.update(choices=self.preset_choices()), gallery, note]
 
     def default_values(self) -> dict[str, Any]:
         """The controls' defaults: the request model's, under this face's defaults for the fields a face may
@@ -465,11 +516,14 @@ def build_tab(tab: FramePackTab) -> gr.Blocks:
 
     def make(*names: str) -> None:
         for name in names:
-            controls[name] = make_control(name, gr, c, initial.get(name))
+            controls[name] = make_control(name, gr, tolerant_component, initial.get(name))
 
     with gr.Blocks(analytics_enabled=False, title="FramePack") as blocks:
+        c(gr.Markdown, value=INTRO, elem_id="framepack_intro")
+        restore_note = c(gr.Markdown, value="", elem_id="framepack_restore_note")
         with gr.Row():
             with gr.Column(scale=3):
+                make("model")
                 make("prompt", "negative_prompt", "section_prompts")
                 with gr.Accordion("Prompt enhancer", open=False):
                     make("enhance", "enhancer", "enhance_instructions")
@@ -485,7 +539,7 @@ def build_tab(tab: FramePackTab) -> gr.Blocks:
                 with gr.Accordion("Section keyframes", open=False):
                     make(KEYFRAMES)
                     with gr.Row():
-                        keyframe_image = c(
+                        keyframe_image = tolerant_component(
                             gr.Image,
                             label="Keyframe image",
                             type="pil",
@@ -494,7 +548,7 @@ def build_tab(tab: FramePackTab) -> gr.Blocks:
                             height=160,
                         )
                         with gr.Column():
-                            keyframe_section = c(
+                            keyframe_section = tolerant_component(
                                 gr.Number,
                                 label="Section (time order, 0 = first)",
                                 value=0,
@@ -506,8 +560,14 @@ def build_tab(tab: FramePackTab) -> gr.Blocks:
                                 gr.Button, value="Add / replace keyframe", elem_id="framepack_keyframe_add"
                             )
                             keyframe_clear = c(gr.Button, value="Clear keyframes", elem_id="framepack_keyframe_clear")
-                    keyframe_gallery = c(
-                        gr.Gallery, label="Keyframes", columns=6, height=140, elem_id="framepack_keyframe_gallery"
+                    keyframe_gallery = c(  # thumbnails whole, never stretched to the width (fit_columns)
+                        gr.Gallery,
+                        label="Keyframes",
+                        columns=6,
+                        height=180,
+                        object_fit="contain",
+                        fit_columns=False,
+                        elem_id="framepack_keyframe_gallery",
                     )
                 with gr.Accordion("Directing: prompt blending, vision schedule, latent paddings", open=False):
                     make("prompt_blend_sections", "vision_schedule", "latent_paddings")
@@ -547,8 +607,7 @@ def build_tab(tab: FramePackTab) -> gr.Blocks:
                         "filename",
                         "preview",
                     )
-                with gr.Accordion("Model", open=False):
-                    make("model")
+                with gr.Accordion("Model recipe, load and unload", open=False):
                     recipe_text = c(
                         gr.Textbox,
                         label="Model recipe",
@@ -567,15 +626,15 @@ def build_tab(tab: FramePackTab) -> gr.Blocks:
                         unload_button = c(gr.Button, value="Unload model", elem_id="framepack_unload")
                     model_status = c(gr.Markdown, value="", elem_id="framepack_model_status")
                 with gr.Accordion("Presets", open=False):
-                    with gr.Row():
+                    with gr.Row():  # each button beside what it acts on, none right above the next header
                         preset_choice = c(
                             gr.Dropdown, label="Preset", choices=tab.preset_choices(), elem_id="framepack_preset"
                         )
-                        preset_name = c(gr.Textbox, label="Save as", elem_id="framepack_preset_name")
+                        preset_load = c(gr.Button, value="Load preset", elem_id="framepack_preset_load")
+                        preset_delete = c(gr.Button, value="Delete preset", elem_id="framepack_preset_delete")
                     with gr.Row():
-                        preset_load = c(gr.Button, value="Load", elem_id="framepack_preset_load")
-                        preset_save = c(gr.Button, value="Save", elem_id="framepack_preset_save")
-                        preset_delete = c(gr.Button, value="Delete", elem_id="framepack_preset_delete")
+                        preset_name = c(gr.Textbox, label="Save as", elem_id="framepack_preset_name")
+                        preset_save = c(gr.Button, value="Save preset", elem_id="framepack_preset_save")
                     preset_status = c(gr.Markdown, value="", elem_id="framepack_preset_status")
                 with gr.Accordion("Load settings from a video", open=False):
                     video_file = c(
@@ -614,9 +673,10 @@ def build_tab(tab: FramePackTab) -> gr.Blocks:
                 board = c(
                     gr.Gallery,
                     label="Finished sections in time order",
-                    columns=8,
-                    height=140,
+                    columns=4,
+                    height=230,  # room for a caption under each thumbnail; more rows scroll
                     object_fit="contain",
+                    fit_columns=False,
                     allow_preview=True,
                     elem_id="framepack_storyboard",
                 )
@@ -628,11 +688,16 @@ def build_tab(tab: FramePackTab) -> gr.Blocks:
             raise RuntimeError(f"the tab has no control for {', '.join(sorted(missing))}")
         inputs = [controls[name] for name in CONTROL_FIELDS]
         plan_outputs = [plan_line, timeline]
+        queue_panel = QueuePanel(tab)
+        with gr.Accordion("Queue", open=True, elem_id="framepack_queue_panel"):
+            build_queue_panel(queue_panel, blocks, inputs, keyframe_gallery)
+            with gr.Accordion("Batch: several start images or prompts, one job each", open=False):
+                build_batch_panel(BatchQueuer(tab), inputs)
 
         for name in CONTROL_FIELDS:
             control = controls[name]
             if name != KEYFRAMES and hasattr(control, "change"):
-                compat.on(control.change, tab.plan, inputs, plan_outputs, queue=False)
+                compat.on(control.change, tab.plan_view, inputs, [*plan_outputs, generate_button], queue=False)
         compat.on(
             keyframe_add.click,
             tab.add_keyframe,
@@ -679,10 +744,18 @@ def build_tab(tab: FramePackTab) -> gr.Blocks:
         compat.on(load_button.click, tab.load, inputs, [model_status])
         compat.on(unload_button.click, tab.unload, None, [model_status])
 
-        load = compat.on(blocks.load, tab.restore_last_used, None, [*inputs, preset_choice], queue=False)
-        compat.on(load.then, tab.plan, inputs, plan_outputs, queue=False)
+        load = compat.on(
+            blocks.load,
+            tab.restore_last_used,
+            None,
+            [*inputs, preset_choice, keyframe_gallery, restore_note],
+            queue=False,
+        )
+        compat.on(load.then, tab.plan_view, inputs, [*plan_outputs, generate_button], queue=False)
 
+    compat.fill_translations(blocks)
     blocks.framepack = tab  # the handlers, for hosts and tests
+    blocks.framepack_queue = queue_panel
     blocks.framepack_controls = controls
     return blocks
 
