@@ -12,24 +12,22 @@ Formats, detected per file and converted to diffusers PEFT keys of `HunyuanVideo
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
-import struct
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 from framepack.errors import FieldError
+from framepack.safetensors_header import read_header as read_safetensors_header
 
 logger = logging.getLogger(__name__)
 
 TAG = re.compile(r"<lora:([^:<>]+?)(?::\s*([-+]?(?:\d+(?:\.\d*)?|\.\d+))\s*)?>", re.IGNORECASE)
 RECORD_ATTR = "_framepack_loras"
 MAX_WEIGHT = 10.0  # a LoRA weight is a finite number in -MAX_WEIGHT..MAX_WEIGHT
-MAX_HEADER_BYTES = 100 * 1024 * 1024  # the largest safetensors header safetensors itself reads
 
 LoraFolders = Path | str | Sequence[Path | str]  # one LoRA folder, or several searched in order
 
@@ -149,21 +147,7 @@ def read_header(path: Path) -> dict:
     """The JSON header of a safetensors file (8-byte little-endian length, then JSON), reading nothing else;
     ValueError saying what is wrong."""
     with open(path, "rb") as handle:
-        size = handle.seek(0, 2)
-        handle.seek(0)
-        prefix = handle.read(8)
-        if len(prefix) < 8:
-            raise ValueError(f"{size} bytes, shorter than a safetensors header")
-        (length,) = struct.unpack("<Q", prefix)
-        if length < 2 or length > MAX_HEADER_BYTES or 8 + length > size:
-            raise ValueError(f"header length {length} does not fit the file ({size} bytes)")
-        try:
-            header = json.loads(handle.read(length).decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise ValueError("the header is not JSON") from None
-    if not isinstance(header, dict):
-        raise ValueError("the header is not a JSON object")
-    return header
+        return read_safetensors_header(handle)[0]
 
 
 def check_loras(refs: Iterable[LoraRef], lora_dirs: LoraFolders, fields: dict[str, str] | None = None) -> list[Path]:

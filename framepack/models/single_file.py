@@ -27,7 +27,6 @@ import dataclasses
 import json
 import logging
 import re
-import struct
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from framepack.errors import UserError
+from framepack.safetensors_header import read_header as read_safetensors_header
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,6 @@ SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
 FLOAT8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 KEY_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "transformer.")
 CONFIG_METADATA_KEY = "config"
-MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
 # The published FramePack transformer's rotary axes and theta (both variants; HunyuanVideo's head size 128).
 PUBLISHED_ROPE = {128: {"rope_axes_dim": (16, 56, 56), "rope_theta": 256.0}}
 # Keys that mark a FramePack transformer in diffusers naming, and the original HunyuanVideo naming.
@@ -110,23 +109,12 @@ def read_header(path: Path | str) -> FileHeader:
     path = Path(path)
     try:
         with path.open("rb") as file:
-            size = file.seek(0, 2)
-            file.seek(0)
-            prefix = file.read(8)
-            if len(prefix) < 8:
-                raise SingleFileError(f"{path} is not a safetensors file: it has {len(prefix)} bytes")
-            (length,) = struct.unpack("<Q", prefix)
-            if length > MAX_HEADER_BYTES or 8 + length > size:
-                raise SingleFileError(f"{path} is not a safetensors file (or is truncated): bad header size {length}")
-            raw = json.loads(file.read(length))
+            raw, data_start, size = read_safetensors_header(file)
     except OSError as error:
         raise SingleFileError(f"cannot read {path}: {error}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise SingleFileError(f"{path} is not a safetensors file: its header is not JSON ({error})") from None
-    if not isinstance(raw, dict):
-        raise SingleFileError(f"{path} is not a safetensors file: its header is not a JSON object")
+    except ValueError as error:
+        raise SingleFileError(f"{path} is not a safetensors file: {error}") from None
     metadata = raw.pop("__metadata__", None) or {}
-    data_start = 8 + length
     tensors: dict[str, TensorEntry] = {}
     for key, info in raw.items():
         try:

@@ -22,7 +22,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +30,7 @@ import numpy as np
 
 from framepack.errors import UserError
 from framepack.outputs import OutputCommit, partial_path, place_output
+from framepack.safetensors_header import read_header as read_safetensors_header
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,6 @@ VERSION = "1"
 TENSOR = "frames"
 LAYOUT = "uint8 [T, H, W, 3]"
 RESERVED_KEYS = ("format", "version", "fps", "width", "height", "frames", "request")
-MAX_HEADER_BYTES = 100 * 1024 * 1024  # the limit safetensors itself enforces
 
 
 class RawFileError(UserError, ValueError):
@@ -170,21 +169,11 @@ class RawFrames:
         return RawFileError(f"{self.path}: {problem}")
 
     def _read_header(self) -> None:
-        size = os.fstat(self._file.fileno()).st_size
         not_safetensors = self._error(f"not a safetensors file; expected a raw frames file holding '{TENSOR}' {LAYOUT}")
-        prefix = self._file.read(8)
-        if len(prefix) < 8:
-            raise not_safetensors
-        (length,) = struct.unpack("<Q", prefix)
-        if length < 2 or length > MAX_HEADER_BYTES or 8 + length > size:
-            raise not_safetensors
-        raw = self._file.read(length)
         try:
-            header = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
+            header, data_start, size = read_safetensors_header(self._file)
+        except ValueError:
             raise not_safetensors from None
-        if not isinstance(header, dict):
-            raise not_safetensors
 
         metadata = header.pop("__metadata__", None) or {}
         if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
@@ -205,7 +194,6 @@ class RawFrames:
             raise self._error(f"'{TENSOR}' has shape {shape}; expected {LAYOUT}")
         if dtype != "U8":
             raise self._error(f"'{TENSOR}' has dtype {dtype}; expected {LAYOUT}")
-        data_start = 8 + length
         if end - begin != math.prod(shape) or data_start + end > size:
             raise self._error(f"'{TENSOR}' data is truncated or inconsistent with its shape {shape}")
 
