@@ -35,7 +35,8 @@ def wait_until(condition, timeout: float = 60.0) -> bool:
 
 
 class Gate:
-    """Holds every run of the runner at its start until `open()`; `started` lists the jobs as they start."""
+    """Holds every run of the runner at its start until `open()`; `started` lists the jobs as they start (by the id
+    their output name ends with: `framepack-<date>-<time>-<seed>-<id8>`)."""
 
     def __init__(self, runner, monkeypatch):
         self.started: list[str] = []
@@ -43,7 +44,7 @@ class Gate:
         original = runner.run
 
         def run(request, **kwargs):
-            self.started.append(request.filename)
+            self.started.append(request.filename.rsplit("-", 1)[-1])
             assert self._open.wait(WAIT_S)
             return original(request, **kwargs)
 
@@ -91,13 +92,13 @@ def test_pause_lets_the_running_job_finish_starts_no_other_and_outlasts_a_restar
     gate = Gate(runner, monkeypatch)
     first = make_manager()
     running, waiting = first.submit(request()), first.submit(request())
-    assert wait_until(lambda: gate.started == [running.id])
+    assert wait_until(lambda: gate.started == [running.id[:8]])
     state = first.pause()
     assert (state.paused, state.queued, state.running) == (True, 1, running.id)
     gate.open()
     assert first.wait(running.id, WAIT_S).state == JobState.FINISHED  # the running job finishes
     time.sleep(1.0)
-    assert first.get(waiting.id).state == JobState.QUEUED and gate.started == [running.id]
+    assert first.get(waiting.id).state == JobState.QUEUED and gate.started == [running.id[:8]]
     assert first.queue_state().running is None
     first.close()
 
@@ -106,7 +107,7 @@ def test_pause_lets_the_running_job_finish_starts_no_other_and_outlasts_a_restar
     assert second.queue_state().paused and second.get(waiting.id).state == JobState.QUEUED
     assert second.resume().paused is False
     assert second.wait(waiting.id, WAIT_S).state == JobState.FINISHED
-    assert gate.started == [running.id, waiting.id]
+    assert gate.started == [running.id[:8], waiting.id[:8]]
 
 
 # ---------------------------------------------------------------------------------------------- delete
@@ -237,7 +238,9 @@ def test_retention_keeps_the_newest_jobs_and_their_outputs_unless_asked(make_man
         manager.wait(job_id, WAIT_S)
     assert wait_until(lambda: manager.count_jobs() == 1)
     assert [job.id for job in manager.list_jobs()] == [ids[2]]
-    assert all((tmp_path / "out" / f"{job_id}.mp4").is_file() for job_id in ids)  # outputs kept
+    names = [manager.get(ids[2]).request["filename"]] + [f"-{job_id[:8]}.mp4" for job_id in ids[:2]]
+    assert (tmp_path / "out" / f"{names[0]}.mp4").is_file()  # outputs kept, also of the jobs no longer listed
+    assert all(any(path.name.endswith(end) for path in (tmp_path / "out").iterdir()) for end in names[1:])
 
 
 def test_retention_by_age_deletes_old_jobs_with_their_outputs_at_start(make_manager, tmp_path):
