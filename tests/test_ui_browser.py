@@ -115,19 +115,7 @@ def set_value(page, elem_id: str, value: str) -> None:
 
 def choose_model(page, name: str) -> None:
     open_accordion(page, "Model")
-    field = page.locator("#framepack_model input").first
-    field.wait_for(state="visible", timeout=30_000)
-    field.click()
-    field.fill(name)
-    option = page.locator("ul[role=listbox] li", has_text=name)
-    if option.count():
-        option.first.click()
-    else:
-        field.press("Enter")
-    field.blur()
-    page.wait_for_function(
-        "n => (document.querySelector('#framepack_model input') || {}).value === n", arg=name, timeout=10_000
-    )
+    choose_option(page, "framepack_model", name)
 
 
 def fill_form(page, image: Path, steps: int, duration: float, resolution: int, prompt: str) -> None:
