@@ -39,6 +39,7 @@ from framepack.sampling.context import (
     SectionContext,
     bidirectional_context,
     forward_context,
+    loop_context,
     single_frame_context,
 )
 from framepack.sampling.denoise import Conditioning, make_velocity_fn
@@ -434,14 +435,23 @@ class SectionLoop:
         plan, latents, index = self.plan, self.state.latents, section.index
         window = plan.latent_window_size
         span = -(-HISTORY_FRAMES // window)  # neighbouring sections that fill the history slots
+        if section.connecting:
+            return self.connecting_context(section, span)
         prefix = images.keyframe_latents[section.keyframe] if section.keyframe is not None else images.start_latent
         if plan.variant == "bidirectional":
-            after = [latents[i] for i in range(index + 1, min(plan.num_sections, index + 1 + span))]
+            after = [latents[i] for i in range(index + 1, min(plan.main_sections, index + 1 + span))]
             history = torch.cat(after, dim=2) if after else noise[:, :, :0]
             end = end_context(images, self.request) if images.end_latent is not None and order == 0 else None
             return bidirectional_context(prefix, history, section.latent_padding, window, end)
         history = torch.cat([latents[START]] + [latents[i] for i in range(max(0, index - span), index)], dim=2)
         return forward_context(prefix, history, window)
+
+    def connecting_context(self, section: SectionPlan, span: int) -> SectionContext:
+        """A loop's connecting section, either variant (`loop_context`): the section before it (the video's end) as
+        its past, the start latent and the first `span` sections as its future."""
+        latents = self.state.latents
+        future = [latents[START]] + [latents[i] for i in range(min(self.plan.main_sections, span))]
+        return loop_context(latents[section.index - 1], torch.cat(future, dim=2), self.plan.latent_window_size)
 
     def section(self, inputs: EncodedInputs, sampler: SectionSampler, order: int, index: int) -> None:
         """Sample (or restore) one section, report it, and decode every window its latents complete (those of the

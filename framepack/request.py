@@ -273,6 +273,22 @@ class GenerateRequest(BaseModel):
         9, ge=1, le=33, description="Latent frames per section (the model is trained on 9)."
     )
 
+    # Seamless loop (issue 16; framepack.plan.add_loop_sections)
+    loop: bool = Field(
+        False,
+        description=(
+            "Seamless loop: after the video, one connecting section (4 x latent_window_size frames more) is generated "
+            "from the video's last latent frame (before it) toward its start frame and first sections (after it), so "
+            "the file's last frame leads into its first when played on repeat. Not with single_frame."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _check_loop(self) -> GenerateRequest:
+        if self.loop and self.single_frame:
+            raise ValueError("loop does not apply to single_frame (it renders one image); turn loop off")
+        return self
+
     # Sampling
     sampler: Sampler = Field("unipc", description="unipc (flow-matching UniPC bh1, the original) or euler.")
     steps: int = Field(25, ge=1, le=100, description="Denoising steps per section.")

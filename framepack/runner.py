@@ -128,7 +128,7 @@ def build_sinks(
         raise
     if request.interpolate > 0:
         interpolator = load_interpolator(request.interpolation, model_dir)
-        return [InterpolatingSink(sinks, interpolator, request.interpolate)]
+        return [InterpolatingSink(sinks, interpolator, request.interpolate, wrap=request.loop)]
     return sinks
 
 

@@ -56,6 +56,7 @@ LABELS = {
     "save_raw": "Save raw frames (.safetensors)",
     "jpeg_quality": "JPEG quality",
     "preview": "Section previews",
+    "loop": "Seamless loop (one connecting section more)",
     "enhance": "Enhance prompts",
     "enhancer": "Enhancer model (tiny = SELF-TEST, its text is noise)",
     "enhance_instructions": "Enhancer instructions (empty = built in)",

@@ -589,6 +589,7 @@ def build_tab(tab: FramePackTab) -> gr.Blocks:
                         "interpolation",
                         "latent_window_size",
                     )
+                    make("loop")
                 with gr.Accordion("Sampling", open=False):
                     make("seed", "steps", "sampler", "guidance", "cfg_scale", "cfg_rescale", "shift")
                 with gr.Accordion("Speed and memory", open=False):
