@@ -33,7 +33,7 @@ from framepack.jobs.events import EVENT_MODELS, JobEvent
 from framepack.jobs.models import DeletedJob, EnhanceResult, Job, JobState, QueueState
 from framepack.jobs.service import JobService
 from framepack.request import GenerateRequest
-from framepack.uploads import UploadInfo, UploadStore, uploads_folder
+from framepack.uploads import UploadInfo, UploadStore
 
 from . import streams
 from .aliases import ALIAS_TABLE
@@ -43,7 +43,7 @@ from .intake import read_generate_request, redact_images
 from .limits import DEFAULT_MAX_BODY_BYTES, read_json_body
 from .schemas import BatchResponse, CodecInfo, CodecList, GenerateResponse, JobList, JobPatch, PlanResponse
 from .streams import DEFAULT_MAX_STREAMS, EventStreamResponse, StreamSlots, sse_events
-from .uploads import UploadRoutes, upload_body_openapi, uploads_in_use
+from .uploads import UploadRoutes, upload_body_openapi
 
 logger = logging.getLogger(__name__)
 
@@ -174,12 +174,12 @@ class FramePackRoutes:
         self.max_body_bytes = max_body_bytes
         self.stream_slots = StreamSlots(max_streams)
         self._codecs: CodecList | None = None  # this object's probe result; ?refresh=true probes again
-        self.uploads = uploads if uploads is not None else UploadStore(uploads_folder(service.jobs_dir))
-        self.upload_routes = UploadRoutes(self.uploads, uploads_in_use(service, self.uploads), f"{prefix}/uploads")
-        try:
-            self.uploads.sweep(self.upload_routes.in_use)
-        except Exception:  # noqa: BLE001 - a failed clean-up must not keep the routes from serving
-            logger.exception("sweeping expired uploads from %s failed", self.uploads.folder)
+        self.upload_routes = UploadRoutes(service, uploads, f"{prefix}/uploads")
+        self.upload_routes.sweep_at_start()
+
+    @property
+    def uploads(self) -> UploadStore:
+        return self.upload_routes.store
 
     def table(self) -> list[RouteSpec]:
         """Every route, for `APIRouter.add_api_route` or a host's `add_api_route`."""

@@ -9,6 +9,7 @@ before reading), and the temporary file is removed, as it is for every refusal.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -25,9 +26,12 @@ from framepack.uploads import (
     UploadDiskFull,
     UploadStore,
     UploadTooLarge,
+    uploads_folder,
 )
 
 from .errors import ApiError, json_errors
+
+logger = logging.getLogger(__name__)
 
 MULTIPART_OVERHEAD = 64 * 1024  # the most a multipart body may carry beyond the file: boundaries and part headers
 
@@ -50,26 +54,35 @@ def upload_body_openapi() -> dict[str, Any]:
     }
 
 
-def uploads_in_use(service: JobService, store: UploadStore) -> Callable[[], set[str]]:
-    """The ids of the uploads the queued and running jobs of `service` name (their whole requests are read)."""
+class UploadRoutes:
+    """The upload endpoints over `store` (default: the default limits in `service`'s jobs folder, made when first
+    needed), whose uploads `service`'s queued and running jobs may name; `prefix` is where the routes live."""
 
-    def in_use() -> set[str]:
+    def __init__(self, service: JobService, store: UploadStore | None, prefix: str):
+        self.service, self._store, self.prefix = service, store, prefix
+
+    @property
+    def store(self) -> UploadStore:
+        if self._store is None:
+            self._store = UploadStore(uploads_folder(self.service.jobs_dir))
+        return self._store
+
+    def in_use(self) -> set[str]:
+        """The ids of the uploads the queued and running jobs name (their whole requests are read)."""
         found: set[str] = set()
-        for listed in service.list_jobs(states=(JobState.QUEUED, JobState.RUNNING)):
+        for listed in self.service.list_jobs(states=(JobState.QUEUED, JobState.RUNNING)):
             try:
-                found |= store.named_in(service.get(listed.id).request.values())
+                found |= self.store.named_in(self.service.get(listed.id).request.values())
             except JobNotFound:
                 continue  # removed meanwhile: it needs nothing
         return found
 
-    return in_use
-
-
-class UploadRoutes:
-    """The upload endpoints over `store`; `in_use` tells which uploads queued or running jobs name."""
-
-    def __init__(self, store: UploadStore, in_use: Callable[[], set[str]], prefix: str):
-        self.store, self.in_use, self.prefix = store, in_use, prefix
+    def sweep_at_start(self) -> None:
+        """Remove what expired while the server was down (a failure is logged: the routes serve all the same)."""
+        try:
+            self.store.sweep(self.in_use)
+        except Exception:  # noqa: BLE001 - a failed clean-up must not keep the routes from serving
+            logger.exception("sweeping expired uploads failed")
 
     @json_errors
     async def upload(self, request: Request, response: Response) -> Any:

@@ -502,7 +502,10 @@ def test_delete_ends_an_upload_and_keeps_the_file_while_a_queued_job_names_it(fr
 
 
 def test_serve_takes_the_upload_limits_from_its_flags():
-    limits = ServeSettings(upload_max_mb=100, upload_hours=2).upload_limits()
+    from framepack.cli import build_parser
+
+    args = build_parser().parse_args(["serve", "--upload-max-mb", "100", "--upload-hours", "2"])
+    limits = ServeSettings(upload_max_mb=args.upload_max_mb, upload_hours=args.upload_hours).upload_limits()
     assert (limits.max_bytes, limits.max_image_bytes, limits.expire_seconds) == (100 * 2**20, 32 * 2**20, 7200.0)
     small = ServeSettings(upload_max_mb=1).upload_limits()
     assert small.max_image_bytes == small.max_bytes == 2**20
