@@ -15,6 +15,7 @@ from typing import Any
 
 from fastapi import Request, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from framepack.errors import FieldError
 from framepack.jobs.models import JobNotFound, JobState
@@ -109,6 +110,8 @@ class UploadRoutes:
                 incoming.discard()
                 raise
             info = await run_in_threadpool(self.store.accept, incoming)
+        except ClientDisconnect:
+            raise ApiError(422, "invalid", "the upload was cut off before its end; nothing was kept", "file") from None
         except UploadTooLarge as error:
             raise _too_large(error) from None
         except UnsupportedUpload as error:

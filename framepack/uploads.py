@@ -119,6 +119,13 @@ class UploadDiskFull(UserError):
     """No space left in the uploads folder (HTTP 507); nothing was kept."""
 
 
+def _disk_full(error: OSError, folder: Path) -> OSError | UploadDiskFull:
+    """UploadDiskFull for a full disk or quota, else the error itself."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return UploadDiskFull(f"no space left in {folder} for the upload; nothing was kept")
+    return error
+
+
 def uploads_folder(jobs_dir: Path | str) -> Path:
     """Where the uploads of the job service over `jobs_dir` live."""
     return Path(jobs_dir) / "uploads"
@@ -143,9 +150,7 @@ class IncomingFile:
         try:
             self._handle.write(data)
         except OSError as error:
-            if error.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise UploadDiskFull(f"no space left in {self.path.parent} for the upload; nothing was kept") from None
-            raise
+            raise _disk_full(error, self.path.parent) from None
 
     def close(self) -> None:
         self._handle.close()
@@ -194,8 +199,6 @@ class UploadStore:
             if incoming.size == 0:
                 raise FieldError(UPLOAD_FIELD, "the upload is empty; send the file's bytes")
             found = inspect_file(incoming.path, self.limits)
-            if found.kind == "image" and incoming.size > self.limits.max_image_bytes:
-                raise UploadTooLarge(self.limits.max_image_bytes, "an image")
             now = self.clock()
             info = UploadInfo(
                 id=secrets.token_hex(ID_BYTES),
@@ -209,8 +212,11 @@ class UploadStore:
                 created_at=now,
                 expires_at=now + self.limits.expire_seconds,
             )
-            info_written = self._write_info(info)
-            os.rename(incoming.path, self.folder / info.filename)
+            try:
+                info_written = self._write_info(info)
+                os.rename(incoming.path, self.folder / info.filename)
+            except OSError as error:
+                raise _disk_full(error, self.folder) from None
         except BaseException:
             incoming.discard()
             if info_written is not None:
@@ -365,7 +371,8 @@ def _mtime(entry: os.DirEntry) -> float:
 
 def inspect_file(path: Path, limits: UploadLimits) -> _Found:
     """What the file is: an image PIL opens, verifies and decodes, else a video PyAV opens with a video stream
-    whose first frame decodes; UnsupportedUpload for anything else, FieldError naming `file` outside the limits."""
+    whose first frame decodes; UnsupportedUpload for anything else, UploadTooLarge for an image over its byte
+    limit (before it is decoded), FieldError naming `file` outside the other limits."""
     image = _inspect_image(path, limits)
     return image if image is not None else _inspect_video(path, limits)
 
@@ -377,6 +384,8 @@ def _inspect_image(path: Path, limits: UploadLimits) -> _Found | None:
     try:
         with Image.open(path, formats=tuple(IMAGE_FORMATS)) as image:
             image_format, (width, height) = image.format, image.size
+            if path.stat().st_size > limits.max_image_bytes:
+                raise UploadTooLarge(limits.max_image_bytes, "an image")
             if width * height <= limits.max_image_pixels:
                 image.verify()
     except UnidentifiedImageError:

@@ -221,15 +221,14 @@ def upload_response(server: Server, data: bytes, filename: str, content_type: st
     return server.client.post(UPLOADS, files={"file": (filename, data, content_type)})
 
 
-def test_the_stream_is_refused_as_soon_as_it_passes_the_limit(fresh):
-    """At the ASGI level: the route stops reading at the chunk that passes the limit, not at the body's end."""
-    chunk, chunks = 32 * KiB, 100  # 3.2 MiB offered, 256 KiB allowed
+def asgi_upload(app, messages: list[dict]) -> tuple[int, list[dict]]:
+    """POST `messages` (ASGI receive messages, in order) to the upload route; (messages taken, messages sent)."""
     taken, sent = 0, []
 
     async def receive():
         nonlocal taken
         taken += 1
-        return {"type": "http.request", "body": b"\0" * chunk, "more_body": taken < chunks}
+        return messages[taken - 1]
 
     async def send(message):
         sent.append(message)
@@ -249,10 +248,30 @@ def test_the_stream_is_refused_as_soon_as_it_passes_the_limit(fresh):
         "server": ("testserver", 80),
         "state": {},
     }
-    asyncio.run(fresh.app(scope, receive, send))
+    asyncio.run(app(scope, receive, send))
+    return taken, sent
+
+
+def test_the_stream_is_refused_as_soon_as_it_passes_the_limit(fresh):
+    """At the ASGI level: the route stops reading at the chunk that passes the limit, not at the body's end."""
+    chunk, chunks = 32 * KiB, 100  # 3.2 MiB offered, 256 KiB allowed
+    body = [{"type": "http.request", "body": b"\0" * chunk, "more_body": index < chunks - 1} for index in range(chunks)]
+    taken, sent = asgi_upload(fresh.app, body)
     assert sent[0]["status"] == 413
     assert taken == LIMITS.max_bytes // chunk + 1
     assert json.loads(sent[1]["body"])["error"]["field"] == "file"
+    assert folder_names(fresh.folder) == []
+
+
+def test_a_client_that_goes_away_mid_upload_leaves_nothing(fresh):
+    part = {"type": "http.request", "body": b"\0" * KiB, "more_body": True}
+    taken, sent = asgi_upload(fresh.app, [part, part, {"type": "http.disconnect"}])
+    assert taken == 3 and sent[0]["status"] == 422
+    assert json.loads(sent[1]["body"])["error"] == {
+        "kind": "invalid",
+        "field": "file",
+        "message": "the upload was cut off before its end; nothing was kept",
+    }
     assert folder_names(fresh.folder) == []
 
 
