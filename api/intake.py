@@ -69,7 +69,11 @@ def api_media(value: Any, field: str, kind: Kind, uploads: UploadStore | None) -
     if value is None or value == "":
         return None
     if isinstance(value, str):
-        raise FieldError(field, f"over the API a video is an upload: '{UPLOAD_PREFIX}<id>' (POST .../uploads)")
+        raise FieldError(
+            field,
+            f"over the API a video must be uploaded: send '{UPLOAD_PREFIX}<id>' (POST .../uploads); "
+            "paths on the server are not read",
+        )
     return value  # the request model refuses it with the right message
 
 

@@ -425,7 +425,7 @@ def test_video_fields_take_only_uploads_of_videos(server):
     assert api_media(f"upload:{video}", "init_video", "video", server.store) == str(server.folder / f"{video}.mp4")
     with pytest.raises(FieldError, match=f"^init_video: upload {image} is an image; init_video takes a video$"):
         api_media(f"upload:{image}", "init_video", "video", server.store)
-    with pytest.raises(FieldError, match="^init_video: over the API a video is an upload"):
+    with pytest.raises(FieldError, match="^init_video: over the API a video must be uploaded: send .upload:<id>."):
         api_media(str(server.folder / f"{video}.mp4"), "init_video", "video", server.store)
     assert api_media("", "init_video", "video", server.store) is None
     if not VIDEO_FIELDS:  # before the request model has init_video, the field is unknown over the API too
