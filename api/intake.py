@@ -56,7 +56,7 @@ def api_upload(value: str, field: str, kind: Kind, uploads: UploadStore | None) 
     """The path of the file `value` ('upload:<id>') names, for `field`, which takes a `kind`; FieldError naming the
     field for an id that is malformed, unknown, expired or of the other kind."""
     if uploads is None:
-        raise FieldError(field, "upload ids are not taken here; send the image as base64")
+        raise FieldError(field, "upload ids are not taken here (no upload store); send the file inline")
     return str(uploads.resolve(value.removeprefix(UPLOAD_PREFIX), field, kind))
 
 
