@@ -377,10 +377,12 @@ def command_serve(args: argparse.Namespace) -> int:
         keep_jobs=args.keep_jobs,
         keep_days=args.keep_days,
         prune_outputs=args.prune_outputs,
+        upload_max_mb=args.upload_max_mb,
+        upload_hours=args.upload_hours,
     )
     try:
         return serve(settings)
-    except ValueError as error:  # bad --auth / --token / retention
+    except ValueError as error:  # bad --auth / --token / retention / upload limits
         return _error(str(error))
 
 
@@ -448,6 +450,20 @@ def add_serve_flags(parser: argparse.ArgumentParser) -> None:
         "--prune-outputs",
         action="store_true",
         help="also delete the outputs of jobs removed from the history (default: outputs are kept)",
+    )
+    parser.add_argument(
+        "--upload-max-mb",
+        type=float,
+        default=512.0,
+        metavar="MB",
+        help="largest file POST .../uploads takes, in MiB (default: 512; images at most 32 MiB)",
+    )
+    parser.add_argument(
+        "--upload-hours",
+        type=float,
+        default=24.0,
+        metavar="H",
+        help="hours an upload can be named in requests (default: 24)",
     )
 
 
