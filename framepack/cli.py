@@ -523,7 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
                 default=1,
                 metavar="N",
                 help="one video on N GPUs of this machine (context parallelism, one process per GPU; N divides the "
-                "transformer's 24 attention heads; pays on NVLink GPUs, see docs/scale-out.md) (default: 1)",
+                "transformer's 24 attention heads; pays on NVLink GPUs, see docs/context-parallel.md) (default: 1)",
             )
 
     enhance = commands.add_parser(

@@ -31,10 +31,11 @@ from framepack.models.caches import PARALLEL_REFUSED
 from framepack.models.loader import DEFAULT_HUB, HubCache, cached_transformer_config
 from framepack.models.parallel import degree_problem, enable_context_parallel, is_context_parallel
 from framepack.models.recipe import Recipe
+from framepack.outputs import OutputExists, existing_names
 from framepack.plan import Plan
 from framepack.planning import resolve_recipe
 from framepack.request import GenerateRequest
-from framepack.runner import Runner
+from framepack.runner import Runner, output_path, planned_outputs
 
 logger = logging.getLogger(__name__)
 
@@ -221,6 +222,10 @@ def run_gang(
     runner = GangRunner(gang.size, device=device, output_dir=output_dir)
     runner.preflight(request, plan)
     runner.check_recipe(gang.recipe)
+    path = output_path(request, plan, runner.output_dir)  # refused here, before N-1 processes load the model
+    taken = existing_names(path.parent, [planned.name for planned in planned_outputs(request, path)])
+    if taken:
+        raise OutputExists(path.parent, taken)
     request, _event = runner.enhance(request, plan, on_event)  # every rank must encode the same texts
     store = dist.TCPStore("127.0.0.1", 0, world_size=None, is_master=True, wait_for_workers=False, timeout=TIMEOUT)
     context = mp.get_context("spawn")
@@ -251,8 +256,11 @@ def run_gang(
         failed = _stop(followers, wait=5.0)
         # rank 0's own refusals and a cancel stand as they are (the followers then fail only because it left)
         if failed and not isinstance(error, (UserError, Cancelled)):
-            ranks = ", ".join(name.removeprefix("framepack-rank") for name in failed)
-            raise GangError(f"rank {ranks} of the gang failed (its error is logged above); nothing was kept") from error
+            ranks = ", ".join(f"{rank} (exit code {code})" for rank, code in failed)
+            raise GangError(
+                f"rank {ranks} of the gang stopped, so the job did (a rank's own error is logged above under "
+                "[rank N]); nothing was kept"
+            ) from error
         raise
     except BaseException:
         _stop(followers, wait=5.0)
@@ -263,9 +271,9 @@ def run_gang(
     return result
 
 
-def _stop(followers: list, wait: float) -> list[str]:
-    """Wait up to `wait` seconds for the followers to end, then end the ones still running; returns the names of
-    those that ended by themselves with an error."""
+def _stop(followers: list, wait: float) -> list[tuple[int, int]]:
+    """Wait up to `wait` seconds for the followers to end, then end the ones still running; returns (rank, exit
+    code) of those that ended by themselves with an error."""
     failed = []
     for follower in followers:
         follower.join(wait)
@@ -275,7 +283,7 @@ def _stop(followers: list, wait: float) -> list[str]:
             follower.join(5.0)
         elif follower.exitcode:
             logger.warning("%s ended with exit code %s", follower.name, follower.exitcode)
-            failed.append(follower.name)
+            failed.append((int(follower.name.removeprefix("framepack-rank")), follower.exitcode))
     return failed
 
 

@@ -140,7 +140,7 @@ def transformer_cases(world: int) -> dict:
     plan = context_parallel_plan(2, 2)
     for key in plan:  # keep the stream split, drop every per-block RoPE split
         plan[key] = {arg: split for arg, split in plan[key].items() if arg not in ("freqs_cis", "image_rotary_emb")}
-    enable_context_parallel(broken, world, plan=plan)
+    enable_context_parallel(broken, world, plan)
     try:
         with torch.no_grad():
             broken(**transformer_inputs(*CASES["even"]))

@@ -221,3 +221,19 @@ def test_cli_job_on_two_ranks_matches_one_process(
     timings = [json.loads((tmp_path / name / "v.json").read_text())["timings"] for name in ("one", "two")]
     assert timings[0]["cache_skipped_calls"] == timings[1]["cache_skipped_calls"] > 0
     assert timings[0]["transformer_calls"] == timings[1]["transformer_calls"] == 12
+
+
+def test_cli_refuses_an_existing_filename_before_any_rank_starts(
+    framepack_cli, tiny_model_dir: Path, tmp_path: Path, no_model_loads, monkeypatch: pytest.MonkeyPatch
+):
+    def no_spawn(*_args, **_kwargs):
+        raise AssertionError("a rank was started")
+
+    monkeypatch.setattr("framepack.gang.mp.get_context", no_spawn)
+    home = tiny_home(tiny_model_dir, tmp_path / "home")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "v.json").write_text("{}")
+    result = framepack_cli(*JOB, "--output-dir", str(tmp_path / "out"), "--cp-size", "2", home=home)
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1].startswith("error: --filename: v.json exists already in")
+    assert [path.name for path in (tmp_path / "out").iterdir()] == ["v.json"]

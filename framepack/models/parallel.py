@@ -114,11 +114,9 @@ def is_context_parallel(transformer: torch.nn.Module) -> bool:
 
 
 def parallel_group(transformer: torch.nn.Module) -> dist.ProcessGroup | None:
-    """The process group the transformer's ranks share, or None when it is not context-parallel (for the caches,
-    whose skip decisions must agree across ranks)."""
-    if not is_context_parallel(transformer):
-        return None
-    return getattr(transformer, "framepack_cp_group", None) or dist.group.WORLD
+    """The process group the transformer's ranks share (the default group), or None when it is not
+    context-parallel; for the caches, whose skip decisions must agree across the ranks."""
+    return dist.group.WORLD if is_context_parallel(transformer) else None
 
 
 def is_parallel_hook(name: str) -> bool:
@@ -174,13 +172,9 @@ class TokenGatherHook(ModelHook):
     """On the last block: gathers both streams of its output (pad-gather-trim, see `gather_tokens`), so that
     `forward()` slices the new latents off the whole sequence as in one process."""
 
-    def __init__(self, group: dist.ProcessGroup | None) -> None:
-        super().__init__()
-        self.group = group
-
     def post_forward(self, module: torch.nn.Module, output):
         hidden_states, encoder_hidden_states = output
-        return tuple(gather_tokens([hidden_states, encoder_hidden_states], self.group))
+        return tuple(gather_tokens([hidden_states, encoder_hidden_states]))
 
 
 class BatchOneHook(ModelHook):
@@ -197,13 +191,11 @@ class BatchOneHook(ModelHook):
 
 
 def enable_context_parallel(
-    transformer: torch.nn.Module,
-    degree: int,
-    group: dist.ProcessGroup | None = None,
-    plan: dict[str, ContextParallelModelPlan] | None = None,
+    transformer: torch.nn.Module, degree: int, plan: dict[str, ContextParallelModelPlan] | None = None
 ) -> None:
-    """Run `transformer` with Ulysses context parallelism over `degree` ranks (the whole default process group,
-    which must be initialized with exactly `degree` ranks, each calling this on an identical model).
+    """Run `transformer` with Ulysses context parallelism over `degree` ranks: the whole default process group
+    (diffusers builds its device mesh over it), initialized with exactly `degree` ranks, each calling this on an
+    identical model.
 
     `plan` defaults to `context_parallel_plan` for the model's block counts (tests pass broken plans). Apply it
     before any cache or compile: their hooks must wrap the split and gather hooks, not sit inside them."""
@@ -213,9 +205,9 @@ def enable_context_parallel(
         raise ContextParallelError(problem)
     if not dist.is_available() or not dist.is_initialized():
         raise ContextParallelError("context parallelism needs torch.distributed initialized (one process per rank)")
-    if dist.get_world_size(group) != degree:
+    if dist.get_world_size() != degree:
         raise ContextParallelError(
-            f"the process group has {dist.get_world_size(group)} ranks, context parallelism asked for {degree}"
+            f"the process group has {dist.get_world_size()} ranks, context parallelism asked for {degree}"
         )
     if is_context_parallel(transformer):
         raise ContextParallelError("this transformer is context-parallel already")
@@ -235,12 +227,11 @@ def enable_context_parallel(
     finally:
         diffusers_logger.setLevel(level)
     last = transformer.get_submodule(last_block_name(layers, single_layers))
-    HookRegistry.check_if_exists_or_initialize(last).register_hook(TokenGatherHook(group), GATHER_HOOK)
+    HookRegistry.check_if_exists_or_initialize(last).register_hook(TokenGatherHook(), GATHER_HOOK)
     HookRegistry.check_if_exists_or_initialize(transformer).register_hook(BatchOneHook(), BATCH_HOOK)
-    transformer.framepack_cp_group = group  # None: the default group (no reference held past the job)
     logger.info(
         "context parallelism: rank %d of %d (Ulysses), %d heads per rank",
-        dist.get_rank(group),
+        dist.get_rank(),
         degree,
         config.num_attention_heads // degree,
     )
