@@ -213,24 +213,38 @@ def quiet_library_progress() -> None:
 
 
 def command_generate(args: argparse.Namespace) -> int:
-    if args.batch or args.init_image_dir or args.seeds is not None:
+    batch = args.batch or args.init_image_dir or args.seeds is not None
+    if args.cp_size != 1 and batch:
+        return _error("--cp-size: runs one video per command; leave out --batch, --init-image-dir and --seeds")
+    if batch:
         return command_generate_batch(args)
     request = request_from_args(args)
     plan = checked_plan(request)  # bad flags, images and codec options stop here, before torch is imported
+    if args.cp_size != 1:  # the gang's checks (devices, heads, cache, compile, attention), before any model loads
+        from framepack.gang import plan_gang
+
+        gang = plan_gang(args.cp_size, args.device, request)
     print(f"plan: {plan.summary()}")
     print(plan.estimate_summary())
     for warning in plan.warnings:
         print(f"warning: {warning}")
     if request.model == SELF_TEST_MODEL:
         print("model: tiny SELF-TEST model with random weights -- the video is noise, not a real generation")
+    if args.cp_size != 1:
+        print(f"context parallelism: {gang.size} ranks on {', '.join(gang.devices)}")
 
     from framepack.progress import ConsoleProgress
     from framepack.runner import Runner
 
     quiet_library_progress()
-    runner = Runner(device=args.device, output_dir=args.output_dir_default)
     with ConsoleProgress(plan) as progress:
-        result = runner.run(request, on_event=progress, plan=plan)
+        if args.cp_size != 1:
+            from framepack.gang import run_gang
+
+            result = run_gang(gang, request, plan, args.output_dir_default, on_event=progress)
+        else:
+            runner = Runner(device=args.device, output_dir=args.output_dir_default)
+            result = runner.run(request, on_event=progress, plan=plan)
     print(f"done in {result.timings['total']:.1f} s: {result.frames} frames at {plan.fps} fps")
     for key in sorted(k for k in result.timings if k.startswith("section_")):
         print(f"  {key.replace('_', ' ')}: {result.timings[key]:.2f} s")
@@ -519,6 +533,14 @@ def build_parser() -> argparse.ArgumentParser:
         command.set_defaults(handler=handler)
         if name == "generate":
             add_batch_flags(command)
+            command.add_argument(
+                "--cp-size",
+                type=int,
+                default=1,
+                metavar="N",
+                help="one video on N GPUs of this machine (context parallelism, one process per GPU; N divides the "
+                "transformer's 24 attention heads; pays on NVLink GPUs, see docs/context-parallel.md) (default: 1)",
+            )
 
     enhance = commands.add_parser(
         "enhance",
