@@ -100,6 +100,25 @@ class SectionPlan(BaseModel):
     connecting: bool = False  # loop: joins the video's end back to its start (see add_loop_sections)
 
 
+class ExtendPlan(BaseModel):
+    """What a continuation or re-roll takes from its parent job (`framepack.extend`)."""
+
+    kind: Literal["continue", "reroll"]
+    parent: str  # the parent job's id
+    parent_sections: int  # sections of the parent's video
+    restored: list[int]  # sections (time order) whose latents come from the parent's kept latents, not sampled
+    reroll_section: int | None = None
+    reroll_seed: int | None = None  # seeds the noise of the sections sampled again, from reroll_section on
+    source_latents: bool = False  # bidirectional continuation: the parent's latents precede the new sections
+
+    def summary(self) -> str:
+        if self.kind == "reroll":
+            return f"re-rolls section {self.reroll_section} of {self.parent[:8]} (seed {self.reroll_seed})"
+        if self.source_latents:
+            return f"continues {self.parent[:8]} ({self.parent_sections} sections) after its kept latents"
+        return f"continues {self.parent[:8]} ({self.parent_sections} sections restored)"
+
+
 class Plan(BaseModel):
     mode: Literal["t2v", "i2v", "flf2v"]
     variant: Literal["bidirectional", "f1"]
@@ -128,13 +147,16 @@ class Plan(BaseModel):
     single_frame: SingleFramePlan | None = None  # single-frame inference: one image (PNG) instead of a video
     estimated_seconds: float | None = None  # from earlier jobs of its kind here (framepack.estimate); None: none yet
     loop_sections: int = 0  # loop: the last this-many sections connect the end back to the start (add_loop_sections)
+    extend: ExtendPlan | None = None  # continue_job / reroll_job: what comes from the parent job
 
     @model_serializer(mode="wrap")
     def _leave_out_no_estimate(self, handler):
-        """No estimate is no key: plans and records written before estimates existed dump and print as they did."""
+        """No estimate (or no parent job) is no key: plans and records written before estimates (or continuations)
+        existed dump and print as they did."""
         data = handler(self)
-        if isinstance(data, dict) and data.get("estimated_seconds") is None:
-            data.pop("estimated_seconds", None)
+        for optional in ("estimated_seconds", "extend"):
+            if isinstance(data, dict) and data.get(optional) is None:
+                data.pop(optional, None)
         return data
 
     @property
@@ -166,6 +188,7 @@ class Plan(BaseModel):
             f"{self.variant}, generation order {order}"
             + (f", loop: section {self.main_sections} connects the end back to the start" if self.loop_sections else "")
             + (f", {SELF_TEST_LABEL}" if self.self_test_model else "")
+            + (f", {self.extend.summary()}" if self.extend is not None else "")
         )
 
 

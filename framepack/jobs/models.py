@@ -64,6 +64,20 @@ class Job(BaseModel):
     queue_position: int | None = None  # 0 = next to run; None once started
     resumed_sections: int = 0  # sections restored from checkpoints after a restart
     batch_id: str | None = Field(None, description="the batch the job was queued with (None for a single job)")
+    parent: str | None = Field(None, description="the job this one continues or re-rolls (continue_job, reroll_job)")
+    parent_kind: Literal["continue", "reroll"] | None = Field(None, description="how it derives from its parent")
+    latents_kept: bool = Field(
+        False, description="its latents are kept (keep_latents): it can be continued or a section re-rolled"
+    )
+
+
+def parent_of(request: dict[str, Any]) -> tuple[str | None, Literal["continue", "reroll"] | None]:
+    """(parent job id, kind) a stored request names; (None, None) for a job of its own."""
+    if request.get("continue_job"):
+        return str(request["continue_job"]), "continue"
+    if request.get("reroll_job"):
+        return str(request["reroll_job"]), "reroll"
+    return None, None
 
 
 ENDED_STATES = (JobState.FINISHED, JobState.FAILED, JobState.CANCELLED)
