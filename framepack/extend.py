@@ -123,7 +123,7 @@ class Extension:
             restored = list(range(k)) if plan.variant == "f1" else list(range(k + 1, n))
             extend = ExtendPlan(kind="reroll", parent=self.parent.id, parent_sections=n, restored=restored,
                                 reroll_section=k, reroll_seed=self.request.reroll_seed)  # fmt: skip
-            plan = with_section_line(plan, self.request, k)
+        plan = with_prompts(plan, parent, restored, self.request, extend.reroll_section)
         warnings = [*plan.warnings, *self.warnings]
         if self.source_latents:
             warnings.append(bidirectional_note(self.parent.id))
@@ -154,16 +154,19 @@ def bidirectional_note(job_id: str) -> str:
     )
 
 
-def with_section_line(plan: Plan, request: GenerateRequest, index: int) -> Plan:
-    """The plan with `reroll_prompt` as section `index`'s line (joined to the prompt, LoRA tags refused) and the
-    prompt blends computed again; the plan itself when there is no new line."""
-    if not request.reroll_prompt.strip():
-        return plan
-    line, loras = parse_lora_tags(request.reroll_prompt, [])
-    if loras:
-        raise FieldError("reroll_prompt", "has a <lora:name:weight> tag; LoRAs belong in prompt or section_prompts")
+def with_prompts(plan: Plan, parent: Plan, restored: list[int], request: GenerateRequest, reroll: int | None) -> Plan:
+    """The plan with the prompts its sections are made with: a restored section's is the parent's (it is not sampled
+    again), a re-rolled section's is joined with `reroll_prompt` when one is given (LoRA tags refused), and the prompt
+    blends are computed again over them."""
     sections = [section.model_copy() for section in plan.sections]
-    sections[index].prompt = join_prompt(parse_lora_tags(request.prompt, [])[0], line)
+    for index in restored:
+        sections[index].prompt = parent.sections[index].prompt
+        sections[index].prompt_line = parent.sections[index].prompt_line
+    if reroll is not None and request.reroll_prompt.strip():
+        line, loras = parse_lora_tags(request.reroll_prompt, [])
+        if loras:
+            raise FieldError("reroll_prompt", "has a <lora:name:weight> tag; LoRAs belong in prompt or section_prompts")
+        sections[reroll].prompt = join_prompt(parse_lora_tags(request.prompt, [])[0], line)
     blends = prompt_blends([section.prompt for section in sections], request.prompt_blend_sections)
     for section, (blend_from, weight) in zip(sections, blends, strict=True):
         section.blend_from, section.blend_weight = blend_from, weight

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from helpers import SMALLEST, pattern_image, read_raw_frames, tiny_home
+from fastapi.testclient import TestClient
+from helpers import SMALLEST, decode_video, pattern_image, read_raw_frames, tiny_home
 
+from api.routes import PREFIX
+from api.server import create_app
 from framepack.errors import FieldError
 from framepack.generate import START, kept_dtype
 from framepack.jobs.manager import JobManager
@@ -22,6 +26,8 @@ from framepack.kept_latents import FORMAT, kept_bytes, load_kept, read_metadata
 from framepack.plan import Plan, make_plan
 from framepack.request import GenerateRequest
 from framepack.runner import Runner
+from framepack.ui.queue_panel import QueuePanel
+from framepack.ui.tab import FramePackTab, caption_section
 
 WAIT_S = 300
 WINDOW = 1  # SMALLEST's latent window: a section is 4 frames, the overlap blend 1 frame
@@ -221,6 +227,63 @@ def test_a_bidirectional_continuation_is_planned_but_refused_until_source_latent
     assert plan.extend.parent_sections == 3 and any("bidirectional" in warning for warning in plan.warnings)
     error = refusal(manager, continue_job=parent.id, duration=2 * SECTION_S)
     assert error.field == "continue_job" and "source latents" in str(error)
+
+
+def test_the_queue_panel_continues_re_rolls_and_shows_the_variants_as_a_tree(manager, f1, tmp_path):
+    tab = FramePackTab(manager, manager.output_dir, tmp_path / "presets.json")
+    panel = QueuePanel(tab)
+    ids = {name: job.id[:8] for name, job in f1.items()}
+    assert panel.variants(f1["parent_rerolled"].id).splitlines()[1:] == [
+        f"- `{ids['parent']}` finished: a kite",
+        f"    - `{ids['continued']}` continues finished: a kite",
+        f"    - **`{ids['parent_rerolled']}`** re-rolls section 2, finished: a kite",
+        f"        - `{ids['rerolled_continued']}` continues finished: a kite",
+    ]
+    assert panel.variants(f1["whole"].id).splitlines()[1:] == [
+        f"- **`{ids['whole']}`** finished: a kite",
+        f"    - `{ids['rerolled']}` re-rolls section 2, finished: a kite",
+    ]
+    assert f"↳ re-rolls {ids['whole']}: a kite" in panel.table([manager.get(f1["rerolled"].id)])
+    assert panel.reroll(f1["whole"].id, 9, -1, "") == f"reroll_section: job {f1['whole'].id} has 4 sections: 0 to 3"
+    assert panel.continue_job("nosuchjob", 1.0, "") == "No job matches 'nosuchjob'."
+    manager.pause()
+    try:
+        message = panel.continue_job(f1["whole"].id, 2 * SECTION_S, "now at night")
+        queued = manager.list_jobs(states=(JobState.QUEUED,))[-1]
+        assert message.startswith(f"Queued {queued.id[:8]} as #1: ") and "continues" in message
+        assert [section["prompt"] for section in queued.plan["sections"]][3:] == ["a kite"] + ["now at night"] * 2
+        message = panel.reroll(f1["whole"].id, 1, 77, "with a tail")
+        rerolled = manager.list_jobs(states=(JobState.QUEUED,))[-1]
+        assert message.startswith(f"Queued {rerolled.id[:8]} as #2: ")
+        assert (rerolled.plan["extend"]["reroll_seed"], rerolled.plan["sections"][1]["prompt"]) == (
+            77,
+            "a kite, with a tail",
+        )
+        for job in (queued, rerolled):
+            manager.cancel(job.id)
+    finally:
+        manager.resume()
+    # a storyboard click picks the section (Gradio 3 gives the caption, later versions a dict holding it)
+    assert tab.pick_section("abc", SimpleNamespace(value={"caption": "#2"})) == ("abc", 2)
+    assert tab.pick_section("abc", SimpleNamespace(value="#0")) == ("abc", 0)
+    assert caption_section("start") is None and caption_section({"image": {}, "caption": None}) is None
+
+
+def test_the_rest_api_takes_the_fields_and_shows_the_parent(manager, bidirectional):
+    app = create_app(manager, manager.output_dir, manage_lifecycle=False)
+    with TestClient(app) as client:
+        refused = client.post(f"{PREFIX}/jobs", json={"continue_job": "nosuchjob"})
+        assert refused.status_code == 422 and refused.json()["error"]["field"] == "continue_job"
+        refused = client.post(f"{PREFIX}/jobs", json={"reroll_job": bidirectional.id, "reroll_section": 1, "fps": 24})
+        assert refused.status_code == 422 and refused.json()["error"]["field"] == "fps"
+        body = {"reroll_job": bidirectional.id, "reroll_section": 1, "reroll_seed": 3, "codec": "libx264"}
+        made = client.post(PREFIX, json=body)
+        assert made.status_code == 200, made.text
+        job = client.get(f"{PREFIX}/jobs/{made.json()['id']}").json()
+    assert (job["parent"], job["parent_kind"], job["latents_kept"]) == (bidirectional.id, "reroll", True)
+    assert job["plan"]["extend"]["restored"] == [2] and job["plan"]["extend"]["reroll_seed"] == 3
+    frames_written, width, height, codec, _ = decode_video(manager.output_dir / made.json()["filename"])
+    assert (frames_written, width, height, codec) == (job["plan"]["output_frames"], 128, 128, "h264")
 
 
 def test_deleting_a_job_removes_its_kept_latents_and_its_children_then_fail_clearly(manager, f1):
