@@ -286,6 +286,31 @@ def test_the_rest_api_takes_the_fields_and_shows_the_parent(manager, bidirection
     assert (frames_written, width, height, codec) == (job["plan"]["output_frames"], 128, 128, "h264")
 
 
+def test_the_cli_continues_a_job_of_the_data_folder_as_a_job_of_it(manager, f1, home, tmp_path, framepack_cli):
+    parent, data = f1["parent"], str(manager.jobs_dir)
+    flags = ["--continue-job", parent.id, "--duration", str(SECTION_S), "--data-dir", data, "--device", "cpu"]
+    held = framepack_cli("generate", *flags, "--default-output-dir", str(tmp_path), home=home, cwd=tmp_path)
+    assert held.returncode == 2 and "another job manager" in held.stderr and "create-video.py" in held.stderr
+    refused = framepack_cli("generate", "--reroll-job", parent.id, "--reroll-section", "5", "--data-dir", data)
+    assert (refused.returncode, refused.stderr.strip()) == (
+        2,
+        f"error: reroll_section: job {parent.id} has 3 sections: 0 to 2",
+    )
+    manager.stop()  # a server over the folder holds it; stopped, the CLI runs the job there
+    try:
+        result = framepack_cli("generate", *flags, "--default-output-dir", str(tmp_path), home=home, cwd=tmp_path)
+    finally:
+        manager.start()
+    assert result.returncode == 0, result.stderr
+    assert f"continues {parent.id[:8]} (3 sections restored)" in result.stdout
+    job_id = result.stdout.split("job ", 1)[1].split()[0]
+    job = manager.get(job_id)
+    assert (job.state, job.parent, job.latents_kept) == (JobState.FINISHED, parent.id, True)
+    raw = tmp_path / job.outputs[0]
+    assert f"output: {raw}" in result.stdout and f"--continue-job {job_id}" in result.stdout
+    assert np.array_equal(read_raw_frames(raw), frames(manager, f1["continued"]))
+
+
 def test_deleting_a_job_removes_its_kept_latents_and_its_children_then_fail_clearly(manager, f1):
     manager.pause()
     try:
