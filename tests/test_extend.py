@@ -6,6 +6,7 @@ one step per section, raw frames compared bit for bit.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,11 +20,14 @@ from helpers import SMALLEST, decode_video, pattern_image, read_raw_frames, tiny
 from api.routes import PREFIX
 from api.server import create_app
 from framepack.errors import FieldError
-from framepack.generate import START, kept_dtype
+from framepack.generate import START, generate, kept_dtype
 from framepack.jobs.manager import JobManager
 from framepack.jobs.models import JobState
 from framepack.kept_latents import FORMAT, kept_bytes, load_kept, read_metadata
+from framepack.models.loader import load_components
+from framepack.models.recipe import tiny_recipe
 from framepack.plan import Plan, make_plan
+from framepack.planning import plan_request
 from framepack.request import GenerateRequest
 from framepack.runner import Runner
 from framepack.ui.queue_panel import QueuePanel
@@ -164,6 +168,26 @@ def test_kept_latents_are_the_jobs_own_with_the_stream_state_and_their_size_is_c
     published = kept_bytes(minute, 16, 8, kept_dtype(torch.bfloat16))  # the published transformer's dtype
     assert published < 100_000_000 and round(published / 1e6, 1) == 87.9
     assert round(kept_bytes(minute, 4, 8, torch.float32) / 1e6, 1) == 43.9  # the self-test model on a CPU
+
+
+def test_a_16_bit_transformer_rounds_the_sections_it_samples_and_keeps_them_so(tiny_model_dir):
+    """With the published model's bfloat16 transformer the latents a job decodes are the ones it keeps (2 bytes)."""
+    recipe = tiny_recipe(tiny_model_dir)
+    recipe = recipe.replace(transformer=dataclasses.replace(recipe.transformer, dtype="bfloat16"))
+    components = load_components(recipe, device="cpu")
+    request = GenerateRequest(**{**BASE, "variant": "f1", "duration": SECTION_S, "codec": "libx264", "save_raw": False})
+    sampled = {}
+    result = generate(
+        components,
+        request,
+        plan_request(request),
+        [],
+        on_section_latents=lambda key, value: sampled.update({key: value}),
+    )
+    assert result.kept.latents[0].dtype == torch.bfloat16 and result.kept.latents[START].dtype == torch.float32
+    assert torch.equal(sampled[0], sampled[0].bfloat16().float())  # rounded as sampled, before anything used it
+    assert torch.equal(result.kept.latents[0].float(), sampled[0])
+    assert torch.equal(result.kept.latents[START], sampled[START])  # the text-to-video start frame stays float32
 
 
 def test_without_keep_latents_nothing_is_kept_and_continuing_is_refused(manager):

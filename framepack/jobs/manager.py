@@ -445,7 +445,8 @@ class JobManager:
     def enhance(self, request: GenerateRequest) -> EnhanceResult:
         """Every distinct section prompt enhanced anew, no video made (checked as a submit would: plan, images, the
         enhancer's files); runs on the job device after any running job."""
-        request = self._preparer.complete(request)
+        extension = resolve(request, self._parent)  # a continuation's or re-roll's prompts are its parent's
+        request = self._preparer.complete(extension.request if extension is not None else request)
         plan = self._preparer.plan(request)
         self._preparer.check_enhancer(request, plan, everything=True)
         return enhance_result(self._executor.enhance(request, plan), plan.num_sections)
