@@ -227,9 +227,12 @@ def command_generate(args: argparse.Namespace) -> int:
     if batch:
         return command_generate_batch(args)
     given = given_request(args)
+    request = request_from_args(args)
+    job_store = given.continue_job is not None or given.reroll_job is not None or request.keep_latents
+    if job_store and args.cp_size != 1:
+        return _error("--cp-size: not with --keep-latents, --continue-job or --reroll-job (they run as a job here)")
     if given.continue_job is not None or given.reroll_job is not None:
         return command_generate_job(args, given)  # the parent job's fields fill in what the flags leave out
-    request = request_from_args(args)
     if request.keep_latents:
         return command_generate_job(args, request)
     plan = checked_plan(request)  # bad flags, images and codec options stop here, before torch is imported

@@ -15,7 +15,9 @@ the parent's is refused, naming it (`LOCKED`). `duration` of a continuation is t
   request is planned (the plan says so) and refused at submit (`Extension.check_runnable`).
 - **Re-roll section k**: the plan is the parent's; the sections generated before k (F1: 0..k-1; bidirectional:
   k+1..N-1) are restored, k and the ones generated after it are sampled from a new stream seeded with
-  `reroll_seed`, k with `reroll_prompt` as its section line when one is given.
+  `reroll_seed`, k with `reroll_prompt` as its section line when one is given. A seamless loop's connecting section
+  is generated last, so every re-roll samples it again (and it can be re-rolled alone); a loop has no end to
+  continue from, so continuing one is refused (a continuation may itself be a loop).
 
 Nothing here loads a model or imports torch; every refusal is a FieldError naming the field.
 """
@@ -30,7 +32,16 @@ from typing import Any, Literal
 from framepack.directing import prompt_blends
 from framepack.errors import FieldError
 from framepack.models.lora import parse_lora_tags
-from framepack.plan import MAX_SECTIONS, VAE_TEMPORAL, ExtendPlan, Plan, join_prompt, random_seed, section_count
+from framepack.plan import (
+    MAX_SECTIONS,
+    VAE_TEMPORAL,
+    ExtendPlan,
+    Plan,
+    join_prompt,
+    random_seed,
+    section_count,
+    section_ranges,
+)
 from framepack.request import EXTEND_FIELDS, MAX_DURATION_S, GenerateRequest
 
 logger = logging.getLogger(__name__)
@@ -110,17 +121,17 @@ class Extension:
                 f"the size would be {plan.width}x{plan.height}; job {self.parent.id}'s latents are "
                 f"{parent.width}x{parent.height} (leave resolution and aspect_ratio out)",
             )
-        expected = self.added_sections if self.source_latents else parent.num_sections + self.added_sections
-        if plan.num_sections != expected:  # never: the duration is computed to give this count
-            raise RuntimeError(f"internal error: planned {plan.num_sections} sections, expected {expected}")
         n = parent.num_sections
         if self.kind == "continue":
+            expected = self.added_sections + (0 if self.source_latents else n) + plan.loop_sections
+            if plan.num_sections != expected:  # never: the duration is computed to give this count
+                raise RuntimeError(f"internal error: planned {plan.num_sections} sections, expected {expected}")
             restored = [] if self.source_latents else list(range(n))
             extend = ExtendPlan(kind="continue", parent=self.parent.id, parent_sections=n, restored=restored,
                                 source_latents=self.source_latents)  # fmt: skip
         else:
             k = int(self.request.reroll_section or 0)
-            restored = list(range(k)) if plan.variant == "f1" else list(range(k + 1, n))
+            restored = generated_before(parent, k)
             extend = ExtendPlan(kind="reroll", parent=self.parent.id, parent_sections=n, restored=restored,
                                 reroll_section=k, reroll_seed=self.request.reroll_seed)  # fmt: skip
         plan = with_prompts(plan, parent, restored, self.request, extend.reroll_section)
@@ -152,6 +163,13 @@ def bidirectional_note(job_id: str) -> str:
         "sections (issue 16's video input), which this build does not run yet; continue an F1 job, or re-roll a "
         "section of this one"
     )
+
+
+def generated_before(plan: Plan, section: int) -> list[int]:
+    """The sections (time order) generated before `section`: what a re-roll of it restores (F1: the earlier ones;
+    bidirectional: the later ones; a loop's connecting section is generated last, after every one)."""
+    order = plan.generation_order
+    return sorted(order[: order.index(section)])
 
 
 def with_prompts(plan: Plan, parent: Plan, restored: list[int], request: GenerateRequest, reroll: int | None) -> Plan:
@@ -200,6 +218,12 @@ def resolve(request: GenerateRequest, lookup: ParentLookup) -> Extension | None:
     fields["enhanced_prompts"] = {**parent.request.get("enhanced_prompts", {}), **request.enhanced_prompts}
     added = 0
     if kind == "continue":
+        if plan.loop_sections:
+            raise FieldError(
+                name,
+                f"job {parent.id} is a seamless loop: its last section joins its end to its start, so it has no end "
+                "to continue from (continue a job made without loop, and give loop to the continuation)",
+            )
         added = section_count(request.duration, plan.fps, plan.interpolate, plan.latent_window_size)
         total = added if plan.variant == "bidirectional" else plan.num_sections + added
         if total > MAX_SECTIONS:
@@ -208,18 +232,18 @@ def resolve(request: GenerateRequest, lookup: ParentLookup) -> Extension | None:
         if seconds > MAX_DURATION_S:
             raise FieldError("duration", f"the continued video would last {seconds:.1f} s; at most {MAX_DURATION_S:g}")
         fields["duration"] = seconds
-        first_sampled = 0 if plan.variant == "bidirectional" else plan.num_sections
-        sampled = range(first_sampled, total)
+        sampled = list(range(0 if plan.variant == "bidirectional" else plan.num_sections, total))
     else:
         k = int(request.reroll_section or 0)
         if k >= plan.num_sections:
             raise FieldError(
                 "reroll_section", f"job {parent.id} has {plan.num_sections} sections: 0 to {plan.num_sections - 1}"
             )
-        if "duration" in given and request.duration != parent.request.get("duration"):
-            raise FieldError("duration", f"a re-roll keeps job {parent.id}'s length; leave duration out")
+        for key in ("duration", "loop"):
+            if key in given and getattr(request, key) != parent.request.get(key):
+                raise FieldError(key, f"a re-roll keeps job {parent.id}'s {key}; leave {key} out")
         fields["duration"] = parent.request.get("duration")
-        sampled = range(k, plan.num_sections) if plan.variant == "f1" else range(0, k + 1)
+        sampled = sorted(plan.generation_order[plan.generation_order.index(k) :])
     fields["keyframes"] = merged_keyframes(parent, request, given, sampled)
     try:
         merged = GenerateRequest.model_validate(fields)
@@ -251,7 +275,9 @@ def find_parent(job_id: str, name: str, kind: Kind, lookup: ParentLookup) -> Par
     return parent
 
 
-def merged_keyframes(parent: ParentJob, request: GenerateRequest, given: set[str], sampled: range) -> dict[int, str]:
+def merged_keyframes(
+    parent: ParentJob, request: GenerateRequest, given: set[str], sampled: list[int]
+) -> dict[int, str]:
     """The parent's keyframes with the request's over them; each given one must be for a section that is sampled."""
     keyframes = {int(index): source for index, source in (parent.request.get("keyframes") or {}).items()}
     if "keyframes" not in given:
@@ -261,7 +287,7 @@ def merged_keyframes(parent: ParentJob, request: GenerateRequest, given: set[str
             raise FieldError(
                 "keyframes",
                 f"section {index} is restored from job {parent.id}'s latents; a keyframe is accepted for the sections "
-                f"this job samples ({sampled.start} to {sampled.stop - 1})",
+                f"this job samples ({section_ranges(sampled)})",
             )
         keyframes[index] = source
     return keyframes

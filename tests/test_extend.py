@@ -20,6 +20,7 @@ from helpers import SMALLEST, decode_video, pattern_image, read_raw_frames, tiny
 from api.routes import PREFIX
 from api.server import create_app
 from framepack.errors import FieldError
+from framepack.extend import ParentJob, generated_before, plan_metadata, resolve
 from framepack.generate import START, generate, kept_dtype
 from framepack.jobs.manager import JobManager
 from framepack.jobs.models import JobState
@@ -188,6 +189,26 @@ def test_a_16_bit_transformer_rounds_the_sections_it_samples_and_keeps_them_so(t
     assert torch.equal(sampled[0], sampled[0].bfloat16().float())  # rounded as sampled, before anything used it
     assert torch.equal(result.kept.latents[0].float(), sampled[0])
     assert torch.equal(result.kept.latents[START], sampled[START])  # the text-to-video start frame stays float32
+
+
+def test_a_re_roll_restores_the_sections_generated_before_it_and_a_loop_is_not_continued():
+    """Pure: the restored sections follow the generation order (a loop's connecting section comes last)."""
+    fields = {**BASE, "duration": 3 * SECTION_S, "loop": True}
+    loop = make_plan(GenerateRequest(**fields, variant="bidirectional"))
+    assert loop.generation_order == [2, 1, 0, 3]
+    assert (generated_before(loop, 1), generated_before(loop, 3)) == ([2], [0, 1, 2])
+    assert generated_before(make_plan(GenerateRequest(**fields, variant="f1")), 2) == [0, 1]
+    request = GenerateRequest(**fields, variant="bidirectional", seed=7).model_dump(mode="json")
+    parent = ParentJob("looped", "finished", request, loop, None, plan_metadata(loop))
+    with pytest.raises(FieldError, match=r"^continue_job: job looped is a seamless loop") as refused:
+        resolve(GenerateRequest(continue_job="looped"), lambda _id: parent)
+    assert refused.value.field == "continue_job"
+    with pytest.raises(FieldError, match="a re-roll keeps job looped's loop") as refused:
+        resolve(GenerateRequest(reroll_job="looped", reroll_section=1, loop=False), lambda _id: parent)
+    rerolled = resolve(GenerateRequest(reroll_job="looped", reroll_section=1, reroll_seed=4), lambda _id: parent)
+    planned = rerolled.plan(make_plan(rerolled.request))
+    assert planned.extend.restored == [2] and planned.extend.reroll_seed == 4 and planned.loop_sections == 1
+    assert (rerolled.request.seed, rerolled.request.loop, rerolled.request.filename) == (7, True, None)
 
 
 def test_without_keep_latents_nothing_is_kept_and_continuing_is_refused(manager):
