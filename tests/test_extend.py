@@ -209,6 +209,13 @@ def test_a_re_roll_restores_the_sections_generated_before_it_and_a_loop_is_not_c
     planned = rerolled.plan(make_plan(rerolled.request))
     assert planned.extend.restored == [2] and planned.extend.reroll_seed == 4 and planned.loop_sections == 1
     assert (rerolled.request.seed, rerolled.request.loop, rerolled.request.filename) == (7, True, None)
+    # a keyframe is taken for a section the re-roll samples (bidirectional, section 1: sections 1, 0 and the loop's)
+    keyed = resolve(
+        GenerateRequest(reroll_job="looped", reroll_section=1, keyframes={0: "key.png"}), lambda _id: parent
+    )
+    assert keyed.request.keyframes == {0: "key.png"}
+    with pytest.raises(FieldError, match="a keyframe is accepted for the sections this job samples \\(0-1, 3\\)"):
+        resolve(GenerateRequest(reroll_job="looped", reroll_section=1, keyframes={2: "key.png"}), lambda _id: parent)
 
 
 def test_without_keep_latents_nothing_is_kept_and_continuing_is_refused(manager):
