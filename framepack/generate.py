@@ -82,11 +82,6 @@ class KeptLatents:
     latents: dict[LatentKey, torch.Tensor]
     stream_state: torch.Tensor  # torch.Generator.get_state(): uint8
 
-    @property
-    def nbytes(self) -> int:
-        tensors = [*self.latents.values(), self.stream_state]
-        return sum(tensor.numel() * tensor.element_size() for tensor in tensors)
-
 
 @dataclass
 class GenerationResult:

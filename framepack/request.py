@@ -481,7 +481,8 @@ class GenerateRequest(BaseModel):
         description=(
             "Continue this finished job (its id) from its kept latents, without decoding its video: duration is the "
             "length ADDED; prompt, section_prompts and settings that do not change the kept latents may be given, "
-            "everything else is the job's. F1: the same frames one longer job with the job's seed makes."
+            "everything else is the job's. F1: the same frames one longer job with the job's seed makes "
+            "(bidirectional jobs: planned, not run yet)."
         ),
     )
     reroll_job: str | None = Field(
