@@ -6,6 +6,8 @@ the network they are not: a client must not make the server read or write arbitr
 - images (`IMAGE_FIELDS`: `init_image`, `end_image`, the single-frame images; and `keyframes`) must be base64, with
   or without a `data:` prefix; a value that names an existing path is refused, and accepted values are passed on as
   `data:` URLs so the engine never tries them as paths;
+- `init_video` never names a file on the server: a path (or any other text) is refused; a video reaches the server as
+  an upload;
 - `output_dir` is refused (the server chooses the folder; `filename` may name the stem);
 - `model` is 'default' or 'tiny' (recipe files are a local, CLI/UI matter);
 - `enhancer` is a hub repo id or 'tiny', never a folder: a value written like a path, or naming an existing one, is
@@ -45,6 +47,15 @@ def api_image(value: Any, field: str) -> Any:
     return "data:;base64," + value
 
 
+def api_video(value: Any, field: str) -> Any:
+    """A video field of an API request: None for an empty value; a path on the server, or any other text, refused."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        return value  # the request model refuses it with the right message
+    raise FieldError(field, "over the API a video must be uploaded; paths on the server are not read")
+
+
 def api_enhancer(value: Any) -> Any:
     """The enhancer of an API request: a hub repo id or 'tiny'; folders on the server are refused."""
     if not isinstance(value, str):
@@ -76,6 +87,8 @@ def api_request(payload: Any) -> GenerateRequest:
     for name in IMAGE_FIELDS:
         if name in fields:
             fields[name] = api_image(fields[name], name)
+    if "init_video" in fields:
+        fields["init_video"] = api_video(fields["init_video"], "init_video")
     keyframes = fields.get("keyframes")
     if isinstance(keyframes, dict):
         fields["keyframes"] = {key: api_image(source, f"keyframes.{key}") for key, source in keyframes.items()}

@@ -536,6 +536,10 @@ def build_tab(tab: FramePackTab) -> gr.Blocks:
                     c(gr.Markdown, value=controls[ENHANCED].info, elem_id="framepack_enhanced_prompts_help")
                 with gr.Row():
                     make("init_image", "end_image")
+                with gr.Accordion("Video input: continue a video, or re-render it (video-to-video)", open=False):
+                    make("init_video")
+                    with gr.Row():
+                        make("context_frames", "keep_source", "video_strength")
                 with gr.Accordion("Section keyframes", open=False):
                     make(KEYFRAMES)
                     with gr.Row():
