@@ -327,7 +327,7 @@ def make_control(name: str, gr: Any, component: Any, value: Any = None) -> Any:
             **mode,
         )
     if name in VIDEO_FIELDS:  # kept as uploaded: no format conversion, audio kept (either would need ffmpeg)
-        return component(
+        video = component(
             gr.Video,
             label=label(name),
             sources=["upload"],
@@ -335,6 +335,8 @@ def make_control(name: str, gr: Any, component: Any, value: Any = None) -> Any:
             elem_id=elem_id,
             height=220,
         )
+        video.info = help_text  # every control carries its field's help; a video shows none, the tab writes it below
+        return video
     if name == KEYFRAMES:
         return gr.State(default)
     if name == ENHANCED:

@@ -538,6 +538,7 @@ def build_tab(tab: FramePackTab) -> gr.Blocks:
                     make("init_image", "end_image")
                 with gr.Accordion("Video input: continue a video, or re-render it (video-to-video)", open=False):
                     make("init_video")
+                    c(gr.Markdown, value=controls["init_video"].info, elem_id="framepack_init_video_help")
                     with gr.Row():
                         make("context_frames", "keep_source", "video_strength")
                 with gr.Accordion("Section keyframes", open=False):
