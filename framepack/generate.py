@@ -33,7 +33,7 @@ from framepack.events import (
 )
 from framepack.images import alpha_mask, fit_to_bucket, latent_mask, load_image, load_mask, to_tensor, to_uint8
 from framepack.models.components import Components
-from framepack.plan import Plan, SectionPlan
+from framepack.plan import VAE_TEMPORAL, Plan, SectionPlan
 from framepack.request import GenerateRequest
 from framepack.sampling.context import (
     HISTORY_FRAMES,
@@ -420,17 +420,12 @@ class SectionLoop:
             frames = read_frames(self.request.init_video, plan.width, plan.height, count, "init_video")
             with contextlib.closing(frames):
                 self.source = encode_frames(self.components.vae, self.used_frames(frames, hold), source.used_frames)
-        else:
-            expected = (
-                1,
-                self.components.latent_channels,
-                source.latent_frames,
-                plan.height // scale,
-                plan.width // scale,
-            )
+        else:  # given as latents: all of them make the source (v2v uses its first `latent_frames`)
+            channels, whole = self.components.latent_channels, 1 + (source.frames - 1) // VAE_TEMPORAL
+            expected = (1, channels, whole, plan.height // scale, plan.width // scale)
             if tuple(self.source.shape) != expected:
                 raise ValueError(f"source_latents have the shape {tuple(self.source.shape)}; the plan needs {expected}")
-            self.source = self.source.float().cpu()
+            self.source = self.source[:, :, : source.latent_frames].float().cpu()
             if hold is not None:
                 self.on_event(StageStarted("decode source", f"{source.kept_frames} frames of the source latents"))
                 self.decode_source(hold)

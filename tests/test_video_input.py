@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers.utils.torch_utils import randn_tensor
-from helpers import FAST, MemorySink, TransformerCalls, decode_video, pattern_image, read_raw_frames
+from helpers import FAST, MemorySink, TransformerCalls, decode_video, pattern_image, read_raw_frames, tiny_home
 from PIL import ImageFilter
 
 from framepack.encoders import vae_encode
@@ -346,7 +346,9 @@ def test_video_to_video_denoises_the_re_noised_source_from_its_sigma(tiny_compon
 # ------------------------------------------------------------------------------------------------ faces
 
 
-def test_the_api_refuses_a_video_path_and_the_cli_plans_a_video(source_video, framepack_cli, tmp_path):
+def test_the_api_refuses_a_video_path_and_the_cli_continues_a_video(
+    source_video, framepack_cli, tiny_model_dir, tmp_path
+):
     from api.intake import api_request
 
     for value in (source_video, "source.mp4"):
@@ -354,13 +356,15 @@ def test_the_api_refuses_a_video_path_and_the_cli_plans_a_video(source_video, fr
             api_request({"prompt": "x", "init_video": value})
     assert api_request({"prompt": "x", "init_video": ""}).init_video is None
     result = framepack_cli(
-        "plan", "--model", "tiny", "--resolution", "128", "--latent-window-size", "3", "--duration", "0.4",
-        "--init-video", source_video, "--keep-source", "--variant", "f1", "--context-frames", "5", home=tmp_path,
+        "generate", "--model", "tiny", "--resolution", "128", "--latent-window-size", "3", "--duration", "0.4",
+        "--steps", "1", "--init-video", source_video, "--keep-source", "--variant", "f1", "--context-frames", "5",
+        "--output-dir", str(tmp_path), "--filename", "more", home=tiny_home(tiny_model_dir, tmp_path / "home"),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    plan = json.loads(result.stdout[result.stdout.index("{") :])
-    assert plan["source"]["kept_frames"] == 27 and plan["source"]["context_frames"] == 5
-    assert plan["generated_frames"] == 27 + 12
+    assert "27 source frames kept + 12 new frames" in result.stdout
+    assert decode_video(tmp_path / "more.mp4")[:3] == (27 + 12, 144, 112)
+    plan = json.loads((tmp_path / "more.json").read_text())["plan_detail"]
+    assert (plan["source"]["kept_frames"], plan["source"]["context_frames"], plan["output_frames"]) == (27, 5, 39)
 
 
 def test_the_tab_has_a_video_input_built_from_the_request_model(tmp_path, source_video):

@@ -65,7 +65,8 @@ logger = logging.getLogger(__name__)
 PROGRESS_INTERVAL_S = 0.25  # progress lines are yielded at most this often (sections and the end always)
 HEARTBEAT_S = 1.0
 INTRO = (
-    "# FramePack\n\nMake a video from a prompt, a start image (image-to-video) or a start and an end image. Choose "
+    "# FramePack\n\nMake a video from a prompt, a start image (image-to-video) or a start and an end image, or "
+    "continue or re-render a video (Video input). Choose "
     "the model, write a prompt, check the plan on the right (frames, sections, size), then **Generate**; "
     "**Add to queue** (in the queue panel below) queues it without following it. Without the real model's files, "
     "choose model **tiny**: the built-in SELF-TEST model runs everything with random weights (the video is noise)."

@@ -101,11 +101,12 @@ def read_frames(path: str, width: int, height: int, count: int, field: str = "in
         raise VideoInputError(field, f"decoding ended after {read} frames; its packets promised {count}")
 
 
-def frames_tensor(frames: list[np.ndarray]) -> torch.Tensor:
-    """uint8 frames [H, W, 3] -> float32 [1, 3, T, H, W] in [-1, 1] (as `framepack.images.to_tensor` per frame)."""
+def frames_tensor(frames: np.ndarray | list[np.ndarray]) -> torch.Tensor:
+    """uint8 frames [T, H, W, 3] (or a list of [H, W, 3]) -> float32 [1, 3, T, H, W] in [-1, 1], each frame as
+    `framepack.images.to_tensor` makes it."""
     import torch
 
-    pixels = torch.from_numpy(np.stack(frames)).float().div(127.5).sub(1.0)
+    pixels = torch.from_numpy(np.ascontiguousarray(np.asarray(frames, dtype=np.uint8))).float().div(127.5).sub(1.0)
     return pixels.permute(3, 0, 1, 2)[None]
 
 
@@ -121,7 +122,7 @@ def tile_encode_mode(vae) -> Iterator[None]:
         vae.use_framewise_encoding = saved
 
 
-def _encode_tile(vae, frames: list[np.ndarray]) -> torch.Tensor:
+def _encode_tile(vae, frames: np.ndarray | list[np.ndarray]) -> torch.Tensor:
     """Mean of the VAE's distribution (unscaled) for one tile of frames, on the VAE's compute device."""
     pixels = frames_tensor(frames).to(device=vae.device, dtype=vae.dtype)
     with tile_encode_mode(vae):
@@ -131,7 +132,11 @@ def _encode_tile(vae, frames: list[np.ndarray]) -> torch.Tensor:
 def encode_frames(vae, frames: Iterator[np.ndarray], count: int) -> torch.Tensor:
     """Scaled float32 latents [1, C, 1 + (count - 1) // 4, h, w] on the CPU of `count` frames from `frames` (uint8
     [H, W, 3], time order, `count` = 1 + 4k), exactly `vae.encode` of the whole clip (its distribution's mean),
-    holding at most one temporal tile (17 frames) of pixels. See the module's docstring."""
+    holding at most one temporal tile (17 frames) of pixels. See the module's docstring.
+
+    What lives across tiles (the tile's frames, the latents) is allocated once: long-lived buffers allocated between
+    the encoder's large short-lived ones fragment the heap, and the peak then crept up with the video's length
+    (by a third from 121 to 1,801 frames before it was so)."""
     import torch
 
     if count < 1 or (count - 1) % 4:
@@ -139,26 +144,37 @@ def encode_frames(vae, frames: Iterator[np.ndarray], count: int) -> torch.Tensor
     tile, stride = vae.tile_sample_min_num_frames, vae.tile_sample_stride_num_frames
     temporal = int(vae.temporal_compression_ratio)
     latent_count = (count - 1) // temporal + 1
+    scale = vae.config.scaling_factor
     with torch.no_grad():
         if not vae.use_framewise_encoding or count <= tile:  # diffusers encodes such a clip whole
-            latents = _encode_tile(vae, [next(frames) for _ in range(count)])
-        else:
-            tile_latents, stride_latents = tile // temporal, stride // temporal
-            blend = tile_latents - stride_latents
-            buffer: list[np.ndarray] = []  # frames from the current tile's start on
-            pieces, previous = [], None
-            for start in range(0, count, stride):
-                buffer += [next(frames) for _ in range(min(tile + 1, count - start) - len(buffer))]
-                encoded = _encode_tile(vae, buffer[: tile + 1])
-                if previous is None:
-                    pieces.append(encoded[:, :, : stride_latents + 1].float().cpu())
-                else:
-                    encoded = vae.blend_t(previous, encoded[:, :, 1:], blend)
-                    pieces.append(encoded[:, :, :stride_latents].float().cpu())
-                previous = encoded
-                buffer = buffer[stride:]
-            latents = torch.cat(pieces, dim=2)[:, :, :latent_count]
-        return (latents * vae.config.scaling_factor).float().cpu()
+            return (_encode_tile(vae, [next(frames) for _ in range(count)]) * scale).float().cpu()
+        tile_latents, stride_latents = tile // temporal, stride // temporal
+        blend = tile_latents - stride_latents
+        ring: np.ndarray | None = None  # the current tile's frames, from its start
+        latents: torch.Tensor | None = None
+        held, previous = 0, None
+        for index, start in enumerate(range(0, count, stride)):
+            needed = min(tile + 1, count - start)
+            for frame in (next(frames) for _ in range(needed - held)):
+                if ring is None:
+                    ring = np.empty((tile + 1, *frame.shape), dtype=np.uint8)
+                ring[held] = frame
+                held += 1
+            encoded = _encode_tile(vae, ring[:needed])
+            if previous is None:
+                piece, at = encoded[:, :, : stride_latents + 1], 0
+            else:  # the first latent frame goes, the one it shares with the previous tile is the previous tile's
+                encoded = vae.blend_t(previous, encoded[:, :, 1:], blend)
+                piece, at = encoded[:, :, :stride_latents], 1 + index * stride_latents
+            if latents is None:
+                latents = torch.empty((1, piece.shape[1], latent_count, *piece.shape[3:]), dtype=torch.float32)
+            kept = min(piece.shape[2], latent_count - at)
+            if kept > 0:
+                latents[:, :, at : at + kept] = piece[:, :, :kept].float().cpu()
+            previous = encoded
+            held = max(0, needed - stride)  # the frames the next tile starts with
+            ring[:held] = ring[stride:needed].copy()
+        return latents.mul_(scale)
 
 
 class HoldBack:
