@@ -8,9 +8,10 @@ never held beyond one window, so host RAM and VRAM stay flat as the video grows.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -32,7 +33,7 @@ from framepack.events import (
 )
 from framepack.images import alpha_mask, fit_to_bucket, latent_mask, load_image, load_mask, to_tensor, to_uint8
 from framepack.models.components import Components
-from framepack.plan import Plan, SectionPlan
+from framepack.plan import VAE_TEMPORAL, Plan, SectionPlan
 from framepack.request import GenerateRequest
 from framepack.sampling.context import (
     HISTORY_FRAMES,
@@ -47,6 +48,7 @@ from framepack.sampling.samplers import get_sampler
 from framepack.sampling.schedule import flow_sigmas, sequence_length
 from framepack.video.decode import OverlapJoiner, overlap_frames
 from framepack.video.sink import FrameSink, abort_sinks, close_sinks
+from framepack.video.source import HoldBack, encode_frames, frames_tensor, read_frames
 from framepack.video.vae_tiles import TileSettings, VaeDecoder
 
 if TYPE_CHECKING:
@@ -71,6 +73,7 @@ class ImageConditioning:
     start_vision: torch.Tensor | None
     end_vision: torch.Tensor | None
     keyframe_vision: dict[int, torch.Tensor]
+    source_context: torch.Tensor | None = None  # F1 continuing a source: its last latent frames, the first history
 
 
 @dataclass
@@ -144,6 +147,9 @@ class WindowDecoder:
         self.vae, self.plan, self.joiner, self.cancel = vae, plan, joiner, cancel
         self.next_window = 0
         self.last: DecodedWindow | None = None
+        # keep_source: the source's last latent frames, decoded in the first window in place of the start frame (the
+        # source's last) so that the window's first frames are the source frames the joiner cross-fades into
+        self.source_tail: torch.Tensor | None = None
 
     def pump(self, latents: dict[LatentKey, torch.Tensor]) -> None:
         window_size = self.plan.latent_window_size
@@ -153,9 +159,12 @@ class WindowDecoder:
                 return
             self.cancel.check()
             clock = time.perf_counter()
-            window = torch.cat([latents[key] for key in keys], dim=2)
+            parts, start = [latents[key] for key in keys], latent_start(keys[0], window_size)
+            if self.next_window == 0 and self.source_tail is not None:  # keys[0] is START, the source's last frame
+                parts, start = [self.source_tail, *parts[1:]], 1 - self.source_tail.shape[2]
+            window = torch.cat(parts, dim=2)
             # the next window starts with this one's last key: the tiles from there on may be decoded again there
-            pixels = self.vae.window(window, latent_start(keys[0], window_size), latent_start(keys[-1], window_size))
+            pixels = self.vae.window(window, start, latent_start(keys[-1], window_size))
             self.last = DecodedWindow(self.next_window, time.perf_counter() - clock, self.vae.tiled)
             self.joiner.add(pixels)
             self.next_window += 1
@@ -275,14 +284,24 @@ class SectionSampler:
         negative: Conditioning | None,
         section: int,
         order: int,
+        source: torch.Tensor | None = None,
+        strength: float = 0.0,
     ) -> torch.Tensor:
+        """Denoise `noise` (with `source` and `strength` > 0, video-to-video: the source re-noised to sigma
+        1 - strength, x = (1 - sigma) * source + sigma * noise, denoised in the same number of steps from there; at
+        strength 0 exactly the pure-noise run)."""
         request, device = self.request, self.components.device
         velocity = make_velocity_fn(
             self.components.transformer, context, positive, negative, request.guidance, request.cfg_scale,
             request.cfg_rescale, device, self.cache,
         )  # fmt: skip
         seq_len = sequence_length(noise.shape[2], self.latent_height, self.latent_width)
-        sigmas = flow_sigmas(self.plan.steps, request.shift if request.shift > 0 else None, seq_len).to(device)
+        start = 1.0 - strength if source is not None else 1.0
+        shift = request.shift if request.shift > 0 else None
+        sigmas = flow_sigmas(self.plan.steps, shift, seq_len, start).to(device)
+        if start < 1.0:
+            sigma = float(sigmas[0])
+            noise = (1.0 - sigma) * source + sigma * noise
 
         def on_step(step: int, steps: int, _x: torch.Tensor, _x0: torch.Tensor) -> None:
             self.done_steps += 1
@@ -331,6 +350,14 @@ class SectionLoop:
 
     The two variants share this loop; they differ in data: the generation order and paddings (the plan), the side
     of the section its history lies on (`history_context`) and the latents a window decodes (`window_keys`).
+
+    A source video (the plan's `source`: init_video encoded, or `source_latents`) changes data too. Continuing it
+    (extend), its last latent frame is the start frame (START) the new video begins on; F1 sees its last
+    `context_frames` latent frames as the history before the first section and its first frame as the prefix (the
+    anchor every F1 section sees, as in a job that had generated the source itself), bidirectional its last frame as
+    the prefix (the frame right before the video, where the model expects the start). keep_source writes the source's
+    frames first and decodes the first window from its last latent frames. Re-rendering it (v2v), the start frame and
+    each section start from their part of the source re-noised (`SectionSampler.run`).
     """
 
     def __init__(
@@ -344,10 +371,15 @@ class SectionLoop:
         restored: dict[LatentKey, torch.Tensor],
         on_section_latents: LatentCallback | None,
         cache: TransformerCache | None,
+        source_latents: torch.Tensor | None = None,
     ):
         self.components, self.request, self.plan, self.sinks = components, request, plan, sinks
         self.on_event, self.cancel, self.cache = on_event, cancel, cache
         self.restored, self.on_section_latents = restored, on_section_latents
+        self.source = source_latents  # the source video's latents in time order (init_video's once encoded)
+        self.source_held: np.ndarray | None = None  # keep_source: the source's last frames, for the first window
+        v2v = plan.source is not None and plan.source.kind == "v2v"
+        self.strength = plan.source.strength if v2v else None  # video-to-video's video_strength
         self.timings: dict[str, float] = {}
         self.state = LoopState()
         self.generator = torch.Generator("cpu").manual_seed(plan.seed)  # the job's one random stream
@@ -363,7 +395,9 @@ class SectionLoop:
         sampler = SectionSampler(self.components, self.plan, self.request, self.on_event, self.cancel, self.cache)
         if self.plan.single_frame is not None:
             return self.single_frame(inputs, sampler)
-        if self.plan.start_frame_pass:
+        if self.plan.source is not None and self.plan.source.kind == "extend":
+            self.start_from_source(inputs)
+        elif self.plan.start_frame_pass:
             self.start_frame(inputs, sampler)
         else:  # a continuation or re-roll restores the parent's start latent, the image's as it was encoded then
             inputs.images.start_latent = self.restored.get(START, inputs.images.start_latent)
@@ -385,7 +419,67 @@ class SectionLoop:
         self.on_event(StageStarted("encode images", self.plan.mode))
         images = encode_images(self.components, self.plan, self.request, self.generator)
         self.timings["encode_images"] = time.perf_counter() - clock
+        if self.plan.source is not None:
+            clock = time.perf_counter()
+            self.encode_source()
+            self.timings["encode_video"] = time.perf_counter() - clock
         return EncodedInputs(prompts, negative, images)
+
+    def encode_source(self) -> None:
+        """The source latents: init_video read and encoded in chunks (with keep_source its frames are written to the
+        sinks meanwhile, all but those the first window cross-fades into), or `source_latents` checked against the
+        plan (with keep_source decoded into the sinks the same way)."""
+        plan, source = self.plan, self.plan.source
+        scale = self.components.spatial_scale
+        hold = None
+        if source.kept_frames:
+            blended = min(plan.latent_window_size, source.latent_frames)  # source latents the first window decodes
+            hold = HoldBack(self.write, overlap_frames(blended, self.components.temporal_scale))
+        if self.source is None:
+            if not self.request.init_video:
+                raise ValueError("the plan has a source video, but there is no init_video and no source_latents")
+            detail = f"{source.used_frames} frames to {source.latent_frames} latent frames"
+            self.on_event(StageStarted("encode video", detail + (", keeping its frames" if hold else "")))
+            count = source.first_used + source.used_frames
+            frames = read_frames(self.request.init_video, plan.width, plan.height, count, "init_video")
+            with contextlib.closing(frames):
+                self.source = encode_frames(self.components.vae, self.used_frames(frames, hold), source.used_frames)
+        else:  # given as latents: all of them make the source (v2v uses its first `latent_frames`)
+            channels, whole = self.components.latent_channels, 1 + (source.frames - 1) // VAE_TEMPORAL
+            expected = (1, channels, whole, plan.height // scale, plan.width // scale)
+            if tuple(self.source.shape) != expected:
+                raise ValueError(f"source_latents have the shape {tuple(self.source.shape)}; the plan needs {expected}")
+            self.source = self.source[:, :, : source.latent_frames].float().cpu()
+            if hold is not None:
+                self.on_event(StageStarted("decode source", f"{source.kept_frames} frames of the source latents"))
+                self.decode_source(hold)
+        if hold is not None:
+            self.source_held = hold.finish()
+
+    def used_frames(self, frames: Iterator[np.ndarray], hold: HoldBack | None) -> Iterator[np.ndarray]:
+        """The frames the VAE encodes (from the plan's first used one on); every frame goes to `hold` too."""
+        for index, frame in enumerate(frames):
+            if hold is not None:
+                hold.push(frame)
+            if index >= self.plan.source.first_used:
+                yield frame
+
+    def decode_source(self, hold: HoldBack) -> None:
+        """keep_source without the source's pixels: its latents decoded in windows of two sections' length that share
+        one section with the next (as a video's windows do), joined with the overlap blend, into `hold`."""
+        window, latents = self.plan.latent_window_size, self.source
+        count = latents.shape[2]
+        joiner = OverlapJoiner(overlap_frames(window, self.components.temporal_scale), hold.push_many)
+        start = 0
+        while True:
+            end = min(count, start + 2 * window)
+            self.cancel.check()
+            # positions count from the source's last frame (START, 0), so the first window may reuse tiles
+            joiner.add(self.vae.window(latents[:, :, start:end], start - (count - 1), start + window - (count - 1)))
+            if end == count:
+                break
+            start += window
+        joiner.finish()
 
     def write(self, frames: np.ndarray) -> None:
         for sink in self.sinks:
@@ -418,15 +512,49 @@ class SectionLoop:
         middle = section_latents.shape[2] // 2
         return to_uint8(self.vae.frames(section_latents[:, :, middle : middle + 1])[0, :, 0])
 
+    def start_from_source(self, inputs: EncodedInputs) -> None:
+        """Continuing a source video: the start frame is its last latent frame; the prefix (F1: its first, else its
+        last) gives the SigLIP conditioning as the start image does; F1's first history is its last context frames.
+        With keep_source the joiner starts from the source frames written already."""
+        images, source, plan = inputs.images, self.source, self.plan
+        self.state.latents[START] = source[:, :, -1:]
+        images.start_latent = source[:, :, :1] if plan.variant == "f1" else source[:, :, -1:]
+        if plan.variant == "f1":
+            images.source_context = source[:, :, -plan.source.context_frames :]
+        start_pixels = self.vae.frames(images.start_latent)[:, :, 0]
+        dtype = self.components.transformer.dtype
+        images.start_vision = encode_vision(self.components, start_pixels.cpu().clamp(-1, 1), dtype)
+        if self.source_held is not None:
+            self.joiner.seed(frames_tensor(list(self.source_held)))
+            self.decoder.source_tail = source[:, :, -min(plan.latent_window_size, source.shape[2]) :]
+
+    def source_window(self, key: LatentKey) -> torch.Tensor | None:
+        """Video-to-video: the source latents a key re-renders (START: the first frame, a section: its window)."""
+        if self.strength is None:
+            return None
+        start = latent_start(key, self.plan.latent_window_size)
+        return self.source[:, :, start : start + (1 if key == START else self.plan.latent_window_size)]
+
     def start_frame(self, inputs: EncodedInputs, sampler: SectionSampler) -> None:
-        """T2V: the first frame from the prompt (one latent frame, empty context); it then acts as the init image."""
-        self.on_event(StageStarted("start frame", "T2V: generating the first frame from the prompt"))
+        """T2V: the first frame from the prompt (one latent frame, empty context); it then acts as the init image.
+        Video-to-video: the same, from the source's first frame re-noised (at strength 1: that frame)."""
+        detail = "T2V: generating the first frame from the prompt"
+        if self.strength is not None:
+            detail = f"video-to-video: the first frame from the source's at strength {self.strength:g}"
+        self.on_event(StageStarted("start frame", detail))
         clock = time.perf_counter()
         latents, images = self.state.latents, inputs.images
         noise = sampler.noise(1, self.generator)
+        source = self.source_window(START)
+        sampled = False
         if START in self.restored:
             latents[START] = self.restored[START]
             sampler.skip()
+        elif self.strength == 1.0:
+            latents[START] = source.clone()
+            sampler.skip()
+            if self.on_section_latents:
+                self.on_section_latents(START, latents[START])
         else:
             empty = torch.zeros_like(noise)
             no_history = empty[:, :, :0]
@@ -435,8 +563,9 @@ class SectionLoop:
             else:
                 context = forward_context(empty, no_history, 1)
             positive, negative = self.conditioning(inputs, self.plan.sections[0], zero_vision(self.components))
-            latents[START] = sampler.run(noise, context, positive, negative, -1, -1)
+            latents[START] = sampler.run(noise, context, positive, negative, -1, -1, source, self.strength or 0.0)
             self.state.sampled_steps += self.plan.steps
+            sampled = True
             if self.on_section_latents:
                 self.on_section_latents(START, latents[START])
         images.start_latent = latents[START]
@@ -444,7 +573,7 @@ class SectionLoop:
         dtype = self.components.transformer.dtype
         images.start_vision = encode_vision(self.components, start_pixels.cpu().clamp(-1, 1), dtype)
         self.timings["start_frame"] = time.perf_counter() - clock
-        if START not in self.restored:
+        if sampled:
             self.state.sampling_seconds += self.timings["start_frame"]
         preview = to_uint8(start_pixels[0]) if self.request.preview else None
         self.on_event(SectionFinished(-1, -1, self.timings["start_frame"], preview, *sampler.section_calls()))
@@ -466,7 +595,8 @@ class SectionLoop:
             history = torch.cat(after, dim=2) if after else noise[:, :, :0]
             end = end_context(images, self.request) if images.end_latent is not None and order == 0 else None
             return bidirectional_context(prefix, history, section.latent_padding, window, end)
-        history = torch.cat([latents[START]] + [latents[i] for i in range(max(0, index - span), index)], dim=2)
+        first = images.source_context if images.source_context is not None else latents[START]
+        history = torch.cat([first] + [latents[i] for i in range(max(0, index - span), index)], dim=2)
         return forward_context(prefix, history, window)
 
     def connecting_context(self, section: SectionPlan, span: int) -> SectionContext:
@@ -483,22 +613,30 @@ class SectionLoop:
         clock = time.perf_counter()
         self.new_stream(order)
         noise = sampler.noise(self.plan.latent_window_size, self.generator)  # drawn for restored sections too
+        source = self.source_window(index)
         calls = (0, 0)
+        sampled = False
         if index in self.restored:
             latents[index] = self.restored[index]
             sampler.skip()
+        elif self.strength == 1.0:  # video-to-video at strength 1: the source's window unchanged
+            latents[index] = source.clone()
+            sampler.skip()
+            if self.on_section_latents:
+                self.on_section_latents(index, latents[index])
         else:
             context = self.history_context(inputs.images, section, order, noise)
             vision = section_vision(inputs.images, section, self.request)
             positive, negative = self.conditioning(inputs, section, vision)
-            sampled = sampler.run(noise, context, positive, negative, index, order)
-            latents[index] = sampled.to(self.kept_dtype).float()  # see `kept_dtype`
+            fresh = sampler.run(noise, context, positive, negative, index, order, source, self.strength or 0.0)
+            latents[index] = fresh.to(self.kept_dtype).float()  # see `kept_dtype`
             calls = sampler.section_calls()
+            sampled = True
             if self.on_section_latents:
                 self.on_section_latents(index, latents[index])
         seconds = time.perf_counter() - clock
         self.timings[f"section_{index}"] = seconds
-        if index not in self.restored:
+        if sampled:
             self.state.sampling_seconds += seconds
             self.state.sampled_steps += self.plan.steps
         self.on_event(SectionFinished(index, order, seconds, self.preview(latents[index]), *calls))
@@ -623,6 +761,7 @@ def generate(
     finished_sections: dict[LatentKey, torch.Tensor] | None = None,
     on_section_latents: LatentCallback | None = None,
     cache: TransformerCache | None = None,
+    source_latents: torch.Tensor | None = None,
 ) -> GenerationResult:
     """Run `plan` and stream its frames into `sinks`; on any error or cancel the sinks are aborted.
 
@@ -631,15 +770,24 @@ def generate(
 
     `finished_sections` (latents by section index, plus START for T2V) resumes a job: those sections are not
     sampled again, and the random stream is consumed exactly as in an uninterrupted run, so the result is the
-    same. `on_section_latents(key, latents)` is called after each sampled section (for checkpoints). A continuation
+    same. `on_section_latents(key, latents)` is called after each sampled section (for checkpoints)
+    and for each section video-to-video at strength 1 takes unchanged from the source. A continuation
     or re-roll (`plan.extend`) passes its parent's kept latents the same way: START (also for I2V: it replaces the
     image's latent) and the sections it reuses, and for a continuation STREAM, the parent's random-stream state.
     With `keep_latents`, `result.kept` holds what the job keeps.
+
+    `source_latents` ([1, C, L, h, w] float, scaled as the VAE's latents are, on any device) are the latents of a video
+    that comes before the new one, in time order, at the plan's size: the job continues it (or re-renders it with
+    video_strength) exactly as it would an init_video that encodes to them, without reading or encoding a video. The
+    plan must have been made for it: `make_plan(request, source=SourceVideo(frames=4 * (L - 1) + 1, width=...,
+    height=..., latents=True))`. Without them, a plan with a source encodes the request's init_video.
     """
+    if source_latents is not None and plan.source is None:
+        raise ValueError("source_latents need a plan made with their SourceVideo (make_plan(..., source=...))")
     started = time.perf_counter()
     loop = SectionLoop(
         components, request, plan, sinks, on_event, cancel or CancelToken(), finished_sections or {},
-        on_section_latents, cache,
+        on_section_latents, cache, source_latents,
     )  # fmt: skip
     try:
         with torch.no_grad():

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import BaseModel, model_serializer
@@ -119,8 +120,46 @@ class ExtendPlan(BaseModel):
         return f"continues {self.parent[:8]} ({self.parent_sections} sections restored)"
 
 
+@dataclass(frozen=True)
+class SourceVideo:
+    """What planning knows of the video a job continues or re-renders, before anything is encoded: its frames (an
+    init_video's counted by its probe; source latents' = 4 * (latent frames - 1) + 1), its size (auto aspect ratio
+    takes it) and frame rate (None when unknown). `latents`: given as latents, which are used whole."""
+
+    frames: int
+    width: int
+    height: int
+    fps: float | None = None
+    latents: bool = False
+
+
+class SourcePlan(BaseModel):
+    """What the job takes from its source video (init_video or source latents), frames counted in the source."""
+
+    kind: Literal["extend", "v2v"]  # continue after the source, or re-render it (video_strength)
+    frames: int  # frames of the source
+    first_used: int  # its first frame encoded: extend encodes its last 1 + 4k frames, v2v its first ones
+    used_frames: int  # frames encoded (1 + 4k)
+    latent_frames: int  # their latent frames (1 + k)
+    context_frames: int  # extend: latent frames that condition the first new section (bidirectional: 1); v2v: 0
+    kept_frames: int  # source frames at the start of the output (keep_source), else 0
+    new_frames: int  # frames of the output (before interpolation) that are not kept source frames
+    strength: float | None = None  # v2v: video_strength
+    fps: float | None = None  # the source's frame rate, when known
+
+    def summary(self) -> str:
+        used = f"frames {self.first_used}-{self.first_used + self.used_frames - 1} of {self.frames}"
+        if self.kind == "v2v":
+            return f"video-to-video at strength {self.strength:g}: source {used} re-rendered"
+        kept = f"{self.kept_frames} source frames kept + " if self.kept_frames else ""
+        return (
+            f"continuing a {self.frames}-frame video (source {used} encoded to {self.latent_frames} latent frames, "
+            f"the last {self.context_frames} condition the first new section): {kept}{self.new_frames} new frames"
+        )
+
+
 class Plan(BaseModel):
-    mode: Literal["t2v", "i2v", "flf2v"]
+    mode: Literal["t2v", "i2v", "flf2v", "extend", "v2v"]
     variant: Literal["bidirectional", "f1"]
     width: int
     height: int
@@ -148,15 +187,17 @@ class Plan(BaseModel):
     estimated_seconds: float | None = None  # from earlier jobs of its kind here (framepack.estimate); None: none yet
     loop_sections: int = 0  # loop: the last this-many sections connect the end back to the start (add_loop_sections)
     extend: ExtendPlan | None = None  # continue_job / reroll_job: what comes from the parent job
+    source: SourcePlan | None = None  # init_video or source latents: what is used of it (extend, v2v)
 
     @model_serializer(mode="wrap")
     def _leave_out_no_estimate(self, handler):
-        """No estimate (or no parent job) is no key: plans and records written before estimates (or continuations)
-        existed dump and print as they did."""
+        """No estimate, parent job or source is no key: plans and records written before they existed dump and print
+        as they did."""
         data = handler(self)
-        for optional in ("estimated_seconds", "extend"):
-            if isinstance(data, dict) and data.get(optional) is None:
-                data.pop(optional, None)
+        if isinstance(data, dict):
+            for key in ("estimated_seconds", "extend", "source"):
+                if data.get(key) is None:
+                    data.pop(key, None)
         return data
 
     @property
@@ -187,6 +228,7 @@ class Plan(BaseModel):
             f"section{'s' if self.num_sections != 1 else ''}, {self.width}x{self.height}, {self.mode.upper()} "
             f"{self.variant}, generation order {order}"
             + (f", loop: section {self.main_sections} connects the end back to the start" if self.loop_sections else "")
+            + (f"; {self.source.summary()}" if self.source is not None else "")
             + (f", {SELF_TEST_LABEL}" if self.self_test_model else "")
             + (f", {self.extend.summary()}" if self.extend is not None else "")
         )
@@ -301,14 +343,75 @@ def add_loop_sections(plan: Plan) -> Plan:
     )
 
 
+def check_source(request: GenerateRequest, source: SourceVideo | None) -> None:
+    """What a request with (or without) a source video cannot be, before anything is planned."""
+    if request.init_video and source is None:
+        raise PlanError("init_video", "the video's frame count and size are needed to plan it (probe it first)")
+    if source is None:
+        if request.keep_source:
+            raise PlanError("keep_source", "needs init_video: there is no source video to keep")
+        return
+    if source.frames < 1 or (source.latents and (source.frames - 1) % VAE_TEMPORAL):
+        raise PlanError("init_video", f"a source of {source.frames} frames cannot be used")
+    if request.init_image:
+        raise PlanError("init_image", "a job that continues a source video starts from it; leave init_image out")
+    if request.single_frame:
+        raise PlanError("single_frame", "does not apply to a job with a source video; turn it off")
+    if request.loop:
+        raise PlanError(
+            "loop",
+            "does not apply to a job with a source video (the loop would lead into the new part's "
+            "start, not the file's); turn it off",
+        )
+
+
+def source_plan(request: GenerateRequest, source: SourceVideo, sections: int, generated: int, kept: int) -> SourcePlan:
+    """The frames of the source the job uses: extend encodes its last 1 + 4k frames (the first (frames - 1) % 4 are
+    left out of the encode, never out of keep_source), v2v the first frames its sections cover."""
+    window = request.latent_window_size
+    if request.video_strength is not None:
+        used = VAE_TEMPORAL * window * sections + 1
+        return SourcePlan(
+            kind="v2v", frames=source.frames, first_used=0, used_frames=used, latent_frames=1 + window * sections,
+            context_frames=0, kept_frames=0, new_frames=generated, strength=request.video_strength, fps=source.fps,
+        )  # fmt: skip
+    latent_frames = 1 + (source.frames - 1) // VAE_TEMPORAL
+    used = VAE_TEMPORAL * (latent_frames - 1) + 1
+    context = min(request.context_frames, latent_frames) if request.variant == "f1" else 1
+    return SourcePlan(
+        kind="extend", frames=source.frames, first_used=source.frames - used, used_frames=used,
+        latent_frames=latent_frames, context_frames=context, kept_frames=kept, new_frames=generated - kept,
+        fps=source.fps,
+    )  # fmt: skip
+
+
+def source_warnings(request: GenerateRequest, source: SourceVideo, generated_fps: float) -> list[str]:
+    warnings = []
+    if source.fps and abs(source.fps - generated_fps) > 0.01:
+        warnings.append(
+            f"init_video runs at {source.fps:g} fps; its frames are taken one by one at the generated "
+            f"{generated_fps:g} fps, so its motion plays {generated_fps / source.fps:.2f}x as fast"
+        )
+    if request.init_strength < 1.0:
+        warnings.append("init_strength applies to init_image only; a source video is not mixed with noise by it")
+    return warnings
+
+
 def make_plan(
-    request: GenerateRequest, image_size: tuple[int, int] | None = None, draw_seed: Callable[[], int] = random_seed
+    request: GenerateRequest,
+    image_size: tuple[int, int] | None = None,
+    draw_seed: Callable[[], int] = random_seed,
+    source: SourceVideo | None = None,
 ) -> Plan:
     """Plan a request. `image_size` is the init image's (width, height); needed for I2V/FLF2V with an
-    'auto' aspect ratio, ignored otherwise. `draw_seed` is called for seed -1 only."""
+    'auto' aspect ratio, ignored otherwise. `draw_seed` is called for seed -1 only. `source` is the video the job
+    continues or re-renders (init_video's probe, or source latents given to `generate`); needed with init_video."""
+    check_source(request, source)
     explicit = request.aspect()
     if explicit is not None:
         aspect_w, aspect_h = explicit
+    elif source is not None:
+        aspect_w, aspect_h = source.width, source.height
     elif request.init_image:
         if image_size is None:
             raise PlanError("init_image", "the image size is needed to choose the bucket")
@@ -319,6 +422,22 @@ def make_plan(
 
     window = request.latent_window_size
     sections = section_count(request.duration, request.fps, request.interpolate, window)
+    generated_fps = request.fps / (request.interpolate + 1)
+    shortened: list[str] = []
+    if source is not None and request.video_strength is not None:  # v2v: the sections the source covers at most
+        available = (source.frames - 1) // (VAE_TEMPORAL * window)
+        if available < 1:
+            raise PlanError(
+                "init_video",
+                f"{source.frames} frames are shorter than one section: video-to-video needs at least "
+                f"{VAE_TEMPORAL * window + 1} (latent_window_size {window})",
+            )
+        if sections > available:
+            shortened.append(
+                f"video_strength: the source covers {available} section{'s' if available != 1 else ''} "
+                f"({generated_frame_count(available, window) / generated_fps:.2f} s); the video is shortened to it"
+            )
+            sections = available
     if sections > MAX_SECTIONS:
         raise PlanError(
             "duration",
@@ -326,10 +445,12 @@ def make_plan(
             "raise interpolate or latent_window_size",
         )
     generated = generated_frame_count(sections, window)
+    kept = source.frames if source is not None and request.keep_source else 0
+    if kept:  # the source's frames, then the new ones (its last frame is the new video's start)
+        generated = kept + VAE_TEMPORAL * window * sections
     output = output_frame_count(generated, request.interpolate)
     if request.single_frame:  # one section that generates one frame
         sections, generated, output = 1, 1, 1
-    generated_fps = request.fps / (request.interpolate + 1)
 
     for index in request.keyframes:
         if index >= sections:
@@ -395,6 +516,8 @@ def make_plan(
     warnings = list(dict.fromkeys(lora_warnings)) + enhance_warnings(
         request, {section.prompt for section in sections_plan}
     )
+    if source is not None:
+        warnings += shortened + source_warnings(request, source, generated_fps)
     if read.unused_warning(sections):
         warnings.append(read.unused_warning(sections))
     if request.negative_prompt and request.cfg_scale <= 1.0:
@@ -409,11 +532,14 @@ def make_plan(
         warnings.append("prompt holds what reads as section prompts ([2s: text] or ';;;'); put them in section_prompts")
 
     seed = request.seed if request.seed >= 0 else draw_seed()
-    start_frame_pass = request.mode == "t2v"
+    mode = "extend" if source is not None and request.video_strength is None else request.mode  # latents: extend
+    start_frame_pass = mode in ("t2v", "v2v")  # v2v re-renders the start frame from the source's first
     calls_per_step = 2 if request.cfg_scale > 1.0 else 1
     model_calls = request.steps * calls_per_step * (sections + (1 if start_frame_pass else 0))
+    if request.video_strength == 1.0:  # the source unchanged: nothing is sampled
+        model_calls = 0
     plan = Plan(
-        mode=request.mode,
+        mode=mode,
         variant=request.variant,
         width=width,
         height=height,
@@ -438,5 +564,6 @@ def make_plan(
         loras=[(ref.name, ref.weight) for ref in loras],
         self_test_model=request.model == SELF_TEST_MODEL,
         single_frame=single_frame_plan(request) if request.single_frame else None,
+        source=source_plan(request, source, sections, generated, kept) if source is not None else None,
     )
     return add_loop_sections(plan) if request.loop else plan

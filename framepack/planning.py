@@ -1,7 +1,9 @@
-"""A request's plan and model, as a face submits it: no torch, diffusers or PyAV is imported here.
+"""A request's plan and model, as a face submits it: no torch or diffusers is imported here, PyAV only for a video.
 
 `plan_request` reads the request's images (PIL: the init image's upright size picks the bucket, and an image that
-cannot be decoded is refused here) and whether its model is a self-test model, then calls the pure `make_plan`.
+cannot be decoded is refused here), probes its init video (PyAV, imported only for a request that has one: its frames
+are counted, a file that is no video is refused here) and whether its model is a self-test model, then calls the
+pure `make_plan`.
 `resolve_recipe` turns the request's model into a recipe; only for the self-test model on its first use does it
 write that model, importing its writer (torch, diffusers) then.
 """
@@ -16,7 +18,7 @@ from framepack.estimate import estimate_seconds
 from framepack.home import data_home
 from framepack.images import load_image
 from framepack.models.recipe import Recipe, default_recipe, load_recipe, tiny_recipe
-from framepack.plan import Plan, make_plan
+from framepack.plan import Plan, SourceVideo, make_plan
 from framepack.request import BUILTIN_MODELS, PUBLISHED_MODEL, SELF_TEST_MODEL, SINGLE_FRAME_IMAGES, GenerateRequest
 
 logger = logging.getLogger(__name__)
@@ -24,9 +26,21 @@ logger = logging.getLogger(__name__)
 TINY_FOLDER = "tiny-self-test"  # the self-test model's folder in the data folder
 
 
+def source_video(request: GenerateRequest) -> SourceVideo | None:
+    """The probe of the request's init_video (PyAV, imported only then): a file that is no video fails here, naming
+    the field, before any model loads."""
+    if not request.init_video:
+        return None
+    from framepack.video.source import probe_video
+
+    info = probe_video(request.init_video, "init_video")
+    return SourceVideo(frames=info.frames, width=info.width, height=info.height, fps=info.fps)
+
+
 def plan_request(request: GenerateRequest, home: Path | None = None) -> Plan:
-    """Plan with the init image's real (EXIF-upright) size; bad images fail here, before any model loads. The plan's
-    `estimated_seconds` comes from the speed measurements in `home` (default: FRAMEPACK_HOME)."""
+    """Plan with the init image's real (EXIF-upright) size and the init video's frame count and size; bad images and
+    videos fail here, before any model loads. The plan's `estimated_seconds` comes from the speed measurements in
+    `home` (default: FRAMEPACK_HOME)."""
     size = None
     if request.init_image:
         size = load_image(request.init_image, "init_image").size
@@ -37,7 +51,7 @@ def plan_request(request: GenerateRequest, home: Path | None = None) -> Plan:
     for name in SINGLE_FRAME_IMAGES:
         if getattr(request, name):
             load_image(getattr(request, name), name)
-    plan = make_plan(request, size)
+    plan = make_plan(request, size, source=source_video(request))
     if not plan.self_test_model and declares_self_test(request.model):
         plan = plan.model_copy(update={"self_test_model": True})
     return plan.model_copy(update={"estimated_seconds": estimate_seconds(home or data_home(), request, plan)})

@@ -29,6 +29,7 @@ ASPECT_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*[:x/]\s*(\d+(?:\.\d+)?)\s*$"
 
 MAX_DURATION_S = 600.0
 MAX_KEYFRAMES = 64
+VIDEO_CONTEXT_FRAMES = 19  # latent frames in the model's history slots (framepack.sampling.context.HISTORY_FRAMES)
 PATH_CHECK_LENGTH = 4096  # longer strings cannot be file paths (PATH_MAX): image values this long are base64
 FILENAME_FORBIDDEN = '/\\<>:"|?*'  # folders, and what Windows refuses in names (":" would name an NTFS stream)
 
@@ -136,6 +137,66 @@ class GenerateRequest(BaseModel):
             "its section and the following ones until the next keyframe."
         ),
     )
+
+    # Video input (issue 16): continue a video, or re-render it (video-to-video)
+    init_video: str | None = Field(
+        None,
+        max_length=PATH_CHECK_LENGTH,
+        description=(
+            "A video the new one continues (file path on the CLI and in the tab; over the API an upload). Its frames "
+            "are fitted to the bucket like an image and VAE-encoded; the new video starts where it ends. With "
+            "video_strength it is re-rendered instead (video-to-video). Not with init_image."
+        ),
+    )
+    context_frames: int = Field(
+        VIDEO_CONTEXT_FRAMES,
+        ge=1,
+        le=VIDEO_CONTEXT_FRAMES,
+        description=(
+            "F1: how many of the source video's last latent frames (4 video frames each) form the history the first "
+            f"new section sees; {VIDEO_CONTEXT_FRAMES} fills the model's history. Bidirectional always starts from "
+            "the source's last latent frame."
+        ),
+    )
+    keep_source: bool = Field(
+        False,
+        description=(
+            "Put the source video's frames before the new ones in the output, joined with the usual overlap blend "
+            "(otherwise the output starts on the source's last frame)."
+        ),
+    )
+    video_strength: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "Video-to-video: re-noise init_video's latents section by section and denoise them under the prompt, "
+            "instead of continuing after it. 1 = the source unchanged, lower = more noise, 0 = pure noise (like "
+            "init_strength). Empty = continue the video."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _check_video_input(self) -> GenerateRequest:
+        if self.video_strength is not None and not self.init_video:
+            raise ValueError("video_strength needs init_video (the video to re-render)")
+        if not self.init_video:
+            return self
+        conflicts = {
+            "init_image": bool(self.init_image)
+            and "init_video and init_image both give the start; use one (init_video continues or re-renders a video)",
+            "single_frame": self.single_frame and "init_video does not apply to single_frame; leave it out",
+            "keep_source": self.keep_source
+            and self.video_strength is not None
+            and "keep_source does not apply to video_strength (video-to-video re-renders the source); turn it off",
+            "end_image": bool(self.end_image)
+            and self.video_strength is not None
+            and "end_image does not apply to video_strength (video-to-video re-renders the source); leave it out",
+        }
+        problem = next((message for message in conflicts.values() if message), None)
+        if problem:
+            raise ValueError(problem)
+        return self
 
     # Strengths
     init_strength: float = Field(
@@ -601,7 +662,7 @@ class GenerateRequest(BaseModel):
 
     @model_validator(mode="after")
     def _check_images(self) -> GenerateRequest:
-        if self.end_image and not self.init_image:
+        if self.end_image and not self.init_image and not self.init_video:
             raise ValueError("end_image needs init_image (FLF2V); for text-to-video leave both empty")
         if self.codec == "none" and not self.save_raw and self.save_frames == "none":
             raise ValueError("codec is 'none' and save_raw/save_frames are off: nothing would be saved")
@@ -610,7 +671,10 @@ class GenerateRequest(BaseModel):
         return self
 
     @property
-    def mode(self) -> Literal["t2v", "i2v", "flf2v"]:
+    def mode(self) -> Literal["t2v", "i2v", "flf2v", "extend", "v2v"]:
+        """t2v, i2v, flf2v from the images; extend (continue init_video) or v2v (video_strength) with a video."""
+        if self.init_video:
+            return "v2v" if self.video_strength is not None else "extend"
         if not self.init_image:
             return "t2v"
         return "flf2v" if self.end_image else "i2v"

@@ -311,6 +311,7 @@ class Runner:
         calibrate_magcache: bool = False,
         recipe: Recipe | None = None,
         checked: bool = False,
+        source_latents: torch.Tensor | None = None,
     ) -> GenerationResult:
         """Validate everything, enhance the prompts (see `enhance`), load the model, generate; outputs plus a sidecar
         JSON appear only on success. The record holds the request as encoded: its enhanced_prompts included.
@@ -323,9 +324,10 @@ class Runner:
         (OutputExists), and the final renames never replace a file; disk full anywhere raises DiskFull.
 
         `finished_sections` / `on_section_latents` pass through to `generate` for checkpoints and resume (the plan
-        must then be the same plan, seed included). `calibrate_magcache` runs without skipping while measuring
-        MagCache's magnitude ratios, saves their mean over the sections for the variant in the data folder (later
-        magcache jobs use them) and returns them as `result.mag_ratios`.
+        must then be the same plan, seed included); so do `source_latents` (a video the job continues, given as
+        latents: `plan` must then be made for them, see `generate`). `calibrate_magcache` runs without skipping
+        while measuring MagCache's magnitude ratios, saves their mean over the sections for the variant in the data
+        folder (later magcache jobs use them) and returns them as `result.mag_ratios`.
         """
         plan = plan or plan_request(request, self.home)
         if not checked:
@@ -354,8 +356,9 @@ class Runner:
             compiled_before = compile_seconds()
             with cache:  # the hooks come off the shared transformer whatever happens
                 result = generate(
-                    components, request, plan, sinks, on_event, cancel, finished_sections, on_section_latents, cache
-                )
+                    components, request, plan, sinks, on_event, cancel, finished_sections, on_section_latents, cache,
+                    source_latents,
+                )  # fmt: skip
             if request.compile != "none":
                 result.timings["compile"] = report_compile(compile_seconds() - compiled_before)
             if calibrate_magcache:

@@ -121,6 +121,8 @@ def test_each_control_value_reaches_its_request_field(name):
         values["single_frame"] = name != "single_frame"
     if name == "reference_mask":
         values["reference_image"] = picture(seed=3)
+    if name == "video_strength":
+        values["init_video"] = "source.mp4"  # video-to-video re-renders a video
     base = request_from_values(values)
     values[name] = changed_value(name)
     if name == "end_image":

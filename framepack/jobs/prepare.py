@@ -50,8 +50,9 @@ class PreparedJob:
 
 
 def image_sources(request: GenerateRequest) -> list[tuple[str, str]]:
-    """(field, source) of every image of the request: init, end, single-frame and keyframe images."""
-    sources = [(name, getattr(request, name)) for name in IMAGE_FIELDS if getattr(request, name)]
+    """(field, source) of every image of the request: init, end, single-frame and keyframe images, and the init
+    video (its frame count and size are planned too)."""
+    sources = [(name, getattr(request, name)) for name in (*IMAGE_FIELDS, "init_video") if getattr(request, name)]
     return sources + [(f"keyframes.{index}", source) for index, source in sorted(request.keyframes.items())]
 
 

@@ -26,19 +26,26 @@ def auto_shift_mu(
     return min(mu, math.log(max_exp_shift))
 
 
-def flow_sigmas(steps: int, shift: float | None, seq_len: float) -> torch.Tensor:
-    """Sigmas for `steps` sampling steps: float32, length steps + 1, from 1 down to exactly 0.
+def flow_sigmas(steps: int, shift: float | None, seq_len: float, start: float = 1.0) -> torch.Tensor:
+    """Sigmas for `steps` sampling steps: float32, length steps + 1, from 1 (or `start`) down to exactly 0.
 
     Uniform times t = linspace(1, 0) are warped with the exponential time shift
     sigma(t) = e^mu / (e^mu + (1/t - 1)). mu = ln(shift) when `shift` > 0 (a fixed shift; same as
     diffusers' shift * t / (1 + (shift - 1) * t)), otherwise (None or <= 0) mu = auto_shift_mu(seq_len).
     Computed in float64 and rounded once; the final sigma is set to 0 explicitly because 1/t is infinite there.
+
+    `start` < 1 (video-to-video: denoising from a re-noised source) runs the same number of steps from sigma = `start`:
+    the times run from the t whose shifted sigma is `start` (the inverse of the shift) down to 0, so the steps are
+    spread over the shorter range exactly as the full schedule spreads them. `start` = 1 is the full schedule.
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    if not 0.0 < start <= 1.0:
+        raise ValueError(f"start must be in (0, 1], got {start}")
     mu = math.log(shift) if shift is not None and shift > 0 else auto_shift_mu(seq_len)
     exp_mu = math.exp(mu)
-    t = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
+    first = 1.0 if start == 1.0 else 1.0 / (1.0 + exp_mu * (1.0 / start - 1.0))
+    t = torch.linspace(first, 0.0, steps + 1, dtype=torch.float64)
     sigmas = torch.zeros_like(t)
     sigmas[:-1] = exp_mu / (exp_mu + (1.0 / t[:-1] - 1.0))
     return sigmas.to(torch.float32)

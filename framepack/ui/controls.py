@@ -12,6 +12,7 @@ import base64
 import html
 import io
 import typing
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,14 +41,18 @@ HOST_CHOSEN: dict[str, str] = {
     **dict.fromkeys(("continue_job", "reroll_job", "reroll_section", "reroll_seed", "reroll_prompt"), EXTEND_BUTTONS),
 }
 RGBA_IMAGES = ("reference_image",)  # image controls that keep transparency (the alpha channel is a mask)
+VIDEO_FIELDS = ("init_video",)  # video controls: an uploaded file's path (kept out of presets, like images)
 KEYFRAMES = "keyframes"
 ENHANCED = "enhanced_prompts"  # a table: one row per distinct section prompt, its enhanced text editable
 ENHANCED_HEADERS = ["Sections", "Section prompt", "Enhanced text (editable; what is here is encoded)"]
-NUMBER_FIELDS = ("seed", "duration", "enhance_seed")  # bounded, but a slider over their whole range is useless
+NUMBER_FIELDS = ("seed", "duration", "enhance_seed", "video_strength")  # bounded, yet no slider (video_strength
+# may be empty, which a slider cannot be)
 SLIDER_STEPS = {"resolution": 16}
 TEXT_LINES = {"prompt": 3, "negative_prompt": 2, "section_prompts": 4, "enhance_instructions": 3}
 LABELS = {
     "init_image": "Init image (start frame; empty = text-to-video)",
+    "init_video": "Init video (continue it; with a video strength, re-render it)",
+    "video_strength": "Video strength (video-to-video; empty = continue the video)",
     "end_image": "End image (FLF2V, bidirectional only)",
     "reference_image": "Reference image (single frame; its alpha is its mask)",
     "init_mask": "Init image mask (single frame; white = kept)",
@@ -212,10 +217,19 @@ def enhanced_to_value(enhanced: dict[str, str], sections: dict[str, str] | None 
     return [[(sections or {}).get(prompt, ""), prompt, text] for prompt, text in (enhanced or {}).items()]
 
 
+def video_to_source(value: Any) -> str | None:
+    """A video control's value (a file path; Gradio 4+ may send file data with a "path") as the request's path."""
+    if isinstance(value, dict):
+        value = value.get("path") or value.get("name") or (value.get("video") or {}).get("path")
+    return str(value) if value else None
+
+
 def control_to_field(name: str, value: Any) -> Any:
     """One control's value as its request field's value."""
     if name in IMAGE_FIELDS:
         return image_to_source(value, name)
+    if name in VIDEO_FIELDS:
+        return video_to_source(value)
     if name == KEYFRAMES:
         return keyframes_from_value(value)
     if name == ENHANCED:
@@ -238,6 +252,8 @@ def field_to_control(name: str, value: Any) -> Any:
     """A request field's value as its control's value (inverse of control_to_field)."""
     if name in IMAGE_FIELDS:
         return source_to_image(value)
+    if name in VIDEO_FIELDS:  # a video control shows a file that exists, else nothing
+        return value if isinstance(value, str) and Path(value).is_file() else None
     if name == KEYFRAMES:
         return [[int(index), source] for index, source in sorted((value or {}).items(), key=lambda item: int(item[0]))]
     if name == ENHANCED:
@@ -261,7 +277,7 @@ def values_from_request(fields: dict[str, Any], include_images: bool = True) -> 
     """Request fields (a dump or a record's "request") -> control values by name; unknown keys are ignored."""
     values = {}
     for name in CONTROL_FIELDS:
-        if name not in fields or (not include_images and (name in IMAGE_FIELDS or name == KEYFRAMES)):
+        if name not in fields or (not include_images and (name in (*IMAGE_FIELDS, *VIDEO_FIELDS, KEYFRAMES))):
             continue
         values[name] = field_to_control(name, fields[name])
     return values
@@ -288,7 +304,7 @@ def as_markdown(text: str) -> str:
 def stored_fields(request: GenerateRequest) -> dict[str, Any]:
     """The request as stored in presets: every controlled field except the images (JSON types)."""
     dump = request.model_dump(mode="json")
-    return {name: dump[name] for name in CONTROL_FIELDS if name not in IMAGE_FIELDS and name != KEYFRAMES}
+    return {name: dump[name] for name in CONTROL_FIELDS if name not in (*IMAGE_FIELDS, *VIDEO_FIELDS, KEYFRAMES)}
 
 
 # ------------------------------------------------------------------------------------------ components
@@ -315,6 +331,17 @@ def make_control(name: str, gr: Any, component: Any, value: Any = None) -> Any:
             height=220,
             **mode,
         )
+    if name in VIDEO_FIELDS:  # kept as uploaded: no format conversion, audio kept (either would need ffmpeg)
+        video = component(
+            gr.Video,
+            label=label(name),
+            sources=["upload"],
+            include_audio=True,
+            elem_id=elem_id,
+            height=220,
+        )
+        video.info = help_text  # every control carries its field's help; a video shows none, the tab writes it below
+        return video
     if name == KEYFRAMES:
         return gr.State(default)
     if name == ENHANCED:

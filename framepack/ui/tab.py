@@ -65,7 +65,8 @@ logger = logging.getLogger(__name__)
 PROGRESS_INTERVAL_S = 0.25  # progress lines are yielded at most this often (sections and the end always)
 HEARTBEAT_S = 1.0
 INTRO = (
-    "# FramePack\n\nMake a video from a prompt, a start image (image-to-video) or a start and an end image. Choose "
+    "# FramePack\n\nMake a video from a prompt, a start image (image-to-video) or a start and an end image, or "
+    "continue or re-render a video (Video input). Choose "
     "the model, write a prompt, check the plan on the right (frames, sections, size), then **Generate**; "
     "**Add to queue** (in the queue panel below) queues it without following it. Without the real model's files, "
     "choose model **tiny**: the built-in SELF-TEST model runs everything with random weights (the video is noise)."
@@ -552,6 +553,11 @@ def build_tab(tab: FramePackTab) -> gr.Blocks:
                     c(gr.Markdown, value=controls[ENHANCED].info, elem_id="framepack_enhanced_prompts_help")
                 with gr.Row():
                     make("init_image", "end_image")
+                with gr.Accordion("Video input: continue a video, or re-render it (video-to-video)", open=False):
+                    make("init_video")
+                    c(gr.Markdown, value=controls["init_video"].info, elem_id="framepack_init_video_help")
+                    with gr.Row():
+                        make("context_frames", "keep_source", "video_strength")
                 with gr.Accordion("Section keyframes", open=False):
                     make(KEYFRAMES)
                     with gr.Row():

@@ -36,11 +36,19 @@ class OverlapJoiner:
         if self.tail is None:
             body = pixels
         else:
-            weights = torch.linspace(1, 0, self.overlap, device=pixels.device).view(1, 1, -1, 1, 1)
-            blended = weights * self.tail.to(pixels.device) + (1 - weights) * pixels[:, :, : self.overlap]
-            body = torch.cat([blended, pixels[:, :, self.overlap :]], dim=2)
+            overlap = self.tail.shape[2]  # `overlap`, or what `seed` gave
+            weights = torch.linspace(1, 0, overlap, device=pixels.device).view(1, 1, -1, 1, 1)
+            blended = weights * self.tail.to(pixels.device) + (1 - weights) * pixels[:, :, :overlap]
+            body = torch.cat([blended, pixels[:, :, overlap:]], dim=2)
         self._emit(body[:, :, : body.shape[2] - self.overlap])
         self.tail = body[:, :, body.shape[2] - self.overlap :]
+
+    def seed(self, tail: torch.Tensor) -> None:
+        """Start from frames already written up to `tail` ([1, 3, T, H, W] in [-1, 1], the last T of them, not
+        written yet): the next window's first T frames cross-fade with it (`keep_source`: the source video's end)."""
+        if self.tail is not None:
+            raise RuntimeError("the joiner has started already")
+        self.tail = tail.float()
 
     def finish(self) -> None:
         if self.tail is not None:
