@@ -159,9 +159,8 @@ class Extension:
 
 def bidirectional_note(job_id: str) -> str:
     return (
-        f"job {job_id} is bidirectional: continuing it needs its kept latents as the source latents before the new "
-        "sections (issue 16's video input), which this build does not run yet; continue an F1 job, or re-roll a "
-        "section of this one"
+        f"job {job_id} is bidirectional: the job queue does not yet hand its kept latents to the engine as source "
+        "latents; give its video as init_video to continue it, continue an F1 job, or re-roll a section of this one"
     )
 
 
