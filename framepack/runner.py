@@ -273,6 +273,11 @@ class Runner:
         except OSError as error:
             logger.warning("could not store the job's speed for later estimates: %s", error)
 
+    @property
+    def loaded_recipe(self) -> Recipe | None:
+        """The recipe of the loaded model; None when none is loaded."""
+        return self._recipe if self._components is not None else None
+
     def unload(self) -> None:
         self._components, self._recipe, self._offloader = None, None, None
         if self.device.type == "cuda":

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from api.auth import Credentials
 from framepack.defaults import SELF_TEST_NOTICE, env_defaults, model_default, uses_self_test
 from framepack.home import server_data_dir
+from framepack.jobs.farm import FarmError, FarmSettings
 from framepack.jobs.models import Retention
 
 if TYPE_CHECKING:
@@ -47,6 +48,7 @@ class ServeSettings:
     keep_jobs: int = 0  # ended jobs kept in the store (0: all)
     keep_days: float = 0.0  # days ended jobs are kept (0: forever)
     prune_outputs: bool = False  # delete the outputs of pruned jobs too
+    farm: FarmSettings = FarmSettings()  # the workers: --gpus, --executor and the Ray flags
 
     def retention(self) -> Retention:
         """The retention these settings ask for; ValueError naming the flag for a negative or non-finite value."""
@@ -116,6 +118,9 @@ def serve(settings: ServeSettings) -> int:
     credentials = Credentials.from_options(settings.auth, settings.token)  # bad values fail before heavy imports
     retention = settings.retention()
     defaults = serve_defaults(settings.model)
+    if settings.device and settings.farm.devices:
+        raise FarmError("give --device (one worker) or --gpus (one worker per device), not both")
+    settings.farm.check()
 
     import uvicorn
 
@@ -129,7 +134,9 @@ def serve(settings: ServeSettings) -> int:
         logger.warning("serving on %s without --auth or --token: anyone who can reach it can use it", settings.host)
 
     host = StandaloneHost(output_dir=output_dir, device=settings.device, retention=retention)
-    service = build_job_service(host, data_dir, max_queued=settings.max_queued, request_defaults=lambda: defaults)
+    service = build_job_service(
+        host, data_dir, max_queued=settings.max_queued, request_defaults=lambda: defaults, farm=settings.farm
+    )
     # The lifespan closes the store: after SIGTERM uvicorn re-raises the signal, so no code after run() runs.
     app = create_app(service, output_dir, credentials, max_streams=settings.max_streams, close_on_shutdown=True)
     app = mount_tab(app, service, output_dir, data_dir, credentials)

@@ -50,6 +50,7 @@ from transformers import (
 
 from framepack.errors import UserError
 from framepack.models.components import Components
+from framepack.models.load_lock import LOAD_LOCK
 from framepack.models.quantize import (
     COMPUTE_KINDS,
     float8_compute_problem,
@@ -241,10 +242,11 @@ def load_component(
         kwargs[loader.dtype_keyword] = dtype
     start = time.perf_counter()
     try:
-        if source.is_single_file:
-            component = load_transformer_file(_single_file_path(source, hub), dtype)
-        else:
-            component = loader.cls.from_pretrained(_source_path(source), **kwargs)
+        with LOAD_LOCK:  # from_pretrained is not thread-safe (several workers in one process)
+            if source.is_single_file:
+                component = load_transformer_file(_single_file_path(source, hub), dtype)
+            else:
+                component = loader.cls.from_pretrained(_source_path(source), **kwargs)
     except LOAD_ERRORS as error:
         raise _unavailable(name, source, f"{type(error).__name__}: {error}", hub) from error
     if loader.is_module:
