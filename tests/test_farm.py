@@ -6,6 +6,9 @@ cluster of 2 CPUs, started once for this file."""
 
 from __future__ import annotations
 
+import logging
+import os
+import signal
 import sqlite3
 import sys
 import threading
@@ -18,15 +21,17 @@ import pytest
 from helpers import FAST, decode_video, read_raw_frames
 
 from framepack.generate import START
-from framepack.jobs.events import StageEvent
+from framepack.jobs.checkpoints import CheckpointStore
+from framepack.jobs.events import SectionEvent, StageEvent
 from framepack.jobs.executor import LocalExecutor, WorkerLost
 from framepack.jobs.farm import FarmError, FarmSettings, parse_devices
 from framepack.jobs.models import JobState, WorkerState
 from framepack.jobs.store import JobStore
+from framepack.planning import resolve_recipe
 from framepack.request import GenerateRequest
 from framepack.runner import Runner
 
-LONG = {**FAST, "duration": 1.2}  # 3 sections
+LONG = {**FAST, "latent_window_size": 1, "duration": 0.4}  # 3 short sections (13 frames: a quick decode)
 RAW = {"codec": "none", "save_raw": True}  # frames compared exactly
 WAIT_S = 120
 
@@ -133,16 +138,14 @@ def test_both_running_jobs_outlast_a_restart_and_resume_with_identical_frames(
 ):
     """stop() leaves both workers' jobs RUNNING with their leases; the next manager requeues them (attempt 2) and
     its two workers resume them from their checkpoints into the frames uninterrupted runs give."""
-    bases = [{**LONG, **RAW, "seed": seed} for seed in (3, 4)]
-    references = [
-        runner.run(GenerateRequest(**base, filename=f"reference-{index}")) for index, base in enumerate(bases)
-    ]
+    base = {**LONG, **RAW, "seed": 3}  # two jobs of one request (named apart): one reference run for both
+    reference = runner.run(GenerateRequest(**base, filename="reference"))
     other = second_runner(runner)
     reached = [threading.Event(), threading.Event()]
     hold_after_first_section(monkeypatch, runner, reached[0])
     hold_after_first_section(monkeypatch, other, reached[1])
     first = make_manager(start=False, executors=[LocalExecutor(runner), LocalExecutor(other)])
-    jobs = [first.submit(GenerateRequest(**base)) for base in bases]
+    jobs = [first.submit(GenerateRequest(**base)) for _ in range(2)]
     first.start()
     assert all(event.wait(WAIT_S) for event in reached)
     before_stop = time.time()
@@ -156,7 +159,7 @@ def test_both_running_jobs_outlast_a_restart_and_resume_with_identical_frames(
     monkeypatch.undo()  # the runners run unhindered again
     second = make_manager(executors=[LocalExecutor(runner), LocalExecutor(other)])
     resumed = [second.wait(job.id, WAIT_S) for job in jobs]
-    for job, reference in zip(resumed, references, strict=True):
+    for job in resumed:
         assert (job.state, job.attempt, job.resumed_sections) == (JobState.FINISHED, 2, 1)
         np.testing.assert_array_equal(
             read_raw_frames(tmp_path / "out" / job.outputs[0]), read_raw_frames(Path(reference.outputs[0]))
@@ -216,7 +219,7 @@ def test_a_job_whose_worker_is_lost_max_attempts_times_fails_with_the_reason(
     )
     assert checkpoints(tmp_path, job.id) == []  # a failed job keeps nothing
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
-    assert manager.workers() == [WorkerState(name="cpu", job=None, down=False, alive=True)]  # it takes jobs again
+    assert wait_until(lambda: manager.workers() == [WorkerState(name="cpu", job=None, down=False, alive=True)])
 
 
 # ---------------------------------------------------------------------------------------------- leases in the store
@@ -301,3 +304,168 @@ def test_sdnext_gpu_setting_gives_the_workers_devices(monkeypatch):
     opts.framepack_gpus = "0,zero"
     with pytest.raises(FarmError, match=r"^SD.Next's setting FramePack -> GPUs \(framepack_gpus\) is '0,zero'"):
         SDNextHost().devices()
+
+
+# ---------------------------------------------------------------------------------------------- the Ray farm
+
+
+@pytest.fixture(scope="module")
+def ray_farm(tmp_path_factory, tiny_model_dir):
+    """One loopback Ray cluster (2 CPUs) for this file, with two render workers (half a CPU each) whose outputs
+    stream back to a head folder; yields (the farm, the head's runner). Skipped without Ray."""
+    from helpers import tiny_home
+
+    from framepack.jobs.ray_executor import RayFarm, WorkerConfig, import_ray, start_local_cluster
+
+    try:
+        ray = import_ray(local=True)  # before Ray's import: the cluster stays on 127.0.0.1
+    except FarmError:
+        pytest.skip("Ray is not installed (pip install -r requirements-farm.txt)")
+    folder = tmp_path_factory.mktemp("farm")
+    head = Runner(device="cpu", output_dir=folder / "out", home=tiny_home(tiny_model_dir, folder / "home"))
+    start_local_cluster(ray, num_cpus=2)
+    farm = RayFarm(FarmSettings(executor="ray", ray_address="local", ray_workers=2), WorkerConfig.of(head))
+    try:
+        farm.start()
+        yield farm, head
+    finally:
+        farm.close()
+        ray.shutdown()
+
+
+@pytest.fixture
+def farm_manager(ray_farm, tmp_path):
+    """Job managers over the Ray farm's two workers (a data folder per test; the farm outlives them)."""
+    from framepack.jobs.manager import JobManager
+
+    farm, head = ray_farm
+    managers = []
+
+    def make(start: bool = True, **kwargs):
+        manager = JobManager(tmp_path / "data", head, executors=farm.workers, **kwargs)
+        managers.append(manager)
+        if start:
+            manager.start()
+        return manager
+
+    yield make
+    for manager in managers:
+        manager.close(timeout=60)
+
+
+def test_two_ray_workers_keep_their_model_between_jobs_and_stream_the_outputs_back(ray_farm, farm_manager):
+    farm, head = ray_farm
+    manager = farm_manager(start=False)
+    manager.unload_model()  # whatever an earlier test left loaded
+    tiny = resolve_recipe("tiny", "bidirectional", head.home)
+    assert not any(worker.holds(tiny) for worker in farm.workers)
+    jobs = [manager.submit(request(prompt=f"kite {index}")) for index in range(4)]
+    streams = subscribed(manager, [job.id for job in jobs])
+    manager.start()
+    ended = [manager.wait(job.id, WAIT_S) for job in jobs]
+    assert [job.state for job in ended] == [JobState.FINISHED] * 4
+    names = sorted(worker.name for worker in farm.workers)
+    assert sorted({job.worker for job in ended}) == names and all(name.startswith("ray:") for name in names)
+    loads = model_loads(streams)
+    first_of_each = [next(job for job in ended if job.worker == name) for name in names]
+    assert [loads[job.id] for job in first_of_each] == [1, 1]  # one load per worker...
+    assert sum(loads.values()) == 2  # ...and never again
+    out = Path(head.output_dir)
+    for job in ended:
+        stem = job.request["filename"]
+        assert job.outputs == [f"{stem}.mp4", f"{stem}.json"]
+        frames, width, height, _codec, _ = decode_video(out / job.outputs[0])
+        assert (frames, width, height) == (job.plan["output_frames"], 128, 128)
+        sidecar = (out / job.outputs[1]).read_text()
+        assert str(out / job.outputs[0]) in sidecar and "framepack-worker-" not in sidecar  # where they are now
+    assert not [path.name for path in out.iterdir() if path.name.startswith(".")]  # no partial copies
+
+
+def test_a_sigkilled_worker_s_job_resumes_on_the_other_worker_with_identical_frames(
+    ray_farm, farm_manager, tmp_path, monkeypatch
+):
+    farm, head = ray_farm
+    base = {**LONG, **RAW, "seed": 11}
+    reference = head.run(GenerateRequest(**base, filename="sigkill-reference"))
+    saved = []  # every checkpoint the head writes, in order
+    original_save = CheckpointStore.save
+
+    def save(store, job_id, key, latents):
+        saved.append(key)
+        original_save(store, job_id, key, latents)
+
+    monkeypatch.setattr(CheckpointStore, "save", save)
+    manager = farm_manager(start=False)
+    job = manager.submit(GenerateRequest(**base))
+    (stream,) = subscribed(manager, [job.id]).values()
+    manager.start()
+    assert wait_until(lambda: len(checkpoints(tmp_path, job.id)) >= 2, WAIT_S)  # the start frame and a section
+    running = manager.get(job.id)
+    killed = next(worker for worker in farm.workers if worker.name == running.worker)
+    pid = killed.info["pid"]
+    os.kill(pid, signal.SIGKILL)
+    ended = manager.wait(job.id, WAIT_S)
+    assert (ended.state, ended.attempt) == (JobState.FINISHED, 2)
+    assert ended.worker != killed.name  # the other worker took it while the killed one restarted
+    assert ended.resumed_sections >= 1
+    assert sorted(saved, key=str) == [0, 1, 2, START]  # each section's latents came to the head once
+    sections = [event for event in stream if isinstance(event, SectionEvent) and event.section >= 0]
+    assert [event.section for event in sections[-3:]] == [2, 1, 0]  # the resumed run's, in generation order
+    assert sum(1 for event in sections[-3:] if event.model_calls == 0) == ended.resumed_sections  # restored
+    assert manager.count_jobs() == 1
+    out = Path(head.output_dir)
+    stem = ended.request["filename"]
+    assert ended.outputs == [f"{stem}.safetensors", f"{stem}.json"]
+    assert sorted(path.name for path in out.iterdir() if path.name.startswith((stem, f".{stem}"))) == sorted(
+        ended.outputs
+    )  # one output, no partial
+    np.testing.assert_array_equal(read_raw_frames(out / ended.outputs[0]), read_raw_frames(Path(reference.outputs[0])))
+    assert checkpoints(tmp_path, job.id) == []
+    assert wait_until(lambda: not any(state.down for state in manager.workers()), WAIT_S)  # the killed one is back
+    assert killed.info["pid"] != pid  # restarted by Ray: another process
+
+
+def test_a_cancel_reaches_a_remote_job_within_one_step(farm_manager, caplog):
+    manager = farm_manager()
+    job = manager.submit(GenerateRequest(**{**LONG, "steps": 6}))
+    assert wait_until(lambda: manager.get(job.id).progress.done_steps >= 2, WAIT_S)
+    with caplog.at_level(logging.INFO, logger="framepack.jobs.ray_executor"):
+        manager.cancel(job.id)
+        ended = manager.wait(job.id, WAIT_S)
+    assert (
+        ended.state == JobState.CANCELLED and ended.error.message == "cancelled by request; no partial output was kept"
+    )
+    reached = [record.getMessage() for record in caplog.records if "the cancel reached worker" in record.getMessage()]
+    assert len(reached) == 1
+    steps_at_cancel = int(reached[0].rsplit(" ", 1)[1])
+    assert steps_at_cancel < ended.progress.total_steps
+    assert ended.progress.done_steps <= steps_at_cancel + 1  # the step under way when the cancel came, no other
+
+
+def test_leased_jobs_are_requeued_after_a_head_restart(farm_manager, tmp_path):
+    first = farm_manager()
+    job = first.submit(GenerateRequest(**LONG))
+    assert wait_until(lambda: len(checkpoints(tmp_path, job.id)) >= 2, WAIT_S)
+    assert first.stop(timeout=60)  # the head goes down: the job stays RUNNING under its lease
+    left = first.get(job.id)
+    assert (left.state, left.attempt) == (JobState.RUNNING, 1)
+    assert left.worker.startswith("ray:") and left.lease_expires_at is not None
+    second = farm_manager()  # the restarted head
+    ended = second.wait(job.id, WAIT_S)
+    assert (ended.state, ended.attempt, ended.lease_expires_at) == (JobState.FINISHED, 2, None)
+    assert ended.resumed_sections >= 1
+
+
+def test_a_worker_ray_cannot_place_is_a_clear_error_within_the_timeout(ray_farm):
+    from framepack.jobs.ray_executor import RayFarm, WorkerConfig
+
+    _farm, head = ray_farm
+    settings = FarmSettings(executor="ray", ray_address="local", ray_worker_gpus=1, placement_timeout=3)
+    started = time.monotonic()
+    with pytest.raises(FarmError) as refused:
+        RayFarm(settings, WorkerConfig.of(head)).start()
+    assert time.monotonic() - started < 3 + 10
+    assert str(refused.value).startswith(
+        "1 of 1 Ray render workers could not be placed within 3 s (--placement-timeout): each needs 1 GPU, 1 CPU; "
+        "the cluster has 0 GPU, 2 CPU in all"
+    )

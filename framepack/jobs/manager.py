@@ -831,6 +831,8 @@ class JobManager:
             logger.info("job %s: %s during a shutdown; it resumes on the next start", job.id, lost)
             self._leave_running(job)
             return "stop"
+        with self._lock:
+            worker.down = True
         if job.attempt >= self.max_attempts:
             message = f"{lost}; gave up after {job.attempt} attempts (the limit is {self.max_attempts})"
             logger.error("job %s failed: %s", job.id, message)
@@ -840,7 +842,7 @@ class JobManager:
         remove_partial_outputs(job.request, self.output_dir)
         with self._lock:
             self._requeued(job)
-            worker.job, worker.token = None, None
+            worker.job, worker.token, worker.down = None, None, True  # no job for it until it answers again
             self._persisted.pop(job.id, None)
             self._queue.insert(0, job.id)
             self._bus.publish(job.id, _event(StateEvent, self._public(job)))
