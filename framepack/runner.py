@@ -25,6 +25,7 @@ from framepack.models.attention import check_attention, set_attention
 from framepack.models.caches import TransformerCache, load_mag_ratios, save_mag_ratios
 from framepack.models.compile import check_compile, compile_mode, compile_seconds, set_compile
 from framepack.models.components import Components
+from framepack.models.load_lock import LOAD_LOCK
 from framepack.models.loader import DEFAULT_HUB, HubCache, load_components
 from framepack.models.lora import LoraFolders, LoraRef, check_loras, ensure_loras, lora_folders, parse_lora_tags
 from framepack.models.offload import HostOffload, Offloader
@@ -127,7 +128,8 @@ def build_sinks(
         abort_sinks(sinks)
         raise
     if request.interpolate > 0:
-        interpolator = load_interpolator(request.interpolation, model_dir)
+        with LOAD_LOCK:  # builds a module (several workers in one process)
+            interpolator = load_interpolator(request.interpolation, model_dir)
         return [InterpolatingSink(sinks, interpolator, request.interpolate)]
     return sinks
 
@@ -337,7 +339,8 @@ class Runner:
                 # LoRA layers once (diffusers' unload_lora would otherwise rebuild group offload too, re-pinning
                 # every weight)
                 refs = [LoraRef(name, weight) for name, weight in plan.loras]
-                ensure_loras(components.transformer, refs, self.lora_dir, around_change=self._offloader.regrouping)
+                with LOAD_LOCK:  # LoRA layers are new modules (several workers in one process)
+                    ensure_loras(components.transformer, refs, self.lora_dir, around_change=self._offloader.regrouping)
                 set_attention(components.transformer, request.attention)
                 cache = self.cache_for(request, plan, components, calibrate_magcache)
             except BaseException:
