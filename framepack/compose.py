@@ -64,8 +64,7 @@ def build_job_service(
     if farm.executor == "ray":
         from framepack.jobs.ray_executor import RayFarm, WorkerConfig
 
-        config = WorkerConfig.of(runner, shared_outputs=farm.shared_outputs)
-        ray_farm = RayFarm(farm, config)
+        ray_farm = RayFarm(farm, WorkerConfig.of(runner))
         executors, on_close = ray_farm.start(), ray_farm.close
     elif len(devices) == 1:
         executors = [LocalExecutor(runner, host.gpu_lock())]

@@ -6,6 +6,7 @@ cluster of 2 CPUs, started once for this file."""
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import signal
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import FAST, decode_video, read_raw_frames
+from helpers import FAST, decode_video, pattern_image, read_raw_frames
 
 from framepack.generate import START
 from framepack.jobs.checkpoints import CheckpointStore
@@ -385,7 +386,7 @@ def test_a_sigkilled_worker_s_job_resumes_on_the_other_worker_with_identical_fra
     ray_farm, farm_manager, tmp_path, monkeypatch
 ):
     farm, head = ray_farm
-    base = {**LONG, **RAW, "seed": 11}
+    base = {**LONG, **RAW, "seed": 11, "steps": 10}  # long enough to be killed in the middle
     reference = head.run(GenerateRequest(**base, filename="sigkill-reference"))
     saved = []  # every checkpoint the head writes, in order
     original_save = CheckpointStore.save
@@ -427,7 +428,7 @@ def test_a_sigkilled_worker_s_job_resumes_on_the_other_worker_with_identical_fra
 
 def test_a_cancel_reaches_a_remote_job_within_one_step(farm_manager, caplog):
     manager = farm_manager()
-    job = manager.submit(GenerateRequest(**{**LONG, "steps": 6}))
+    job = manager.submit(GenerateRequest(**{**LONG, "steps": 50}))  # 200 steps: sampling outlasts many polls
     assert wait_until(lambda: manager.get(job.id).progress.done_steps >= 2, WAIT_S)
     with caplog.at_level(logging.INFO, logger="framepack.jobs.ray_executor"):
         manager.cancel(job.id)
@@ -444,7 +445,7 @@ def test_a_cancel_reaches_a_remote_job_within_one_step(farm_manager, caplog):
 
 def test_leased_jobs_are_requeued_after_a_head_restart(farm_manager, tmp_path):
     first = farm_manager()
-    job = first.submit(GenerateRequest(**LONG))
+    job = first.submit(GenerateRequest(**{**LONG, "steps": 10}))  # long enough to be stopped in the middle
     assert wait_until(lambda: len(checkpoints(tmp_path, job.id)) >= 2, WAIT_S)
     assert first.stop(timeout=60)  # the head goes down: the job stays RUNNING under its lease
     left = first.get(job.id)
@@ -469,3 +470,38 @@ def test_a_worker_ray_cannot_place_is_a_clear_error_within_the_timeout(ray_farm)
         "1 of 1 Ray render workers could not be placed within 3 s (--placement-timeout): each needs 1 GPU, 1 CPU; "
         "the cluster has 0 GPU, 2 CPU in all"
     )
+
+
+def test_with_shared_outputs_a_worker_writes_into_the_output_folder_itself(ray_farm, tmp_path, caplog):
+    from framepack.jobs.manager import JobManager
+    from framepack.jobs.ray_executor import RayFarm, WorkerConfig
+
+    _farm, head = ray_farm
+    shared = Runner(device="cpu", output_dir=tmp_path / "shared", home=head.home)
+    farm = RayFarm(
+        FarmSettings(executor="ray", ray_address="local", ray_workers=1, shared_outputs=True), WorkerConfig.of(shared)
+    )
+    manager = JobManager(tmp_path / "data", shared, executors=farm.start(), on_close=farm.close)
+    try:
+        manager.start()
+        with caplog.at_level(logging.INFO, logger="framepack.jobs.ray_executor"):
+            job = manager.wait(manager.submit(request()).id, WAIT_S)
+    finally:
+        manager.close(timeout=60)
+    assert job.state == JobState.FINISHED
+    frames, *_ = decode_video(tmp_path / "shared" / job.outputs[0])
+    assert frames == job.plan["output_frames"]
+    assert str(tmp_path / "shared" / job.outputs[0]) in (tmp_path / "shared" / job.outputs[1]).read_text()
+    assert not [record for record in caplog.records if "streamed back" in record.getMessage()]  # written in place
+    assert farm.workers == []  # closing the manager ended the farm's workers
+
+
+def test_images_named_by_path_travel_inside_the_request(tmp_path):
+    from framepack.jobs.ray_executor import embedded_images
+
+    start, pose = pattern_image(tmp_path / "start.png", 64, 48), pattern_image(tmp_path / "pose.png", 64, 48, seed=1)
+    sent = embedded_images(request(init_image=str(start), keyframes={1: str(pose)}))
+    prefix = "data:application/octet-stream;base64,"
+    assert sent.init_image == prefix + base64.b64encode(start.read_bytes()).decode()
+    assert sent.keyframes == {1: prefix + base64.b64encode(pose.read_bytes()).decode()}
+    assert embedded_images(sent) == sent  # nothing left to embed

@@ -89,18 +89,17 @@ class WorkerConfig:
     home: str | None
     lora_dirs: tuple[str, ...]
     hub: HubCache
-    shared_outputs: bool = False
+    shared_outputs: bool = False  # set by the farm from --shared-outputs
     device: str | None = None  # None: "cuda" when Ray gave the actor a GPU, else "cpu"
 
     @classmethod
-    def of(cls, runner: Runner, shared_outputs: bool = False) -> WorkerConfig:
+    def of(cls, runner: Runner) -> WorkerConfig:
         """The head's runner's folders and model cache, for workers."""
         return cls(
             output_dir=str(Path(runner.output_dir).resolve()),
             home=str(runner.home) if runner.home is not None else None,
             lora_dirs=tuple(str(folder) for folder in runner.lora_dir),
             hub=runner.hub,
-            shared_outputs=shared_outputs,
         )
 
 
@@ -454,7 +453,8 @@ class RayFarm:
         settings.check()
         if settings.executor != "ray" or not settings.ray_address:
             raise FarmError("a Ray farm needs --executor ray and --ray-address")
-        self.settings, self.config, self.num_cpus = settings, config, num_cpus
+        self.config = dataclasses.replace(config, shared_outputs=settings.shared_outputs)
+        self.settings, self.num_cpus = settings, num_cpus
         self._ray: Any = None
         self._started_ray = False
         self.workers: list[RayWorker] = []
