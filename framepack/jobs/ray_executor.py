@@ -222,6 +222,11 @@ class RenderWorker:
             raise ValueError(f"{path} is not a staged output of this worker")
         return output
 
+    def close(self) -> None:
+        """Remove the staging folder (the farm is closing)."""
+        if self._staging is not None:
+            shutil.rmtree(self._staging, ignore_errors=True)
+
     def load_model(self, request: GenerateRequest) -> bool:
         return self._executor.load_model(request)
 
@@ -429,7 +434,9 @@ class RayWorker:
             return
 
     def kill(self) -> None:
-        """End the actor for good (the farm closes)."""
+        """End the actor for good (the farm closes), its staging folder removed first when it answers."""
+        with contextlib.suppress(Exception):
+            self._call("close", timeout=10)
         with contextlib.suppress(Exception):
             self._ray.kill(self._actor, no_restart=True)
 
