@@ -24,6 +24,7 @@ from framepack.errors import validation_message
 from framepack.jobs.errors import STATUS, classify
 from framepack.jobs.models import BatchLineError
 from framepack.request import GenerateRequest
+from framepack.uploads import UploadStore
 
 from .aliases import translate
 from .errors import ApiError
@@ -62,14 +63,15 @@ def batch_objects(raw: bytes, content_type: str) -> tuple[list[tuple[int, Any]],
     return list(enumerate(requests, 1)), defaults
 
 
-def batch_requests(raw: bytes, content_type: str) -> list[GenerateRequest]:
-    """Every request of a batch body, validated (see the module docstring)."""
+def batch_requests(raw: bytes, content_type: str, uploads: UploadStore | None = None) -> list[GenerateRequest]:
+    """Every request of a batch body, validated (see the module docstring); `upload:<id>` names files of
+    `uploads`."""
     numbered, defaults = batch_objects(raw, content_type)
     if not numbered:
         raise ApiError(422, "invalid", "a batch needs at least one request", "requests")
     try:
         base = translate(defaults)
-        api_request(dict(base))  # the defaults alone must be valid, so their errors name them
+        api_request(dict(base), uploads)  # the defaults alone must be valid, so their errors name them
     except Exception as error:  # noqa: BLE001 - the defaults' own field error, named under "defaults"
         raise _named(error, "defaults") from None
     requests = []
@@ -77,7 +79,7 @@ def batch_requests(raw: bytes, content_type: str) -> list[GenerateRequest]:
         if not isinstance(fields, dict):
             raise BatchLineError(number, "invalid", None, "must be a JSON object of request fields")
         try:
-            requests.append(api_request({**base, **translate(fields)}))
+            requests.append(api_request({**base, **translate(fields)}, uploads))
         except ValidationError as error:
             first = error.errors()[0]["loc"] if error.errors() else ()
             field = ".".join(str(part) for part in first) or None
@@ -109,5 +111,7 @@ def _named(error: Exception, prefix: str) -> Exception:
     return ApiError(STATUS[known.kind], known.kind, f"{prefix}: {known.message}", field)
 
 
-async def read_batch_requests(request: Request, max_bytes: int = DEFAULT_MAX_BODY_BYTES) -> list[GenerateRequest]:
-    return batch_requests(await read_body(request, max_bytes), request.headers.get("content-type", ""))
+async def read_batch_requests(
+    request: Request, max_bytes: int = DEFAULT_MAX_BODY_BYTES, uploads: UploadStore | None = None
+) -> list[GenerateRequest]:
+    return batch_requests(await read_body(request, max_bytes), request.headers.get("content-type", ""), uploads)

@@ -34,6 +34,7 @@ API_KINDS = (
     "unauthorized",  # 401
     "method_not_allowed",  # 405
     "too_large",  # 413: request body over the limit
+    "unsupported_type",  # 415: an upload that is neither an image nor a video
     "too_many_streams",  # 429: too many event streams open on this server; retry after Retry-After seconds
     "rate_limited",  # 429: too many failed logins from this client; retry after Retry-After seconds
     "not_installed",  # 503: the SD.Next extension lacks a requirement; the message says how to install it
@@ -45,6 +46,7 @@ STATUS_KINDS = {
     405: "method_not_allowed",
     409: "conflict",
     413: "too_large",
+    415: "unsupported_type",
     422: "invalid",
     429: "queue_full",
     503: "model_unavailable",
@@ -181,6 +183,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         404: "Unknown job or file.",
         409: "The job's state does not allow this, the job was cancelled, or its filename is taken (field filename).",
         413: "Request body over the size limit.",
+        415: "An upload that is neither an image nor a video that decodes; the message lists what is allowed.",
         429: "Queue full (or, for event streams, too many open); retry after the Retry-After header's seconds.",
         503: "Model not available (or out of memory); the message says what is missing and how to get it.",
         507: "Disk full: the job kept nothing; the message names the folder and its free space. Retry later.",

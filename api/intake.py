@@ -4,8 +4,12 @@ The engine's `GenerateRequest` also serves the CLI, where file paths and output 
 the network they are not: a client must not make the server read or write arbitrary files. So here
 
 - images (`IMAGE_FIELDS`: `init_image`, `end_image`, the single-frame images; and `keyframes`) must be base64, with
-  or without a `data:` prefix; a value that names an existing path is refused, and accepted values are passed on as
-  `data:` URLs so the engine never tries them as paths;
+  or without a `data:` prefix, or `upload:<id>`; a value that names an existing path is refused, and accepted base64
+  values are passed on as `data:` URLs so the engine never tries them as paths;
+- videos (`VIDEO_FIELDS`: `init_video`, when the request model has it) must be `upload:<id>`;
+- `upload:<id>` (an id `POST .../uploads` answered, see `api.uploads`) becomes the path of that upload's file, the
+  only way a path reaches the engine from the network; an id malformed, unknown, expired or of the other kind
+  (an image field naming a video) is refused naming the field;
 - `output_dir` is refused (the server chooses the folder; `filename` may name the stem);
 - `model` is 'default' or 'tiny' (recipe files are a local, CLI/UI matter);
 - `enhancer` is a hub repo id or 'tiny', never a folder: a value written like a path, or naming an existing one, is
@@ -23,6 +27,7 @@ from fastapi import Request
 from framepack.errors import FieldError
 from framepack.jobs.models import brief_request
 from framepack.request import BUILTIN_MODELS, IMAGE_FIELDS, PATH_CHECK_LENGTH, GenerateRequest
+from framepack.uploads import Kind, UploadStore
 
 from .aliases import translate
 from .errors import ApiError
@@ -30,6 +35,8 @@ from .limits import DEFAULT_MAX_BODY_BYTES, read_json_body
 
 API_MODELS = BUILTIN_MODELS
 WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
+UPLOAD_PREFIX = "upload:"
+VIDEO_FIELDS = tuple(name for name in ("init_video",) if name in GenerateRequest.model_fields)
 
 
 def api_image(value: Any, field: str) -> Any:
@@ -45,6 +52,31 @@ def api_image(value: Any, field: str) -> Any:
     return "data:;base64," + value
 
 
+def api_upload(value: str, field: str, kind: Kind, uploads: UploadStore | None) -> str:
+    """The path of the file `value` ('upload:<id>') names, for `field`, which takes a `kind`; FieldError naming the
+    field for an id that is malformed, unknown, expired or of the other kind."""
+    if uploads is None:
+        raise FieldError(field, "upload ids are not taken here (no upload store); send the file inline")
+    return str(uploads.resolve(value.removeprefix(UPLOAD_PREFIX), field, kind))
+
+
+def api_media(value: Any, field: str, kind: Kind, uploads: UploadStore | None) -> Any:
+    """An image (`api_image`) or a video field's value: `upload:<id>` becomes the upload's path."""
+    if isinstance(value, str) and value.startswith(UPLOAD_PREFIX):
+        return api_upload(value, field, kind, uploads)
+    if kind == "image":
+        return api_image(value, field)
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        raise FieldError(
+            field,
+            f"over the API a video must be uploaded: send '{UPLOAD_PREFIX}<id>' (POST .../uploads); "
+            "paths on the server are not read",
+        )
+    return value  # the request model refuses it with the right message
+
+
 def api_enhancer(value: Any) -> Any:
     """The enhancer of an API request: a hub repo id or 'tiny'; folders on the server are refused."""
     if not isinstance(value, str):
@@ -57,8 +89,9 @@ def api_enhancer(value: Any) -> Any:
     return value
 
 
-def api_request(payload: Any) -> GenerateRequest:
-    """Validate a JSON payload (our field names or SD.Next's) into a GenerateRequest for the API."""
+def api_request(payload: Any, uploads: UploadStore | None = None) -> GenerateRequest:
+    """Validate a JSON payload (our field names or SD.Next's) into a GenerateRequest for the API; `upload:<id>`
+    values name files of `uploads`."""
     if not isinstance(payload, dict):
         raise ApiError(422, "invalid", "the body must be a JSON object of request fields", "body")
     fields = translate(payload)
@@ -75,15 +108,22 @@ def api_request(payload: Any) -> GenerateRequest:
         fields["enhancer"] = api_enhancer(fields["enhancer"])
     for name in IMAGE_FIELDS:
         if name in fields:
-            fields[name] = api_image(fields[name], name)
+            fields[name] = api_media(fields[name], name, "image", uploads)
+    for name in VIDEO_FIELDS:
+        if name in fields:
+            fields[name] = api_media(fields[name], name, "video", uploads)
     keyframes = fields.get("keyframes")
     if isinstance(keyframes, dict):
-        fields["keyframes"] = {key: api_image(source, f"keyframes.{key}") for key, source in keyframes.items()}
+        fields["keyframes"] = {
+            key: api_media(source, f"keyframes.{key}", "image", uploads) for key, source in keyframes.items()
+        }
     return GenerateRequest.model_validate(fields)
 
 
-async def read_generate_request(request: Request, max_bytes: int = DEFAULT_MAX_BODY_BYTES) -> GenerateRequest:
-    return api_request(await read_json_body(request, max_bytes))
+async def read_generate_request(
+    request: Request, max_bytes: int = DEFAULT_MAX_BODY_BYTES, uploads: UploadStore | None = None
+) -> GenerateRequest:
+    return api_request(await read_json_body(request, max_bytes), uploads)
 
 
 def redact_images(fields: dict[str, Any]) -> dict[str, Any]:

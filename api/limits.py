@@ -59,13 +59,14 @@ async def read_body(request: Request, max_bytes: int = DEFAULT_MAX_BODY_BYTES) -
 
 
 class BodySizeLimit:
-    """ASGI middleware: 413 JSON for bodies over `max_bytes`, by Content-Length up front or by counting."""
+    """ASGI middleware: 413 JSON for bodies over `max_bytes`, by Content-Length up front or by counting. The
+    paths in `exempt` (routes that bound their own bodies, such as uploads) are passed through."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int = DEFAULT_MAX_BODY_BYTES):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app: ASGIApp, max_bytes: int = DEFAULT_MAX_BODY_BYTES, exempt: tuple[str, ...] = ()):
+        self.app, self.max_bytes, self.exempt = app, max_bytes, exempt
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope.get("path") in self.exempt:
             await self.app(scope, receive, send)
             return
         for name, value in scope.get("headers", ()):

@@ -7,9 +7,9 @@ adds the host's own auth), and `create_router` puts them on an `APIRouter` for `
 is global: each `FramePackRoutes` holds its own service, stream slots and codec list.
 
 Errors answer JSON `{"error": {"kind", "field", "message"}}` (see `api.errors`) with 4xx/5xx statuses, never
-200. Limits: bodies over `max_body_bytes` (64 MiB by default) get 413; images must be base64 (no server paths)
-and are decoded within the engine's MAX_IMAGE_PIXELS; every value is bounded by the request model; NaN and
-Infinity are refused.
+200. Limits: bodies over `max_body_bytes` (64 MiB by default) get 413 (uploads have their own limit, see
+`api.uploads`); images must be base64 or `upload:<id>` (no server paths) and are decoded within the engine's
+MAX_IMAGE_PIXELS; every value is bounded by the request model; NaN and Infinity are refused.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from framepack.jobs.events import EVENT_MODELS, JobEvent
 from framepack.jobs.models import DeletedJob, EnhanceResult, Job, JobState, QueueState
 from framepack.jobs.service import JobService
 from framepack.request import GenerateRequest
+from framepack.uploads import UploadInfo, UploadStore
 
 from . import streams
 from .aliases import ALIAS_TABLE
@@ -42,6 +43,7 @@ from .intake import read_generate_request, redact_images
 from .limits import DEFAULT_MAX_BODY_BYTES, read_json_body
 from .schemas import BatchResponse, CodecInfo, CodecList, GenerateResponse, JobList, JobPatch, PlanResponse
 from .streams import DEFAULT_MAX_STREAMS, EventStreamResponse, StreamSlots, sse_events
+from .uploads import UploadRoutes, upload_body_openapi
 
 logger = logging.getLogger(__name__)
 
@@ -153,7 +155,8 @@ EVENTS_DOC = (
 class FramePackRoutes:
     """The API's endpoints over `service`, whose outputs lie in `output_dir` (default: the service's). `prefix` is
     where the routes live; the download URLs in responses use it. Bodies over `max_body_bytes` get 413; at most
-    `max_streams` event streams are open at once (429 past it)."""
+    `max_streams` event streams are open at once (429 past it). Uploads go to `uploads` (default: a store with the
+    default limits in the service's jobs folder), swept of expired ones now."""
 
     def __init__(
         self,
@@ -163,6 +166,7 @@ class FramePackRoutes:
         prefix: str = PREFIX,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         max_streams: int = DEFAULT_MAX_STREAMS,
+        uploads: UploadStore | None = None,
     ):
         self.service = service
         self.output_dir = Path(output_dir) if output_dir is not None else service.output_dir
@@ -170,10 +174,16 @@ class FramePackRoutes:
         self.max_body_bytes = max_body_bytes
         self.stream_slots = StreamSlots(max_streams)
         self._codecs: CodecList | None = None  # this object's probe result; ?refresh=true probes again
+        self.upload_routes = UploadRoutes(service, uploads, f"{prefix}/uploads")
+        self.upload_routes.sweep_at_start()
+
+    @property
+    def uploads(self) -> UploadStore:
+        return self.upload_routes.store
 
     def table(self) -> list[RouteSpec]:
         """Every route, for `APIRouter.add_api_route` or a host's `add_api_route`."""
-        p, job = self.prefix, f"{self.prefix}/jobs/{{job_id}}"
+        p, job, uploads = self.prefix, f"{self.prefix}/jobs/{{job_id}}", self.upload_routes
         return [
             _route("POST", p, self.generate, "Generate a video (blocks until done)", GenerateResponse,
                    errors=(409, 413, 429, 503, 507), body=True),
@@ -208,6 +218,13 @@ class FramePackRoutes:
                    body=True),
             _route("POST", f"{p}/enhance", self.enhance, "Enhance a request's prompts (no video)", EnhanceResult,
                    errors=(413, 503), body=True),
+            _route("POST", f"{p}/uploads", uploads.upload, "Upload an image or video for later requests", UploadInfo,
+                   errors=(413, 415, 507), body=upload_body_openapi(), status_code=201,
+                   response_model_exclude_none=True),
+            _route("GET", f"{p}/uploads/{{upload_id}}", uploads.get, "An upload's metadata", UploadInfo,
+                   errors=(404,), response_model_exclude_none=True),
+            _route("DELETE", f"{p}/uploads/{{upload_id}}", uploads.delete, "End an upload now", errors=(404,),
+                   status_code=204, response_class=Response),
         ]  # fmt: skip
 
     # ------------------------------------------------------------------------------------------- endpoints
@@ -239,7 +256,7 @@ class FramePackRoutes:
         request is validated and checked before any is queued; the first bad one refuses the whole batch with the
         error of its status, `field` `requests.<n>.<field>` and a message starting "line <n>:" (n counts from 1).
         Answers 202 with the batch id and the job ids in request order."""
-        requests = await read_batch_requests(request, self.max_body_bytes)
+        requests = await read_batch_requests(request, self.max_body_bytes, self.uploads)
         batch = await run_in_threadpool(self.service.submit_batch, requests)
         return BatchResponse(
             batch_id=batch.batch_id, ids=[job.id for job in batch.jobs], jobs=[job_view(job) for job in batch.jobs]
@@ -396,7 +413,7 @@ class FramePackRoutes:
     async def plan(self, request: Request) -> Any:
         """The plan of a request without running it: bucket size, sections, exact frame count, per-section
         prompts and generation order. Checks images and encoder settings like a submit would; loads no model."""
-        generate_request = await read_generate_request(request, self.max_body_bytes)
+        generate_request = await read_generate_request(request, self.max_body_bytes, self.uploads)
         result = await run_in_threadpool(self.service.plan, generate_request, True)  # the service's defaults
         return PlanResponse(summary=result.summary(), plan=result, estimated_seconds=result.estimated_seconds)
 
@@ -408,7 +425,7 @@ class FramePackRoutes:
         `enhance_seed` (-1: the request's seed), `enhance_max_tokens` and `enhance_quantize` apply. Put the
         answer's `enhanced_prompts` into a request to generate with those texts. It runs on the server's device
         after any running job. The enhancer not on the server: 503 `model_unavailable` naming `enhancer`."""
-        generate_request = await read_generate_request(request, self.max_body_bytes)
+        generate_request = await read_generate_request(request, self.max_body_bytes, self.uploads)
         return await run_in_threadpool(self.service.enhance, generate_request)
 
     # ------------------------------------------------------------------------------------------- helpers
@@ -416,7 +433,7 @@ class FramePackRoutes:
     async def _submit(self, request: Request) -> Job:
         """Read, validate and queue a request (in the threadpool: the queue touches the disk). A filename that a
         queued or running job or an existing output has taken is a 409 from the service, as for every face."""
-        generate_request = await read_generate_request(request, self.max_body_bytes)
+        generate_request = await read_generate_request(request, self.max_body_bytes, self.uploads)
         return await run_in_threadpool(self.service.submit, generate_request)
 
     async def _wait_until_ended(self, job_id: str) -> Job:
@@ -560,9 +577,12 @@ def route_table(
     prefix: str = PREFIX,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     max_streams: int = DEFAULT_MAX_STREAMS,
+    uploads: UploadStore | None = None,
 ) -> list[RouteSpec]:
     """The routes of a new `FramePackRoutes` over `service` (see there)."""
-    routes = FramePackRoutes(service, output_dir, prefix=prefix, max_body_bytes=max_body_bytes, max_streams=max_streams)
+    routes = FramePackRoutes(
+        service, output_dir, prefix=prefix, max_body_bytes=max_body_bytes, max_streams=max_streams, uploads=uploads
+    )
     return routes.table()
 
 
@@ -573,7 +593,7 @@ def create_router(
     dependencies: list[Any] | None = None,
     **options: Any,
 ) -> APIRouter:
-    """An APIRouter with every route of `route_table` (options: prefix, max_body_bytes, max_streams)."""
+    """An APIRouter with every route of `route_table` (options: prefix, max_body_bytes, max_streams, uploads)."""
     router = APIRouter(dependencies=dependencies or [])
     for spec in route_table(service, output_dir, **options):
         router.add_api_route(spec.path, spec.endpoint, methods=spec.methods, **spec.options)

@@ -18,6 +18,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from framepack.jobs.service import JobService
+from framepack.uploads import UploadStore
 
 from .auth import Credentials, auth_dependency
 from .errors import install_error_handlers
@@ -34,9 +35,10 @@ API_DESCRIPTION = """FramePack video generation (HunyuanVideo, next-frame-sectio
 
 `POST /sdapi/v1/framepack` blocks until the video exists (SD.Next's route); `POST /sdapi/v1/framepack/jobs`
 queues and answers 202 at once. Every error is JSON `{"error": {"kind", "field", "message"}}` with a 4xx/5xx
-status: 401 credentials, 404 unknown job/file, 409 conflict or cancelled, 413 body over the limit, 422 bad
-input (field named), 429 queue full or too many open event streams (Retry-After), 503 model not available,
-500 bug.
+status: 401 credentials, 404 unknown job/file, 409 conflict or cancelled, 413 body over the limit, 415 an upload
+that is no image or video, 422 bad input (field named), 429 queue full or too many open event streams
+(Retry-After), 503 model not available, 500 bug. `POST /sdapi/v1/framepack/uploads` takes an image or video once;
+requests then name it as `upload:<id>`.
 """
 
 
@@ -49,13 +51,15 @@ def create_app(
     max_streams: int = DEFAULT_MAX_STREAMS,
     manage_lifecycle: bool = True,
     close_on_shutdown: bool = False,
+    uploads: UploadStore | None = None,
 ) -> FastAPI:
     """The standalone app over `service`, whose jobs write to `output_dir`.
 
     With `auth`, every route (the OpenAPI schema and docs included) needs the credentials. At most `max_streams`
     event streams are open at once. With `manage_lifecycle` (the default) the app's lifespan starts the service
     and stops it on shutdown; with `close_on_shutdown` as well it closes it for good (database checkpointed and
-    closed), for a process that ends with the app.
+    closed), for a process that ends with the app. Uploads go to `uploads` (default: the default limits, in the
+    service's jobs folder); their route is bounded by the store's limit instead of `max_body_bytes`.
     """
 
     @asynccontextmanager
@@ -80,7 +84,14 @@ def create_app(
         redoc_url=None,
     )
     app.include_router(
-        create_router(service, output_dir, prefix=PREFIX, max_body_bytes=max_body_bytes, max_streams=max_streams)
+        create_router(
+            service,
+            output_dir,
+            prefix=PREFIX,
+            max_body_bytes=max_body_bytes,
+            max_streams=max_streams,
+            uploads=uploads,
+        )
     )
 
     @app.get("/openapi.json", include_in_schema=False)
@@ -92,5 +103,5 @@ def create_app(
         return get_swagger_ui_html(openapi_url="/openapi.json", title="FramePack API")
 
     install_error_handlers(app)
-    app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
+    app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes, exempt=(f"{PREFIX}/uploads",))
     return app

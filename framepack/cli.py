@@ -106,10 +106,18 @@ def json_object(text: str) -> dict:
 
 
 def request_from_args(args: argparse.Namespace) -> GenerateRequest:
-    """The request of the flags (over --request-file), with FRAMEPACK_MODEL for a model neither names."""
-    from framepack.defaults import apply_defaults, env_defaults
+    """The request of the flags (over --request-file), with the CLI's defaults for the fields neither names."""
+    from framepack.defaults import apply_defaults
 
-    return apply_defaults(given_request(args), env_defaults())
+    return apply_defaults(given_request(args), cli_defaults())
+
+
+def cli_defaults() -> dict[str, object]:
+    """The CLI's face defaults: FRAMEPACK_MODEL's model, and no kept latents (a plain run is no job of a job store;
+    see `command_generate_job`)."""
+    from framepack.defaults import env_defaults
+
+    return {**env_defaults(), "keep_latents": False}
 
 
 def given_request(args: argparse.Namespace) -> GenerateRequest:
@@ -214,24 +222,46 @@ def quiet_library_progress() -> None:
 
 
 def command_generate(args: argparse.Namespace) -> int:
-    if args.batch or args.init_image_dir or args.seeds is not None:
+    batch = args.batch or args.init_image_dir or args.seeds is not None
+    if args.cp_size != 1 and batch:
+        return _error("--cp-size: runs one video per command; leave out --batch, --init-image-dir and --seeds")
+    if batch:
         return command_generate_batch(args)
+    given = given_request(args)
     request = request_from_args(args)
+    job_store = given.continue_job is not None or given.reroll_job is not None or request.keep_latents
+    if job_store and args.cp_size != 1:
+        return _error("--cp-size: not with --keep-latents, --continue-job or --reroll-job (they run as a job here)")
+    if given.continue_job is not None or given.reroll_job is not None:
+        return command_generate_job(args, given)  # the parent job's fields fill in what the flags leave out
+    if request.keep_latents:
+        return command_generate_job(args, request)
     plan = checked_plan(request)  # bad flags, images and codec options stop here, before torch is imported
+    if args.cp_size != 1:  # the gang's checks (devices, heads, cache, compile, attention), before any model loads
+        from framepack.gang import plan_gang
+
+        gang = plan_gang(args.cp_size, args.device, request)
     print(f"plan: {plan.summary()}")
     print(plan.estimate_summary())
     for warning in plan.warnings:
         print(f"warning: {warning}")
     if request.model == SELF_TEST_MODEL:
         print("model: tiny SELF-TEST model with random weights -- the video is noise, not a real generation")
+    if args.cp_size != 1:
+        print(f"context parallelism: {gang.size} ranks on {', '.join(gang.devices)}")
 
     from framepack.progress import ConsoleProgress
     from framepack.runner import Runner
 
     quiet_library_progress()
-    runner = Runner(device=args.device, output_dir=args.output_dir_default)
     with ConsoleProgress(plan) as progress:
-        result = runner.run(request, on_event=progress, plan=plan)
+        if args.cp_size != 1:
+            from framepack.gang import run_gang
+
+            result = run_gang(gang, request, plan, args.output_dir_default, on_event=progress)
+        else:
+            runner = Runner(device=args.device, output_dir=args.output_dir_default)
+            result = runner.run(request, on_event=progress, plan=plan)
     print(f"done in {result.timings['total']:.1f} s: {result.frames} frames at {plan.fps} fps")
     for key in sorted(k for k in result.timings if k.startswith("section_")):
         print(f"  {key.replace('_', ' ')}: {result.timings[key]:.2f} s")
@@ -240,6 +270,49 @@ def command_generate(args: argparse.Namespace) -> int:
             print(f"  {name.replace('_', ' ')}: {result.timings[name]:.2f} s")
     for path in result.outputs:
         print(f"output: {path}")
+    return 0
+
+
+def command_generate_job(args: argparse.Namespace, request: GenerateRequest) -> int:
+    """`generate --keep-latents / --continue-job / --reroll-job`: the run is a job of the server's data folder
+    (`--data-dir`), run here by a job manager over it, so its latents are kept there with the job and a later
+    `--continue-job` or `--reroll-job` (or the server) finds them. A server running over that folder holds it: then
+    queue the request on the server (create-video.py) instead."""
+    from framepack.home import server_data_dir
+    from framepack.jobs.events import EndEvent, SectionEvent, StageEvent
+    from framepack.jobs.manager import JobManager
+    from framepack.runner import Runner
+
+    quiet_library_progress()
+    folder = server_data_dir(args.data_dir)
+    manager = JobManager(folder, Runner(device=args.device, output_dir=args.output_dir_default))
+    try:
+        plan = manager.plan(request)  # a parent's refusal names its field here, before any model loads
+        print(f"plan: {plan.summary()}")
+        for warning in plan.warnings:
+            print(f"warning: {warning}")
+        try:
+            manager.start()
+        except RuntimeError as error:
+            raise FieldError("data_dir", f"{error}; queue the request on that server (create-video.py)") from None
+        job = manager.submit(request)
+        print(f"job {job.id} in {folder}")
+        for event in manager.subscribe(job.id):
+            if isinstance(event, StageEvent):
+                print(f"  {event.stage}: {event.detail}".rstrip(": "))
+            elif isinstance(event, SectionEvent):
+                print(f"  section {event.section} done ({event.sections_done}/{event.sections})")
+            elif isinstance(event, EndEvent):
+                break
+        job = manager.get(job.id)
+    finally:
+        manager.close()
+    if job.state.value != "finished":
+        return _error(job.error.message if job.error else job.state.value)
+    for path in job.outputs:
+        print(f"output: {manager.output_dir / path}")
+    if job.latents_kept:
+        print(f"latents kept with job {job.id}: --continue-job {job.id} or --reroll-job {job.id} continue from them")
     return 0
 
 
@@ -273,14 +346,17 @@ def command_generate_batch(args: argparse.Namespace) -> int:
     """`generate --batch/--init-image-dir/--seeds` (see `framepack.batch`): every request validated and planned
     before any is run, then one video after the other with one loaded model; exit 1 when any of them failed."""
     from framepack.batch import BatchInvalid, fan_out, folder_images, item_request, named_error, read_batch_file
-    from framepack.defaults import apply_defaults, env_defaults
+    from framepack.defaults import apply_defaults
     from framepack.outputs import existing_names, output_names
 
     base = given_request(args).model_dump(exclude_unset=True)
+    given = [name for name in ("keep_latents", "continue_job", "reroll_job") if base.get(name)]
+    if given:
+        raise FieldError(given[0], "runs as a job of a job store: not with --batch, --init-image-dir or --seeds")
     lines = read_batch_file(Path(args.batch)) if args.batch else None
     images = folder_images(Path(args.init_image_dir)) if args.init_image_dir else None
     items = fan_out(base, lines, images, args.seeds, source=f"--batch {args.batch}")
-    defaults, planned = env_defaults(), []
+    defaults, planned = cli_defaults(), []
     for item in items:
         request = apply_defaults(item_request(item), defaults)
         try:
@@ -390,10 +466,12 @@ def command_serve(args: argparse.Namespace) -> int:
             placement_timeout=args.placement_timeout,
             shared_outputs=args.shared_outputs,
         ),
+        upload_max_mb=args.upload_max_mb,
+        upload_hours=args.upload_hours,
     )
     try:
         return serve(settings)
-    except ValueError as error:  # bad --auth / --token / retention
+    except ValueError as error:  # bad --auth / --token / retention / upload limits
         return _error(str(error))
 
 
@@ -459,6 +537,20 @@ def add_serve_flags(parser: argparse.ArgumentParser) -> None:
         "--prune-outputs",
         action="store_true",
         help="also delete the outputs of jobs removed from the history (default: outputs are kept)",
+    )
+    parser.add_argument(
+        "--upload-max-mb",
+        type=float,
+        default=512.0,
+        metavar="MB",
+        help="largest file POST .../uploads takes, in MiB (default: 512; images at most 32 MiB)",
+    )
+    parser.add_argument(
+        "--upload-hours",
+        type=float,
+        default=24.0,
+        metavar="H",
+        help="hours an upload can be named in requests (default: 24)",
     )
     add_farm_flags(parser)
 
@@ -583,6 +675,20 @@ def build_parser() -> argparse.ArgumentParser:
         command.set_defaults(handler=handler)
         if name == "generate":
             add_batch_flags(command)
+            command.add_argument(
+                "--cp-size",
+                type=int,
+                default=1,
+                metavar="N",
+                help="one video on N GPUs of this machine (context parallelism, one process per GPU; N divides the "
+                "transformer's 24 attention heads; pays on NVLink GPUs, see docs/context-parallel.md) (default: 1)",
+            )
+            command.add_argument(
+                "--data-dir",
+                default=None,
+                help="the job store of --keep-latents, --continue-job and --reroll-job runs: the server's data folder "
+                "(default: FRAMEPACK_HOME/server)",
+            )
 
     enhance = commands.add_parser(
         "enhance",

@@ -8,6 +8,9 @@ when the server's default model is the self-test model. Each face has its own de
 - `serve`: `--model`, else FRAMEPACK_MODEL;
 - SD.Next: its settings page (section "FramePack"), whose default model setting starts at FRAMEPACK_MODEL.
 
+The CLI's `generate` also defaults `keep_latents` to off: a plain run is no job of a job store, so it keeps nothing
+(`--keep-latents`, `--continue-job` and `--reroll-job` run it as a job of the server's data folder instead).
+
 Defaults are applied once, when a job is submitted (or planned), so a stored job names its model explicitly.
 """
 
@@ -22,7 +25,7 @@ from framepack.errors import FieldError
 from framepack.request import PUBLISHED_MODEL, SELF_TEST_MODEL, GenerateRequest
 
 MODEL_ENV = "FRAMEPACK_MODEL"
-DEFAULTABLE = ("model", "cache", "offload")  # the fields a face may default
+DEFAULTABLE = ("model", "cache", "offload", "keep_latents")  # the fields a face may default
 # The names a default model may be given by: the request's own ('default', 'tiny') and the settings page's words.
 MODEL_NAMES = {
     PUBLISHED_MODEL: PUBLISHED_MODEL,

@@ -39,6 +39,7 @@ from framepack.sampling.context import (
     SectionContext,
     bidirectional_context,
     forward_context,
+    loop_context,
     single_frame_context,
 )
 from framepack.sampling.denoise import Conditioning, make_velocity_fn
@@ -54,8 +55,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 START = "start"  # key of the start-frame latent among the section latents
+STREAM = "stream"  # key of a parent job's random-stream state among restored latents (a continuation)
 LatentKey = str | int
 LatentCallback = Callable[[LatentKey, torch.Tensor], None]  # (START or section index, the section's latents)
+KEPT_DTYPES = (torch.float16, torch.bfloat16)  # 16-bit transformer dtypes the section latents are rounded to
 
 
 @dataclass
@@ -71,12 +74,31 @@ class ImageConditioning:
 
 
 @dataclass
+class KeptLatents:
+    """What a finished job keeps to be continued or re-rolled (`keep_latents`): the start-frame latent (float32) and
+    every section's latents in the dtype they were rounded to, by START or section index, and the state of the
+    job's random stream after its last section."""
+
+    latents: dict[LatentKey, torch.Tensor]
+    stream_state: torch.Tensor  # torch.Generator.get_state(): uint8
+
+
+@dataclass
 class GenerationResult:
     plan: Plan
     outputs: list[str]
     frames: int
     timings: dict[str, float] = field(default_factory=dict)
     mag_ratios: list[float] | None = None  # set by a MagCache calibration run
+    kept: KeptLatents | None = None  # with keep_latents (not for a single frame)
+
+
+def kept_dtype(transformer_dtype: torch.dtype) -> torch.dtype:
+    """The dtype section latents are rounded to as they are sampled, and kept in: the transformer's when it is a
+    16-bit float (it reads the history in that dtype anyway), else float32. Rounding every job's latents, kept or
+    not, makes a continuation or re-roll decode exactly the frames of the job it continues: the kept latents are the
+    very latents the job used (a minute at 640 is then under 100 MB, see `framepack.kept_latents`)."""
+    return transformer_dtype if transformer_dtype in KEPT_DTYPES else torch.float32
 
 
 def window_keys(variant: str, index: int, sections: int) -> list[LatentKey]:
@@ -329,6 +351,7 @@ class SectionLoop:
         self.timings: dict[str, float] = {}
         self.state = LoopState()
         self.generator = torch.Generator("cpu").manual_seed(plan.seed)  # the job's one random stream
+        self.kept_dtype = kept_dtype(components.transformer.dtype)
         self.joiner = OverlapJoiner(overlap_frames(plan.latent_window_size, components.temporal_scale), self.write)
         self.vae = VaeDecoder(
             components.vae, components.device, request.vae_tiling, tile_settings(request), plan.height, plan.width
@@ -342,7 +365,8 @@ class SectionLoop:
             return self.single_frame(inputs, sampler)
         if self.plan.start_frame_pass:
             self.start_frame(inputs, sampler)
-        else:
+        else:  # a continuation or re-roll restores the parent's start latent, the image's as it was encoded then
+            inputs.images.start_latent = self.restored.get(START, inputs.images.start_latent)
             self.state.latents[START] = inputs.images.start_latent
         plan = self.plan
         self.on_event(StageStarted("sample", f"{plan.num_sections} sections, {plan.steps} steps each"))
@@ -434,20 +458,30 @@ class SectionLoop:
         plan, latents, index = self.plan, self.state.latents, section.index
         window = plan.latent_window_size
         span = -(-HISTORY_FRAMES // window)  # neighbouring sections that fill the history slots
+        if section.connecting:
+            return self.connecting_context(section, span)
         prefix = images.keyframe_latents[section.keyframe] if section.keyframe is not None else images.start_latent
         if plan.variant == "bidirectional":
-            after = [latents[i] for i in range(index + 1, min(plan.num_sections, index + 1 + span))]
+            after = [latents[i] for i in range(index + 1, min(plan.main_sections, index + 1 + span))]
             history = torch.cat(after, dim=2) if after else noise[:, :, :0]
             end = end_context(images, self.request) if images.end_latent is not None and order == 0 else None
             return bidirectional_context(prefix, history, section.latent_padding, window, end)
         history = torch.cat([latents[START]] + [latents[i] for i in range(max(0, index - span), index)], dim=2)
         return forward_context(prefix, history, window)
 
+    def connecting_context(self, section: SectionPlan, span: int) -> SectionContext:
+        """A loop's connecting section, either variant (`loop_context`): the section before it (the video's end) as
+        its past, the start latent and the first `span` sections as its future."""
+        latents = self.state.latents
+        future = [latents[START]] + [latents[i] for i in range(min(self.plan.main_sections, span))]
+        return loop_context(latents[section.index - 1], torch.cat(future, dim=2), self.plan.latent_window_size)
+
     def section(self, inputs: EncodedInputs, sampler: SectionSampler, order: int, index: int) -> None:
         """Sample (or restore) one section, report it, and decode every window its latents complete (those of the
         last section in the decode stage)."""
         section, latents = self.plan.sections[index], self.state.latents
         clock = time.perf_counter()
+        self.new_stream(order)
         noise = sampler.noise(self.plan.latent_window_size, self.generator)  # drawn for restored sections too
         calls = (0, 0)
         if index in self.restored:
@@ -457,7 +491,8 @@ class SectionLoop:
             context = self.history_context(inputs.images, section, order, noise)
             vision = section_vision(inputs.images, section, self.request)
             positive, negative = self.conditioning(inputs, section, vision)
-            latents[index] = sampler.run(noise, context, positive, negative, index, order)
+            sampled = sampler.run(noise, context, positive, negative, index, order)
+            latents[index] = sampled.to(self.kept_dtype).float()  # see `kept_dtype`
             calls = sampler.section_calls()
             if self.on_section_latents:
                 self.on_section_latents(index, latents[index])
@@ -471,6 +506,20 @@ class SectionLoop:
             clock = time.perf_counter()
             self.decoder.pump(latents)
             self.state.decode_seconds += time.perf_counter() - clock
+
+    def new_stream(self, order: int) -> None:
+        """A continuation or re-roll (`plan.extend`) samples its first section after the parent's restored ones from a
+        new random stream: a continuation from the parent's kept stream state (restored[STREAM]), so its new
+        sections draw what one longer job draws; a re-roll from `reroll_seed`."""
+        extend = self.plan.extend
+        if extend is None or extend.source_latents or order != len(extend.restored):
+            return
+        if extend.kind == "reroll":
+            self.generator = torch.Generator("cpu").manual_seed(extend.reroll_seed)
+        elif STREAM in self.restored:
+            self.generator.set_state(self.restored[STREAM])
+        else:
+            raise RuntimeError(f"internal error: continuing job {extend.parent} without its random stream's state")
 
     def single_frame(self, inputs: EncodedInputs, sampler: SectionSampler) -> GenerationResult:
         """Single-frame inference: one latent frame at the plan's target index beside the (masked) control latents,
@@ -551,7 +600,17 @@ class SectionLoop:
             self.timings["cache_skipped_calls"] = self.cache.stats.skipped
         self.on_event(StageStarted("finish", "closing outputs"))
         outputs = [str(path) for path in close_sinks(self.sinks)]
-        return GenerationResult(plan=self.plan, outputs=outputs, frames=written)
+        return GenerationResult(plan=self.plan, outputs=outputs, frames=written, kept=self.kept())
+
+    def kept(self) -> KeptLatents | None:
+        """The latents and stream state to keep (`keep_latents`; a single frame keeps none)."""
+        if not self.request.keep_latents or self.plan.single_frame is not None:
+            return None
+        latents = self.state.latents
+        kept: dict[LatentKey, torch.Tensor] = {START: latents[START].float().contiguous()}
+        for index in range(self.plan.num_sections):
+            kept[index] = latents[index].to(self.kept_dtype).contiguous()
+        return KeptLatents(kept, self.generator.get_state())
 
 
 def generate(
@@ -572,7 +631,10 @@ def generate(
 
     `finished_sections` (latents by section index, plus START for T2V) resumes a job: those sections are not
     sampled again, and the random stream is consumed exactly as in an uninterrupted run, so the result is the
-    same. `on_section_latents(key, latents)` is called after each sampled section (for checkpoints).
+    same. `on_section_latents(key, latents)` is called after each sampled section (for checkpoints). A continuation
+    or re-roll (`plan.extend`) passes its parent's kept latents the same way: START (also for I2V: it replaces the
+    image's latent) and the sections it reuses, and for a continuation STREAM, the parent's random-stream state.
+    With `keep_latents`, `result.kept` holds what the job keeps.
     """
     started = time.perf_counter()
     loop = SectionLoop(

@@ -97,6 +97,26 @@ class SectionPlan(BaseModel):
     blend_weight: float = 1.0  # share of `prompt` in the text conditioning (the rest is `blend_from`'s)
     vision_toward: str | None = None  # "end_image" or "keyframes.<index>": the image SigLIP moves toward
     vision_weight: float = 0.0  # share of `vision_toward` in the SigLIP conditioning
+    connecting: bool = False  # loop: joins the video's end back to its start (see add_loop_sections)
+
+
+class ExtendPlan(BaseModel):
+    """What a continuation or re-roll takes from its parent job (`framepack.extend`)."""
+
+    kind: Literal["continue", "reroll"]
+    parent: str  # the parent job's id
+    parent_sections: int  # sections of the parent's video
+    restored: list[int]  # sections (time order) whose latents come from the parent's kept latents, not sampled
+    reroll_section: int | None = None
+    reroll_seed: int | None = None  # seeds the noise of the sections sampled again, from reroll_section on
+    source_latents: bool = False  # bidirectional continuation: the parent's latents precede the new sections
+
+    def summary(self) -> str:
+        if self.kind == "reroll":
+            return f"re-rolls section {self.reroll_section} of {self.parent[:8]} (seed {self.reroll_seed})"
+        if self.source_latents:
+            return f"continues {self.parent[:8]} ({self.parent_sections} sections) after its kept latents"
+        return f"continues {self.parent[:8]} ({self.parent_sections} sections restored)"
 
 
 class Plan(BaseModel):
@@ -126,14 +146,23 @@ class Plan(BaseModel):
     self_test_model: bool = False  # the request's model is the random-weight self-test model ('tiny')
     single_frame: SingleFramePlan | None = None  # single-frame inference: one image (PNG) instead of a video
     estimated_seconds: float | None = None  # from earlier jobs of its kind here (framepack.estimate); None: none yet
+    loop_sections: int = 0  # loop: the last this-many sections connect the end back to the start (add_loop_sections)
+    extend: ExtendPlan | None = None  # continue_job / reroll_job: what comes from the parent job
 
     @model_serializer(mode="wrap")
     def _leave_out_no_estimate(self, handler):
-        """No estimate is no key: plans and records written before estimates existed dump and print as they did."""
+        """No estimate (or no parent job) is no key: plans and records written before estimates (or continuations)
+        existed dump and print as they did."""
         data = handler(self)
-        if isinstance(data, dict) and data.get("estimated_seconds") is None:
-            data.pop("estimated_seconds", None)
+        for optional in ("estimated_seconds", "extend"):
+            if isinstance(data, dict) and data.get(optional) is None:
+                data.pop(optional, None)
         return data
+
+    @property
+    def main_sections(self) -> int:
+        """The sections of the video proper, before a loop's connecting section."""
+        return self.num_sections - self.loop_sections
 
     @property
     def total_steps(self) -> int:
@@ -156,7 +185,10 @@ class Plan(BaseModel):
         return (
             f"{self.output_frames} frames ({self.duration:.2f} s at {self.fps} fps) in {self.num_sections} "
             f"section{'s' if self.num_sections != 1 else ''}, {self.width}x{self.height}, {self.mode.upper()} "
-            f"{self.variant}, generation order {order}" + (f", {SELF_TEST_LABEL}" if self.self_test_model else "")
+            f"{self.variant}, generation order {order}"
+            + (f", loop: section {self.main_sections} connects the end back to the start" if self.loop_sections else "")
+            + (f", {SELF_TEST_LABEL}" if self.self_test_model else "")
+            + (f", {self.extend.summary()}" if self.extend is not None else "")
         )
 
 
@@ -205,6 +237,68 @@ def format_duration(seconds: float) -> str:
 def random_seed() -> int:
     """A seed for a request that asks for a random one (seed -1), from Python's `random` module."""
     return random.randrange(2**32)
+
+
+LOOP_SECTIONS = 1  # connecting sections of a loop (add_loop_sections says why one)
+
+
+def loop_output_frame_count(generated: int, interpolate: int) -> int:
+    """A loop's frames after interpolation: the in-betweens of every generated pair, plus those from its last frame
+    back to its first (played on repeat, that pair is as close as any other)."""
+    return generated * (interpolate + 1)
+
+
+def add_loop_sections(plan: Plan) -> Plan:
+    """`loop`: the plan with one connecting section after the main ones, and the counts that follow from it. It is
+    generated last, when its future (the video's start, which bi-directional generates last) exists.
+
+    FramePackLoop's approach: the same image at both ends (FLF2V with end = start) snaps at the join, so instead a
+    section is sampled whose context holds the video's last latent frame as its past and the start latent plus the
+    first sections' latents as its future (`framepack.sampling.context.loop_context`). One section, because one is
+    the join: it sits right between its past (the layout's prefix slot, padding 0) and its future (the 1x, 2x and 4x
+    history slots), the place of the first section beside the start image. A second one generated first would have
+    to be placed a window away from the past frame, as the original places its early sections, and only loosely
+    follow the video's end.
+
+    The file holds the start frame, the main sections and the connecting section, in time order and joined with the
+    overlap blend: 4 * window * (main + 1) + 1 frames. Its last frame leads into its first (the start frame, which the
+    connecting section was sampled to precede), so played on repeat there is no seam and no frame twice. The section
+    takes section 0's prompt, keyframe and vision target: it leads into that section.
+    """
+    main, window = plan.num_sections, plan.latent_window_size
+    sections = main + LOOP_SECTIONS
+    if sections > MAX_SECTIONS:
+        raise PlanError(
+            "duration", f"{main} sections and the loop's connecting section exceed the limit of {MAX_SECTIONS} sections"
+        )
+    first, end = VAE_TEMPORAL * window * main + 1, VAE_TEMPORAL * window * sections + 1
+    connecting = plan.sections[0].model_copy(
+        update={
+            "index": main,
+            "order": main,
+            "latent_padding": 0,
+            "first_frame": first,
+            "end_frame": end,
+            "start_time": round(first / plan.generated_fps, 4),
+            "end_time": round(end / plan.generated_fps, 4),
+            "connecting": True,
+        }
+    )
+    generated = generated_frame_count(sections, window)
+    output = loop_output_frame_count(generated, plan.interpolate)
+    calls_per_section = plan.model_calls // (main + int(plan.start_frame_pass))
+    return plan.model_copy(
+        update={
+            "num_sections": sections,
+            "loop_sections": LOOP_SECTIONS,
+            "generated_frames": generated,
+            "output_frames": output,
+            "duration": round(output / plan.fps, 4),
+            "model_calls": plan.model_calls + calls_per_section * LOOP_SECTIONS,
+            "generation_order": [*plan.generation_order, main],
+            "sections": [*plan.sections, connecting],
+        }
+    )
 
 
 def make_plan(
@@ -318,7 +412,7 @@ def make_plan(
     start_frame_pass = request.mode == "t2v"
     calls_per_step = 2 if request.cfg_scale > 1.0 else 1
     model_calls = request.steps * calls_per_step * (sections + (1 if start_frame_pass else 0))
-    return Plan(
+    plan = Plan(
         mode=request.mode,
         variant=request.variant,
         width=width,
@@ -345,3 +439,4 @@ def make_plan(
         self_test_model=request.model == SELF_TEST_MODEL,
         single_frame=single_frame_plan(request) if request.single_frame else None,
     )
+    return add_loop_sections(plan) if request.loop else plan

@@ -49,6 +49,10 @@ class GenerationRecord(BaseModel):
     plan: str  # the plan's one-line summary
     self_test_model: bool = False  # made with the random-weight self-test model: the video is noise
     warnings: list[str] = []  # what the run said that the request does not show (e.g. the enhancer was missing)
+    parent: str | None = (
+        None  # the job it continues or re-rolls (continue_job / reroll_job); unset for a job of its own
+    )
+    parent_kind: str | None = None  # "continue" or "reroll"
     plan_detail: Plan | None = None  # sidecar only: the whole plan
     timings: dict[str, int | float] | None = None  # sidecar only: seconds per stage and section, cache call counts
     outputs: list[str] | None = None  # sidecar only: the output paths
@@ -78,6 +82,8 @@ class GenerationRecord(BaseModel):
         )
         if warnings:
             record.warnings = list(warnings)
+        if plan.extend is not None:  # set only then: records of jobs of their own read and write as before
+            record.parent, record.parent_kind = plan.extend.parent, plan.extend.kind
         return record
 
     def finished(self, plan: Plan, timings: dict[str, int | float], outputs: list[str]) -> GenerationRecord:

@@ -40,6 +40,10 @@ MAX_ENHANCER_LENGTH = 1024  # a hub id is at most 96 + 1 + 96 characters; a fold
 MAX_PROMPT_LENGTH = 20000  # the bound of `prompt`
 MAX_SECTION_PROMPTS_LENGTH = 50000  # the bound of `section_prompts`
 MAX_ENHANCED_PROMPTS = 1000  # one per section at most (framepack.plan.MAX_SECTIONS)
+JOB_ID_LENGTH = 64  # the queue's ids are 32 hex digits; ids name files, so they are kept short and plain
+JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+MAX_SECTION_INDEX = 999  # framepack.plan.MAX_SECTIONS - 1
+EXTEND_FIELDS = ("continue_job", "reroll_job", "reroll_section", "reroll_seed", "reroll_prompt")
 
 
 def field_kind(annotation: typing.Any) -> tuple[type, tuple | None]:
@@ -273,6 +277,22 @@ class GenerateRequest(BaseModel):
         9, ge=1, le=33, description="Latent frames per section (the model is trained on 9)."
     )
 
+    # Seamless loop (issue 16; framepack.plan.add_loop_sections)
+    loop: bool = Field(
+        False,
+        description=(
+            "Seamless loop: after the video, one connecting section (4 x latent_window_size frames more) is generated "
+            "from the video's last latent frame (before it) toward its start frame and first sections (after it), so "
+            "the file's last frame leads into its first when played on repeat. Not with single_frame."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _check_loop(self) -> GenerateRequest:
+        if self.loop and self.single_frame:
+            raise ValueError("loop does not apply to single_frame (it renders one image); turn loop off")
+        return self
+
     # Sampling
     sampler: Sampler = Field("unipc", description="unipc (flow-matching UniPC bh1, the original) or euler.")
     steps: int = Field(25, ge=1, le=100, description="Denoising steps per section.")
@@ -445,6 +465,89 @@ class GenerateRequest(BaseModel):
             "listed here is never enhanced again. Editable in the tab."
         ),
     )
+
+    # Extend (issue 16): keep a finished job's latents, continue it, re-roll one of its sections
+    keep_latents: bool = Field(
+        True,
+        description=(
+            "Keep the finished job's latents (start frame and every section) and its random stream's state with the "
+            "job, so it can be continued (continue_job) or a section re-rolled (reroll_job); deleting the job removes "
+            "them. A minute at 640 keeps about 88 MB with the published model."
+        ),
+    )
+    continue_job: str | None = Field(
+        None,
+        max_length=JOB_ID_LENGTH,
+        description=(
+            "Continue this finished job (its id) from its kept latents, without decoding its video: duration is the "
+            "length ADDED; prompt, section_prompts and settings that do not change the kept latents may be given, "
+            "everything else is the job's. F1: the same frames one longer job with the job's seed makes "
+            "(bidirectional jobs: planned, not run yet)."
+        ),
+    )
+    reroll_job: str | None = Field(
+        None,
+        max_length=JOB_ID_LENGTH,
+        description=(
+            "Re-roll one section of this finished job (its id): reroll_section and the sections that depend on it are "
+            "sampled again, the others come from its kept latents. The result is a new job that names its parent."
+        ),
+    )
+    reroll_section: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_SECTION_INDEX,
+        description=(
+            "The section to re-roll (time order, 0 = first). F1 samples it and every later section again; "
+            "bidirectional samples it and every earlier one again (those are generated after it)."
+        ),
+    )
+    reroll_seed: int = Field(
+        -1,
+        ge=-1,
+        le=2**63 - 1,
+        description="Seed of the re-rolled sections' noise (a new stream from reroll_section on); -1 picks one.",
+    )
+    reroll_prompt: str = Field(
+        "",
+        max_length=MAX_SECTION_PROMPTS_LENGTH,
+        description=(
+            "A new section_prompts line for the re-rolled section (joined to prompt like any line); empty keeps its "
+            "line. A keyframe for it goes in keyframes."
+        ),
+    )
+
+    @field_validator("continue_job", "reroll_job")
+    @classmethod
+    def _check_job_id(cls, value: str | None) -> str | None:
+        if value is not None and not JOB_ID_PATTERN.match(value):
+            raise ValueError("must be a job id: letters, digits, '-' or '_' (the id the queue gave the job)")
+        return value
+
+    @model_validator(mode="after")
+    def _check_extend(self) -> GenerateRequest:
+        rerolling = self.reroll_job is not None
+        problems = {
+            "continue_job": bool(self.continue_job and rerolling)
+            and "continue_job and reroll_job: give one of them, not both",
+            "reroll_section": (rerolling != (self.reroll_section is not None))
+            and (
+                "reroll_section: give the section to re-roll with reroll_job"
+                if rerolling
+                else "reroll_section is used only with reroll_job"
+            ),
+            "reroll_seed": not rerolling and self.reroll_seed != -1 and "reroll_seed is used only with reroll_job",
+            "reroll_prompt": not rerolling
+            and bool(self.reroll_prompt)
+            and "reroll_prompt is used only with reroll_job",
+            "single_frame": self.single_frame
+            and bool(self.continue_job or rerolling)
+            and "single_frame images cannot be continued or re-rolled; leave continue_job and reroll_job out",
+        }
+        problem = next((message for message in problems.values() if message), None)
+        if problem:
+            raise ValueError(problem)
+        return self
 
     @field_validator("enhancer")
     @classmethod

@@ -130,7 +130,7 @@ def build_sinks(
     if request.interpolate > 0:
         with LOAD_LOCK:  # builds a module (several workers in one process)
             interpolator = load_interpolator(request.interpolation, model_dir)
-        return [InterpolatingSink(sinks, interpolator, request.interpolate)]
+        return [InterpolatingSink(sinks, interpolator, request.interpolate, wrap=request.loop)]
     return sinks
 
 
@@ -238,6 +238,29 @@ class Runner:
         ratios = load_mag_ratios(components.variant, self.home or data_home()) if request.cache == "magcache" else None
         return TransformerCache(components.transformer, request.cache, plan.steps, request.cache_threshold, ratios)
 
+    def prepare_model(
+        self,
+        request: GenerateRequest,
+        plan: Plan,
+        recipe: Recipe,
+        on_event: EventCallback = ignore_events,
+        calibrate_magcache: bool = False,
+    ) -> tuple[Components, TransformerCache]:
+        """The job's model: loaded and placed (`components_for`), with the request's LoRAs, attention kernel and
+        cache (to be used as a context manager around the generation, which takes the cache off again)."""
+        components = self.components_for(request, recipe, on_event)
+        if plan.loras:
+            listed = ", ".join(f"{name}:{weight:g}" for name, weight in plan.loras)
+            on_event(StageStarted("apply LoRAs", listed))
+        # the request's LoRAs exactly (none -> any earlier ones are unloaded); an identical set stays applied. A
+        # change happens inside `regrouping`: a streamed transformer regroups its blocks with the LoRA layers once
+        # (diffusers' unload_lora would otherwise rebuild group offload too, re-pinning every weight)
+        refs = [LoraRef(name, weight) for name, weight in plan.loras]
+        with LOAD_LOCK:  # LoRA layers are new modules (several workers in one process)
+            ensure_loras(components.transformer, refs, self.lora_dir, around_change=self._offloader.regrouping)
+        set_attention(components.transformer, request.attention)
+        return components, self.cache_for(request, plan, components, calibrate_magcache)
+
     def enhance(
         self,
         request: GenerateRequest,
@@ -330,19 +353,7 @@ class Runner:
         try:
             sinks = build_sinks(request, plan, path, self.home or data_home(), commit, record)
             try:
-                components = self.components_for(request, recipe, on_event)
-                if plan.loras:
-                    listed = ", ".join(f"{name}:{weight:g}" for name, weight in plan.loras)
-                    on_event(StageStarted("apply LoRAs", listed))
-                # the request's LoRAs exactly (none -> any earlier ones are unloaded); an identical set stays
-                # applied. A change happens inside `regrouping`: a streamed transformer regroups its blocks with the
-                # LoRA layers once (diffusers' unload_lora would otherwise rebuild group offload too, re-pinning
-                # every weight)
-                refs = [LoraRef(name, weight) for name, weight in plan.loras]
-                with LOAD_LOCK:  # LoRA layers are new modules (several workers in one process)
-                    ensure_loras(components.transformer, refs, self.lora_dir, around_change=self._offloader.regrouping)
-                set_attention(components.transformer, request.attention)
-                cache = self.cache_for(request, plan, components, calibrate_magcache)
+                components, cache = self.prepare_model(request, plan, recipe, on_event, calibrate_magcache)
             except BaseException:
                 abort_sinks(sinks)
                 raise

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
     from framepack.jobs.service import JobService
+    from framepack.uploads import UploadLimits
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,8 @@ class ServeSettings:
     keep_days: float = 0.0  # days ended jobs are kept (0: forever)
     prune_outputs: bool = False  # delete the outputs of pruned jobs too
     farm: FarmSettings = FarmSettings()  # the workers: --gpus, --executor and the Ray flags
+    upload_max_mb: float = 512.0  # the largest upload, in MiB
+    upload_hours: float = 24.0  # how long an upload can be named
 
     def retention(self) -> Retention:
         """The retention these settings ask for; ValueError naming the flag for a negative or non-finite value."""
@@ -59,6 +62,22 @@ class ServeSettings:
         if self.prune_outputs and not (self.keep_jobs or self.keep_days):
             raise ValueError("--prune-outputs needs --keep-jobs or --keep-days (otherwise no job is ever pruned)")
         return Retention(self.keep_jobs or None, self.keep_days or None, self.prune_outputs)
+
+    def upload_limits(self) -> UploadLimits:
+        """The upload limits these settings ask for; ValueError naming the flag for a value out of range."""
+        from framepack.uploads import MiB, UploadLimits
+
+        if not math.isfinite(self.upload_max_mb) or self.upload_max_mb * MiB < 1:
+            raise ValueError(f"--upload-max-mb {self.upload_max_mb}: must be a positive number of MiB")
+        if not math.isfinite(self.upload_hours) or self.upload_hours <= 0:
+            raise ValueError(f"--upload-hours {self.upload_hours}: must be a positive number of hours")
+        max_bytes = int(self.upload_max_mb * MiB)
+        default = UploadLimits()
+        return UploadLimits(
+            max_bytes=max_bytes,
+            max_image_bytes=min(default.max_image_bytes, max_bytes),
+            expire_seconds=self.upload_hours * 3600,
+        )
 
 
 def serve_defaults(model: str | None) -> dict[str, str]:
@@ -117,6 +136,7 @@ def serve(settings: ServeSettings) -> int:
     """Run the server until interrupted."""
     credentials = Credentials.from_options(settings.auth, settings.token)  # bad values fail before heavy imports
     retention = settings.retention()
+    upload_limits = settings.upload_limits()
     defaults = serve_defaults(settings.model)
     if settings.device and settings.farm.devices:
         raise FarmError("give --device (one worker) or --gpus (one worker per device), not both")
@@ -127,6 +147,7 @@ def serve(settings: ServeSettings) -> int:
     from api.server import create_app
     from framepack.compose import build_job_service
     from framepack.host import StandaloneHost
+    from framepack.uploads import UploadStore, uploads_folder
 
     data_dir = server_data_dir(settings.data_dir)
     output_dir = Path(settings.output_dir) if settings.output_dir else data_dir / "outputs"
@@ -138,7 +159,10 @@ def serve(settings: ServeSettings) -> int:
         host, data_dir, max_queued=settings.max_queued, request_defaults=lambda: defaults, farm=settings.farm
     )
     # The lifespan closes the store: after SIGTERM uvicorn re-raises the signal, so no code after run() runs.
-    app = create_app(service, output_dir, credentials, max_streams=settings.max_streams, close_on_shutdown=True)
+    uploads = UploadStore(uploads_folder(data_dir), upload_limits)
+    app = create_app(
+        service, output_dir, credentials, max_streams=settings.max_streams, close_on_shutdown=True, uploads=uploads
+    )
     app = mount_tab(app, service, output_dir, data_dir, credentials)
     logger.info(
         "FramePack API on http://%s:%d (data %s, outputs %s)", settings.host, settings.port, data_dir, output_dir

@@ -33,7 +33,7 @@ class LiveServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 90.0) -> LiveServer:
+    def start(self, timeout: float = 180.0) -> LiveServer:
         env = {
             **os.environ,
             "FRAMEPACK_HOME": str(self.home),

@@ -50,6 +50,11 @@ def raw_frames(data: bytes, folder, name: str) -> np.ndarray:
     return read_raw_frames(path)
 
 
+def without_estimate(plan: dict) -> dict:
+    """A plan without its time estimate, which depends on the jobs that ran before it."""
+    return {key: value for key, value in plan.items() if key != "estimated_seconds"}
+
+
 def test_live_submit_poll_stream_download(home, tmp_path):
     server = LiveServer(home, tmp_path / "data", tmp_path / "server.log").start()
     try:
@@ -144,7 +149,8 @@ def test_crash_kill_9_mid_job_then_restart_resumes_to_the_same_frames(home, tmp_
             clean = client.post(PREFIX, json={**CRASH, "filename": "uninterrupted"})
             assert clean.status_code == 200, clean.text
             assert clean.json()["resumed_sections"] == 0
-            assert clean.json()["plan"] == resumed["plan"]
+            # the same plan; the clean job's may carry a time estimate learnt from the resumed job that just ran
+            assert without_estimate(clean.json()["plan"]) == without_estimate(resumed["plan"])
 
             resumed_video = video_frames(client.get(f"{PREFIX}/files/crashed.mp4").content)
             clean_video = video_frames(client.get(f"{PREFIX}/files/uninterrupted.mp4").content)

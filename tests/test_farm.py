@@ -496,6 +496,33 @@ def test_with_shared_outputs_a_worker_writes_into_the_output_folder_itself(ray_f
     assert farm.workers == []  # closing the manager ended the farm's workers
 
 
+def test_a_continuation_on_ray_workers_gets_the_parent_s_kept_latents_and_equals_one_longer_job(
+    ray_farm, farm_manager, tmp_path
+):
+    """keep_latents over Ray: each worker sends its job's kept latents back to the head, which keeps them; a
+    continuation's worker gets them from the head with the job (continue_job, issue 16)."""
+    _farm, head = ray_farm
+    section_s = 4 / 30  # one window-1 section at 30 fps
+    image = str(pattern_image(tmp_path / "start.png", 160, 128))
+    fields = {**FAST, **RAW, "latent_window_size": 1, "steps": 1, "fps": 30, "variant": "f1", "init_image": image}
+    whole = head.run(GenerateRequest(**{**fields, "duration": 4 * section_s, "filename": "continue-reference"}))
+    manager = farm_manager()
+    parent = manager.wait(manager.submit(GenerateRequest(**{**fields, "duration": 3 * section_s})).id, WAIT_S)
+    assert parent.state == JobState.FINISHED, parent.error
+    assert parent.latents_kept and parent.worker.startswith("ray:")
+    continued = manager.wait(manager.submit(GenerateRequest(continue_job=parent.id, duration=section_s)).id, WAIT_S)
+    assert continued.state == JobState.FINISHED, continued.error
+    assert (continued.parent, continued.parent_kind, continued.plan["extend"]["restored"]) == (
+        parent.id,
+        "continue",
+        [0, 1, 2],
+    )
+    assert continued.timings["sampled_steps"] == 1  # the added section only: the rest came from the parent
+    continued_frames = read_raw_frames(Path(head.output_dir) / continued.outputs[0])
+    assert continued_frames.shape[0] == 17  # 4 sections of 4 frames and the start
+    np.testing.assert_array_equal(continued_frames, read_raw_frames(Path(whole.outputs[0])))
+
+
 def test_images_named_by_path_travel_inside_the_request(tmp_path):
     from framepack.jobs.ray_executor import embedded_images
 

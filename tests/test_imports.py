@@ -13,8 +13,8 @@ Layers, from the bottom:
 - the command-line tools: `framepack.cli`, `framepack.__main__`, `encode-video.py`. They run the engine
   directly; the CLI reaches the server only through `framepack.serve`; none imports api/ or the tab.
 - the faces, which talk to jobs only through the `JobService` protocol:
-  - api/: of framepack only the request and plan models, the errors and `framepack.jobs.{service, events,
-    models, errors}`;
+  - api/: of framepack only the request and plan models, the errors, `framepack.jobs.{service, events,
+    models, errors}` and the store of its uploads, `framepack.uploads`;
   - framepack.ui: the same, plus the engine's pure helpers it renders with (images, defaults, the output file
     suffixes of `framepack.outputs`); never api/;
   - scripts/ (SD.Next's entry): the composition root, the host adapter, the tab and the defaults;
@@ -48,7 +48,7 @@ DATA_MODELS = ("framepack.request", "framepack.plan", "framepack.errors")
 
 # For each face: the framepack modules it may import (prefixes), everything else of framepack being refused.
 FACE_ALLOWED = {
-    "api": (*DATA_MODELS, *SERVICE_SIDE),
+    "api": (*DATA_MODELS, *SERVICE_SIDE, "framepack.uploads"),
     "framepack.ui": ("framepack.ui", *DATA_MODELS, *SERVICE_SIDE, "framepack.images", "framepack.defaults",
                      "framepack.outputs"),
     "scripts": ("framepack.compose", "framepack.host", "framepack.ui", "framepack.defaults", *SERVICE_SIDE),

@@ -23,6 +23,7 @@ from typing import Protocol
 import torch
 
 from framepack.events import CancelToken, Event, PromptsEnhanced
+from framepack.generate import KeptLatents
 from framepack.jobs.checkpoints import SectionKey
 from framepack.jobs.prepare import PreparedJob
 from framepack.models.recipe import Recipe
@@ -36,10 +37,11 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class RunResult:
-    """What a finished run wrote (paths as written) and how long its parts took."""
+    """What a finished run wrote (paths as written), how long its parts took, and with keep_latents what it keeps."""
 
     outputs: list[str]
     timings: dict[str, float] = field(default_factory=dict)
+    kept: KeptLatents | None = None
 
 
 class WorkerLost(Exception):
@@ -75,8 +77,9 @@ class Executor(Protocol):
     name: str  # the worker's name in the job record ("cpu", "cuda:1", "ray:<actor id>")
 
     def run(self, job: PreparedJob, restored: dict[SectionKey, torch.Tensor], sink: RunSink) -> RunResult:
-        """Run `job` with the sections in `restored` already sampled; raises what the engine raises (Cancelled
-        when `sink.cancel` was set)."""
+        """Run `job` with the sections in `restored` already sampled (and, for a continuation or re-roll, its
+        parent's latents; see `framepack.generate.generate`); raises what the engine raises (Cancelled when
+        `sink.cancel` was set)."""
 
     def load_model(self, request: GenerateRequest) -> bool:
         """Load the request's model before its first job (waits while a job runs); True for the self-test model."""
@@ -126,7 +129,7 @@ class LocalExecutor:
                 on_section_latents=sink.section_latents,
             )
             sink.outputs(list(result.outputs))
-        return RunResult(list(result.outputs), dict(result.timings))
+        return RunResult(list(result.outputs), dict(result.timings), result.kept)
 
     def load_model(self, request: GenerateRequest) -> bool:
         recipe = resolve_recipe(request.model, request.variant, self.runner.home)

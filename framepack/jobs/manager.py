@@ -63,7 +63,8 @@ import torch
 
 from framepack.errors import FieldError
 from framepack.events import Cancelled, CancelToken, Event
-from framepack.generate import START
+from framepack.extend import ParentJob, resolve
+from framepack.generate import START, STREAM, KeptLatents
 from framepack.jobs.bus import AsyncSubscription, EventBus, Subscriber, loop_waker
 from framepack.jobs.checkpoints import CheckpointStore, SectionKey
 from framepack.jobs.cleanup import remove_outputs
@@ -96,12 +97,14 @@ from framepack.jobs.models import (
     QueueState,
     Retention,
     WorkerState,
+    parent_of,
 )
 from framepack.jobs.names import check_output_name, remove_partial_outputs
 from framepack.jobs.prepare import PreparedJob, Preparer
 from framepack.jobs.service import MissingComponent
 from framepack.jobs.store import STORE_FILE, FolderLock, JobStore
 from framepack.jobs.thumbnails import THUMBNAIL_SIZE, fit, image_thumbnail, video_thumbnail
+from framepack.kept_latents import KeptLatentsError, KeptStore, read_metadata
 from framepack.outputs import VIDEO_SUFFIXES
 from framepack.plan import Plan
 from framepack.record import read_record
@@ -195,6 +198,7 @@ class JobManager:
         self._hooks = host_hooks
         self._store = JobStore(self.jobs_dir / STORE_FILE)  # CorruptStore: one line, what to do
         self._checkpoints = CheckpointStore(self.jobs_dir / "jobs")
+        self._kept = KeptStore(self.jobs_dir / "latents")  # finished jobs' latents (keep_latents)
         self._bus = EventBus(event_queue_size)
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
@@ -326,7 +330,7 @@ class JobManager:
         it exists) or QueueFull. Jobs without a filename are named by time, seed and id: those never clash.
         """
         self._check_room()
-        prepared = self._preparer.prepare(request, uuid.uuid4().hex)
+        prepared = self._prepare(request, uuid.uuid4().hex)
         job = _queued_job(prepared)
         with self._lock:
             self._check_room()
@@ -349,7 +353,7 @@ class JobManager:
         prepared_jobs = []
         for line, request in enumerate(requests, 1):
             try:
-                prepared_jobs.append(self._preparer.prepare(request, uuid.uuid4().hex))
+                prepared_jobs.append(self._prepare(request, uuid.uuid4().hex))
             except Exception as error:
                 failure = classify(error)
                 if failure is None:
@@ -484,6 +488,7 @@ class JobManager:
             for key in [key for key in self._thumbnails if key[0] == job_id]:
                 del self._thumbnails[key]
         self._checkpoints.remove(job_id)
+        self._kept.remove(job_id)
         removed, kept = remove_outputs(job, self.output_dir) if files else ([], list(job.outputs))
         logger.info("deleted job %s (%d outputs removed, %d kept)", job_id, len(removed), len(kept))
         return DeletedJob(job=job, removed_files=removed, kept_files=kept)
@@ -509,15 +514,21 @@ class JobManager:
         return self._preparer.complete(request)
 
     def plan(self, request: GenerateRequest, check_encoder: bool = False) -> Plan:
-        return self._preparer.plan(request, check_encoder)
+        """The plan of the completed request; a continuation's or re-roll's (`framepack.extend`) against its parent."""
+        extension = resolve(request, self._parent)
+        if extension is None:
+            return self._preparer.plan(request, check_encoder)
+        return extension.plan(self._preparer.plan(extension.request, check_encoder))
 
     def missing_components(self, request: GenerateRequest) -> list[MissingComponent]:
-        return self._preparer.missing(request)
+        extension = resolve(request, self._parent)
+        return self._preparer.missing(extension.request if extension is not None else request)
 
     def enhance(self, request: GenerateRequest) -> EnhanceResult:
         """Every distinct section prompt enhanced anew, no video made (checked as a submit would: plan, images, the
         enhancer's files); runs on the job device after any running job."""
-        request = self._preparer.complete(request)
+        extension = resolve(request, self._parent)  # a continuation's or re-roll's prompts are its parent's
+        request = self._preparer.complete(extension.request if extension is not None else request)
         plan = self._preparer.plan(request)
         self._preparer.check_enhancer(request, plan, everything=True)
         return enhance_result(self._free_executor().enhance(request, plan), plan.num_sections)
@@ -782,6 +793,7 @@ class JobManager:
                 self._store.update(job)
             if restored:
                 logger.info("job %s: resuming with %d sections restored from checkpoints", job.id, job.resumed_sections)
+            restored = {**self._parent_latents(prepared.plan), **restored}
             result = worker.executor.run(prepared, restored, _JobSink(self, job, token))
         except Cancelled:
             with self._lock:
@@ -807,6 +819,8 @@ class JobManager:
             self._leave_running(job)
             return "stop"
         else:
+            if result.kept is not None:
+                self._keep(job, prepared.plan, result.kept)
             outputs = [self._relative(path) for path in result.outputs]
             self._end(job, JobState.FINISHED, outputs=outputs, timings=result.timings)
             logger.info("job %s finished: %s", job.id, ", ".join(outputs))
@@ -848,6 +862,63 @@ class JobManager:
             self._bus.publish(job.id, _event(StateEvent, self._public(job)))
             self._changed.notify_all()
         return "lost"
+
+    def _prepare(self, request: GenerateRequest, job_id: str) -> PreparedJob:
+        """`Preparer.prepare`; a continuation or re-roll is first resolved against its parent (`framepack.extend`:
+        every refusal names its field, before any model loads) and its plan says what comes from the parent."""
+        extension = resolve(request, self._parent)
+        if extension is None:
+            return self._preparer.prepare(request, job_id)
+        extension.check_runnable()
+        prepared = self._preparer.prepare(extension.request, job_id)
+        extension.check_images(prepared.image_digests)
+        return dataclasses.replace(prepared, plan=extension.plan(prepared.plan))
+
+    def _parent(self, job_id: str) -> ParentJob | None:
+        """A job as a continuation or re-roll sees its parent (None when there is no such job)."""
+        with self._lock:
+            job = self._jobs.get(job_id) or self._store.get(job_id)
+        if job is None:
+            return None
+        kept = None
+        if job.state == JobState.FINISHED and self._kept.exists(job_id):
+            try:
+                kept = read_metadata(self._kept.path(job_id))
+            except KeptLatentsError as error:
+                logger.warning("job %s: %s", job_id, error)
+        plan = Plan.model_validate(job.plan) if job.plan is not None else None
+        return ParentJob(job.id, job.state.value, job.request, plan, self._store.image_digests(job_id), kept)
+
+    def _parent_latents(self, plan: Plan) -> dict[SectionKey, torch.Tensor]:
+        """What a continuation or re-roll restores from its parent's kept latents: START, the sections it reuses
+        and, for a continuation, the parent's random-stream state (STREAM). FieldError naming continue_job or
+        reroll_job when the parent or its latents went away after the job was queued."""
+        extend = plan.extend
+        if extend is None or extend.source_latents:
+            return {}
+        field = "continue_job" if extend.kind == "continue" else "reroll_job"
+        parent = self._store.get(extend.parent)
+        if parent is None or parent.plan is None:
+            raise FieldError(field, f"job {extend.parent} was deleted after this job was queued, with its latents")
+        try:
+            kept = self._kept.load(extend.parent, Plan.model_validate(parent.plan), [START, *extend.restored])
+        except KeptLatentsError as error:
+            raise FieldError(field, f"job {extend.parent}'s kept latents are gone or unreadable ({error})") from None
+        restored: dict[SectionKey, torch.Tensor] = dict(kept.latents)
+        if extend.kind == "continue":
+            restored[STREAM] = kept.stream_state
+        return restored
+
+    def _keep(self, job: Job, plan: Plan, kept: KeptLatents) -> None:
+        """Keep a finished job's latents (`keep_latents`); a failure (disk full) costs them, never the video."""
+        try:
+            size = self._kept.save(job.id, kept, plan)
+        except OSError as error:
+            logger.warning("job %s: its latents were not kept: %s", job.id, error)
+            with self._lock:
+                job.progress.warnings.append(f"the latents were not kept, so it cannot be continued: {error}")
+            return
+        logger.info("job %s: kept its latents (%.1f MB)", job.id, size / 1e6)
 
     def _restore(self, job: Job) -> PreparedJob:
         """A job this manager did not submit (queued or left running by an earlier process), from its row."""
@@ -972,9 +1043,11 @@ class JobManager:
         return job
 
     def _public(self, job: Job) -> Job:
-        """A copy for faces, with queue_position filled in."""
+        """A copy for faces, with queue_position, the parent link and whether its latents are kept filled in."""
         copy = job.model_copy(deep=True)
         copy.queue_position = self._queue.index(job.id) if job.id in self._queue else None
+        copy.parent, copy.parent_kind = parent_of(job.request)
+        copy.latents_kept = job.state == JobState.FINISHED and self._kept.exists(job.id)
         return copy
 
     def _absolute(self, path: str) -> Path:

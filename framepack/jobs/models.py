@@ -70,6 +70,20 @@ class Job(BaseModel):
     lease_expires_at: float | None = Field(
         None, description="while it runs: when its worker's lease ends unless renewed (the queue renews it)"
     )
+    parent: str | None = Field(None, description="the job this one continues or re-rolls (continue_job, reroll_job)")
+    parent_kind: Literal["continue", "reroll"] | None = Field(None, description="how it derives from its parent")
+    latents_kept: bool = Field(
+        False, description="its latents are kept (keep_latents): it can be continued or a section re-rolled"
+    )
+
+
+def parent_of(request: dict[str, Any]) -> tuple[str | None, Literal["continue", "reroll"] | None]:
+    """(parent job id, kind) a stored request names; (None, None) for a job of its own."""
+    if request.get("continue_job"):
+        return str(request["continue_job"]), "continue"
+    if request.get("reroll_job"):
+        return str(request["reroll_job"]), "reroll"
+    return None, None
 
 
 ENDED_STATES = (JobState.FINISHED, JobState.FAILED, JobState.CANCELLED)

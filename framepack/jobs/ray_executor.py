@@ -40,6 +40,7 @@ from typing import Any
 import torch
 
 from framepack.events import CancelToken, Event, PromptsEnhanced, StepProgress
+from framepack.generate import KeptLatents
 from framepack.images import is_file_path
 from framepack.jobs.checkpoints import SectionKey
 from framepack.jobs.executor import LocalExecutor, RunResult, RunSink, WorkerLost
@@ -171,7 +172,11 @@ class RenderWorker:
         token = CancelToken()
         with self._lock:
             self._token, self._steps, self._events = token, 0, []
-        return self._executor.run(job, restored, _QueueSink(self, token))
+        result = self._executor.run(job, restored, _QueueSink(self, token))
+        if result.kept is not None:  # keep_latents: sent to the head, which keeps them (on its CPU)
+            latents = {key: tensor.detach().to("cpu") for key, tensor in result.kept.latents.items()}
+            result.kept = KeptLatents(latents, result.kept.stream_state.detach().to("cpu"))
+        return result
 
     def _put(self, item: tuple, done_steps: int | None = None) -> None:
         with self._lock:
@@ -325,7 +330,7 @@ class RayWorker:
                 self._refresh()
                 outputs = result.outputs if self._config.shared_outputs else self._fetch(result.outputs, job)
                 sink.outputs(outputs)
-        return RunResult(outputs, result.timings)
+        return RunResult(outputs, result.timings, result.kept)
 
     def _render(self, job: PreparedJob, restored: dict[SectionKey, torch.Tensor], sink: RunSink) -> RunResult:
         """Start the job on the actor and relay its events, latents and a cancel until it returns."""

@@ -54,6 +54,10 @@ class JobService(Protocol):
     def output_dir(self) -> Path:
         """The folder jobs write to unless their request names another; job outputs are relative to it."""
 
+    @property
+    def jobs_dir(self) -> Path:
+        """The folder of the job database and checkpoints (the API keeps its uploads beside them)."""
+
     # -------------------------------------------------------------------------------------------- lifecycle
 
     def start(self) -> None:

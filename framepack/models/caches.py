@@ -10,6 +10,14 @@ section, and `TransformerCache.call` opens the branch's context around each tran
 
 TeaCache follows the original FramePack (lllyasviel/FramePack, hunyuan_video_packed.py) but is written as
 diffusers hooks on the blocks; MagCache and FirstBlockCache are diffusers' own hooks.
+
+Under context parallelism (framepack/models/parallel.py) every rank must make the same skip decision on every call,
+or some ranks would enter the next collective and the others never would (a hang). The cache hooks are added after
+the parallel ones, so they wrap them and see the whole, unsplit sequence at the first block's input and the gathered
+one at the last block's output. MagCache decides from its calibrated ratios and the step alone: the same everywhere.
+TeaCache measures its relative L1 change as a ratio of two sums that are all-reduced over the ranks (right for a
+whole tensor and for a shard alike, and identical bits on every rank). FirstBlockCache is refused: diffusers' hook
+measures the first block's output, which each rank holds only a shard of, and neither gathers nor all-reduces it.
 """
 
 from __future__ import annotations
@@ -27,12 +35,14 @@ from typing import Any, get_args
 
 import numpy
 import torch
+import torch.distributed as dist
 from diffusers.hooks import FirstBlockCacheConfig, MagCacheConfig
 from diffusers.hooks._helpers import TransformerBlockRegistry
 from diffusers.hooks.hooks import BaseState, HookRegistry, ModelHook, StateManager
 from diffusers.utils.torch_utils import unwrap_module
 
 from framepack.models.offload import invalidate_registry_cache
+from framepack.models.parallel import is_parallel_hook, parallel_group
 from framepack.models.recipe import VARIANTS  # the loaded transformer's variants; recipe.py is their source
 from framepack.request import Cache
 
@@ -46,6 +56,13 @@ BRANCHES = ("cond", "uncond")
 # TeaCache's rescale polynomial for HunyuanVideo, as the original FramePack uses it: it maps the relative L1
 # change of the first block's modulated input to an estimate of the change of the model output.
 TEACACHE_COEFFICIENTS = (7.33226126e02, -4.01131952e02, 6.75869174e01, -3.14987800e00, 9.61237896e-02)
+
+# cache methods that cannot run under context parallelism, and why (framepack/models/parallel.py)
+PARALLEL_REFUSED = {
+    "fbc": "fbc cannot run with context parallelism: diffusers' FirstBlockCache decides from the first block's "
+    "output, which each rank holds only a shard of (it neither gathers nor all-reduces it), so the ranks would "
+    "decide differently and wait on each other forever; use teacache, magcache or none"
+}
 
 RATIOS_FILE = "magcache_ratios.json"
 PACKAGED_RATIOS = Path(__file__).with_name(RATIOS_FILE)
@@ -82,17 +99,25 @@ class TeaCacheState(BaseState):
         self.should_compute = True
 
 
-def _relative_l1(current: torch.Tensor, previous: torch.Tensor) -> float:
-    """mean|current - previous| / mean|previous|, in float32 so bf16 inputs do not round the decision."""
+def _relative_l1(current: torch.Tensor, previous: torch.Tensor, group: dist.ProcessGroup | None = None) -> float:
+    """mean|current - previous| / mean|previous|, in float32 so bf16 inputs do not round the decision. With a
+    context-parallel `group`, the two sums are all-reduced first (the counts cancel), so every rank gets the same
+    value, whether it holds the whole tensor or a shard of it."""
     previous = previous.float()
-    return float((current.float() - previous).abs().mean() / previous.abs().mean())
+    sums = torch.stack([(current.float() - previous).abs().sum(), previous.abs().sum()])
+    if group is not None:
+        if "cpu" in str(dist.get_backend(group)):
+            sums = sums.cpu()
+        dist.all_reduce(sums, group=group)
+    return float(sums[0] / sums[1])
 
 
 def _weights_may_be_elsewhere(block: torch.nn.Module) -> bool:
     """Whether some other hook wraps the block (diffusers group offload, an accelerate offload hook): then its
     weights may only be on the compute device while the block itself runs."""
     registry = getattr(block, "_diffusers_hook", None)
-    return hasattr(block, "_hf_hook") or (registry is not None and len(registry.hooks) > 1)
+    others = [name for name in registry.hooks if not is_parallel_hook(name)] if registry is not None else []
+    return hasattr(block, "_hf_hook") or len(others) > 1  # context parallelism's hooks move no weights
 
 
 def _block_outputs(metadata, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor) -> tuple:
@@ -122,10 +147,18 @@ class TeaCacheHeadHook(_TeaCacheHook):
 
     _is_stateful = True
 
-    def __init__(self, state_manager: StateManager, threshold: float, steps: int, is_tail: bool = False) -> None:
+    def __init__(
+        self,
+        state_manager: StateManager,
+        threshold: float,
+        steps: int,
+        is_tail: bool = False,
+        group: dist.ProcessGroup | None = None,
+    ) -> None:
         super().__init__(state_manager, is_tail)
         self.threshold = threshold
         self.steps = steps
+        self.group = group  # the context-parallel ranks, which must agree on every decision
         self.rescale = numpy.poly1d(TEACACHE_COEFFICIENTS)
 
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
@@ -175,7 +208,7 @@ class TeaCacheHeadHook(_TeaCacheHook):
             compute = True
             state.accumulated = 0.0
         else:
-            state.accumulated += float(self.rescale(_relative_l1(modulated, state.previous_modulated)))
+            state.accumulated += float(self.rescale(_relative_l1(modulated, state.previous_modulated, self.group)))
             compute = state.accumulated >= self.threshold
             if compute:
                 state.accumulated = 0.0
@@ -227,7 +260,7 @@ def apply_teacache(transformer: torch.nn.Module, threshold: float, steps: int) -
     for _, block in rest:
         hook = TeaCacheBlockHook(state_manager, is_tail=block is blocks[-1][1])
         HookRegistry.check_if_exists_or_initialize(block).register_hook(hook, _TEACACHE_BLOCK_HOOK)
-    head_hook = TeaCacheHeadHook(state_manager, threshold, steps, is_tail=not rest)
+    head_hook = TeaCacheHeadHook(state_manager, threshold, steps, is_tail=not rest, group=parallel_group(transformer))
     HookRegistry.check_if_exists_or_initialize(head).register_hook(head_hook, _TEACACHE_HEAD_HOOK)
     invalidate_registry_cache(HookRegistry.check_if_exists_or_initialize(transformer))
     return state_manager
@@ -295,6 +328,8 @@ class TransformerCache:
             raise ValueError("calibrate=True measures MagCache ratios; it needs method 'magcache'")
         if getattr(transformer, "is_cache_enabled", False) or _has_teacache(transformer):
             raise ValueError("the transformer already carries a cache; remove() it before installing another")
+        if method in PARALLEL_REFUSED and parallel_group(transformer) is not None:
+            raise ValueError(PARALLEL_REFUSED[method])
 
         if method == "magcache" and not calibrate:
             if mag_ratios is None:

@@ -59,7 +59,13 @@ from framepack.models.quantize import (
     quantize_module,
 )
 from framepack.models.recipe import DEFAULT_DTYPES, VARIANTS, ComponentSource, Recipe
-from framepack.models.single_file import SingleFileError, check_transformer_header, load_transformer_file, read_header
+from framepack.models.single_file import (
+    SingleFileError,
+    check_transformer_header,
+    load_transformer_file,
+    read_header,
+    transformer_config,
+)
 from framepack.models.tiny import is_self_test_folder
 
 logger = logging.getLogger(__name__)
@@ -390,6 +396,16 @@ def _check_single_file(name: str, source: ComponentSource, hub: HubCache) -> Mod
             "bf16 version",
         )
     return None
+
+
+def cached_transformer_config(source: ComponentSource, hub: HubCache = DEFAULT_HUB) -> dict[str, Any] | None:
+    """The transformer's config without loading it and without the network: its folder's (or cached hub repo's)
+    config.json, or a single file's stored or inferred config; None when it is not on this machine."""
+    if source.is_single_file:
+        path = _find_single_file(source, hub)
+        return None if path is None else transformer_config(read_header(path))
+    path = _find_file(source, "config.json", hub)
+    return None if path is None else json.loads(path.read_text(encoding="utf-8"))
 
 
 def _find_single_file(source: ComponentSource, hub: HubCache) -> Path | None:

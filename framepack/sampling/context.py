@@ -82,6 +82,17 @@ def bidirectional_context(
     return _context(prefix, i_prefix, i_latents, (latents_1x, i_1x), (latents_2x, i_2x), (latents_4x, i_4x))
 
 
+def loop_context(before: torch.Tensor, after: torch.Tensor, window: int) -> SectionContext:
+    """A loop's connecting section, between the video's end and its start (`framepack.plan.add_loop_sections`), for
+    both variants: the bi-directional layout at padding 0. `before` ends with the video's last latent frame, which
+    takes the prefix slot right before the window (the layout has one past slot); `after` is the video's start in
+    time order (the start latent, then the first sections' latents) and fills the 1x, 2x and 4x slots after it.
+
+    F1 gets this layout too: its transformer takes any clean frames at any indices, but its checkpoint was trained with
+    history before the window only, so with F1 the future slots are context it has not seen in training."""
+    return bidirectional_context(before[:, :, -1:], after, 0, window)
+
+
 def forward_context(prefix: torch.Tensor, before: torch.Tensor, window: int) -> SectionContext:
     """F1: the section follows its history; `before` is the video so far in time order (start frame first)."""
     history = _fit(before, keep_start=False)

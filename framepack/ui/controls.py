@@ -32,9 +32,12 @@ from framepack.request import (
     field_kind,
 )
 
-# Fields with no control: the host decides them.
+# Fields with no control of their own: the host decides them, or a button of the queue panel sets them for the job
+# chosen there (Continue, Re-roll; see framepack.ui.queue_panel).
+EXTEND_BUTTONS = "set by the queue panel's Continue and Re-roll buttons for the job chosen there"
 HOST_CHOSEN: dict[str, str] = {
     "output_dir": "the host chooses the output folder (SD.Next's video folder, or the server's --output-dir)",
+    **dict.fromkeys(("continue_job", "reroll_job", "reroll_section", "reroll_seed", "reroll_prompt"), EXTEND_BUTTONS),
 }
 RGBA_IMAGES = ("reference_image",)  # image controls that keep transparency (the alpha channel is a mask)
 KEYFRAMES = "keyframes"
@@ -56,10 +59,12 @@ LABELS = {
     "save_raw": "Save raw frames (.safetensors)",
     "jpeg_quality": "JPEG quality",
     "preview": "Section previews",
+    "loop": "Seamless loop (one connecting section more)",
     "enhance": "Enhance prompts",
     "enhancer": "Enhancer model (tiny = SELF-TEST, its text is noise)",
     "enhance_instructions": "Enhancer instructions (empty = built in)",
     "enhanced_prompts": "Enhanced prompts",
+    "keep_latents": "Keep latents (to continue or re-roll the job later)",
 }
 MODEL_CHOICES = list(BUILTIN_MODELS)
 ENHANCER_CHOICES = [DEFAULT_ENHANCER, QUALITY_ENHANCER, SELF_TEST_ENHANCER]

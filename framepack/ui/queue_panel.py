@@ -4,8 +4,10 @@ Running and queued jobs (in queue order) and the latest ended ones are shown in 
 progress and time, refreshed every few seconds. A job chosen in the "Job" list can be cancelled, re-run (its
 settings, images included, loaded into the controls), deleted (optionally with the files it wrote), or moved in
 the queue; the queue as a whole can be paused and resumed, and the current controls queued without following the
-run ("Add to queue"). Everything goes through the `JobService`; every handler answers with a message, never
-raises.
+run ("Add to queue"). A finished job can be continued (seconds added, optionally a new prompt) or one of its
+sections re-rolled (a section of the storyboard picks it); "Variants" shows the chosen job's family, its parents
+and the continuations and re-rolls made of them, as an indented list. Everything goes through the `JobService`;
+every handler answers with a message, never raises.
 
 `QueuePanel` holds the handlers (testable without a browser); `build_queue_panel` makes its components inside
 the tab's Blocks and wires them to the tab's controls.
@@ -23,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from framepack.jobs.models import ENDED_STATES, Job, JobState
+from framepack.request import GenerateRequest
 from framepack.ui import compat
 from framepack.ui.controls import (
     CONTROL_FIELDS,
@@ -45,6 +48,8 @@ THUMBNAIL_PX = 96  # the longer side of a thumbnail in the table
 PICTURES_KEPT = 256  # encoded thumbnails kept between refreshes
 PROMPT_SHOWN = 60  # characters of the prompt shown in a row and in the job list
 SEPARATOR = " · "  # between the short id and the prompt in the job list
+VARIANTS_SCANNED = 1000  # the newest jobs searched for a job's parents and children
+KIND_WORDS = {"continue": "continues", "reroll": "re-rolls"}
 
 
 def _clock(seconds: float | None) -> str:
@@ -61,6 +66,13 @@ def _duration(seconds: float | None) -> str:
 def short_prompt(job: Job) -> str:
     prompt = " ".join(str(job.request.get("prompt") or "").split())
     return prompt if len(prompt) <= PROMPT_SHOWN else prompt[: PROMPT_SHOWN - 1] + "…"
+
+
+def lineage(job: Job) -> str:
+    """'↳ continues abcd1234: ' for a continuation or re-roll ('' for a job of its own)."""
+    if job.parent is None or job.parent_kind is None:
+        return ""
+    return f"↳ {KIND_WORDS[job.parent_kind]} {job.parent[:8]}: "
 
 
 def job_choice(job: Job) -> str:
@@ -148,7 +160,7 @@ class QueuePanel:
                 image,
                 f"<code>{job.id[:8]}</code>",
                 f'<span class="framepack-queue-state">{job.state.value}</span>',
-                html.escape(short_prompt(job)),
+                html.escape(lineage(job) + short_prompt(job)),
                 html.escape(progress_text(job)),
                 html.escape(time_text(job)),
             ]
@@ -261,6 +273,68 @@ class QueuePanel:
         self.tab.remember(request)  # as Generate does: the settings and images come back after a reload
         return f"Queued {job.id[:8]} as #{(job.queue_position or 0) + 1}: {as_markdown(job.summary or '')}"
 
+    def continue_job(self, selected: str | None, seconds: Any, prompt: str | None) -> str:
+        """Queue the continuation of the chosen finished job by `seconds`, with a new prompt when one is given."""
+
+        def go(job_id: str) -> str:
+            fields: dict[str, Any] = {"continue_job": job_id, "duration": seconds}
+            if prompt and prompt.strip():
+                fields["prompt"] = prompt
+            return self._queued(self.service.submit(GenerateRequest(**fields)))
+
+        return self._act(selected, go)
+
+    def reroll(self, selected: str | None, section: Any, seed: Any, line: str | None) -> str:
+        """Queue a re-roll of `section` of the chosen finished job (seed -1: a new one; `line`: a new prompt line)."""
+
+        def go(job_id: str) -> str:
+            fields: dict[str, Any] = {"reroll_job": job_id, "reroll_section": section, "reroll_prompt": line or ""}
+            if seed is not None:
+                fields["reroll_seed"] = seed
+            return self._queued(self.service.submit(GenerateRequest(**fields)))
+
+        return self._act(selected, go)
+
+    @staticmethod
+    def _queued(job: Job) -> str:
+        return f"Queued {job.id[:8]} as #{(job.queue_position or 0) + 1}: {as_markdown(job.summary or '')}"
+
+    def variants(self, selected: str | None) -> str:
+        """The chosen job's family as an indented Markdown list: its first ancestor, then every continuation and
+        re-roll below the job it derives from (among the newest VARIANTS_SCANNED jobs); '' for a job of its own."""
+        job_id = self.resolve(selected)
+        if job_id is None:
+            return ""
+        try:
+            jobs = {job.id: job for job in self.service.list_jobs(limit=VARIANTS_SCANNED, newest_first=True)}
+        except Exception as error:  # noqa: BLE001
+            return as_markdown(describe_error(error))
+        root = job_id
+        while root in jobs and jobs[root].parent in jobs:
+            root = str(jobs[root].parent)
+        children: dict[str, list[Job]] = {}
+        for job in sorted(jobs.values(), key=lambda job: job.created_at):
+            if job.parent is not None:
+                children.setdefault(job.parent, []).append(job)
+        if root not in jobs or not children.get(root):
+            return ""
+        lines = ["**Variants** (continuations and re-rolls, each below the job it comes from):"]
+
+        def add(job: Job, depth: int) -> None:
+            shown = f"`{job.id[:8]}`"
+            if job.id == job_id:
+                shown = f"**{shown}**"
+            how = f"{KIND_WORDS[job.parent_kind]} " if job.parent_kind else ""
+            section = job.request.get("reroll_section")
+            how += f"section {section}, " if job.parent_kind == "reroll" else ""
+            text = f"{how}{job.state.value}: {short_prompt(job) or '(no prompt)'}"
+            lines.append(f"{'    ' * depth}- {shown} {as_markdown(text)}")
+            for child in children.get(job.id, []):
+                add(child, depth + 1)
+
+        add(jobs[root], 0)
+        return "\n".join(lines)
+
     def rerun(self, selected: str | None) -> list:
         """Every control from the chosen job's request (images included), then the keyframe gallery and a message.
         The job's own output name (its id) is not taken over; the seed is, so Generate makes the same video."""
@@ -319,7 +393,32 @@ def build_queue_panel(
                 parts["files"] = c(
                     gr.Checkbox, label="also delete its files", value=False, elem_id="framepack_queue_delete_files"
                 )
+    with gr.Row():  # continue or re-roll the chosen finished job (its kept latents)
+        parts["continue_seconds"] = c(
+            gr.Number, label="Seconds to add", value=5.0, minimum=0.1, elem_id="framepack_continue_seconds"
+        )
+        parts["continue_prompt"] = c(
+            gr.Textbox, label="Prompt of the added part (empty: the job's)", elem_id="framepack_continue_prompt"
+        )
+        parts["continue"] = c(gr.Button, value="Continue this job", elem_id="framepack_continue")
+    with gr.Row():
+        parts["reroll_section"] = c(
+            gr.Number,
+            label="Section to re-roll (or click it in the storyboard)",
+            value=0,
+            precision=0,
+            minimum=0,
+            elem_id="framepack_reroll_section",
+        )
+        parts["reroll_seed"] = c(
+            gr.Number, label="Re-roll seed (-1: a new one)", value=-1, precision=0, elem_id="framepack_reroll_seed"
+        )
+        parts["reroll_prompt"] = c(
+            gr.Textbox, label="New prompt line for the section (optional)", elem_id="framepack_reroll_prompt"
+        )
+        parts["reroll"] = c(gr.Button, value="Re-roll this section", elem_id="framepack_reroll")
     parts["status"] = c(gr.Markdown, value="", elem_id="framepack_queue_status")
+    parts["variants"] = c(gr.Markdown, value="", elem_id="framepack_variants")
     shown = gr.State("")
 
     view = [parts["table"], parts["job"], parts["line"], shown]
@@ -343,6 +442,23 @@ def build_queue_panel(
             )
         )  # fmt: skip
     compat.on(parts["rerun"].click, panel.rerun, job, [*inputs, keyframe_gallery, parts["status"]], queue=False)
+    continued = compat.on(
+        parts["continue"].click,
+        panel.continue_job,
+        [parts["job"], parts["continue_seconds"], parts["continue_prompt"]],
+        [parts["status"]],
+        queue=False,
+    )
+    rerolled = compat.on(
+        parts["reroll"].click,
+        panel.reroll,
+        [parts["job"], parts["reroll_section"], parts["reroll_seed"], parts["reroll_prompt"]],
+        [parts["status"]],
+        queue=False,
+    )
+    for event in (continued, rerolled):
+        refresh_after(event)
+    compat.on(parts["job"].change, panel.variants, job, [parts["variants"]], queue=False)
     compat.every(blocks, REFRESH_S, panel.refresh, [parts["job"], shown], view)
     compat.on(blocks.load, panel.refresh, [parts["job"], shown], view, queue=False)
     return parts

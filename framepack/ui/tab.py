@@ -262,6 +262,14 @@ class FramePackTab:
             return f"Cannot cancel: {as_markdown(describe_error(error))}"
         return f"Cancel requested for {job.id} ({'keeping' if keep_partial else 'discarding'} finished sections)."
 
+    def pick_section(self, job_id: str, selected: gr.SelectData) -> tuple[Any, Any]:
+        """A storyboard click: (job, section) for the queue panel's "Re-roll section" (the start frame is no
+        section: nothing changes)."""
+        section = caption_section(selected.value)
+        if not job_id or section is None:
+            return compat.update(), compat.update()
+        return job_id, section
+
     # ---------------------------------------------------------------------------------------------- enhancer
 
     def enhance(self, *values: Any) -> tuple[Any, str]:
@@ -451,6 +459,14 @@ def thumbnail(image: Any, size: int = 160) -> Image.Image:
     return picture
 
 
+def caption_section(value: Any) -> int | None:
+    """The section index of a storyboard picture's caption ('#3' -> 3; 'start' -> None). Gradio 3 gives a selected
+    picture's caption, later versions a dict holding it."""
+    caption = value.get("caption") if isinstance(value, dict) else value
+    text = str(caption or "")
+    return int(text[1:]) if text.startswith("#") and text[1:].isdigit() else None
+
+
 def storyboard(board: dict[int, Any]) -> list[tuple[Any, str]]:
     """Gallery value: finished sections in time order, captioned with their index ('start' for the T2V frame)."""
     return [(image, "start" if index < 0 else f"#{index}") for index, image in sorted(board.items())]
@@ -589,6 +605,7 @@ def build_tab(tab: FramePackTab) -> gr.Blocks:
                         "interpolation",
                         "latent_window_size",
                     )
+                    make("loop")
                 with gr.Accordion("Sampling", open=False):
                     make("seed", "steps", "sampler", "guidance", "cfg_scale", "cfg_rescale", "shift")
                 with gr.Accordion("Speed and memory", open=False):
@@ -606,6 +623,7 @@ def build_tab(tab: FramePackTab) -> gr.Blocks:
                         "jpeg_quality",
                         "filename",
                         "preview",
+                        "keep_latents",
                     )
                 with gr.Accordion("Model recipe, load and unload", open=False):
                     recipe_text = c(
@@ -690,9 +708,11 @@ def build_tab(tab: FramePackTab) -> gr.Blocks:
         plan_outputs = [plan_line, timeline]
         queue_panel = QueuePanel(tab)
         with gr.Accordion("Queue", open=True, elem_id="framepack_queue_panel"):
-            build_queue_panel(queue_panel, blocks, inputs, keyframe_gallery)
+            queue_parts = build_queue_panel(queue_panel, blocks, inputs, keyframe_gallery)
             with gr.Accordion("Batch: several start images or prompts, one job each", open=False):
                 build_batch_panel(BatchQueuer(tab), inputs)
+        # a click on a finished section of the storyboard picks it, and its job, for the queue panel's Re-roll
+        compat.on(board.select, tab.pick_section, [job_id], [queue_parts["job"], queue_parts["reroll_section"]])
 
         for name in CONTROL_FIELDS:
             control = controls[name]

@@ -57,6 +57,8 @@ def render_timeline(plan: Plan, width: int = WIDTH) -> Image.Image:
             below.append(f"L{section.prompt_line + 1}")
         if section.keyframe is not None:
             below.append(f"K{section.keyframe}")
+        if section.connecting:
+            below.append("loop")
         x = left + 2
         for text in below:
             if x + draw.textlength(text, font=font) > right:

@@ -463,14 +463,18 @@ class InterpolatingSink:
 
     Streams: holds only the previous frame and writes each incoming frame's in-betweens plus the frame itself as
     soon as it arrives, so G frames in become (G-1)*(count+1)+1 out, and memory stays at count+2 frames.
+    With `wrap` (a loop) it also holds the first frame and, on close, writes the in-betweens from the last frame back
+    to the first: G*(count+1) out, so that played on repeat the join is as smooth as every other pair.
     """
 
-    def __init__(self, downstream: Sequence[FrameSink], interpolator: Interpolator, count: int):
+    def __init__(self, downstream: Sequence[FrameSink], interpolator: Interpolator, count: int, wrap: bool = False):
         if not 0 <= count <= MAX_COUNT:
             raise ValueError(f"count must be 0..{MAX_COUNT}, got {count}")
         self.downstream = list(downstream)
         self.interpolator = interpolator
         self.count = count
+        self.wrap = wrap
+        self.first: np.ndarray | None = None  # with wrap: the first frame, the last one's successor
         self.previous: np.ndarray | None = None
         self.outputs: list[Path] = []
         self.frames_in = 0
@@ -482,6 +486,8 @@ class InterpolatingSink:
             self._emit(frames)
             return
         for frame in frames:
+            if self.wrap and self.first is None:
+                self.first = frame.copy()
             batch = [] if self.previous is None else self.interpolator(self.previous, frame, self.count)
             batch.append(frame)
             self.previous = frame.copy()  # the caller may reuse its buffer
@@ -489,13 +495,20 @@ class InterpolatingSink:
             self._emit(np.stack(batch))
 
     def close(self) -> Path | None:
-        """Closes every downstream sink; on a failure the rest are aborted and the error raised."""
-        self.previous = None
+        """Writes a loop's in-betweens back to the first frame, then closes every downstream sink; on a failure the
+        rest are aborted and the error raised."""
+        if self.wrap and self.count > 0 and self.previous is not None and self.first is not None:
+            try:
+                self._emit(np.stack(self.interpolator(self.previous, self.first, self.count)))
+            except BaseException:
+                self.abort()
+                raise
+        self.previous = self.first = None
         self.outputs = close_sinks(self.downstream)
         return self.outputs[0] if self.outputs else None
 
     def abort(self) -> None:
-        self.previous = None
+        self.previous = self.first = None
         abort_sinks(self.downstream)
 
     def _emit(self, frames: np.ndarray) -> None:
