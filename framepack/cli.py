@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import typing
 from pathlib import Path
@@ -432,6 +433,7 @@ def command_recipe(args: argparse.Namespace) -> int:
 
 
 def command_serve(args: argparse.Namespace) -> int:
+    from framepack.jobs.farm import FarmSettings, parse_devices
     from framepack.serve import ServeSettings, serve
 
     quiet_library_progress()
@@ -453,6 +455,17 @@ def command_serve(args: argparse.Namespace) -> int:
         keep_jobs=args.keep_jobs,
         keep_days=args.keep_days,
         prune_outputs=args.prune_outputs,
+        farm=FarmSettings(
+            devices=parse_devices(args.gpus, "--gpus"),
+            executor=args.executor,
+            ray_address=args.ray_address or (os.environ.get("RAY_ADDRESS") if args.executor == "ray" else None),
+            ray_workers=args.ray_workers,
+            ray_worker_gpus=args.ray_worker_gpus,
+            ray_worker_cpus=args.ray_worker_cpus,
+            max_attempts=args.max_attempts,
+            placement_timeout=args.placement_timeout,
+            shared_outputs=args.shared_outputs,
+        ),
         upload_max_mb=args.upload_max_mb,
         upload_hours=args.upload_hours,
     )
@@ -474,8 +487,6 @@ def command_jobs_backup(args: argparse.Namespace) -> int:
 
 
 def add_serve_flags(parser: argparse.ArgumentParser) -> None:
-    import os
-
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to bind; anything but loopback deserves --auth or --token"
     )
@@ -540,6 +551,75 @@ def add_serve_flags(parser: argparse.ArgumentParser) -> None:
         default=24.0,
         metavar="H",
         help="hours an upload can be named in requests (default: 24)",
+    )
+    add_farm_flags(parser)
+
+
+def add_farm_flags(parser: argparse.ArgumentParser) -> None:
+    """`serve`'s workers: local GPUs, or a Ray render farm (docs/farm.md; `framepack.jobs.farm`)."""
+    farm = parser.add_argument_group("workers (docs/farm.md)")
+    farm.add_argument(
+        "--gpus",
+        default=None,
+        metavar="LIST",
+        help="one worker per device, each keeping its model loaded: GPU numbers (0,1), cuda:N, mps or cpu (cpu,cpu: "
+        "two CPU workers); jobs go to the first free worker (default: one worker on --device)",
+    )
+    farm.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="local: workers in this process; ray: Ray render workers, one per GPU of the cluster (pip install -r "
+        "requirements-farm.txt) (default: local)",
+    )
+    farm.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDRESS|local",
+        help="with --executor ray: 'local' starts a Ray cluster on this machine (127.0.0.1 only), else the address of "
+        "a running cluster's head, HOST:6379 (default: $RAY_ADDRESS)",
+    )
+    farm.add_argument(
+        "--ray-workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="Ray render workers (default: one per GPU of the cluster, 1 on a cluster without GPUs)",
+    )
+    farm.add_argument(
+        "--ray-worker-gpus",
+        type=float,
+        default=None,
+        metavar="G",
+        help="GPUs each Ray worker reserves (default: 1 on a cluster with GPUs, else 0)",
+    )
+    farm.add_argument(
+        "--ray-worker-cpus",
+        type=float,
+        default=None,
+        metavar="C",
+        help="CPUs each Ray worker reserves (default: 1 beside a GPU, 0.5 on a cluster without GPUs)",
+    )
+    farm.add_argument(
+        "--max-attempts",
+        type=int,
+        default=3,
+        metavar="N",
+        help="runs of a job whose worker dies before the job fails (kind worker_lost) (default: 3)",
+    )
+    farm.add_argument(
+        "--placement-timeout",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="seconds to wait for Ray to start a worker; then the server stops with the resources it lacked "
+        "(default: 60)",
+    )
+    farm.add_argument(
+        "--shared-outputs",
+        action="store_true",
+        help="the output folder is the same path on every Ray machine (a shared mount): workers write there "
+        "instead of streaming each file back to this server",
     )
 
 

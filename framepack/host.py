@@ -14,7 +14,8 @@ What a host provides:
 - `data_dir()`: FramePack's own data (self-test model, RIFE weights, job database)
 - `gpu_lock()`: a reusable context manager held while a job uses the GPU (SD.Next: `modules.call_queue.queue_lock`,
   so FramePack never runs while the host generates an image; standalone: a lock the host object owns)
-- `device()`: the torch device to run on (SD.Next: `modules.devices.device`)
+- `device()`: the torch device to run on (SD.Next: `modules.devices.device`); `devices()`: one queue worker per
+  device (standalone: `serve --gpus`; SD.Next: its "GPUs" setting, else its device)
 - `hub_cache()`, `lora_dirs()`: where models and LoRAs are kept (SD.Next: `opts.hfcache_dir` with
   `opts.offline_mode`, and `cmd_opts.lora_dir`), handed to the `Runner`
 - `request_defaults()`: the values a request takes for the fields it leaves out (SD.Next: its "FramePack"
@@ -55,6 +56,7 @@ SETTING_OFFLOAD = "framepack_default_offload"
 SETTING_KEEP_JOBS = "framepack_keep_jobs"
 SETTING_KEEP_DAYS = "framepack_keep_days"
 SETTING_PRUNE_OUTPUTS = "framepack_prune_outputs"
+SETTING_GPUS = "framepack_gpus"
 MODEL_CHOICES = ("published", "self-test")  # or a recipe file path, typed into the same field
 
 
@@ -84,6 +86,11 @@ class Host(ABC):
     @abstractmethod
     def device(self) -> Any:
         """The torch device (or its name) jobs run on; None lets the engine choose."""
+
+    def devices(self) -> list[Any]:
+        """The devices of the queue's workers, one worker each (each keeps its model loaded); by default the one
+        `device()`."""
+        return [self.device()]
 
     def hub_cache(self) -> Any:
         """Where hub models are looked for (`framepack.models.loader.HubCache`); None: huggingface_hub's own."""
@@ -267,10 +274,12 @@ class StandaloneHost(Host):
         data_dir: Path | str | None = None,
         device: Any = None,
         retention: Retention | None = None,
+        devices: list[Any] | None = None,
     ):
         self._data_dir = Path(data_dir) if data_dir else data_home()
         self._output_dir = Path(output_dir) if output_dir else Path("outputs")
         self._device = device
+        self._devices = list(devices) if devices else None
         self._retention = retention or Retention()
         self._lock = threading.Lock()
         self._logger = logging.getLogger("framepack")
@@ -290,6 +299,9 @@ class StandaloneHost(Host):
 
     def device(self) -> Any:
         return self._device
+
+    def devices(self) -> list[Any]:
+        return list(self._devices) if self._devices else [self._device]
 
     def retention(self) -> Retention:
         return self._retention
@@ -379,6 +391,17 @@ class SDNextHost(Host):
             return None
         return getattr(devices, "device", None)
 
+    def devices(self) -> list[Any]:
+        """The setting "GPUs" of the "FramePack" section (`framepack_gpus`, e.g. "0,1": one worker per GPU; read
+        when the job service is built, so a change applies after a restart); empty: SD.Next's own device. A bad
+        value is a FarmError naming the setting."""
+        from framepack.jobs.farm import parse_devices
+
+        value = self._option(SETTING_GPUS)
+        text = str(value) if value is not None and not isinstance(value, bool) else None
+        parsed = parse_devices(text, f"SD.Next's setting FramePack -> GPUs ({SETTING_GPUS})")
+        return list(parsed) if parsed else [self.device()]
+
     # ------------------------------------------------------------------------------------ models and settings
 
     def hub_cache(self) -> Any:
@@ -397,7 +420,8 @@ class SDNextHost(Host):
     def register_settings(self) -> None:
         """The "FramePack" section of SD.Next's settings page (call from `script_callbacks.on_ui_settings`):
         default model (published, self-test or a recipe file path; starts at FRAMEPACK_MODEL), default cache and
-        default offload, for requests that leave them out."""
+        default offload, for requests that leave them out; the history's retention; and the GPUs of the queue's
+        workers."""
         import gradio as gr
 
         from framepack.defaults import MODEL_ENV
@@ -441,6 +465,14 @@ class SDNextHost(Host):
                 False,
                 "Delete the videos of jobs removed from the history too (otherwise they are kept)",
                 gr.Checkbox,
+                {},
+                section=SETTINGS_SECTION,
+            ),
+            SETTING_GPUS: shared.OptionInfo(
+                "",
+                "GPUs that run FramePack jobs, one job each at a time: GPU numbers separated by commas (0,1); empty = "
+                "SD.Next's GPU. Applies after a restart",
+                gr.Textbox,
                 {},
                 section=SETTINGS_SECTION,
             ),

@@ -17,6 +17,7 @@ from framepack.errors import FieldError
 from framepack.estimate import estimate_seconds
 from framepack.home import data_home
 from framepack.images import load_image
+from framepack.models.load_lock import LOAD_LOCK
 from framepack.models.recipe import Recipe, default_recipe, load_recipe, tiny_recipe
 from framepack.plan import Plan, SourceVideo, make_plan
 from framepack.request import BUILTIN_MODELS, PUBLISHED_MODEL, SELF_TEST_MODEL, SINGLE_FRAME_IMAGES, GenerateRequest
@@ -75,11 +76,12 @@ def resolve_recipe(model: str, variant: str, home: Path | None = None) -> Recipe
         return default_recipe(variant)
     if model == SELF_TEST_MODEL:
         folder = (home or data_home()) / TINY_FOLDER
-        if not (folder / "model_index.json").is_file():
-            from framepack.models.tiny import write_tiny_model  # torch and diffusers, needed only to write it
+        with LOAD_LOCK:  # one writer, and no load building weights meanwhile (several workers in one process)
+            if not (folder / "model_index.json").is_file():
+                from framepack.models.tiny import write_tiny_model  # torch and diffusers, needed only to write it
 
-            logger.info("writing the tiny SELF-TEST model (random weights, output is noise) to %s", folder)
-            write_tiny_model(folder)
+                logger.info("writing the tiny SELF-TEST model (random weights, output is noise) to %s", folder)
+                write_tiny_model(folder)
         return tiny_recipe(folder)
     path = Path(model)
     if not path.is_file():

@@ -25,6 +25,7 @@ from framepack.models.attention import check_attention, set_attention
 from framepack.models.caches import TransformerCache, load_mag_ratios, save_mag_ratios
 from framepack.models.compile import check_compile, compile_mode, compile_seconds, set_compile
 from framepack.models.components import Components
+from framepack.models.load_lock import LOAD_LOCK
 from framepack.models.loader import DEFAULT_HUB, HubCache, load_components
 from framepack.models.lora import LoraFolders, LoraRef, check_loras, ensure_loras, lora_folders, parse_lora_tags
 from framepack.models.offload import HostOffload, Offloader
@@ -127,7 +128,8 @@ def build_sinks(
         abort_sinks(sinks)
         raise
     if request.interpolate > 0:
-        interpolator = load_interpolator(request.interpolation, model_dir)
+        with LOAD_LOCK:  # builds a module (several workers in one process)
+            interpolator = load_interpolator(request.interpolation, model_dir)
         return [InterpolatingSink(sinks, interpolator, request.interpolate, wrap=request.loop)]
     return sinks
 
@@ -254,7 +256,8 @@ class Runner:
         # change happens inside `regrouping`: a streamed transformer regroups its blocks with the LoRA layers once
         # (diffusers' unload_lora would otherwise rebuild group offload too, re-pinning every weight)
         refs = [LoraRef(name, weight) for name, weight in plan.loras]
-        ensure_loras(components.transformer, refs, self.lora_dir, around_change=self._offloader.regrouping)
+        with LOAD_LOCK:  # LoRA layers are new modules (several workers in one process)
+            ensure_loras(components.transformer, refs, self.lora_dir, around_change=self._offloader.regrouping)
         set_attention(components.transformer, request.attention)
         return components, self.cache_for(request, plan, components, calibrate_magcache)
 
@@ -294,6 +297,11 @@ class Runner:
             record_speed(self.home or data_home(), request, result.plan, result.timings)
         except OSError as error:
             logger.warning("could not store the job's speed for later estimates: %s", error)
+
+    @property
+    def loaded_recipe(self) -> Recipe | None:
+        """The recipe of the loaded model; None when none is loaded."""
+        return self._recipe if self._components is not None else None
 
     def unload(self) -> None:
         self._components, self._recipe, self._offloader = None, None, None

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from api.auth import Credentials
 from framepack.defaults import SELF_TEST_NOTICE, env_defaults, model_default, uses_self_test
 from framepack.home import server_data_dir
+from framepack.jobs.farm import FarmError, FarmSettings
 from framepack.jobs.models import Retention
 
 if TYPE_CHECKING:
@@ -48,6 +49,7 @@ class ServeSettings:
     keep_jobs: int = 0  # ended jobs kept in the store (0: all)
     keep_days: float = 0.0  # days ended jobs are kept (0: forever)
     prune_outputs: bool = False  # delete the outputs of pruned jobs too
+    farm: FarmSettings = FarmSettings()  # the workers: --gpus, --executor and the Ray flags
     upload_max_mb: float = 512.0  # the largest upload, in MiB
     upload_hours: float = 24.0  # how long an upload can be named
 
@@ -136,6 +138,9 @@ def serve(settings: ServeSettings) -> int:
     retention = settings.retention()
     upload_limits = settings.upload_limits()
     defaults = serve_defaults(settings.model)
+    if settings.device and settings.farm.devices:
+        raise FarmError("give --device (one worker) or --gpus (one worker per device), not both")
+    settings.farm.check()
 
     import uvicorn
 
@@ -150,7 +155,9 @@ def serve(settings: ServeSettings) -> int:
         logger.warning("serving on %s without --auth or --token: anyone who can reach it can use it", settings.host)
 
     host = StandaloneHost(output_dir=output_dir, device=settings.device, retention=retention)
-    service = build_job_service(host, data_dir, max_queued=settings.max_queued, request_defaults=lambda: defaults)
+    service = build_job_service(
+        host, data_dir, max_queued=settings.max_queued, request_defaults=lambda: defaults, farm=settings.farm
+    )
     # The lifespan closes the store: after SIGTERM uvicorn re-raises the signal, so no code after run() runs.
     uploads = UploadStore(uploads_folder(data_dir), upload_limits)
     app = create_app(

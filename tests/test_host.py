@@ -529,6 +529,10 @@ def test_extension_in_sdnext_defaults_models_loras_progress_history_and_interrup
             False, "Delete the videos of jobs removed from the history too (otherwise they are kept)", "Checkbox", {},
             ["framepack", "FramePack"],
         ],
+        "framepack_gpus": [
+            "", "GPUs that run FramePack jobs, one job each at a time: GPU numbers separated by commas (0,1); empty = "
+            "SD.Next's GPU. Applies after a restart", "Textbox", {}, ["framepack", "FramePack"],
+        ],
     }  # fmt: skip
     routes = {(path, method) for path, methods in report["routes"] for method in methods}
     assert {
@@ -605,7 +609,7 @@ def test_extension_tab_and_settings_under_the_hosts_gradio(fake_sdnext, host_pyt
     assert report["settings_built"] == {  # as SD.Next's settings page builds them, with the values set
         "framepack_default_model": "self-test", "framepack_default_cache": "magcache",
         "framepack_default_offload": "balanced", "framepack_keep_jobs": 0, "framepack_keep_days": 0,
-        "framepack_prune_outputs": False,
+        "framepack_prune_outputs": False, "framepack_gpus": "",
     }  # fmt: skip
 
 

@@ -21,6 +21,7 @@ from huggingface_hub.utils import validate_repo_id
 
 from framepack.errors import FieldError, UserError
 from framepack.home import data_home
+from framepack.models.load_lock import LOAD_LOCK
 from framepack.models.recipe import is_local_path
 from framepack.request import DEFAULT_ENHANCER, QUALITY_ENHANCER, SELF_TEST_ENHANCER
 
@@ -69,11 +70,12 @@ def resolve_enhancer(value: str, home: Path | None = None, write_tiny: bool = Tr
     like a path, nor a valid hub repo id. 'tiny' is written into the data folder on first use (`write_tiny`)."""
     if value == SELF_TEST_ENHANCER:
         folder = (home or data_home()) / TINY_VLM_FOLDER
-        if write_tiny and not (folder / "config.json").is_file():
-            from framepack.models.tiny_vlm import write_tiny_vlm  # torch and transformers, to write it
+        with LOAD_LOCK:  # one writer, and no load building weights meanwhile (several workers in one process)
+            if write_tiny and not (folder / "config.json").is_file():
+                from framepack.models.tiny_vlm import write_tiny_vlm  # torch and transformers, to write it
 
-            logger.info("writing the tiny SELF-TEST enhancer (random weights, its text is noise) to %s", folder)
-            write_tiny_vlm(folder)
+                logger.info("writing the tiny SELF-TEST enhancer (random weights, its text is noise) to %s", folder)
+                write_tiny_vlm(folder)
         return EnhancerSource(value, str(folder), True, self_test=True)
     if "\x00" in value:
         raise FieldError("enhancer", "must not contain NUL")

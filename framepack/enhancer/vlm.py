@@ -28,6 +28,7 @@ from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 from framepack.enhancer.processor import ImageOnlyQwenVLProcessor
 from framepack.enhancer.prompts import clean_answer, user_message
 from framepack.enhancer.source import EnhancerSource, EnhancerUnavailableError
+from framepack.models.load_lock import LOAD_LOCK
 from framepack.models.quantize import module_bytes, quantization_missing
 from framepack.models.tiny import is_self_test_folder
 
@@ -125,10 +126,11 @@ def load_vlm(
 
         model_options["quantization_config"] = QuantoConfig(weights=quantize, modules_to_not_convert=KEEP_IN_FLOAT)
     try:
-        config = AutoConfig.from_pretrained(source.path, **options)
-        processor_class = ImageOnlyQwenVLProcessor if config.model_type in QWEN_VL_TYPES else AutoProcessor
-        processor = processor_class.from_pretrained(source.path, **options)
-        model = AutoModelForImageTextToText.from_pretrained(source.path, **options, **model_options)
+        with LOAD_LOCK:  # from_pretrained is not thread-safe (several workers in one process)
+            config = AutoConfig.from_pretrained(source.path, **options)
+            processor_class = ImageOnlyQwenVLProcessor if config.model_type in QWEN_VL_TYPES else AutoProcessor
+            processor = processor_class.from_pretrained(source.path, **options)
+            model = AutoModelForImageTextToText.from_pretrained(source.path, **options, **model_options)
     except LOAD_ERRORS as error:
         raise EnhancerUnavailableError(_load_failure(source, error)) from error
     model.eval().requires_grad_(False)

@@ -30,6 +30,7 @@ STATUS = {
     "out_of_memory": 503,  # the job ran out of (GPU) memory
     "disk_full": 507,  # no space left for the outputs; nothing of the job was kept
     "cancelled": 409,  # the job was cancelled before it finished
+    "worker_lost": 503,  # the job's worker died (a render farm) as many times as a job may be attempted
     "internal": 500,  # a bug; details are in the log
 }
 

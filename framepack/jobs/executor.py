@@ -2,10 +2,13 @@
 
 The queue's worker hands each `PreparedJob` to an `Executor` together with a `RunSink`, the head side of the run:
 the sink receives the engine's events and each sampled section's latents (checkpoints), holds the cancel token,
-and is told the outputs. `LocalExecutor` runs jobs in this process on the runner's device, one at a time, under
-the host's GPU lock. A distributed executor (Ray actors, see the project's scale-out notes) implements the same
-four methods and sends events and latents back to the sink on the head, where the database and the event bus
-live.
+and is told the outputs. An executor is one worker: it runs one job at a time. The queue runs one thread per
+executor (`JobManager(executors=[...])`: one per local GPU).
+
+`LocalExecutor` runs jobs in this process on its runner's device, under the host's GPU lock. The Ray executor
+(`framepack.jobs.ray_executor`, imported only when chosen) runs them in a Ray actor and sends events and latents
+back to the sink on the head, where the database and the event bus live; when its actor dies it raises
+`WorkerLost`, and the queue leases the job again.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from framepack.events import CancelToken, Event, PromptsEnhanced
 from framepack.generate import KeptLatents
 from framepack.jobs.checkpoints import SectionKey
 from framepack.jobs.prepare import PreparedJob
+from framepack.models.recipe import Recipe
 from framepack.plan import Plan
 from framepack.planning import resolve_recipe
 from framepack.request import GenerateRequest
@@ -38,6 +42,15 @@ class RunResult:
     outputs: list[str]
     timings: dict[str, float] = field(default_factory=dict)
     kept: KeptLatents | None = None
+
+
+class WorkerLost(Exception):
+    """The worker running a job died or stopped answering (a killed process, a lost machine): the job did not fail,
+    its worker did, so the queue leases it again (resumed from its checkpoints) up to its attempt limit."""
+
+    def __init__(self, worker: str, reason: str):
+        super().__init__(f"worker {worker} was lost: {reason}")
+        self.worker, self.reason = worker, reason
 
 
 class RunSink(Protocol):
@@ -59,7 +72,9 @@ class RunSink(Protocol):
 
 
 class Executor(Protocol):
-    """Runs prepared jobs and owns the loaded model."""
+    """One worker: runs prepared jobs one at a time and owns its loaded model."""
+
+    name: str  # the worker's name in the job record ("cpu", "cuda:1", "ray:<actor id>")
 
     def run(self, job: PreparedJob, restored: dict[SectionKey, torch.Tensor], sink: RunSink) -> RunResult:
         """Run `job` with the sections in `restored` already sampled (and, for a continuation or re-roll, its
@@ -79,13 +94,24 @@ class Executor(Protocol):
     def free_memory(self) -> None:
         """After an out-of-memory error: drop the model and cached memory so the next job has room."""
 
+    def holds(self, recipe: Recipe) -> bool:
+        """Whether the model of `recipe` is loaded now (the queue gives a job to a free worker that holds its model
+        rather than to one that would load it)."""
+
+    def recover(self) -> None:
+        """After `run` raised WorkerLost: return once the worker can take a job again; raise WorkerLost when it
+        cannot (the queue tries again later)."""
+
 
 class LocalExecutor:
     """Runs jobs in this process with `runner`. `gpu_lock` (optional, reusable) is held while a job runs or a
-    model loads, so that a host (SD.Next) can share the GPU with its own work."""
+    model loads, so that a host (SD.Next) can share the GPU with its own work. `name` defaults to the device."""
 
-    def __init__(self, runner: Runner, gpu_lock: contextlib.AbstractContextManager | None = None):
+    def __init__(
+        self, runner: Runner, gpu_lock: contextlib.AbstractContextManager | None = None, name: str | None = None
+    ):
         self.runner = runner
+        self.name = name or str(runner.device)
         self._gpu_lock = gpu_lock if gpu_lock is not None else contextlib.nullcontext()
         self._model_lock = threading.Lock()  # around a job's run and a face's load/unload
 
@@ -129,3 +155,9 @@ class LocalExecutor:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+    def holds(self, recipe: Recipe) -> bool:
+        return self.runner.loaded_recipe == recipe
+
+    def recover(self) -> None:
+        """Nothing to do: a local worker is this process, which cannot be lost without the queue."""

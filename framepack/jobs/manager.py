@@ -1,28 +1,42 @@
-"""The job manager: the `JobService` every face uses, over one FIFO queue whose worker thread runs jobs one at a time.
+"""The job manager: the `JobService` every face uses, over one FIFO queue and its workers.
 
 Life of a job::
 
     submit() --prepared once (no model load)--> QUEUED --worker--> RUNNING --> FINISHED | FAILED | CANCELLED
+                                                   ^------ worker lost ------'
 
-The manager owns the queue, the worker and the jobs' state; the rest is done by its collaborators:
-`Preparer` (checks a request once and makes the `PreparedJob` the worker runs), `JobStore` (SQLite),
-`CheckpointStore` (section latents), `EventBus` (typed events to subscribers), an `Executor` (where a job runs:
-`LocalExecutor`, in this process) and the host's `JobHooks` (its task state).
+The manager owns the queue, the workers and the jobs' state; the rest is done by its collaborators:
+`Preparer` (checks a request once and makes the `PreparedJob` a worker runs), `JobStore` (SQLite),
+`CheckpointStore` (section latents), `EventBus` (typed events to subscribers), its `Executor`s (where jobs run:
+`LocalExecutor`, in this process; the Ray executor, in a render farm) and the host's `JobHooks` (its task state).
+
+Workers. Each executor is one worker (one GPU) with a thread of its own that runs one job at a time. A free worker
+takes the job at the head of the queue; when several are free, one that holds the job's model already takes it
+(`Executor.holds`), so each worker keeps its model loaded between jobs. The queue order is kept: no job overtakes
+the head of the queue.
+
+Leases. A running job's row names its worker, its attempt (1 for its first run) and a lease expiry that the
+manager renews while the job runs (`LEASE_SECONDS`). When a worker is lost (`WorkerLost`: a Ray actor killed, a
+machine gone) its job goes back to the front of the queue and the next free worker resumes it from its
+checkpoints, as attempt + 1; after `max_attempts` attempts it fails (kind "worker_lost") with the reason. The lost
+worker takes no job until it answers again (`Executor.recover`).
 
 Persistence and resume. Every job is a row in `jobs_dir/jobs.db` (SQLite). While a job runs, the latents of each
 sampled section are saved to `jobs_dir/jobs/<id>/checkpoints/<key>.safetensors` (key = section index, or
 "start" for the T2V start frame). If the process dies (kill -9, power loss) the row stays RUNNING; the next
-`start()` puts such jobs back at the front of the queue, removes their half-written hidden outputs and runs them
-again from their stored request and plan with the saved sections restored, so only the missing sections are
-sampled and the video is the same one an uninterrupted run gives (the seed and output file name were fixed at
-submit time). The checkpoint folder is deleted when the job ends, unless a cancel asked to keep it.
+`start()` puts such jobs back at the front of the queue (whatever their lease says: only one started manager runs
+over a data folder, so a running row's lease belongs to a process that is gone), removes their half-written hidden
+outputs and runs them again from their stored request and plan with the saved sections restored, so only the
+missing sections are sampled and the video is the same one an uninterrupted run gives (the seed and output file name
+were fixed at submit time). The checkpoint folder is deleted when the job ends, unless a cancel asked to keep it.
 
-Shutdown. `stop()` interrupts the running job at its next denoising step and stops the worker. By default
-(`cancel_running=False`) that job is *not* cancelled: it stays RUNNING in the database with its checkpoints, and
-the next `start()` resumes it, exactly as after a crash. `stop(cancel_running=True)` ends it CANCELLED instead.
+Shutdown. `stop()` interrupts the running jobs at their next denoising step and stops the workers. By default
+(`cancel_running=False`) those jobs are *not* cancelled: they stay RUNNING in the database with their checkpoints,
+and the next `start()` resumes them, exactly as after a crash. `stop(cancel_running=True)` ends them CANCELLED
+instead.
 `close()` stops for good and checkpoints and closes the database, so that `jobs.db` alone holds every job.
 
-Steering. Queued jobs can be moved (`move`), the queue paused (`pause`: the running job finishes, no other starts;
+Steering. Queued jobs can be moved (`move`), the queue paused (`pause`: running jobs finish, no other starts;
 kept in the database, so a restarted process stays paused) and resumed, ended jobs deleted (`delete`, optionally
 with the files they wrote), and a batch of requests queued together (`submit_batch`: every request checked before
 any is queued) and cancelled together (`cancel_batch`). With a `retention`, ended jobs past its limits are deleted
@@ -38,7 +52,9 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +80,7 @@ from framepack.jobs.events import (
     enhance_result,
     from_engine,
 )
-from framepack.jobs.executor import Executor, LocalExecutor
+from framepack.jobs.executor import Executor, LocalExecutor, WorkerLost
 from framepack.jobs.hooks import JobHooks
 from framepack.jobs.models import (
     Batch,
@@ -80,6 +96,7 @@ from framepack.jobs.models import (
     QueueFull,
     QueueState,
     Retention,
+    WorkerState,
     parent_of,
 )
 from framepack.jobs.names import check_output_name, remove_partial_outputs
@@ -101,6 +118,32 @@ PERSIST_INTERVAL_S = 0.5  # progress is written to SQLite at most this often (an
 PREVIEWS_KEPT = 16  # section previews a face can still fetch after their event (one frame each)
 THUMBNAILS_KEPT = 256  # job thumbnails kept (a few tens of KB each), so a listing decodes each video once
 PAUSED_SETTING = "queue_paused"  # the store's setting that keeps the pause across restarts
+LEASE_SECONDS = 60.0  # a running job's lease lasts this long; the manager renews it every third of that
+MAX_ATTEMPTS = 3  # runs of a job whose worker is lost before it fails (kind "worker_lost")
+RECOVER_RETRY_SECONDS = 10.0  # a lost worker that does not come back is asked again after this
+
+
+@dataclass
+class _Worker:
+    """One worker of the queue: its executor, its thread and the job it runs (all under the manager's lock)."""
+
+    name: str
+    executor: Executor
+    thread: threading.Thread | None = None
+    job: str | None = None  # the id of the job it runs
+    token: CancelToken | None = None  # that job's cancel token
+    cancel_requested: bool = False  # the job was cancelled by request (not by a shutdown)
+    keep_partial: bool = False
+    down: bool = False  # lost; waiting for the executor to answer again
+
+
+def worker_names(executors: Sequence[Executor]) -> list[str]:
+    """The executors' names, made unique with "#2", "#3"... where several share one (two CPU workers)."""
+    names = []
+    for executor in executors:
+        count = sum(1 for other in executors[: len(names)] if other.name == executor.name)
+        names.append(executor.name if count == 0 else f"{executor.name}#{count + 1}")
+    return names
 
 
 class JobManager:
@@ -108,8 +151,11 @@ class JobManager:
 
     `runner` is this machine's runner: requests are checked with it (device, encoder prober, LoRA folders, model
     cache) and jobs run on it, by a `LocalExecutor` holding `gpu_lock` (optional: a host's lock, so that SD.Next
-    shares the GPU with its own work) while a job runs; `executor` puts jobs elsewhere instead (then `gpu_lock` is
-    the executor's business). `host_hooks` show the jobs to the host (its progress, history and Interrupt);
+    shares the GPU with its own work) while a job runs; `executor` puts jobs elsewhere instead, and `executors`
+    runs one worker per executor (one per GPU; then `gpu_lock` is the executors' business). A job whose worker is
+    lost runs at most `max_attempts` times; `on_close` is called once by `close()` after the workers stopped (a
+    render farm's shutdown). `host_hooks` show the jobs to the host (its progress, history and
+    Interrupt);
     `request_defaults` returns the values a submitted request takes for the fields it left out (`framepack.defaults`:
     model, cache, offload), read at every submit so that a changed setting applies at once. `retention` returns how
     many ended jobs to keep (`Retention`), read whenever ended jobs are pruned. Each subscriber's
@@ -126,18 +172,29 @@ class JobManager:
         max_queued: int = 100,
         gpu_lock: contextlib.AbstractContextManager | None = None,
         executor: Executor | None = None,
+        executors: Sequence[Executor] | None = None,
+        max_attempts: int = MAX_ATTEMPTS,
+        on_close: Callable[[], None] | None = None,
         host_hooks: JobHooks | None = None,
         request_defaults: Callable[[], Mapping[str, Any]] | None = None,
         event_queue_size: int = 1000,
         retention: Callable[[], Retention] | None = None,
     ):
-        if executor is not None and gpu_lock is not None:
+        if executor is not None and executors is not None:
+            raise ValueError("give either executor or executors, not both")
+        if (executor is not None or executors is not None) and gpu_lock is not None:
             raise ValueError("gpu_lock is for the local executor; give it to your executor instead")
+        if executors is not None and not executors:
+            raise ValueError("executors is empty: the queue needs at least one worker")
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts is {max_attempts}: a job needs at least one attempt")
         self.jobs_dir = Path(jobs_dir)
         self.max_queued = max_queued
+        self.max_attempts = max_attempts
         self._runner = runner
         self._preparer = Preparer(runner, request_defaults)
-        self._executor: Executor = executor if executor is not None else LocalExecutor(runner, gpu_lock)
+        chosen = list(executors) if executors is not None else [executor or LocalExecutor(runner, gpu_lock)]
+        self._workers = [_Worker(name, one) for name, one in zip(worker_names(chosen), chosen, strict=True)]
         self._hooks = host_hooks
         self._store = JobStore(self.jobs_dir / STORE_FILE)  # CorruptStore: one line, what to do
         self._checkpoints = CheckpointStore(self.jobs_dir / "jobs")
@@ -149,17 +206,14 @@ class JobManager:
         self._jobs: dict[str, Job] = {}
         self._prepared: dict[str, PreparedJob] = {}  # jobs submitted by this manager, as checked at submit
         self._queue: list[str] = []
-        self._running: str | None = None
-        self._token: CancelToken | None = None
-        self._cancel_requested = False
-        self._keep_partial = False
         self._stopping = False
-        self._thread: threading.Thread | None = None
-        self._folder_lock = FolderLock(self.jobs_dir, "job manager")  # held while the worker runs
-        self._last_persist = 0.0
+        self._lease_keeper: threading.Thread | None = None
+        self._folder_lock = FolderLock(self.jobs_dir, "job manager")  # held while the workers run
+        self._persisted: dict[str, float] = {}  # running job -> when its progress was last written
         self._previews: dict[str, dict[int, np.ndarray]] = {}  # job -> the last PREVIEWS_KEPT section previews
         self._thumbnails: dict[tuple[str, str], np.ndarray] = {}  # (job, state) -> picture, oldest first
         self._retention = retention
+        self._on_close = on_close
         self._paused = self._store.setting(PAUSED_SETTING) == "1"
         for job in self._store.queued():
             self._jobs[job.id] = job
@@ -173,61 +227,72 @@ class JobManager:
 
     def start(self) -> None:
         """Recover jobs a killed process left RUNNING (back to the front of the queue, checkpoints kept, stale
-        hidden partial outputs removed) and start the worker thread. Does nothing if the worker runs."""
+        hidden partial outputs removed) and start the workers' threads. Does nothing if the workers run."""
         with self._lock:
-            if self._thread is not None and self._thread.is_alive():
+            if self._threads_alive():
                 if self._stopping:
-                    raise RuntimeError("the worker is still finishing a stop(); call stop() again before start()")
+                    raise RuntimeError("the workers are still finishing a stop(); call stop() again before start()")
                 return
             self._folder_lock.acquire()
             self._stopping = False
             recovered = self._store.running()
-            self._running, self._token = None, None
+            for worker in self._workers:
+                worker.job, worker.token, worker.down = None, None, False
+            now = time.time()
             for job in recovered:
                 checkpoints = len(self._checkpoints.files(job.id))
+                expired = job.lease_expires_at is None or job.lease_expires_at <= now
                 logger.info(
-                    "job %s was left running by a stopped process; resuming it (%d checkpoints)", job.id, checkpoints
+                    "job %s was left running by a stopped process (worker %s, attempt %d, lease %s); resuming it "
+                    "(%d checkpoints)",
+                    job.id,
+                    job.worker,
+                    job.attempt,
+                    "expired"
+                    if expired
+                    else f"until {time.strftime('%H:%M:%S', time.localtime(job.lease_expires_at))}",
+                    checkpoints,
                 )
-                job.state, job.started_at, job.queue_position = JobState.QUEUED, None, None
-                job.progress = JobProgress(
-                    stage="queued",
-                    sections=job.progress.sections,
-                    total_steps=job.progress.total_steps,
-                    enhanced_prompts=job.progress.enhanced_prompts,  # its sections so far encoded these
-                )
-                self._store.update(job)
+                self._requeued(job)
                 remove_partial_outputs(job.request, self.output_dir)
                 self._jobs[job.id] = job
             recovered_ids = [job.id for job in recovered]
             self._queue = recovered_ids + [job_id for job_id in self._queue if job_id not in recovered_ids]
             if self._paused and self._queue:
                 logger.warning("the queue is paused: %d jobs wait until it is resumed", len(self._queue))
-            self._thread = threading.Thread(target=self._work, name="framepack-jobs", daemon=True)
-            self._thread.start()
+            for worker in self._workers:
+                worker.thread = threading.Thread(
+                    target=self._work, args=(worker,), name=f"framepack-jobs-{worker.name}", daemon=True
+                )
+                worker.thread.start()
+            self._lease_keeper = threading.Thread(target=self._keep_leases, name="framepack-leases", daemon=True)
+            self._lease_keeper.start()
         try:
             self.prune()
         except Exception:  # noqa: BLE001 - a failed clean-up must not keep the queue from starting
             logger.exception("pruning ended jobs failed")
 
     def stop(self, timeout: float | None = 30.0, cancel_running: bool = False) -> bool:
-        """Stop the worker; the running job is interrupted at its next denoising step.
+        """Stop the workers; running jobs are interrupted at their next denoising step.
 
-        cancel_running=False (a normal shutdown): the interrupted job stays RUNNING in the database with its
-        checkpoints and the next `start()` resumes it. cancel_running=True: it ends CANCELLED. Queued jobs stay
+        cancel_running=False (a normal shutdown): the interrupted jobs stay RUNNING in the database with their
+        checkpoints and the next `start()` resumes them. cancel_running=True: they end CANCELLED. Queued jobs stay
         queued. Subscribers' streams end (without an end event) for jobs that did not end. Returns whether the
-        worker stopped within `timeout` (model loading cannot be interrupted).
+        workers stopped within `timeout` (model loading cannot be interrupted).
         """
         with self._lock:
             self._stopping = True
-            if self._token is not None:
-                if cancel_running:
-                    self._cancel_requested = True
-                self._token.cancel()
+            for worker in self._workers:
+                if worker.token is not None:
+                    if cancel_running:
+                        worker.cancel_requested = True
+                    worker.token.cancel()
             self._changed.notify_all()
-            thread = self._thread
-        if thread is not None:
-            thread.join(timeout)
-        stopped = thread is None or not thread.is_alive()
+            threads = [thread for thread in (*self._worker_threads(), self._lease_keeper) if thread is not None]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in threads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        stopped = not any(thread.is_alive() for thread in threads)
         if stopped:
             with self._lock:
                 self._folder_lock.release()
@@ -235,14 +300,21 @@ class JobManager:
         return stopped
 
     def close(self, timeout: float | None = 30.0) -> bool:
-        """Stop the worker for good (see `stop`) and close the database, its write-ahead log checkpointed, so that
-        `jobs.db` alone then holds every job. A worker that does not stop within `timeout` (a model still loading)
-        keeps the database open, checkpointed all the same. Returns whether the worker stopped."""
+        """Stop the workers for good (see `stop`), call `on_close`, and close the database, its write-ahead log
+        checkpointed, so that `jobs.db` alone then holds every job. A worker that does not stop within `timeout` (a
+        model still loading) keeps the database open, checkpointed all the same. Returns whether the workers
+        stopped."""
         stopped = self.stop(timeout)
+        on_close, self._on_close = self._on_close, None
+        if on_close is not None:
+            try:
+                on_close()
+            except Exception:  # noqa: BLE001 - the database is closed all the same
+                logger.exception("closing the workers failed")
         if stopped:
             self._store.close()
         else:
-            logger.warning("the job worker did not stop within %s s; %s stays open for it", timeout, self._store.path)
+            logger.warning("a job worker did not stop within %s s; %s stays open for it", timeout, self._store.path)
             self._store.checkpoint()
         return stopped
 
@@ -317,8 +389,9 @@ class JobManager:
         return list(self._jobs.values()) + [job for job in self._store.running() if job.id not in self._jobs]
 
     def cancel(self, job_id: str, keep_partial: bool = False) -> Job:
-        """Cancel a job. Queued: CANCELLED now. Running: the engine stops within one denoising step and the job
-        becomes CANCELLED when the worker notices (a job already past sampling may still finish). Ended:
+        """Cancel a job. Queued: CANCELLED now. Running: the engine stops within one denoising step (on a remote
+        worker too) and the job becomes CANCELLED when its worker notices (a job already past sampling may still
+        finish). Ended:
         JobConflict. keep_partial=True keeps the finished sections' latents in
         `jobs_dir/jobs/<id>/checkpoints/` (named in the job's error message); otherwise nothing is kept."""
         with self._lock:
@@ -327,11 +400,11 @@ class JobManager:
                 raise JobConflict(
                     f"job {job_id} is already {job.state.value}; only queued or running jobs can be cancelled"
                 )
-            worker_alive = self._thread is not None and self._thread.is_alive()
-            if job_id == self._running and self._token is not None and worker_alive:
-                self._cancel_requested, self._keep_partial = True, keep_partial
-                self._token.cancel()
-                logger.info("cancel requested for running job %s", job_id)
+            worker = self._worker_of(job_id)
+            if worker is not None and worker.token is not None and self._alive(worker):
+                worker.cancel_requested, worker.keep_partial = True, keep_partial
+                worker.token.cancel()
+                logger.info("cancel requested for running job %s (worker %s)", job_id, worker.name)
                 return self._public(job)
             if job_id in self._queue:
                 self._queue.remove(job_id)
@@ -342,11 +415,11 @@ class JobManager:
         return self.get(job_id)
 
     def cancel_running(self, keep_partial: bool = False) -> Job | None:
-        """Cancel the job that runs now, as `cancel` does (a host's Interrupt); None when no job runs."""
+        """Cancel the jobs that run now, as `cancel` does (a host's Interrupt); the one that started first, None
+        when no job runs."""
         with self._lock:
-            if self._running is None:
-                return None
-            return self.cancel(self._running, keep_partial)
+            cancelled = [self.cancel(job_id, keep_partial) for job_id in self._running_ids()]
+            return cancelled[0] if cancelled else None
 
     def cancel_batch(self, batch_id: str, keep_partial: bool = False) -> list[Job]:
         """Cancel every queued or running job of a batch (as `cancel` does); its jobs afterwards, in brief form.
@@ -375,7 +448,7 @@ class JobManager:
             return self._public(job)
 
     def pause(self) -> QueueState:
-        """Start no further job (the running one finishes); kept across restarts until `resume`."""
+        """Start no further job (running ones finish); kept across restarts until `resume`."""
         return self._set_paused(True)
 
     def resume(self) -> QueueState:
@@ -393,7 +466,16 @@ class JobManager:
 
     def queue_state(self) -> QueueState:
         with self._lock:
-            return QueueState(paused=self._paused, queued=len(self._queue), running=self._running)
+            running = self._running_ids()
+            return QueueState(paused=self._paused, queued=len(self._queue), running=running[0] if running else None)
+
+    def workers(self) -> list[WorkerState]:
+        """Each worker: its name, the job it runs, whether it is lost and whether its thread runs."""
+        with self._lock:
+            return [
+                WorkerState(name=worker.name, job=worker.job, down=worker.down, alive=self._alive(worker))
+                for worker in self._workers
+            ]
 
     def delete(self, job_id: str, files: bool = False) -> DeletedJob:
         """Delete an ended job from the store, with its kept checkpoints; with `files` also the outputs it wrote
@@ -449,7 +531,7 @@ class JobManager:
         request = self._preparer.complete(extension.request if extension is not None else request)
         plan = self._preparer.plan(request)
         self._preparer.check_enhancer(request, plan, everything=True)
-        return enhance_result(self._executor.enhance(request, plan), plan.num_sections)
+        return enhance_result(self._free_executor().enhance(request, plan), plan.num_sections)
 
     def recipe_text(self, model: str, variant: str) -> str:
         return self._preparer.recipe_text(model, variant)
@@ -464,13 +546,29 @@ class JobManager:
         return read_record(Path(path))
 
     def load_model(self, request: GenerateRequest) -> bool:
-        """Load the request's model now instead of with its first job (waits while a job runs); True when it is
-        the self-test model."""
-        return self._executor.load_model(request)
+        """Load the request's model now on every worker instead of with its first job (each waits while its job
+        runs); True when it is the self-test model."""
+        return self._on_every_worker(lambda executor: executor.load_model(request))[0]
 
     def unload_model(self) -> None:
-        """Free the loaded model (waits while a job runs, which keeps using it until it ends)."""
-        self._executor.unload_model()
+        """Free every worker's loaded model (each waits while its job runs, which keeps using it until it ends)."""
+        self._on_every_worker(lambda executor: executor.unload_model())
+
+    def _on_every_worker(self, call: Callable[[Executor], Any]) -> list[Any]:
+        """`call` on every worker's executor, at the same time; the results in worker order (the first error
+        raised once all are done)."""
+        executors = [worker.executor for worker in self._workers]
+        if len(executors) == 1:
+            return [call(executors[0])]
+        with ThreadPoolExecutor(len(executors), thread_name_prefix="framepack-model") as pool:
+            futures = [pool.submit(call, executor) for executor in executors]
+        return [future.result() for future in futures]
+
+    def _free_executor(self) -> Executor:
+        """The executor of the first worker that runs no job (else the first worker's: the call waits)."""
+        with self._lock:
+            free = [worker for worker in self._workers if worker.job is None and not worker.down]
+            return (free or self._workers)[0].executor
 
     # ------------------------------------------------------------------------------------------- queries
 
@@ -585,17 +683,21 @@ class JobManager:
 
     # ------------------------------------------------------------------------------------------- worker
 
-    def _work(self) -> None:
+    def _work(self, worker: _Worker) -> None:
         while True:
             with self._lock:
-                self._changed.wait_for(lambda: self._stopping or (self._queue and not self._paused))
+                self._changed.wait_for(lambda: self._stopping or self._next_for(worker) is not None)
                 if self._stopping:
                     return
-                job = self._jobs[self._queue.pop(0)]
+                job_id = self._next_for(worker)
+                self._queue.remove(job_id)
+                job = self._jobs[job_id]
                 token = CancelToken()
-                self._running, self._token = job.id, token
-                self._cancel_requested = self._keep_partial = False
+                worker.job, worker.token = job.id, token
+                worker.cancel_requested = worker.keep_partial = False
                 job.state, job.started_at = JobState.RUNNING, time.time()
+                job.worker, job.attempt = worker.name, job.attempt + 1
+                job.lease_expires_at = time.time() + LEASE_SECONDS
                 job.progress = JobProgress(
                     stage="starting",
                     sections=job.progress.sections,
@@ -603,18 +705,85 @@ class JobManager:
                     enhanced_prompts=job.progress.enhanced_prompts,
                 )
                 self._store.update(job)
-                self._last_persist = time.monotonic()
+                self._persisted[job.id] = time.monotonic()
                 self._bus.publish(job.id, _event(StateEvent, self._public(job)))
-            logger.info("running job %s", job.id)
-            if not self._execute(job, token):
+                self._changed.notify_all()  # a worker that left the head job to this one may take the next job
+            logger.info("running job %s on worker %s (attempt %d)", job.id, worker.name, job.attempt)
+            outcome = self._execute(worker, job, token)
+            if outcome == "stop":
+                return
+            if outcome == "lost" and not self._recover(worker):
                 return
             try:
                 self.prune()
             except Exception:  # noqa: BLE001 - a failed clean-up must not stop the worker
                 logger.exception("pruning ended jobs failed")
 
-    def _execute(self, job: Job, token: CancelToken) -> bool:
-        """Run one job to its end; False when the worker must stop (the job stays RUNNING, to be resumed)."""
+    def _next_for(self, worker: _Worker) -> str | None:
+        """The job `worker` should take now (under the lock): the head of the queue, unless the queue is paused,
+        the worker is lost, or another free worker holds the job's model while this one does not."""
+        if self._paused or not self._queue or worker.down or worker.job is not None:
+            return None
+        head = self._queue[0]
+        prepared = self._prepared.get(head)
+        if prepared is None or worker.executor.holds(prepared.recipe):
+            return head
+        others = [other for other in self._workers if other is not worker and other.job is None and not other.down]
+        if any(other.executor.holds(prepared.recipe) for other in others if self._alive(other)):
+            return None
+        return head
+
+    def _recover(self, worker: _Worker) -> bool:
+        """After a lost worker's job was dealt with: wait until the worker answers again (asking every
+        RECOVER_RETRY_SECONDS); False when the manager stops meanwhile."""
+        with self._lock:
+            worker.down = True
+        while True:
+            try:
+                worker.executor.recover()
+                break
+            except WorkerLost as error:
+                logger.error("%s; asking again in %g s", error, RECOVER_RETRY_SECONDS)
+            except Exception:  # noqa: BLE001 - whatever a lost worker raises, the others keep working
+                logger.exception(
+                    "worker %s: recovering failed; asking again in %g s", worker.name, RECOVER_RETRY_SECONDS
+                )
+            with self._lock:
+                if self._changed.wait_for(lambda: self._stopping, RECOVER_RETRY_SECONDS):
+                    return False
+        with self._lock:
+            worker.down = False
+            logger.info("worker %s is back", worker.name)
+            self._changed.notify_all()
+            return not self._stopping
+
+    def _keep_leases(self) -> None:
+        """Renew the leases of the running jobs every third of LEASE_SECONDS while the manager runs."""
+        while True:
+            with self._lock:
+                if self._changed.wait_for(lambda: self._stopping, LEASE_SECONDS / 3):
+                    return
+                for job_id in self._running_ids():
+                    job = self._jobs[job_id]
+                    job.lease_expires_at = time.time() + LEASE_SECONDS
+                    self._store.update(job)
+
+    def _requeued(self, job: Job) -> None:
+        """A job that ran becomes queued again (under the lock; the caller puts it into the queue): its progress
+        restarts, its lease ends; its worker, attempt and checkpoints stay."""
+        job.state, job.started_at, job.queue_position, job.lease_expires_at = JobState.QUEUED, None, None, None
+        job.progress = JobProgress(
+            stage="queued",
+            sections=job.progress.sections,
+            total_steps=job.progress.total_steps,
+            enhanced_prompts=job.progress.enhanced_prompts,  # its sections so far encoded these
+        )
+        self._store.update(job)
+
+    def _execute(self, worker: _Worker, job: Job, token: CancelToken) -> str:
+        """Run one job on `worker` until it ended or left the worker: "done" (it ended), "lost" (its worker was
+        lost: the job is queued again or failed) or "stop" (the worker must stop; the job stays RUNNING, to be
+        resumed)."""
         try:
             prepared = with_enhanced_prompts(self._prepared.get(job.id) or self._restore(job), job.progress)
             self._preparer.check_unchanged(prepared)
@@ -625,17 +794,19 @@ class JobManager:
             if restored:
                 logger.info("job %s: resuming with %d sections restored from checkpoints", job.id, job.resumed_sections)
             restored = {**self._parent_latents(prepared.plan), **restored}
-            result = self._executor.run(prepared, restored, _JobSink(self, job, token))
+            result = worker.executor.run(prepared, restored, _JobSink(self, job, token))
         except Cancelled:
             with self._lock:
-                by_user, keep, stopping = self._cancel_requested, self._keep_partial, self._stopping
+                by_user, keep, stopping = worker.cancel_requested, worker.keep_partial, self._stopping
             if by_user or not stopping:
                 logger.info("job %s cancelled", job.id)
                 self._end(job, JobState.CANCELLED, error=self._cancel_error(job.id, keep), keep_checkpoints=keep)
-                return True
+                return "done"
             logger.info("job %s interrupted by shutdown; it stays running and resumes on the next start", job.id)
             self._leave_running(job)
-            return False
+            return "stop"
+        except WorkerLost as lost:
+            return self._lost(worker, job, lost)
         except Exception as error:
             failure = classify(error)
             if failure is None:
@@ -644,21 +815,53 @@ class JobManager:
         except BaseException:
             # SystemExit, KeyboardInterrupt and the like: the process is going down. Like after a kill, the job
             # stays RUNNING with its checkpoints and the next start() resumes it.
-            logger.critical("job %s interrupted by a process exit; the worker stops", job.id, exc_info=True)
+            logger.critical("job %s interrupted by a process exit; the workers stop", job.id, exc_info=True)
             self._leave_running(job)
-            return False
+            return "stop"
         else:
             if result.kept is not None:
                 self._keep(job, prepared.plan, result.kept)
             outputs = [self._relative(path) for path in result.outputs]
             self._end(job, JobState.FINISHED, outputs=outputs, timings=result.timings)
             logger.info("job %s finished: %s", job.id, ", ".join(outputs))
-            return True
+            return "done"
         if failure.kind == "out_of_memory":
-            self._executor.free_memory()  # before the next job starts; the exception and its frames are released
+            worker.executor.free_memory()  # before the next job starts; the exception and its frames are released
         logger.warning("job %s failed (%s): %s", job.id, failure.kind, failure.message)
         self._end(job, JobState.FAILED, error=failure)
-        return True
+        return "done"
+
+    def _lost(self, worker: _Worker, job: Job, lost: WorkerLost) -> str:
+        """The worker running `job` was lost: a cancelled job ends cancelled, a job interrupted by a shutdown stays
+        RUNNING, a job with attempts left goes back to the front of the queue (its hidden partial outputs removed,
+        its checkpoints kept) and one without fails with the reason. "lost", or "stop" for the shutdown."""
+        with self._lock:
+            by_user, keep, stopping = worker.cancel_requested, worker.keep_partial, self._stopping
+        if by_user:
+            logger.info("job %s cancelled (and its worker was lost: %s)", job.id, lost.reason)
+            self._end(job, JobState.CANCELLED, error=self._cancel_error(job.id, keep), keep_checkpoints=keep)
+            return "lost"
+        if stopping:
+            logger.info("job %s: %s during a shutdown; it resumes on the next start", job.id, lost)
+            self._leave_running(job)
+            return "stop"
+        with self._lock:
+            worker.down = True
+        if job.attempt >= self.max_attempts:
+            message = f"{lost}; gave up after {job.attempt} attempts (the limit is {self.max_attempts})"
+            logger.error("job %s failed: %s", job.id, message)
+            self._end(job, JobState.FAILED, error=JobErrorInfo(kind="worker_lost", message=message))
+            return "lost"
+        logger.warning("job %s: %s; queued again for attempt %d", job.id, lost, job.attempt + 1)
+        remove_partial_outputs(job.request, self.output_dir)
+        with self._lock:
+            self._requeued(job)
+            worker.job, worker.token, worker.down = None, None, True  # no job for it until it answers again
+            self._persisted.pop(job.id, None)
+            self._queue.insert(0, job.id)
+            self._bus.publish(job.id, _event(StateEvent, self._public(job)))
+            self._changed.notify_all()
+        return "lost"
 
     def _prepare(self, request: GenerateRequest, job_id: str) -> PreparedJob:
         """`Preparer.prepare`; a continuation or re-roll is first resolved against its parent (`framepack.extend`:
@@ -728,6 +931,8 @@ class JobManager:
         worker thread."""
         now = time.monotonic()
         with self._lock:
+            if job.state != JobState.RUNNING:  # a late event of a run that ended or was requeued
+                return
             published = from_engine(event, job.progress)
             if published is None:
                 return
@@ -739,10 +944,10 @@ class JobManager:
             self._bus.publish(job.id, published)
             if (
                 isinstance(published, (StageEvent, SectionEvent, EnhanceEvent))
-                or now - self._last_persist >= PERSIST_INTERVAL_S
+                or now - self._persisted.get(job.id, 0.0) >= PERSIST_INTERVAL_S
             ):
                 self._store.update(job)
-                self._last_persist = now
+                self._persisted[job.id] = now
             if not isinstance(published, SectionEvent):
                 self._hook("progress", job)
 
@@ -772,14 +977,16 @@ class JobManager:
         with self._lock:
             job.state, job.finished_at, job.error = state, time.time(), error
             job.outputs, job.timings = outputs or [], timings or {}
-            job.queue_position = None
+            job.queue_position, job.lease_expires_at = None, None
             job.progress.stage, job.progress.eta_seconds = state.value, None
             self._store.update(job)
             self._jobs.pop(job.id, None)
             self._prepared.pop(job.id, None)
             self._previews.pop(job.id, None)
-            if self._running == job.id:
-                self._running, self._token = None, None
+            self._persisted.pop(job.id, None)
+            worker = self._worker_of(job.id)
+            if worker is not None:
+                worker.job, worker.token = None, None
             self._bus.publish(job.id, _event(EndEvent, self._public(job)))
             self._changed.notify_all()
 
@@ -800,6 +1007,25 @@ class JobManager:
         return JobErrorInfo(kind="cancelled", message=message)
 
     # ------------------------------------------------------------------------------------------- helpers
+
+    def _worker_of(self, job_id: str) -> _Worker | None:
+        """The worker running `job_id` (under the lock)."""
+        return next((worker for worker in self._workers if worker.job == job_id), None)
+
+    def _running_ids(self) -> list[str]:
+        """The running jobs, the one that started first first (under the lock)."""
+        running = [self._jobs[worker.job] for worker in self._workers if worker.job is not None]
+        return [job.id for job in sorted(running, key=lambda job: job.started_at or 0.0)]
+
+    def _worker_threads(self) -> list[threading.Thread]:
+        return [worker.thread for worker in self._workers if worker.thread is not None]
+
+    def _threads_alive(self) -> bool:
+        return any(thread.is_alive() for thread in self._worker_threads())
+
+    @staticmethod
+    def _alive(worker: _Worker) -> bool:
+        return worker.thread is not None and worker.thread.is_alive()
 
     def _check_room(self, jobs: int = 1) -> None:
         with self._lock:

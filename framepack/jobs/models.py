@@ -42,7 +42,8 @@ class JobProgress(BaseModel):
 
 class JobErrorInfo(BaseModel):
     kind: str = Field(
-        description="invalid | conflict | model_unavailable | out_of_memory | disk_full | cancelled | internal"
+        description="invalid | conflict | model_unavailable | out_of_memory | disk_full | cancelled | worker_lost | "
+        "internal"
     )
     field: str | None = None
     message: str
@@ -64,6 +65,11 @@ class Job(BaseModel):
     queue_position: int | None = None  # 0 = next to run; None once started
     resumed_sections: int = 0  # sections restored from checkpoints after a restart
     batch_id: str | None = Field(None, description="the batch the job was queued with (None for a single job)")
+    worker: str | None = Field(None, description="the worker that runs it, or ran it last (e.g. cuda:1)")
+    attempt: int = Field(0, description="how many times a worker took it (more than 1 after a worker was lost)")
+    lease_expires_at: float | None = Field(
+        None, description="while it runs: when its worker's lease ends unless renewed (the queue renews it)"
+    )
     parent: str | None = Field(None, description="the job this one continues or re-rolls (continue_job, reroll_job)")
     parent_kind: Literal["continue", "reroll"] | None = Field(None, description="how it derives from its parent")
     latents_kept: bool = Field(
@@ -90,6 +96,15 @@ class QueueState(BaseModel):
     paused: bool = Field(description="a paused queue lets the running job finish and starts no other")
     queued: int = Field(description="jobs waiting")
     running: str | None = Field(None, description="the id of the job running now")
+
+
+class WorkerState(BaseModel):
+    """One worker of the queue (one GPU, or one Ray actor)."""
+
+    name: str = Field(description="e.g. cpu, cuda:1, ray:<actor id>")
+    job: str | None = Field(None, description="the id of the job it runs now")
+    down: bool = Field(False, description="it was lost and has not answered again yet")
+    alive: bool = Field(False, description="its thread in the queue runs (the queue was started)")
 
 
 class DeletedJob(BaseModel):

@@ -4,7 +4,8 @@ request names (see `framepack.jobs.prepare`; no face sees them) are written once
 
 The store knows nothing about running jobs; the `JobManager` is the only writer. `seq` is a monotonic insertion
 number that gives the FIFO order of the queue (timestamps can tie or go backwards); `queue_rank`, once the queue
-was reordered, overrides it (queued jobs run in the order of `COALESCE(queue_rank, seq)`). Beside the request the
+was reordered, overrides it (queued jobs run in the order of `COALESCE(queue_rank, seq)`). A job's lease (`worker`,
+`lease_expires_at`, `attempt`; see `framepack.jobs.manager`) is part of what a run changes. Beside the request the
 store keeps its brief form (`framepack.jobs.models.brief_request`: images replaced by a note), so a listing
 (`page`) never reads the images. A `settings` table holds the queue's own state (whether it is paused).
 
@@ -51,7 +52,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     image_digests_json TEXT,
     request_brief_json TEXT,
     batch_id TEXT,
-    queue_rank REAL
+    queue_rank REAL,
+    worker TEXT,
+    lease_expires_at REAL,
+    attempt INTEGER NOT NULL DEFAULT 0
 )
 """
 SETTINGS_SCHEMA = "CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
@@ -60,14 +64,22 @@ INDEXES = (
     "CREATE INDEX IF NOT EXISTS jobs_by_batch ON jobs (batch_id)",
 )
 # Columns added after the first release, with their definition: a database made before them gets them on open.
-ADDED_COLUMNS = {"image_digests_json": "TEXT", "request_brief_json": "TEXT", "batch_id": "TEXT", "queue_rank": "REAL"}
+ADDED_COLUMNS = {
+    "image_digests_json": "TEXT",
+    "request_brief_json": "TEXT",
+    "batch_id": "TEXT",
+    "queue_rank": "REAL",
+    "worker": "TEXT",  # the lease: which worker runs the job (or ran it last),
+    "lease_expires_at": "REAL",  # until when (renewed while it runs),
+    "attempt": "INTEGER NOT NULL DEFAULT 0",  # and how many times a worker took it
+}
 
 FIXED_COLUMNS = (
     "request_json", "plan_json", "summary", "created_at", "image_digests_json", "request_brief_json", "batch_id",
 )  # fmt: skip
 CHANGING_COLUMNS = (
     "state", "progress_json", "outputs_json", "timings_json", "error_json", "started_at", "finished_at",
-    "resumed_sections",
+    "resumed_sections", "worker", "lease_expires_at", "attempt",
 )  # fmt: skip
 _COLUMNS = FIXED_COLUMNS + CHANGING_COLUMNS
 INSERT = (
@@ -76,7 +88,8 @@ INSERT = (
 )
 # What a listing reads: every column but the request (its brief form stands in for it).
 PAGE_COLUMNS = ("id", "state", "plan_json", "summary", "progress_json", "outputs_json", "timings_json", "error_json",
-                "created_at", "started_at", "finished_at", "resumed_sections", "batch_id")  # fmt: skip
+                "created_at", "started_at", "finished_at", "resumed_sections", "batch_id", "worker",
+                "lease_expires_at", "attempt")  # fmt: skip
 UPDATE = f"UPDATE jobs SET {', '.join(f'{column} = ?' for column in CHANGING_COLUMNS)} WHERE id = ?"
 
 
@@ -104,6 +117,9 @@ def _changing_values(job: Job) -> tuple:
         job.started_at,
         job.finished_at,
         job.resumed_sections,
+        job.worker,
+        job.lease_expires_at,
+        job.attempt,
     )
 
 
@@ -135,6 +151,9 @@ def _job(row: sqlite3.Row) -> Job:
         finished_at=row["finished_at"],
         resumed_sections=row["resumed_sections"],
         batch_id=row["batch_id"],
+        worker=row["worker"],
+        lease_expires_at=row["lease_expires_at"],
+        attempt=row["attempt"],
     )
 
 

@@ -50,6 +50,7 @@ from transformers import (
 
 from framepack.errors import UserError
 from framepack.models.components import Components
+from framepack.models.load_lock import LOAD_LOCK
 from framepack.models.quantize import (
     COMPUTE_KINDS,
     float8_compute_problem,
@@ -246,16 +247,17 @@ def load_component(
     if loader.dtype_keyword is not None:
         kwargs[loader.dtype_keyword] = dtype
     start = time.perf_counter()
-    try:
-        if source.is_single_file:
-            component = load_transformer_file(_single_file_path(source, hub), dtype)
-        else:
-            component = loader.cls.from_pretrained(_source_path(source), **kwargs)
-    except LOAD_ERRORS as error:
-        raise _unavailable(name, source, f"{type(error).__name__}: {error}", hub) from error
-    if loader.is_module:
-        component = _prepare_module(component, device, name, source.quantize, compute_device)
-    elif name == "tokenizer":
+    with LOAD_LOCK:  # loading and quantizing are not thread-safe (several workers in one process)
+        try:
+            if source.is_single_file:
+                component = load_transformer_file(_single_file_path(source, hub), dtype)
+            else:
+                component = loader.cls.from_pretrained(_source_path(source), **kwargs)
+        except LOAD_ERRORS as error:
+            raise _unavailable(name, source, f"{type(error).__name__}: {error}", hub) from error
+        if loader.is_module:
+            component = _prepare_module(component, device, name, source.quantize, compute_device)
+    if name == "tokenizer":
         component = _prepare_llama_tokenizer(component)
     _check_after_loading(name, source, component, hub)
     summary = quantization_of(component) if loader.is_module else None
