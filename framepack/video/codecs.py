@@ -82,6 +82,9 @@ def open_in_memory(codec: str, container: str, options: dict[str, str], width: i
         except ValueError as error:
             raise EncoderError("container", f"{container} cannot hold {codec}: {error}") from None
         stream.width, stream.height, stream.pix_fmt = width, height, pixel_format(codec)
+        # one thread: libvpx's threads spin-wait on each other, and on busy cores a probe of a few 64x64 frames was
+        # seen to spin for minutes; a probe checks what opens, not speed
+        stream.thread_count = 1
         stream.options = {**options, **(PROBE_EXTRAS.get(codec, {}) if options else {})}
         frame = av.VideoFrame.from_ndarray(np.zeros((height, width, 3), np.uint8), format="rgb24")
         try:
