@@ -16,7 +16,6 @@ written file.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import torch
@@ -25,6 +24,7 @@ from safetensors.torch import save
 
 from framepack.extend import kept_matches, plan_metadata
 from framepack.generate import START, KeptLatents, LatentKey
+from framepack.outputs import write_bytes_atomically
 from framepack.plan import Plan
 
 logger = logging.getLogger(__name__)
@@ -57,14 +57,7 @@ def save_kept(path: Path, kept: KeptLatents, plan: Plan) -> int:
     tensors = {tensor_name(key): tensor.detach().cpu().contiguous() for key, tensor in kept.latents.items()}
     tensors["stream_state"] = kept.stream_state.detach().cpu().contiguous()
     data = save(tensors, metadata={"format": FORMAT, **plan_metadata(plan)})
-    temporary = path.with_name(f".{path.name}.partial")
-    try:
-        with open(temporary, "wb") as handle:  # a Python write, so a full disk is an OSError naming the file
-            handle.write(data)
-    except OSError as error:
-        temporary.unlink(missing_ok=True)
-        raise OSError(error.errno, error.strerror, str(temporary)) from error
-    os.replace(temporary, path)
+    write_bytes_atomically(data, path, path.with_name(f".{path.name}.partial"))
     logger.debug("kept latents written to %s (%d bytes)", path, len(data))
     return len(data)
 

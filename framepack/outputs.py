@@ -213,6 +213,18 @@ def remove_path(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def write_bytes_atomically(data: bytes, target: Path, temporary: Path) -> None:
+    """Write `data` to `temporary`, then rename it to `target`, so a reader never sees half a file. A Python write,
+    so a full disk is an OSError naming the temporary file, which is then removed."""
+    try:
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise OSError(error.errno, error.strerror, str(temporary)) from error
+    os.replace(temporary, target)
+
+
 def place_output(temporary: Path, final: Path, commit: OutputCommit | None) -> Path:
     """A sink's finished output: staged for `commit` (renamed later with the job's other outputs) or, without
     one, renamed into place now; `final` either way."""

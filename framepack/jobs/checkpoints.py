@@ -8,7 +8,6 @@ writing the same key twice (a retried section) replaces it with the same latents
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from framepack.generate import START
+from framepack.outputs import write_bytes_atomically
 from framepack.plan import Plan
 
 logger = logging.getLogger(__name__)
@@ -46,16 +46,8 @@ class CheckpointStore:
         """Latents of a sampled section, written atomically (temporary name, then rename)."""
         folder = self.folder(job_id)
         folder.mkdir(parents=True, exist_ok=True)
-        target = folder / f"{key}.safetensors"
-        temporary = folder / f".{key}.partial.safetensors"
         data = save({"latents": latents.detach().to("cpu", torch.float32).contiguous()})
-        try:
-            with open(temporary, "wb") as handle:  # a Python write, so a full disk is an OSError naming the file
-                handle.write(data)
-        except OSError as error:
-            temporary.unlink(missing_ok=True)
-            raise OSError(error.errno, error.strerror, str(temporary)) from error
-        os.replace(temporary, target)
+        write_bytes_atomically(data, folder / f"{key}.safetensors", folder / f".{key}.partial.safetensors")
         logger.debug("job %s: checkpoint %s saved", job_id, key)
 
     def load(self, job_id: str, plan: Plan) -> dict[SectionKey, torch.Tensor]:
