@@ -5,6 +5,7 @@ Tests never touch the network: the Hugging Face libraries are put in offline mod
 
 from __future__ import annotations
 
+import faulthandler
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -13,6 +14,42 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+
+# Seconds past pytest-timeout's limit at which faulthandler ends a test's process (see pytest_runtest_protocol).
+BACKSTOP_GRACE_S = 60
+
+
+STDERR_KEY = pytest.StashKey[int]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[STDERR_KEY] = os.dup(2)  # the terminal's stderr, before any test's output capture
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
+    """A backstop behind pytest-timeout, whose timer is a Python thread that needs the GIL: a test stuck in native
+    code that holds the GIL would hang CI silently. faulthandler's watchdog is a C thread, so past the limit it still
+    prints every thread's stack to the terminal and ends the worker, which pytest-xdist reports as a failure."""
+    limit = float(item.config.getini("timeout") or 0)
+    if limit > 0:
+        faulthandler.dump_traceback_later(limit + BACKSTOP_GRACE_S, exit=True, file=item.config.stash[STDERR_KEY])
+    try:
+        return (yield)
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+
+
+@pytest.fixture(autouse=True)
+def no_realtime_threads_left():
+    """Fails the test after which a thread of this worker is on real-time scheduling (and resets it): an encoder
+    that leaves one (SVT-AV1 does, as root) starves the machine and every process started later (docs in
+    framepack/video/scheduling.py); this is how a whole CI run once froze."""
+    from framepack.video.scheduling import drop_realtime_scheduling
+
+    yield
+    moved = drop_realtime_scheduling()
+    assert not moved, f"{moved} threads of this test worker were left on real-time scheduling"
 
 
 @pytest.fixture(scope="session")

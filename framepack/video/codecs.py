@@ -17,6 +17,7 @@ from av.codec.codec import Capabilities
 from framepack.outputs import CONTAINERS
 from framepack.video.codec_options import HARDWARE_MARKERS, EncoderError, parse_codec_options
 from framepack.video.probe import EncoderProber
+from framepack.video.scheduling import drop_realtime_scheduling
 
 # FFmpeg's format name of each container the request model offers (its file suffix, except Matroska's)
 CONTAINER_FORMATS = {container: {"mkv": "matroska"}.get(container, container) for container in CONTAINERS}
@@ -103,6 +104,7 @@ def open_in_memory(codec: str, container: str, options: dict[str, str], width: i
             )
     finally:
         output.close()
+        drop_realtime_scheduling()
 
 
 def probe_encoder(

@@ -11,6 +11,7 @@ import numpy as np
 
 from framepack.outputs import OutputCommit, partial_path, place_output
 from framepack.video.codecs import CONTAINER_FORMATS, EncoderError, check_names, parse_codec_options, pixel_format
+from framepack.video.scheduling import drop_realtime_scheduling
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +63,8 @@ class VideoEncoderSink:
         for pixels in frames:
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(pixels), format="rgb24")
             self._container.mux(self._stream.encode(frame))
+            if not self.frames:  # the encoder opens on its first frame, and SVT-AV1 starts real-time threads then
+                drop_realtime_scheduling()
             self.frames += 1
 
     def close(self) -> Path:
