@@ -10,9 +10,12 @@ the parent's is refused, naming it (`LOCKED`). `duration` of a continuation is t
   (START too) and the added ones continue the parent's random stream from its kept state, so the frames are exactly
   those of one job of N+M sections with the same seed.
 - **Continue, bidirectional**: bidirectional sampling runs from the end backwards, so the parent's sections cannot be
-  the first sections of a longer plan. The plan has the M added sections, and the parent's latents precede them as
-  `source_latents`, the mechanism the video-input part of issue 16 gives `generate()`; until it is wired here such a
-  request is planned (the plan says so) and refused at submit (`Extension.check_runnable`).
+  the first sections of a longer plan. The new job continues the parent's video as a source video given as latents
+  (`source_latents` of `generate()`, the mechanism of init_video): its kept latents in time order (START, then the
+  sections) are the source, whose last latent frame the M added sections start from. The plan has the M sections
+  and the source (`source_video`); the parent's start and end images, image strength and paddings do not apply
+  (the start is the source's last frame). `keep_source` defaults to on, so the output is the whole video, as an F1
+  continuation's is; with it off the output is the new part alone.
 - **Re-roll section k**: the plan is the parent's; the sections generated before k (F1: 0..k-1; bidirectional:
   k+1..N-1) are restored, k and the ones generated after it are sampled from a new stream seeded with
   `reroll_seed`, k with `reroll_prompt` as its section line when one is given. A seamless loop's connecting section
@@ -37,6 +40,7 @@ from framepack.plan import (
     VAE_TEMPORAL,
     ExtendPlan,
     Plan,
+    SourceVideo,
     join_prompt,
     random_seed,
     section_count,
@@ -53,6 +57,8 @@ LOCKED = (
     "model", "variant", "resolution", "aspect_ratio", "latent_window_size", "fps", "interpolate", "init_image",
     "end_image", "init_strength", "latent_paddings", "seed",
 )  # fmt: skip
+# Fields of a bidirectional parent that a continuation of it leaves out: it starts from the parent's last frame.
+SOURCE_REPLACES = {"init_image": None, "end_image": None, "init_strength": 1.0, "latent_paddings": ""}
 # What a kept file's metadata names of its plan (`framepack.kept_latents`): a file is used only for that plan.
 PLAN_KEYS = ("variant", "width", "height", "latent_window_size", "num_sections", "seed")
 FINISHED = "finished"
@@ -104,7 +110,20 @@ class Extension:
     @property
     def source_latents(self) -> bool:
         """A bidirectional continuation: the parent's latents precede the new sections (see the module docstring)."""
-        return self.kind == "continue" and self.parent_plan.variant == "bidirectional"
+        return continues_as_source(self.kind, self.parent_plan)
+
+    @property
+    def source_video(self) -> SourceVideo | None:
+        """What planning knows of the source a bidirectional continuation continues: the parent's kept latents,
+        1 + sections * window latent frames (None for the other kinds)."""
+        if not self.source_latents:
+            return None
+        parent = self.parent_plan
+        latent_frames = 1 + parent.num_sections * parent.latent_window_size
+        return SourceVideo(
+            frames=VAE_TEMPORAL * (latent_frames - 1) + 1, width=parent.width, height=parent.height,
+            fps=parent.generated_fps, latents=True,
+        )  # fmt: skip
 
     def plan(self, plan: Plan) -> Plan:
         """The new job's plan from the plan of its `request`: checked against the parent's, the re-rolled section's
@@ -135,15 +154,7 @@ class Extension:
             extend = ExtendPlan(kind="reroll", parent=self.parent.id, parent_sections=n, restored=restored,
                                 reroll_section=k, reroll_seed=self.request.reroll_seed)  # fmt: skip
         plan = with_prompts(plan, parent, restored, self.request, extend.reroll_section)
-        warnings = [*plan.warnings, *self.warnings]
-        if self.source_latents:
-            warnings.append(bidirectional_note(self.parent.id))
-        return plan.model_copy(update={"extend": extend, "warnings": warnings})
-
-    def check_runnable(self) -> None:
-        """At submit: refuse what can be planned but not run yet (a bidirectional continuation)."""
-        if self.source_latents:
-            raise FieldError("continue_job", bidirectional_note(self.parent.id))
+        return plan.model_copy(update={"extend": extend, "warnings": [*plan.warnings, *self.warnings]})
 
     def check_images(self, digests: dict[str, str]) -> None:
         """The image files the new job reads are those the parent read (`digests`: the new job's, at submit)."""
@@ -157,11 +168,9 @@ class Extension:
             )
 
 
-def bidirectional_note(job_id: str) -> str:
-    return (
-        f"job {job_id} is bidirectional: the job queue does not yet hand its kept latents to the engine as source "
-        "latents; give its video as init_video to continue it, continue an F1 job, or re-roll a section of this one"
-    )
+def continues_as_source(kind: Kind, parent: Plan) -> bool:
+    """Whether a `kind` job of `parent` continues its kept latents as a source video (bidirectional continuation)."""
+    return kind == "continue" and parent.variant == "bidirectional"
 
 
 def generated_before(plan: Plan, section: int) -> list[int]:
@@ -232,6 +241,9 @@ def resolve(request: GenerateRequest, lookup: ParentLookup) -> Extension | None:
             raise FieldError("duration", f"the continued video would last {seconds:.1f} s; at most {MAX_DURATION_S:g}")
         fields["duration"] = seconds
         sampled = list(range(0 if plan.variant == "bidirectional" else plan.num_sections, total))
+        if continues_as_source(kind, plan):
+            fields.update(SOURCE_REPLACES)
+            fields["keep_source"] = request.keep_source if "keep_source" in given else True
     else:
         k = int(request.reroll_section or 0)
         if k >= plan.num_sections:
@@ -243,7 +255,9 @@ def resolve(request: GenerateRequest, lookup: ParentLookup) -> Extension | None:
                 raise FieldError(key, f"a re-roll keeps job {parent.id}'s {key}; leave {key} out")
         fields["duration"] = parent.request.get("duration")
         sampled = sorted(plan.generation_order[plan.generation_order.index(k) :])
-    fields["keyframes"] = merged_keyframes(parent, request, given, sampled)
+    # a bidirectional continuation's sections are new ones: the parent's keyframes belong to the parent's sections
+    inherited = {} if continues_as_source(kind, plan) else parent.request.get("keyframes") or {}
+    fields["keyframes"] = merged_keyframes(inherited, parent.id, request, given, sampled)
     try:
         merged = GenerateRequest.model_validate(fields)
     except ValueError as error:  # the parent's stored request no longer validates (an older version wrote it)
@@ -275,17 +289,17 @@ def find_parent(job_id: str, name: str, kind: Kind, lookup: ParentLookup) -> Par
 
 
 def merged_keyframes(
-    parent: ParentJob, request: GenerateRequest, given: set[str], sampled: list[int]
+    inherited: dict, parent_id: str, request: GenerateRequest, given: set[str], sampled: list[int]
 ) -> dict[int, str]:
-    """The parent's keyframes with the request's over them; each given one must be for a section that is sampled."""
-    keyframes = {int(index): source for index, source in (parent.request.get("keyframes") or {}).items()}
+    """The inherited keyframes with the request's over them; each given one must be for a section that is sampled."""
+    keyframes = {int(index): source for index, source in inherited.items()}
     if "keyframes" not in given:
         return keyframes
     for index, source in request.keyframes.items():
         if index not in sampled:
             raise FieldError(
                 "keyframes",
-                f"section {index} is restored from job {parent.id}'s latents; a keyframe is accepted for the sections "
+                f"section {index} is restored from job {parent_id}'s latents; a keyframe is accepted for the sections "
                 f"this job samples ({section_ranges(sampled)})",
             )
         keyframes[index] = source

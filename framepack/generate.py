@@ -58,6 +58,7 @@ logger = logging.getLogger(__name__)
 
 START = "start"  # key of the start-frame latent among the section latents
 STREAM = "stream"  # key of a parent job's random-stream state among restored latents (a continuation)
+SOURCE = "source"  # key of `source_latents` given among restored latents (a queued bidirectional continuation)
 LatentKey = str | int
 LatentCallback = Callable[[LatentKey, torch.Tensor], None]  # (START or section index, the section's latents)
 KEPT_DTYPES = (torch.float16, torch.bfloat16)  # 16-bit transformer dtypes the section latents are rounded to
@@ -465,21 +466,34 @@ class SectionLoop:
                 yield frame
 
     def decode_source(self, hold: HoldBack) -> None:
-        """keep_source without the source's pixels: its latents decoded in windows of two sections' length that share
-        one section with the next (as a video's windows do), joined with the overlap blend, into `hold`."""
-        window, latents = self.plan.latent_window_size, self.source
+        """keep_source without the source's pixels: its latents decoded in windows (`source_windows`), joined with
+        the overlap blend, into `hold`."""
+        latents = self.source
         count = latents.shape[2]
-        joiner = OverlapJoiner(overlap_frames(window, self.components.temporal_scale), hold.push_many)
-        start = 0
-        while True:
-            end = min(count, start + 2 * window)
+        joiner = OverlapJoiner(
+            overlap_frames(self.plan.latent_window_size, self.components.temporal_scale), hold.push_many
+        )
+        windows = self.source_windows(count)
+        for (start, end), (next_start, _) in zip(windows, [*windows[1:], (count, count)], strict=True):
             self.cancel.check()
             # positions count from the source's last frame (START, 0), so the first window may reuse tiles
-            joiner.add(self.vae.window(latents[:, :, start:end], start - (count - 1), start + window - (count - 1)))
-            if end == count:
-                break
-            start += window
+            joiner.add(self.vae.window(latents[:, :, start:end], start - (count - 1), next_start - (count - 1)))
         joiner.finish()
+
+    def source_windows(self, count: int) -> list[tuple[int, int]]:
+        """(first, end) latent frames of the windows keep_source decodes the source latents in. A bidirectional
+        parent's kept latents (a continuation) are decoded in the parent's own windows, so its frames come back as it
+        wrote them; other latents in windows of two sections' length that share one section with the next."""
+        window, extend = self.plan.latent_window_size, self.plan.extend
+        if extend is not None and extend.source_latents:
+            sections = extend.parent_sections
+            keys = [window_keys("bidirectional", index, sections) for index in range(sections)]
+            return [(latent_start(first[0], window), latent_start(first[-1], window) + window) for first in keys]
+        windows = [(0, min(count, 2 * window))]
+        while windows[-1][1] < count:
+            start = windows[-1][0] + window
+            windows.append((start, min(count, start + 2 * window)))
+        return windows
 
     def write(self, frames: np.ndarray) -> None:
         for sink in self.sinks:
@@ -780,14 +794,17 @@ def generate(
     that comes before the new one, in time order, at the plan's size: the job continues it (or re-renders it with
     video_strength) exactly as it would an init_video that encodes to them, without reading or encoding a video. The
     plan must have been made for it: `make_plan(request, source=SourceVideo(frames=4 * (L - 1) + 1, width=...,
-    height=..., latents=True))`. Without them, a plan with a source encodes the request's init_video.
+    height=..., latents=True))`. Without them, a plan with a source encodes the request's init_video. They may also
+    come among `finished_sections` as SOURCE (how the job queue hands over a bidirectional continuation's parent).
     """
+    finished_sections = dict(finished_sections or {})
+    source_latents = finished_sections.pop(SOURCE, source_latents)
     if source_latents is not None and plan.source is None:
         raise ValueError("source_latents need a plan made with their SourceVideo (make_plan(..., source=...))")
     started = time.perf_counter()
     loop = SectionLoop(
-        components, request, plan, sinks, on_event, cancel or CancelToken(), finished_sections or {},
-        on_section_latents, cache, source_latents,
+        components, request, plan, sinks, on_event, cancel or CancelToken(), finished_sections, on_section_latents,
+        cache, source_latents,
     )  # fmt: skip
     try:
         with torch.no_grad():

@@ -38,10 +38,11 @@ def source_video(request: GenerateRequest) -> SourceVideo | None:
     return SourceVideo(frames=info.frames, width=info.width, height=info.height, fps=info.fps)
 
 
-def plan_request(request: GenerateRequest, home: Path | None = None) -> Plan:
+def plan_request(request: GenerateRequest, home: Path | None = None, source: SourceVideo | None = None) -> Plan:
     """Plan with the init image's real (EXIF-upright) size and the init video's frame count and size; bad images and
-    videos fail here, before any model loads. The plan's `estimated_seconds` comes from the speed measurements in
-    `home` (default: FRAMEPACK_HOME)."""
+    videos fail here, before any model loads. `source` is a source video given as latents instead of init_video (a
+    bidirectional continuation's parent, `framepack.extend`). The plan's `estimated_seconds` comes from the speed
+    measurements in `home` (default: FRAMEPACK_HOME)."""
     size = None
     if request.init_image:
         size = load_image(request.init_image, "init_image").size
@@ -52,7 +53,7 @@ def plan_request(request: GenerateRequest, home: Path | None = None) -> Plan:
     for name in SINGLE_FRAME_IMAGES:
         if getattr(request, name):
             load_image(getattr(request, name), name)
-    plan = make_plan(request, size, source=source_video(request))
+    plan = make_plan(request, size, source=source or source_video(request))
     if not plan.self_test_model and declares_self_test(request.model):
         plan = plan.model_copy(update={"self_test_model": True})
     return plan.model_copy(update={"estimated_seconds": estimate_seconds(home or data_home(), request, plan)})

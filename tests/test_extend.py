@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from helpers import SMALLEST, decode_video, pattern_image, read_raw_frames, tiny_home
+from helpers import SMALLEST, MemorySink, decode_video, pattern_image, read_raw_frames, tiny_home
 
 from api.routes import PREFIX
 from api.server import create_app
@@ -272,13 +272,43 @@ def test_continuations_and_re_rolls_are_refused_with_the_field_before_any_model_
         GenerateRequest(continue_job="../../etc")
 
 
-def test_a_bidirectional_continuation_is_planned_but_refused_until_source_latents_run(manager, bidirectional):
+def test_a_bidirectional_continuation_continues_the_parents_kept_latents_as_its_source(
+    manager, bidirectional, tiny_components
+):
+    """The parent's kept latents in time order (START, sections 0..2) are the source the 2 new sections start from;
+    keep_source (on by default) puts the parent's frames first. The queue's job equals the engine given those latents
+    by hand, so the order and the hand-over are checked, not only that something ran."""
     parent = bidirectional
-    plan = manager.plan(GenerateRequest(continue_job=parent.id, duration=2 * SECTION_S))
-    assert plan.num_sections == 2 and plan.extend.source_latents and plan.extend.restored == []
-    assert plan.extend.parent_sections == 3 and any("bidirectional" in warning for warning in plan.warnings)
-    error = refusal(manager, continue_job=parent.id, duration=2 * SECTION_S)
-    assert error.field == "continue_job" and "source latents" in str(error)
+    continued = run(manager, continue_job=parent.id, duration=2 * SECTION_S)
+    plan = continued.plan
+    assert (plan["mode"], plan["num_sections"], plan["generation_order"]) == ("extend", 2, [1, 0])
+    assert plan["extend"]["source_latents"] and plan["extend"]["restored"] == []
+    assert (plan["source"]["frames"], plan["source"]["latent_frames"], plan["source"]["kept_frames"]) == (13, 4, 13)
+    assert continued.timings["sampled_steps"] == 2  # the two new sections only
+    assert continued.request["keep_source"] and continued.request["init_image"] is None
+    video, before = frames(manager, continued), frames(manager, parent)
+    assert len(video) == plan["output_frames"] == 13 + 8  # the parent's 13 frames, then 2 sections of 4
+    # the parent's frames come back bit for bit: its latents decoded in its own windows, the blend's first frame
+    # taking the earlier window whole
+    assert np.array_equal(video[:13], before)
+
+    request = GenerateRequest.model_validate(continued.request)
+    kept = load_kept(manager.jobs_dir / "latents" / f"{parent.id}.latents.safetensors",
+                     Plan.model_validate(parent.plan), [START, 0, 1, 2])  # fmt: skip
+    source = torch.cat([kept.latents[key] for key in (START, 0, 1, 2)], dim=2)
+    by_hand = MemorySink()
+    generate(tiny_components, request, Plan.model_validate(plan), [by_hand], source_latents=source)
+    assert np.array_equal(video, np.concatenate(by_hand.chunks))
+    reversed_order = torch.cat([kept.latents[key] for key in (START, 2, 1, 0)], dim=2)
+    wrong = MemorySink()
+    generate(tiny_components, request, Plan.model_validate(plan), [wrong], source_latents=reversed_order)
+    assert not np.array_equal(video[13:], np.concatenate(wrong.chunks)[13:])
+
+    new_only = run(manager, continue_job=parent.id, duration=2 * SECTION_S, keep_source=False)
+    assert len(frames(manager, new_only)) == new_only.plan["output_frames"] == 9  # the parent's last frame + 8
+    # one job continues another: the continuation's own kept latents continue again
+    again = run(manager, continue_job=continued.id, duration=SECTION_S)
+    assert again.plan["source"]["frames"] == 4 * (1 + 2 * WINDOW - 1) + 1 and len(frames(manager, again)) == 9 + 4
 
 
 def test_the_queue_panel_continues_re_rolls_and_shows_the_variants_as_a_tree(manager, f1, tmp_path):

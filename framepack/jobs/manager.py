@@ -64,7 +64,7 @@ import torch
 from framepack.errors import FieldError
 from framepack.events import Cancelled, CancelToken, Event
 from framepack.extend import ParentJob, resolve
-from framepack.generate import START, STREAM, KeptLatents
+from framepack.generate import SOURCE, START, STREAM, KeptLatents
 from framepack.jobs.bus import AsyncSubscription, EventBus, Subscriber, loop_waker
 from framepack.jobs.checkpoints import CheckpointStore, SectionKey
 from framepack.jobs.cleanup import remove_outputs
@@ -518,18 +518,20 @@ class JobManager:
         extension = resolve(request, self._parent)
         if extension is None:
             return self._preparer.plan(request, check_encoder)
-        return extension.plan(self._preparer.plan(extension.request, check_encoder))
+        return extension.plan(self._preparer.plan(extension.request, check_encoder, extension.source_video))
 
     def missing_components(self, request: GenerateRequest) -> list[MissingComponent]:
         extension = resolve(request, self._parent)
-        return self._preparer.missing(extension.request if extension is not None else request)
+        if extension is None:
+            return self._preparer.missing(request)
+        return self._preparer.missing(extension.request, extension.source_video)
 
     def enhance(self, request: GenerateRequest) -> EnhanceResult:
         """Every distinct section prompt enhanced anew, no video made (checked as a submit would: plan, images, the
         enhancer's files); runs on the job device after any running job."""
         extension = resolve(request, self._parent)  # a continuation's or re-roll's prompts are its parent's
         request = self._preparer.complete(extension.request if extension is not None else request)
-        plan = self._preparer.plan(request)
+        plan = self._preparer.plan(request, source=extension.source_video if extension is not None else None)
         self._preparer.check_enhancer(request, plan, everything=True)
         return enhance_result(self._free_executor().enhance(request, plan), plan.num_sections)
 
@@ -869,8 +871,7 @@ class JobManager:
         extension = resolve(request, self._parent)
         if extension is None:
             return self._preparer.prepare(request, job_id)
-        extension.check_runnable()
-        prepared = self._preparer.prepare(extension.request, job_id)
+        prepared = self._preparer.prepare(extension.request, job_id, extension.source_video)
         extension.check_images(prepared.image_digests)
         return dataclasses.replace(prepared, plan=extension.plan(prepared.plan))
 
@@ -891,19 +892,23 @@ class JobManager:
 
     def _parent_latents(self, plan: Plan) -> dict[SectionKey, torch.Tensor]:
         """What a continuation or re-roll restores from its parent's kept latents: START, the sections it reuses
-        and, for a continuation, the parent's random-stream state (STREAM). FieldError naming continue_job or
-        reroll_job when the parent or its latents went away after the job was queued."""
+        and, for a continuation, the parent's random-stream state (STREAM); for a bidirectional continuation all of
+        them in time order as its source video (SOURCE). FieldError naming continue_job or reroll_job when the parent
+        or its latents went away after the job was queued."""
         extend = plan.extend
-        if extend is None or extend.source_latents:
+        if extend is None:
             return {}
         field = "continue_job" if extend.kind == "continue" else "reroll_job"
         parent = self._store.get(extend.parent)
         if parent is None or parent.plan is None:
             raise FieldError(field, f"job {extend.parent} was deleted after this job was queued, with its latents")
+        keys = list(range(extend.parent_sections)) if extend.source_latents else extend.restored
         try:
-            kept = self._kept.load(extend.parent, Plan.model_validate(parent.plan), [START, *extend.restored])
+            kept = self._kept.load(extend.parent, Plan.model_validate(parent.plan), [START, *keys])
         except KeptLatentsError as error:
             raise FieldError(field, f"job {extend.parent}'s kept latents are gone or unreadable ({error})") from None
+        if extend.source_latents:  # sections are numbered in time order, START before them
+            return {SOURCE: torch.cat([kept.latents[key] for key in [START, *keys]], dim=2)}
         restored: dict[SectionKey, torch.Tensor] = dict(kept.latents)
         if extend.kind == "continue":
             restored[STREAM] = kept.stream_state

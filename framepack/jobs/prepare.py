@@ -27,7 +27,7 @@ from framepack.jobs.service import MissingComponent
 from framepack.models.loader import check_available
 from framepack.models.recipe import Recipe, default_recipe, recipe_from_text, recipe_to_text
 from framepack.outputs import default_stem
-from framepack.plan import Plan
+from framepack.plan import Plan, SourceVideo
 from framepack.planning import plan_request, resolve_recipe
 from framepack.request import IMAGE_FIELDS, SELF_TEST_MODEL, GenerateRequest
 from framepack.runner import Runner, check_outputs
@@ -78,11 +78,11 @@ class Preparer:
         """The request with the face's defaults for the fields it left out."""
         return apply_defaults(request, self._defaults()) if self._defaults is not None else request
 
-    def plan(self, request: GenerateRequest, check_encoder: bool = False) -> Plan:
-        """The plan of the completed request (images decoded for their size); with `check_encoder` the output
-        settings are probed as a submit would."""
+    def plan(self, request: GenerateRequest, check_encoder: bool = False, source: SourceVideo | None = None) -> Plan:
+        """The plan of the completed request (images decoded for their size; `source`: see `plan_request`); with
+        `check_encoder` the output settings are probed as a submit would."""
         request = self.complete(request)
-        plan = plan_request(request, self.runner.home)
+        plan = plan_request(request, self.runner.home, source)
         if check_encoder:
             check_outputs(request, plan, self.runner.encoder_prober)
         return plan
@@ -90,7 +90,7 @@ class Preparer:
     def recipe(self, model: str, variant: str) -> Recipe:
         return resolve_recipe(model, variant, self.runner.home)
 
-    def missing(self, request: GenerateRequest) -> list[MissingComponent]:
+    def missing(self, request: GenerateRequest, source: SourceVideo | None = None) -> list[MissingComponent]:
         """The components of the request's model that are not on this machine (a file check, nothing loaded), and
         the enhancer ("enhancer") when the request enhances prompts it has no enhanced text for."""
         request = self.complete(request)
@@ -98,7 +98,7 @@ class Preparer:
         if request.model != SELF_TEST_MODEL:  # the self-test model is written when it is first used: never missing
             missing = check_available(self.recipe(request.model, request.variant), self.runner.hub)
             found = [MissingComponent(error.component, str(error)) for error in missing]
-        if request.enhance != "off" and pending_prompts(request, plan_request(request)):
+        if request.enhance != "off" and pending_prompts(request, plan_request(request, source=source)):
             enhancer = check_enhancer(self.enhancer(request), self.runner.hub)
             if enhancer is not None:
                 found.append(MissingComponent("enhancer", str(enhancer)))
@@ -128,14 +128,14 @@ class Preparer:
         """A recipe edited as text is valid over the variant's default recipe (else the parser's error)."""
         recipe_from_text(text, base=default_recipe(variant))
 
-    def prepare(self, request: GenerateRequest, job_id: str) -> PreparedJob:
+    def prepare(self, request: GenerateRequest, job_id: str, source: SourceVideo | None = None) -> PreparedJob:
         """Every check before a job is queued, without loading a model. Raises FieldError (a bad field or image,
         encoder settings that do not open, a LoRA tag whose weight, file or header is wrong, an enhancer that names
         no model), ModelUnavailableError (a component is not on this machine) or EnhancerUnavailableError (enhance
         'require' and the enhancer is not on this machine). A request without a filename is named by
-        `default_stem` (time, seed and `job_id`)."""
+        `default_stem` (time, seed and `job_id`). `source`: see `plan_request`."""
         request = self.complete(request)
-        plan = plan_request(request, self.runner.home)
+        plan = plan_request(request, self.runner.home, source)
         self.runner.preflight(request, plan)
         recipe = self.recipe(request.model, request.variant)
         self.runner.check_recipe(recipe)
