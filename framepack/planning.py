@@ -48,8 +48,8 @@ def plan_request(request: GenerateRequest, home: Path | None = None, source: Sou
         size = load_image(request.init_image, "init_image").size
     if request.end_image:
         load_image(request.end_image, "end_image")
-    for index, source in request.keyframes.items():
-        load_image(source, f"keyframes.{index}")
+    for index, keyframe in request.keyframes.items():
+        load_image(keyframe, f"keyframes.{index}")
     for name in SINGLE_FRAME_IMAGES:
         if getattr(request, name):
             load_image(getattr(request, name), name)

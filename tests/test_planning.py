@@ -173,3 +173,16 @@ def test_plan_shows_the_estimate_from_earlier_jobs_without_torch(tmp_path):
     printed = json.loads(result.stdout.partition("\n")[2])
     assert (printed["num_sections"], printed["start_frame_pass"], printed["generated_frames"]) == (3, True, 109)
     assert printed["estimated_seconds"] == 53.1  # 0.5 s x (1 + 3) x 25 steps + 0.01 s x 109 frames + 2 s
+
+
+def test_plan_request_reads_every_image_and_plans_the_keyframes(tmp_path):
+    """The images are checked before planning; a keyframe conditions its section and the ones after it."""
+    image = str(pattern_image(tmp_path / "start.png", 160, 128))
+    request = GenerateRequest(
+        model="tiny", prompt="a kite", init_image=image, keyframes={2: image}, duration=0.7, latent_window_size=1
+    )
+    plan = plan_request(request, tmp_path)
+    assert plan.num_sections == 5 and [section.keyframe for section in plan.sections] == [None, None, 2, 2, 2]
+    (tmp_path / "broken.png").write_text("not a picture")
+    with pytest.raises(ValueError, match="keyframes.2"):
+        plan_request(request.model_copy(update={"keyframes": {2: str(tmp_path / "broken.png")}}), tmp_path)

@@ -89,6 +89,12 @@ def page(playwright_api, server):
             page.on("pageerror", lambda error: errors.append(str(error)))
             page.goto(server["url"])
             page.wait_for_selector("#framepack_generate", timeout=60_000)
+            # the tab's load event (last-used settings, then the plan line) has run: a value set before it ends
+            # would be overwritten by the last-used one (seen under load: an uploaded image and steps replaced)
+            page.wait_for_function(
+                "() => /^(Plan|Cannot plan): /.test((document.getElementById('framepack_plan') || {}).innerText || '')",
+                timeout=60_000,
+            )
             page.framepack_errors = errors
             yield page
         finally:

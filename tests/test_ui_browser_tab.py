@@ -33,6 +33,17 @@ def generate_button(page):
     return page.locator("button#framepack_generate, #framepack_generate button").first
 
 
+def wait_for_generate(page, enabled: bool) -> None:
+    """Generate's state comes from the handler that writes the plan line, but the browser may show it a moment later
+    than the text, so a test waits for it rather than reading it once."""
+    page.wait_for_function(
+        "(enabled) => { const b = document.querySelector('button#framepack_generate, #framepack_generate button');"
+        " return !!b && b.disabled === !enabled; }",
+        arg=enabled,
+        timeout=30_000,
+    )
+
+
 def wait_for_text(page, elem_id: str, pattern: str, timeout: int = 30_000) -> None:
     page.wait_for_function(
         "([id, pattern]) => new RegExp(pattern).test((document.getElementById(id) || {}).innerText || '')",
@@ -71,7 +82,7 @@ def test_bad_values_show_one_message_and_no_error_pills_nor_traceback(page, serv
     set_value(page, "framepack_prompt", "a kite")
     set_value(page, "framepack_duration", "0")
     wait_for_text(page, "framepack_plan", "^Cannot plan: duration: Input should be greater than 0$")
-    assert generate_button(page).is_disabled()
+    wait_for_generate(page, enabled=False)
     generate_button(page).click(force=True)  # pressed anyway: nothing happens
     page.wait_for_timeout(2_000)
     assert page.locator("#framepack_progress").inner_text() == ""
@@ -79,14 +90,14 @@ def test_bad_values_show_one_message_and_no_error_pills_nor_traceback(page, serv
 
     set_value(page, "framepack_duration", "1")
     wait_for_text(page, "framepack_plan", "^Plan: ")
-    assert not generate_button(page).is_disabled()
+    wait_for_generate(page, enabled=True)
     text_file = tmp_path / "notes.png"
     text_file.write_text("a text file, not a picture")
     page.locator("#framepack_init_image input[type=file]").set_input_files(str(text_file))
     wait_for_text(
         page, "framepack_plan", r"^Cannot plan: init_image: not a readable image \(PNG, JPEG, WebP, \.\.\.\)$"
     )
-    assert generate_button(page).is_disabled()
+    wait_for_generate(page, enabled=False)
     assert error_pills(page) == 0 and set(red_pill_pixels(page, tmp_path, "text-as-image").values()) == {0}
     assert "Traceback" not in server_log(server) and " 500 " not in server_log(server)
     assert not page.framepack_errors, page.framepack_errors
@@ -100,12 +111,10 @@ def test_title_model_first_and_generate_only_when_the_plan_can_run(page, server)
     assert model_box["y"] < 400
     choose_model(page, "default")  # the published model: not on this (offline) machine
     wait_for_text(page, "framepack_plan", "Model not on this machine")
-    assert generate_button(page).is_disabled()
+    wait_for_generate(page, enabled=False)
     choose_model(page, "tiny")
     wait_for_text(page, "framepack_plan", "^Plan: ")
-    page.wait_for_function(
-        "() => !document.querySelector('button#framepack_generate, #framepack_generate button').disabled"
-    )
+    wait_for_generate(page, enabled=True)
 
 
 def test_keyframes_storyboard_and_presets_show_what_they_hold(page, server, init_image, tmp_path):
