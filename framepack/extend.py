@@ -224,6 +224,7 @@ def resolve(request: GenerateRequest, lookup: ParentLookup) -> Extension | None:
     if kind == "reroll" and request.reroll_seed < 0:
         fields["reroll_seed"] = random_seed()  # fixed now, like a seed of -1: the record names the one used
     fields["enhanced_prompts"] = {**parent.request.get("enhanced_prompts", {}), **request.enhanced_prompts}
+    as_source = continues_as_source(kind, plan)
     added = 0
     if kind == "continue":
         if plan.loop_sections:
@@ -241,7 +242,7 @@ def resolve(request: GenerateRequest, lookup: ParentLookup) -> Extension | None:
             raise FieldError("duration", f"the continued video would last {seconds:.1f} s; at most {MAX_DURATION_S:g}")
         fields["duration"] = seconds
         sampled = list(range(0 if plan.variant == "bidirectional" else plan.num_sections, total))
-        if continues_as_source(kind, plan):
+        if as_source:
             fields.update(SOURCE_REPLACES)
             fields["keep_source"] = request.keep_source if "keep_source" in given else True
     else:
@@ -256,7 +257,7 @@ def resolve(request: GenerateRequest, lookup: ParentLookup) -> Extension | None:
         fields["duration"] = parent.request.get("duration")
         sampled = sorted(plan.generation_order[plan.generation_order.index(k) :])
     # a bidirectional continuation's sections are new ones: the parent's keyframes belong to the parent's sections
-    inherited = {} if continues_as_source(kind, plan) else parent.request.get("keyframes") or {}
+    inherited = {} if as_source else parent.request.get("keyframes") or {}
     fields["keyframes"] = merged_keyframes(inherited, parent.id, request, given, sampled)
     try:
         merged = GenerateRequest.model_validate(fields)

@@ -7,6 +7,7 @@ Each case runs in a child process, so a failure cannot leave this test worker re
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -74,8 +75,6 @@ def hazard() -> dict:
 
 @pytest.mark.parametrize("case", ["sink", "probe"])
 def test_encoders_leave_every_thread_and_child_on_the_normal_scheduler(hazard, case):
-    import os
-
     assert hazard["after"]["main"] == os.SCHED_FIFO and hazard["after"]["child"] == os.SCHED_FIFO  # the control
     seen = run_child(case)
     normal = {"main": os.SCHED_OTHER, "threads": 0, "child": os.SCHED_OTHER}
